@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Install everything the test suite needs on a fresh machine, then run the whole suite.
+# Services (mosquitto, moto, Azurite, Ray, Chromium) are started by the tests themselves on free
+# loopback ports and stopped afterwards; PostgreSQL tests use localhost:5432 when it is reachable.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+command -v mosquitto >/dev/null 2>&1 || need_apt+=(mosquitto)
+command -v node >/dev/null 2>&1 || need_apt+=(nodejs npm)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  if command -v apt-get >/dev/null 2>&1; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}") >/dev/null \
+      || echo "warning: could not install ${need_apt[*]}; tests that need them will be skipped" >&2
+  else
+    echo "warning: ${need_apt[*]} missing and no apt-get; tests that need them will be skipped" >&2
+  fi
+fi
+
+# Azurite (Azure Blob emulator) from npm, into a project-local folder
+if command -v npm >/dev/null 2>&1 && [ ! -x .tools/node_modules/.bin/azurite-blob ]; then
+  mkdir -p .tools
+  (cd .tools && npm install --silent --no-audit --no-fund azurite@3 >/dev/null 2>&1) \
+    || echo "warning: could not install azurite; Azure tests will be skipped" >&2
+fi
+
+python -m pip install -q --disable-pip-version-check -e '.[all,test]'
+
+# exit code 5 (no tests collected) must fail, never pass silently
+set +e
+python -m pytest "$@"
+code=$?
+set -e
+if [ "$code" -eq 5 ]; then
+  echo "error: pytest collected no tests" >&2
+  exit 1
+fi
+exit "$code"

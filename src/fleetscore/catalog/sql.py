@@ -1,0 +1,324 @@
+"""Catalog on SQLAlchemy Core: SQLite under the home by default, any SQLAlchemy URL (PostgreSQL) for clusters.
+
+The schema is created on first use; every write is one transaction so concurrent runs and workers
+can update their own rows safely.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, fields
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable
+
+import sqlalchemy as sa
+
+from fleetscore.core.runs import ModelFailure, RunRecord, RunStatus, TaskRecord
+from fleetscore.errors import NotFoundError, StorageError
+
+SCHEMA_VERSION = 1
+metadata = sa.MetaData()
+
+meta_table = sa.Table(
+    "meta",
+    metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+)
+versions_table = sa.Table(
+    "model_versions",
+    metadata,
+    sa.Column("version", sa.String(16), primary_key=True),
+    sa.Column("seq", sa.Integer, nullable=False, unique=True),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("features", sa.String(64), nullable=False),
+    sa.Column("params", sa.Text, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("created_at", sa.String(32), nullable=False),
+    sa.Column("train_from", sa.String(32)),
+    sa.Column("train_to", sa.String(32)),
+    sa.Column("models", sa.Integer, nullable=False, default=0),
+    sa.Column("failed", sa.Integer, nullable=False, default=0),
+    sa.Column("shards", sa.Integer, nullable=False, default=0),
+    sa.Column("elapsed_s", sa.Float),
+)
+runs_table = sa.Table(
+    "runs",
+    metadata,
+    sa.Column("run_id", sa.String(32), primary_key=True),
+    sa.Column("window_from", sa.String(32), nullable=False, index=True),
+    sa.Column("window_to", sa.String(32), nullable=False),
+    sa.Column("version", sa.String(16), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False, index=True),
+    sa.Column("created_at", sa.String(32), nullable=False, index=True),
+    sa.Column("started_at", sa.String(32)),
+    sa.Column("finished_at", sa.String(32)),
+    sa.Column("elapsed_s", sa.Float),
+    sa.Column("models", sa.Integer, nullable=False, default=0),
+    sa.Column("rows", sa.BigInteger, nullable=False, default=0),
+    sa.Column("anomalies", sa.BigInteger, nullable=False, default=0),
+    sa.Column("unmatched_rows", sa.BigInteger, nullable=False, default=0),
+    sa.Column("failed_models", sa.Integer, nullable=False, default=0),
+    sa.Column("tasks", sa.Integer, nullable=False, default=0),
+    sa.Column("executor", sa.String(16), nullable=False),
+    sa.Column("schedule", sa.String(128)),
+    sa.Column("error", sa.Text),
+    sa.Column("extra", sa.Text, nullable=False, default="{}"),
+)
+tasks_table = sa.Table(
+    "tasks",
+    metadata,
+    sa.Column("run_id", sa.String(32), primary_key=True),
+    sa.Column("task", sa.Integer, primary_key=True),
+    sa.Column("shard", sa.Integer, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("models", sa.Integer, nullable=False),
+    sa.Column("rows", sa.BigInteger, nullable=False),
+    sa.Column("anomalies", sa.BigInteger, nullable=False),
+    sa.Column("unmatched_rows", sa.BigInteger, nullable=False),
+    sa.Column("failed_models", sa.Integer, nullable=False),
+    sa.Column("wall_s", sa.Float, nullable=False),
+    sa.Column("cpu_s", sa.Float, nullable=False),
+    sa.Column("load_data_s", sa.Float, nullable=False),
+    sa.Column("load_models_s", sa.Float, nullable=False),
+    sa.Column("score_s", sa.Float, nullable=False),
+    sa.Column("write_s", sa.Float, nullable=False),
+    sa.Column("worker", sa.String(128), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("error", sa.Text),
+)
+failures_table = sa.Table(
+    "model_failures",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("run_id", sa.String(32), nullable=False, index=True),
+    sa.Column("task", sa.Integer),
+    sa.Column("device", sa.String(300), nullable=False),
+    sa.Column("sensor", sa.String(300), nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+)
+commits_table = sa.Table(
+    "window_commits",
+    metadata,
+    sa.Column("window_from", sa.String(32), primary_key=True),
+    sa.Column("window_to", sa.String(32), primary_key=True),
+    sa.Column("run_id", sa.String(32), nullable=False),
+    sa.Column("committed_at", sa.String(32), nullable=False),
+)
+
+RELEASED_KEY = "released_version"
+
+
+@dataclass(frozen=True)
+class VersionRecord:
+    """One immutable model version: how it was trained and how many models it holds."""
+
+    version: str
+    kind: str
+    features: str
+    params: dict[str, Any]
+    status: str
+    created_at: str
+    train_from: str | None = None
+    train_to: str | None = None
+    models: int = 0
+    failed: int = 0
+    shards: int = 0
+    elapsed_s: float | None = None
+    released: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class Catalog:
+    """Runs, tasks, failures and model versions in one SQL database."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        if url.startswith("sqlite:///"):
+            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            if url.startswith("sqlite"):
+                self.engine = sa.create_engine(url, connect_args={"timeout": 60})
+                sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+            else:
+                self.engine = sa.create_engine(url, pool_pre_ping=True)
+            with self.engine.begin() as conn:
+                metadata.create_all(conn)
+                if conn.execute(sa.select(meta_table.c.value).where(meta_table.c.key == "schema")).first() is None:
+                    conn.execute(sa.insert(meta_table).values(key="schema", value=str(SCHEMA_VERSION)))
+        except sa.exc.SQLAlchemyError as exc:
+            raise StorageError(f"cannot open catalog {_redact(url)}: {exc.__class__.__name__}: {exc}") from exc
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # --- model versions ------------------------------------------------------------------------
+    def new_version(self, kind: str, features: str, params: dict[str, Any], train_from: str, train_to: str) -> str:
+        """Reserve the next version id (v1, v2, ...) in state 'training'."""
+        for _ in range(20):
+            try:
+                with self.engine.begin() as conn:
+                    seq = (conn.execute(sa.select(sa.func.max(versions_table.c.seq))).scalar() or 0) + 1
+                    version = f"v{seq}"
+                    conn.execute(
+                        sa.insert(versions_table).values(
+                            version=version, seq=seq, kind=kind, features=features, params=json.dumps(params),
+                            status="training", created_at=now_iso(), train_from=train_from, train_to=train_to,
+                            models=0, failed=0, shards=0,
+                        )
+                    )
+                    return version
+            except sa.exc.IntegrityError:
+                continue
+        raise StorageError("could not reserve a model version id")
+
+    def finish_version(self, version: str, status: str, models: int, failed: int, shards: int, elapsed_s: float) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                sa.update(versions_table)
+                .where(versions_table.c.version == version)
+                .values(status=status, models=models, failed=failed, shards=shards, elapsed_s=elapsed_s)
+            )
+
+    def get_version(self, version: str) -> VersionRecord:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(versions_table).where(versions_table.c.version == version)).mappings().first()
+            released = self._released(conn)
+        if row is None:
+            raise NotFoundError(f"unknown model version {version[:40]!r} (see `fleetscore models versions`)")
+        return _version(row, released)
+
+    def versions(self) -> list[VersionRecord]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(versions_table).order_by(versions_table.c.seq)).mappings().all()
+            released = self._released(conn)
+        return [_version(r, released) for r in rows]
+
+    def release(self, version: str) -> None:
+        record = self.get_version(version)
+        if record.status != "ready":
+            raise NotFoundError(f"version {version} is {record.status}, only a ready version can be released")
+        with self.engine.begin() as conn:
+            conn.execute(sa.delete(meta_table).where(meta_table.c.key == RELEASED_KEY))
+            conn.execute(sa.insert(meta_table).values(key=RELEASED_KEY, value=version))
+
+    def released(self) -> str | None:
+        with self.engine.connect() as conn:
+            return self._released(conn)
+
+    @staticmethod
+    def _released(conn: sa.Connection) -> str | None:
+        return conn.execute(sa.select(meta_table.c.value).where(meta_table.c.key == RELEASED_KEY)).scalar()
+
+    # --- runs ----------------------------------------------------------------------------------
+    def save_run(self, run: RunRecord) -> None:
+        """Insert or replace the run's row."""
+        values = run.as_dict()
+        values["extra"] = json.dumps(values["extra"])
+        with self.engine.begin() as conn:
+            updated = conn.execute(
+                sa.update(runs_table).where(runs_table.c.run_id == run.run_id).values(**values)
+            ).rowcount
+            if not updated:
+                conn.execute(sa.insert(runs_table).values(**values))
+
+    def get_run(self, run_id: str) -> RunRecord:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(runs_table).where(runs_table.c.run_id == run_id)).mappings().first()
+        if row is None:
+            raise NotFoundError(f"unknown run {run_id[:40]!r} (see `fleetscore runs list`)")
+        return _run(row)
+
+    def runs(self, limit: int = 100, status: Iterable[str] | None = None) -> list[RunRecord]:
+        query = sa.select(runs_table).order_by(runs_table.c.created_at.desc()).limit(limit)
+        if status:
+            query = query.where(runs_table.c.status.in_(list(status)))
+        with self.engine.connect() as conn:
+            return [_run(r) for r in conn.execute(query).mappings().all()]
+
+    def save_tasks(self, tasks: Iterable[TaskRecord]) -> None:
+        rows = [t.as_dict() for t in tasks]
+        if not rows:
+            return
+        with self.engine.begin() as conn:
+            for row in rows:
+                key = (tasks_table.c.run_id == row["run_id"]) & (tasks_table.c.task == row["task"])
+                if not conn.execute(sa.update(tasks_table).where(key).values(**row)).rowcount:
+                    conn.execute(sa.insert(tasks_table).values(**row))
+
+    def tasks(self, run_id: str) -> list[TaskRecord]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(tasks_table).where(tasks_table.c.run_id == run_id).order_by(tasks_table.c.task)
+            ).mappings().all()
+        names = {f.name for f in fields(TaskRecord)}
+        return [TaskRecord(**{k: v for k, v in r.items() if k in names}) for r in rows]
+
+    def replace_failures(self, run_id: str, tasks: Iterable[int], failures: Iterable[ModelFailure]) -> None:
+        """Record the failures of the given tasks of a run, replacing what earlier attempts wrote."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                sa.delete(failures_table).where(
+                    (failures_table.c.run_id == run_id) & (failures_table.c.task.in_(list(tasks)))
+                )
+            )
+            rows = [dict(run_id=run_id, task=f.task, device=f.device, sensor=f.sensor, reason=f.reason) for f in failures]
+            if rows:
+                conn.execute(sa.insert(failures_table), rows)
+
+    def failures(self, run_id: str, limit: int = 10_000) -> list[ModelFailure]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(failures_table).where(failures_table.c.run_id == run_id).order_by(failures_table.c.id).limit(limit)
+            ).mappings().all()
+        return [ModelFailure(r["device"], r["sensor"], r["reason"], r["task"]) for r in rows]
+
+    def commit_window(self, window_from: str, window_to: str, run_id: str) -> None:
+        with self.engine.begin() as conn:
+            key = (commits_table.c.window_from == window_from) & (commits_table.c.window_to == window_to)
+            conn.execute(sa.delete(commits_table).where(key))
+            conn.execute(
+                sa.insert(commits_table).values(
+                    window_from=window_from, window_to=window_to, run_id=run_id, committed_at=now_iso()
+                )
+            )
+
+    def committed_runs(self) -> dict[tuple[str, str], str]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(commits_table)).mappings().all()
+        return {(r["window_from"], r["window_to"]): r["run_id"] for r in rows}
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA busy_timeout=60000")
+    cur.close()
+
+
+def _redact(url: str) -> str:
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except sa.exc.ArgumentError:
+        return "<invalid catalog url>"
+
+
+def _version(row: Any, released: str | None) -> VersionRecord:
+    data = {k: row[k] for k in row.keys() if k != "seq"}
+    data["params"] = json.loads(data["params"])
+    return VersionRecord(**data, released=row["version"] == released)
+
+
+def _run(row: Any) -> RunRecord:
+    data = dict(row)
+    data["status"] = RunStatus(data["status"])
+    data["extra"] = json.loads(data["extra"] or "{}")
+    return RunRecord(**data)

@@ -1,0 +1,1 @@
+"""Pure computational core of fleetscore: arrays in, arrays out, no I/O."""

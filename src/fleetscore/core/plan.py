@@ -1,0 +1,66 @@
+"""Run planning: cut a sorted list of (device, sensor) models into cost-balanced shards.
+
+Shards are contiguous ranges of the sorted keys, so a shard's readings are one device range in the
+sorted Parquet files (co-partitioning: a task reads only its part). The cost of a model is what
+scoring or training it costs (rows × support vectors, or rows), not just 1.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+
+def plan_shards(costs: np.ndarray, max_models: int, target_shards: int = 1) -> np.ndarray:
+    """Shard boundaries for models in key order: returns ``starts`` with starts[0] == 0.
+
+    Shards hold at most ``max_models`` models, at least ``target_shards`` shards are made when
+    there are that many models (so every worker gets work), and cuts fall where the cumulative
+    cost crosses equal shares, so one very expensive model does not stall a shard of cheap ones.
+    """
+    n = len(costs)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    costs = np.maximum(np.asarray(costs, dtype=np.float64), 1.0)
+    n_shards = max(int(np.ceil(n / max_models)), min(target_shards, n))
+    cum = np.cumsum(costs)
+    share = cum[-1] / n_shards
+    cuts = np.searchsorted(cum, share * np.arange(1, n_shards), side="left") + 1
+    starts = np.unique(np.concatenate([[0], cuts[cuts < n]]))
+    # enforce the model cap: split any shard that is still too long
+    out: list[int] = []
+    bounds = np.append(starts, n)
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        out.extend(range(int(lo), int(hi), max_models))
+    return np.asarray(out, dtype=np.int64)
+
+
+def key_range_mask(
+    devices: pa.Array, sensors: pa.Array, lo: tuple[str, str] | None, hi: tuple[str, str] | None
+) -> np.ndarray:
+    """Rows whose (device, sensor) lies in [lo, hi) in lexicographic order (None = open end)."""
+    mask = np.ones(len(devices), dtype=bool)
+    if lo is not None:
+        gt = pc.greater(devices, lo[0])
+        eq = pc.and_(pc.equal(devices, lo[0]), pc.greater_equal(sensors, lo[1]))
+        mask &= pc.or_(gt, eq).to_numpy(zero_copy_only=False)
+    if hi is not None:
+        lt = pc.less(devices, hi[0])
+        eq = pc.and_(pc.equal(devices, hi[0]), pc.less(sensors, hi[1]))
+        mask &= pc.or_(lt, eq).to_numpy(zero_copy_only=False)
+    return mask
+
+
+def group_bounds(devices: pa.Array, sensors: pa.Array) -> np.ndarray:
+    """Start offsets of runs of equal (device, sensor) in rows sorted by key, plus the end."""
+    n = len(devices)
+    if n == 0:
+        return np.zeros(1, dtype=np.int64)
+    change = np.zeros(n, dtype=bool)
+    change[0] = True
+    if n > 1:
+        d = pc.not_equal(devices.slice(1), devices.slice(0, n - 1)).to_numpy(zero_copy_only=False)
+        s = pc.not_equal(sensors.slice(1), sensors.slice(0, n - 1)).to_numpy(zero_copy_only=False)
+        change[1:] = d | s
+    return np.append(np.flatnonzero(change), n).astype(np.int64)

@@ -1,0 +1,107 @@
+"""Run and task records: what the catalog stores about every scoring run, and the run status rules.
+
+Records are immutable values; change them with :meth:`RunRecord.with_status` or ``dataclasses.replace``.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+
+class RunStatus(str, enum.Enum):
+    """Life cycle of a run: queued → running → succeeded | partial | failed."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    PARTIAL = "partial"
+    FAILED = "failed"
+
+    @property
+    def finished(self) -> bool:
+        return self in FINISHED_STATUSES
+
+
+FINISHED_STATUSES = frozenset({RunStatus.SUCCEEDED, RunStatus.PARTIAL, RunStatus.FAILED})
+ACTIVE_STATUSES = frozenset({RunStatus.QUEUED, RunStatus.RUNNING})
+
+
+@dataclass(frozen=True)
+class ModelFailure:
+    """One (device, sensor) that could not be scored, and why."""
+
+    device: str
+    sensor: str
+    reason: str
+    task: int | None = None
+
+
+@dataclass(frozen=True)
+class TaskRecord:
+    """What one task (one shard of models) did: counts, timings by phase, where it ran, errors."""
+
+    run_id: str
+    task: int
+    shard: int
+    status: str = "queued"
+    models: int = 0
+    rows: int = 0
+    anomalies: int = 0
+    unmatched_rows: int = 0
+    failed_models: int = 0
+    wall_s: float = 0.0
+    cpu_s: float = 0.0
+    load_data_s: float = 0.0
+    load_models_s: float = 0.0
+    score_s: float = 0.0
+    write_s: float = 0.0
+    worker: str = ""
+    attempts: int = 0
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One scoring run of the window [window_from, window_to) with one model version."""
+
+    run_id: str
+    window_from: str
+    window_to: str
+    version: str
+    status: RunStatus = RunStatus.QUEUED
+    created_at: str = ""
+    started_at: str | None = None
+    finished_at: str | None = None
+    elapsed_s: float | None = None
+    models: int = 0
+    rows: int = 0
+    anomalies: int = 0
+    unmatched_rows: int = 0
+    failed_models: int = 0
+    tasks: int = 0
+    executor: str = "local"
+    schedule: str | None = None
+    error: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def with_status(self, status: RunStatus, **changes: Any) -> "RunRecord":
+        return replace(self, status=status, **changes)
+
+    def as_dict(self) -> dict[str, Any]:
+        out = dict(self.__dict__)
+        out["status"] = self.status.value
+        return out
+
+
+def run_status(scored_models: int, failed_models: int, failed_tasks: int) -> RunStatus:
+    """Status of a finished run: partial when something failed but something was scored."""
+    if failed_models == 0 and failed_tasks == 0:
+        return RunStatus.SUCCEEDED
+    if scored_models > 0:
+        return RunStatus.PARTIAL
+    return RunStatus.FAILED

@@ -1,0 +1,236 @@
+"""Tumbling-window aggregation of readings (count, mean, std, min, max) and duration parsing.
+
+Windows are aligned to the Unix epoch: a reading at ``ts`` falls in the window starting at
+``floor(ts / width) * width``, so every run, backfill and chunk of a fleet cuts the same windows
+and their features line up between training and scoring.
+
+The aggregation is a sort-and-segment pass in numpy: device and sensor ids are dictionary
+encoded, the rows are ordered by (device, sensor, window) (the sort is skipped when the input is
+already in that order, as stored and simulated readings are), and ``ufunc.reduceat`` aggregates
+each contiguous group. Measured on 5M rows this is about 1.5–2× faster than polars'
+``group_by().agg()`` and ``pyarrow.Table.group_by`` (both of which also have to sort their
+output), and it uses a corrected two-pass variance, which stays accurate for values with a large
+offset (e.g. ``1e9 + noise``) where single-pass/streaming formulas lose digits.
+
+Pure: no I/O, no clock, no global state.
+"""
+
+from __future__ import annotations
+
+import re
+from numbers import Integral
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from fleetscore.errors import InputError
+
+#: Per-window features, in the column order of :func:`window_feature_matrix`.
+WINDOW_FEATURES = ("count", "mean", "std", "min", "max")
+
+#: Output schema of :func:`tumbling_aggregate`.
+WINDOW_SCHEMA = pa.schema(
+    [
+        pa.field("device", pa.string(), nullable=False),
+        pa.field("sensor", pa.string(), nullable=False),
+        pa.field("window_start", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("count", pa.int64(), nullable=False),
+        pa.field("mean", pa.float64(), nullable=False),
+        pa.field("std", pa.float64(), nullable=False),
+        pa.field("min", pa.float64(), nullable=False),
+        pa.field("max", pa.float64(), nullable=False),
+    ]
+)
+
+#: Longest accepted window / duration: 7 days.
+MAX_DURATION_S = 7 * 86_400
+
+_UNITS = {"d": 86_400, "h": 3_600, "m": 60, "s": 1}
+_DURATION_RE = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
+_MAX_WIDTH_S = (2**63 - 1) // 1_000_000 // 2  # keeps window arithmetic in µs inside int64
+
+
+def parse_duration(text: str) -> int:
+    """Duration text to whole seconds: ``30s``, ``1m``, ``5m``, ``1h``, ``2h30m``, ``1d``, ``90``.
+
+    Units are d, h, m, s, each at most once and in that order; a bare integer means seconds.
+    Zero, negative, fractional or unparseable values and anything over 7 days raise
+    :class:`~fleetscore.errors.InputError` (``bad duration '...': why``).
+    """
+    if not isinstance(text, str):
+        raise InputError(f"bad duration {text!r}: expected text like '30s', '5m', '1h', '2h30m' or '1d'")
+    shown = text if len(text) <= 40 else text[:37] + "..."
+    s = text.strip().lower()
+    if s.isascii() and s.isdigit():
+        seconds = int(s)
+    else:
+        m = _DURATION_RE.fullmatch(s)
+        if not s or m is None or not any(m.groups()):
+            why = "negative durations are not allowed" if s.startswith("-") else (
+                "expected a whole number with unit d, h, m or s in that order, e.g. '30s', '5m', '2h30m', '1d'"
+            )
+            raise InputError(f"bad duration '{shown}': {why}")
+        seconds = sum(int(g) * size for g, size in zip(m.groups(), _UNITS.values()) if g is not None)
+    if seconds <= 0:
+        raise InputError(f"bad duration '{shown}': must be longer than 0 seconds")
+    if seconds > MAX_DURATION_S:
+        raise InputError(f"bad duration '{shown}': longer than the maximum of 7 days")
+    return seconds
+
+
+def tumbling_aggregate(readings: pa.Table, width_s: int) -> pa.Table:
+    """Aggregate readings per (device, sensor, epoch-aligned window of ``width_s`` seconds).
+
+    ``readings`` needs columns ``ts`` (timestamp; naive means UTC), ``device``, ``sensor`` and
+    ``value`` (numeric), without nulls (as validated readings are); other columns are ignored.
+    Returns :data:`WINDOW_SCHEMA`: ``device, sensor, window_start, count, mean, std, min, max``
+    sorted by device, sensor, window_start, one row per non-empty window. ``std`` is the
+    population standard deviation (ddof=0), so a window with one reading has ``std`` 0.0.
+    NaN values propagate into their window's statistics.
+    """
+    if isinstance(width_s, bool) or not isinstance(width_s, Integral):
+        raise InputError(f"width_s must be an integer number of seconds, got {type(width_s).__name__} {width_s!r}")
+    if not 1 <= width_s <= _MAX_WIDTH_S:
+        raise InputError(f"width_s must be a positive number of seconds, got {width_s}")
+    if not isinstance(readings, pa.Table):
+        raise InputError(f"readings must be a pyarrow Table, got {type(readings).__name__}")
+    missing = [c for c in ("ts", "device", "sensor", "value") if c not in readings.column_names]
+    if missing:
+        raise InputError(f"readings: missing column(s) {', '.join(missing)}")
+    if readings.num_rows == 0:
+        return WINDOW_SCHEMA.empty_table()
+
+    ts_us = _ts_us(readings.column("ts"))
+    value = _values(readings.column("value"))
+    dev_idx, dev_dict, dev_rank = _encode(readings.column("device"), "device")
+    sen_idx, sen_dict, sen_rank = _encode(readings.column("sensor"), "sensor")
+
+    width_us = int(width_s) * 1_000_000
+    win = ts_us // width_us  # floor division: epoch aligned, also before 1970
+    win_lo = int(win.min())
+    win_span = int(win.max()) - win_lo + 1
+    n_sen = len(sen_dict)
+    dev_code = dev_rank[dev_idx].astype(np.int64)
+    sen_code = sen_rank[sen_idx].astype(np.int64)
+    n = len(value)
+    span = len(dev_dict) * n_sen * win_span
+    if span < 2**62:
+        key = (dev_code * n_sen + sen_code) * win_span + (win - win_lo)
+        order = None if _is_sorted(key) else _argsort_stable(key, span)
+        if order is not None:
+            key = key[order]
+        change = key[1:] != key[:-1]
+    else:  # a single int64 key would overflow (absurd time spans): sort on the three columns
+        order = np.lexsort((win, sen_code, dev_code))
+        d, c, w = dev_code[order], sen_code[order], win[order]
+        change = (d[1:] != d[:-1]) | (c[1:] != c[:-1]) | (w[1:] != w[:-1])
+    starts = np.concatenate(([0], np.flatnonzero(change) + 1))
+    count = np.diff(np.append(starts, n))
+    first = starts if order is None else order[starts]  # input row of each group's first reading
+    if order is not None:
+        value = value[order]
+
+    # corrected two-pass mean and variance (Chan, Golub & LeVeque): accurate with large offsets
+    mean0 = np.add.reduceat(value, starts) / count
+    dev = value - np.repeat(mean0, count)
+    s1 = np.add.reduceat(dev, starts)
+    s2 = np.add.reduceat(dev * dev, starts)
+    mean = mean0 + s1 / count
+    var = np.maximum(s2 - s1 * s1 / count, 0.0) / count
+    return pa.Table.from_arrays(
+        [
+            dev_dict.take(pa.array(dev_idx[first])),
+            sen_dict.take(pa.array(sen_idx[first])),
+            pa.array(win[first] * width_us, type=pa.int64()).cast(WINDOW_SCHEMA.field("window_start").type),
+            pa.array(count, type=pa.int64()),
+            pa.array(mean, type=pa.float64()),
+            pa.array(np.sqrt(var), type=pa.float64()),
+            pa.array(np.minimum.reduceat(value, starts), type=pa.float64()),
+            pa.array(np.maximum.reduceat(value, starts), type=pa.float64()),
+        ],
+        schema=WINDOW_SCHEMA,
+    )
+
+
+def window_feature_matrix(agg: pa.Table) -> np.ndarray:
+    """The :data:`WINDOW_FEATURES` columns of an aggregate as a (rows × 5) float64 matrix."""
+    if not isinstance(agg, pa.Table):
+        raise InputError(f"agg must be a pyarrow Table, got {type(agg).__name__}")
+    missing = [c for c in WINDOW_FEATURES if c not in agg.column_names]
+    if missing:
+        raise InputError(f"agg: missing window feature column(s) {', '.join(missing)}")
+    out = np.empty((agg.num_rows, len(WINDOW_FEATURES)), dtype=np.float64)
+    for j, name in enumerate(WINDOW_FEATURES):
+        col = agg.column(name)
+        if col.null_count:
+            raise InputError(f"agg: column {name} has {col.null_count} null value(s)")
+        out[:, j] = col.to_numpy()
+    return out
+
+
+# ---- helpers ---------------------------------------------------------------------------------
+
+
+def _is_sorted(key: np.ndarray) -> bool:
+    return bool(np.all(key[1:] >= key[:-1]))
+
+
+def _argsort_stable(key: np.ndarray, span: int) -> np.ndarray:
+    """Stable argsort; a quicksort on (key, row) packed into one int64 when that fits (3× faster)."""
+    n = len(key)
+    if span * n < 2**62:
+        return np.argsort(key * n + np.arange(n, dtype=np.int64)) % n
+    return np.argsort(key, kind="stable")
+
+
+def _flat(col: pa.ChunkedArray | pa.Array, name: str) -> pa.Array:
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    if arr.null_count:
+        raise InputError(f"readings: column {name} has {arr.null_count} null value(s); validate readings first")
+    return arr
+
+
+def _ts_us(col: pa.ChunkedArray) -> np.ndarray:
+    arr = _flat(col, "ts")
+    if not pa.types.is_timestamp(arr.type):
+        raise InputError(f"readings: column ts must be a timestamp, got {arr.type}")
+    if arr.type.unit != "us":
+        # ns → µs truncates sub-µs digits (never needed for windows of whole seconds)
+        arr = pc.cast(arr, pa.timestamp("us", tz=arr.type.tz), safe=False)
+    return arr.cast(pa.int64()).to_numpy()
+
+
+def _values(col: pa.ChunkedArray) -> np.ndarray:
+    arr = _flat(col, "value")
+    t = arr.type
+    if not (pa.types.is_floating(t) or pa.types.is_integer(t) or pa.types.is_decimal(t)):
+        raise InputError(f"readings: column value must be numeric, got {t}")
+    if t != pa.float64():
+        arr = pc.cast(arr, pa.float64())
+    return arr.to_numpy()
+
+
+def _encode(col: pa.ChunkedArray, name: str) -> tuple[np.ndarray, pa.Array, np.ndarray]:
+    """Dictionary-encode an id column: (row → dictionary index, dictionary, index → sort rank)."""
+    arr = _flat(col, name)
+    if not pa.types.is_dictionary(arr.type):
+        t = arr.type
+        if not (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)):
+            raise InputError(f"readings: column {name} must be text, got {t}")
+        arr = pc.dictionary_encode(arr)
+    dictionary = arr.dictionary
+    if dictionary.type != pa.string():
+        dictionary = dictionary.cast(pa.string())
+    indices = arr.indices.to_numpy().astype(np.int64, copy=False)
+    # UTF-8 byte order equals code point order, i.e. Python's (and polars') string order
+    sort = pc.sort_indices(dictionary).to_numpy()
+    rank = np.empty(len(dictionary), dtype=np.int64)
+    rank[sort] = np.arange(len(dictionary), dtype=np.int64)
+    # equal strings in a user-supplied dictionary must share a rank so they group together
+    if len(pc.unique(dictionary)) != len(dictionary):
+        sorted_text = dictionary.take(pa.array(sort))
+        same = np.asarray(pc.equal(sorted_text[1:], sorted_text[:-1]).to_numpy(zero_copy_only=False))
+        first = np.maximum.accumulate(np.where(np.concatenate(([False], same)), 0, np.arange(len(sort))))
+        rank[sort] = first
+    return indices, dictionary, rank

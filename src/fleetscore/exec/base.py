@@ -1,0 +1,55 @@
+"""The executor interface: run a top-level function over task specs, yield results as they finish.
+
+An executor only moves small task specs and results; task functions read their own inputs from
+storage (shared by all workers) and write their outputs there, so executors stay interchangeable.
+"""
+
+from __future__ import annotations
+
+import traceback
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Protocol, Sequence
+
+
+@dataclass(frozen=True)
+class TaskError:
+    """A task that raised: the error text and traceback, kept for the run record and logs."""
+
+    error: str
+    traceback: str
+    attempts: int = 1
+
+    @classmethod
+    def from_exception(cls, exc: BaseException, attempts: int = 1) -> "TaskError":
+        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        return cls(f"{type(exc).__name__}: {exc}", tb, attempts)
+
+
+class Executor(Protocol):
+    """Runs ``fn(spec)`` for every spec; yields ``(index, result or TaskError)`` in completion order."""
+
+    name: str
+    workers: int
+
+    def map(self, fn: Callable[[Any], Any], specs: Sequence[Any]) -> Iterator[tuple[int, Any]]: ...
+
+    def close(self) -> None: ...
+
+
+def make_executor(kind: str, workers: int, ray_address: str | None = None) -> Executor:
+    """Build the executor named in the config (``local`` or ``ray``)."""
+    if kind == "local":
+        from fleetscore.exec.local import LocalExecutor
+
+        return LocalExecutor(workers)
+    if kind == "ray":
+        try:
+            from fleetscore.exec.ray import RayExecutor
+        except ImportError as exc:
+            from fleetscore.errors import ConfigError
+
+            raise ConfigError(f"executor 'ray' needs the ray extra: pip install 'fleetscore[ray]' ({exc})") from exc
+        return RayExecutor(workers, address=ray_address)
+    from fleetscore.errors import ConfigError
+
+    raise ConfigError(f"unknown executor {kind!r}; use local or ray")

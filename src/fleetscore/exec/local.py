@@ -1,0 +1,54 @@
+"""Local executor: tasks in a process pool (forkserver), or in-process when one worker suffices."""
+
+from __future__ import annotations
+
+import multiprocessing
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from typing import Any, Callable, Iterator, Sequence
+
+from fleetscore.exec.base import TaskError
+
+
+class LocalExecutor:
+    """A process pool of ``workers`` processes, started on first use and reused until closed."""
+
+    name = "local"
+
+    def __init__(self, workers: int) -> None:
+        self.workers = max(1, int(workers))
+        self._pool: ProcessPoolExecutor | None = None
+
+    def map(self, fn: Callable[[Any], Any], specs: Sequence[Any]) -> Iterator[tuple[int, Any]]:
+        if self.workers == 1 or len(specs) <= 1:
+            for i, spec in enumerate(specs):
+                try:
+                    yield i, fn(spec)
+                except Exception as exc:  # noqa: BLE001 - a task's failure is data for the run record
+                    yield i, TaskError.from_exception(exc)
+            return
+        pool = self._ensure_pool()
+        pending: dict[Future[Any], int] = {}
+        queue = list(enumerate(specs))
+        queue.reverse()
+        # keep at most 2 tasks per worker in flight so results stream and memory stays bounded
+        while queue or pending:
+            while queue and len(pending) < 2 * self.workers:
+                i, spec = queue.pop()
+                pending[pool.submit(fn, spec)] = i
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in done:
+                i = pending.pop(fut)
+                exc = fut.exception()
+                yield i, (TaskError.from_exception(exc) if exc is not None else fut.result())
+
+    def _ensure_pool(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            ctx = multiprocessing.get_context("forkserver")
+            ctx.set_forkserver_preload(["fleetscore.score", "fleetscore.train"])
+            self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx)
+        return self._pool
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None

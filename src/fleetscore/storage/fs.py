@@ -1,0 +1,160 @@
+"""One storage layer over fsspec: keys relative to a root URL, atomic writes, Parquet helpers.
+
+Keys are built by :mod:`fleetscore.storage.layout` only, never from device or sensor ids. On local
+disk an atomic write goes to a temporary file, is fsynced and renamed into place; on object stores
+a single PUT is already atomic (readers see the old or the new object, never a half-written one).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from fleetscore.errors import StorageError
+
+#: Row group size of landed files: small enough that statistics prune by device range.
+ROW_GROUP_ROWS = 65_536
+
+
+class Storage:
+    """A root (``/path``, ``file://``, ``s3://bucket/prefix``, ``az://container/prefix``) and its fs."""
+
+    def __init__(self, url: str, **storage_options: Any) -> None:
+        import fsspec
+
+        self.url = url
+        try:
+            self.fs, root = fsspec.core.url_to_fs(url, **storage_options)
+        except (ImportError, ValueError) as exc:
+            raise StorageError(f"cannot open storage {url!r}: {exc}") from exc
+        self.root = root.rstrip("/")
+        self.local = self.fs.protocol in ("file", ("file", "local")) or "file" in tuple(self.fs.protocol)
+        if self.local:
+            Path(self.root).mkdir(parents=True, exist_ok=True)
+
+    def __repr__(self) -> str:
+        return f"Storage({self.url!r})"
+
+    def path(self, key: str) -> str:
+        return f"{self.root}/{key}" if key else self.root
+
+    # --- plain objects -------------------------------------------------------------------------
+    def write_bytes(self, key: str, data: bytes) -> None:
+        """Write ``data`` at ``key`` atomically (readers never see a partial object)."""
+        target = self.path(key)
+        try:
+            if self.local:
+                _atomic_local_write(Path(target), data)
+            else:
+                self.fs.pipe_file(target, data)
+        except OSError as exc:
+            raise StorageError(f"cannot write {target}: {exc}") from exc
+
+    def read_bytes(self, key: str) -> bytes:
+        try:
+            return self.fs.cat_file(self.path(key))
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            raise StorageError(f"cannot read {self.path(key)}: {exc}") from exc
+
+    def exists(self, key: str) -> bool:
+        return self.fs.exists(self.path(key))
+
+    def list(self, prefix: str) -> list[str]:
+        """Keys of all files under ``prefix`` (recursive), sorted; [] when there are none."""
+        base = self.path(prefix)
+        try:
+            found = self.fs.find(base)
+        except FileNotFoundError:
+            return []
+        cut = len(self.root) + 1
+        return sorted(p[cut:] for p in found if "/.tmp-" not in p and not p.rsplit("/", 1)[-1].startswith(".tmp-"))
+
+    def list_dirs(self, prefix: str) -> list[str]:
+        """Names of the direct sub-folders of ``prefix``."""
+        try:
+            entries = self.fs.ls(self.path(prefix), detail=True)
+        except FileNotFoundError:
+            return []
+        return sorted(e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e["type"] == "directory")
+
+    def delete(self, key: str, recursive: bool = False) -> None:
+        try:
+            self.fs.rm(self.path(key), recursive=recursive)
+        except FileNotFoundError:
+            pass
+
+    # --- Parquet -------------------------------------------------------------------------------
+    def write_parquet(self, key: str, table: pa.Table, row_group_size: int = ROW_GROUP_ROWS) -> None:
+        """Write a Parquet file atomically, with statistics (for pruning) and zstd compression."""
+        sink = io.BytesIO()
+        pq.write_table(table, sink, row_group_size=row_group_size, compression="zstd", write_statistics=True)
+        self.write_bytes(key, sink.getvalue())
+
+    def read_parquet(self, key: str, columns: list[str] | None = None, filters: Any = None) -> pa.Table:
+        try:
+            return pq.read_table(self.path(key), columns=columns, filters=filters, filesystem=self.fs)
+        except FileNotFoundError:
+            raise
+        except (OSError, pa.ArrowInvalid) as exc:
+            raise StorageError(f"cannot read Parquet {self.path(key)}: {exc}") from exc
+
+    def parquet_file(self, key: str) -> pq.ParquetFile:
+        try:
+            return pq.ParquetFile(self.fs.open(self.path(key), "rb"))
+        except (OSError, pa.ArrowInvalid) as exc:
+            raise StorageError(f"cannot read Parquet {self.path(key)}: {exc}") from exc
+
+    @contextmanager
+    def lock(self, name: str) -> Iterator[None]:
+        """Exclusive lock between processes sharing a local root (no-op on object stores)."""
+        if not self.local:
+            yield
+            return
+        import fcntl
+
+        lock_dir = Path(self.root) / "_locks"
+        lock_dir.mkdir(parents=True, exist_ok=True)
+        with open(lock_dir / f"{name}.lock", "a+") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _atomic_local_write(target: Path, data: bytes) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".tmp-{uuid.uuid4().hex}-{target.name}"
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    dir_fd = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def open_storage(url: str) -> Storage:
+    """Open the storage at ``url``; credentials come from the environment only (fsspec/boto/azure)."""
+    options: dict[str, Any] = {}
+    if url.startswith(("s3://", "s3a://")) and os.environ.get("AWS_ENDPOINT_URL"):
+        options["client_kwargs"] = {"endpoint_url": os.environ["AWS_ENDPOINT_URL"]}
+    if url.startswith(("az://", "abfs://")) and os.environ.get("AZURE_STORAGE_CONNECTION_STRING"):
+        options["connection_string"] = os.environ["AZURE_STORAGE_CONNECTION_STRING"]
+    return Storage(url, **options)

@@ -1,0 +1,89 @@
+"""Where everything lives under the storage root. Keys are built here only, from validated parts.
+
+    readings/date=YYYY-MM-DD/hour=HH/data.parquet        landed readings of one hour, sorted by key
+    models/<version>/manifest.parquet                   one row per (device, sensor) model
+    models/<version>/shards.parquet                     one row per shard: key range it covers
+    models/<version>/shard-00000.npz                    arrays of all models of one shard
+    predictions/window=<from>_<to>/run=<run>/task-00000.parquet   one file per task of a run
+    predictions/window=<from>_<to>/_COMMITTED.json      which run's files are the window's predictions
+    quarantine/source=<source>/date=YYYY-MM-DD/<batch>.parquet    rejected rows with reasons
+    logs/run=<run>/...                                  run and task logs
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timezone
+
+from fleetscore.errors import InputError
+
+_VERSION_RE = re.compile(r"^v[0-9]{1,9}$")
+_RUN_RE = re.compile(r"^[0-9a-f]{8,32}$")
+_SOURCE_RE = re.compile(r"^[a-z0-9_-]{1,32}$")
+
+
+def check_version(version: str) -> str:
+    if not isinstance(version, str) or not _VERSION_RE.match(version):
+        raise InputError(f"model version must look like 'v3', got {str(version)[:80]!r}")
+    return version
+
+
+def check_run_id(run_id: str) -> str:
+    if not isinstance(run_id, str) or not _RUN_RE.match(run_id):
+        raise InputError(f"run id must be 8-32 hex characters, got {str(run_id)[:80]!r}")
+    return run_id
+
+
+def _utc(us: int) -> datetime:
+    return datetime.fromtimestamp(us / 1_000_000, tz=timezone.utc)
+
+
+def hour_key(hour_us: int) -> str:
+    dt = _utc(hour_us)
+    return f"readings/date={dt:%Y-%m-%d}/hour={dt:%H}/data.parquet"
+
+
+def window_key(from_us: int, to_us: int) -> str:
+    return f"{_utc(from_us):%Y%m%dT%H%M%SZ}_{_utc(to_us):%Y%m%dT%H%M%SZ}"
+
+
+def model_dir(version: str) -> str:
+    return f"models/{check_version(version)}"
+
+
+def manifest_key(version: str) -> str:
+    return f"{model_dir(version)}/manifest.parquet"
+
+
+def shards_key(version: str) -> str:
+    return f"{model_dir(version)}/shards.parquet"
+
+
+def shard_key(version: str, shard: int) -> str:
+    return f"{model_dir(version)}/shard-{int(shard):05d}.npz"
+
+
+def predictions_dir(from_us: int, to_us: int) -> str:
+    return f"predictions/window={window_key(from_us, to_us)}"
+
+
+def run_predictions_dir(from_us: int, to_us: int, run_id: str) -> str:
+    return f"{predictions_dir(from_us, to_us)}/run={check_run_id(run_id)}"
+
+
+def task_predictions_key(from_us: int, to_us: int, run_id: str, task: int) -> str:
+    return f"{run_predictions_dir(from_us, to_us, run_id)}/task-{int(task):05d}.parquet"
+
+
+def commit_key(from_us: int, to_us: int) -> str:
+    return f"{predictions_dir(from_us, to_us)}/_COMMITTED.json"
+
+
+def quarantine_key(source: str, day: datetime, batch: str) -> str:
+    if not _SOURCE_RE.match(source) or not _RUN_RE.match(batch):
+        raise InputError(f"bad quarantine source/batch {source!r}/{batch!r}")
+    return f"quarantine/source={source}/date={day:%Y-%m-%d}/{batch}.parquet"
+
+
+def logs_dir(run_id: str) -> str:
+    return f"logs/run={check_run_id(run_id)}"
