@@ -177,10 +177,10 @@ def _is_sorted(key: np.ndarray) -> bool:
 
 
 def _argsort_stable(key: np.ndarray, span: int) -> np.ndarray:
-    """Stable argsort; a quicksort on (key, row) packed into one int64 when that fits (3× faster)."""
+    """Stable argsort; when it fits, a plain sort of (key, row) packed into one int64 (~4× faster)."""
     n = len(key)
     if span * n < 2**62:
-        return np.argsort(key * n + np.arange(n, dtype=np.int64)) % n
+        return np.sort(key * n + np.arange(n, dtype=np.int64)) % n
     return np.argsort(key, kind="stable")
 
 

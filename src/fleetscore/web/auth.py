@@ -1,0 +1,44 @@
+"""Access control shared by every route: with a token configured, requests need it.
+
+The token comes from ``create_app(fleet, token=...)`` or the env var ``FLEETSCORE_TOKEN`` (never
+from the toml, never logged). Clients send ``Authorization: Bearer <token>``; browsers get an
+HttpOnly cookie from the login form. Comparison is constant-time.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+
+from fastapi import HTTPException, Request
+
+COOKIE_NAME = "fleetscore_token"
+
+
+def configured_token(request: Request) -> str | None:
+    token = request.app.state.settings.get("token")
+    return token if token is not None else (os.environ.get("FLEETSCORE_TOKEN") or None)
+
+
+def presented_token(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer" and value:
+        return value.strip()
+    return request.cookies.get(COOKIE_NAME)
+
+
+def token_ok(request: Request) -> bool:
+    """True when no token is configured or the request presents the right one."""
+    expected = configured_token(request)
+    if not expected:
+        return True
+    given = presented_token(request)
+    return given is not None and hmac.compare_digest(given.encode(), expected.encode())
+
+
+def require_token(request: Request) -> None:
+    """FastAPI dependency: 401 with a JSON message when the token is missing or wrong."""
+    if not token_ok(request):
+        raise HTTPException(status_code=401, detail="missing or wrong token: send Authorization: Bearer <token>",
+                            headers={"WWW-Authenticate": "Bearer"})
