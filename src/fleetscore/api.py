@@ -176,3 +176,30 @@ class Fleet:
             raise InputError("give --run RUN or both --from and --to")
         lo, hi = parse_window(start, end)
         return store.for_range(lo, hi)
+
+    # --- what the dashboard shows --------------------------------------------------------------
+    def anomaly_counts(self, start: Time, end: Time) -> pa.Table:
+        """Committed predictions in [start, end) counted per (device, sensor, hour): rows, anomalies."""
+        from fleetscore.core.anomalies import hourly_counts
+
+        lo, hi = parse_window(start, end)
+        return hourly_counts(PredictionStore(self.storage).for_range(lo, hi, columns=["is_anomaly"]))
+
+    def series(self, device: str, sensor: str, start: Time, end: Time) -> pa.Table:
+        """One (device, sensor) in [start, end): ts, value, and score / is_anomaly where it was scored."""
+        lo, hi = parse_window(start, end)
+        readings = ReadingStore(self.storage).read_window(lo, hi, devices=(device, device))
+        readings = readings.filter(pc.equal(readings.column("sensor"), sensor)).select(["ts", "value"])
+        scored = PredictionStore(self.storage).for_range(
+            lo, hi, columns=["value", "score", "is_anomaly"], filters=[("device", "=", device), ("sensor", "=", sensor)]
+        ).select(["ts", "value", "score", "is_anomaly"])
+        joined = readings.join(scored, keys="ts", join_type="full outer", left_suffix="", right_suffix="_scored")
+        value = pc.coalesce(joined.column("value"), joined.column("value_scored"))
+        return pa.table({"ts": joined.column("ts"), "value": value, "score": joined.column("score"),
+                         "is_anomaly": joined.column("is_anomaly")}).sort_by("ts")
+
+    def run_stats(self) -> Any:
+        """Totals over all runs (per status, duration histogram, last success): a ``catalog.stats.RunStats``."""
+        from fleetscore.catalog.stats import run_stats
+
+        return run_stats(self.catalog)

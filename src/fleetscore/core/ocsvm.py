@@ -118,9 +118,8 @@ class OcsvmParams:
         offsets = np.zeros(len(idx) + 1, dtype=np.int64)
         np.cumsum(counts, out=offsets[1:])
         rows = np.repeat(self.sv_offsets[idx] - offsets[:-1], counts) + np.arange(offsets[-1])
-        return OcsvmParams(
-            self.mean[idx], self.scale[idx], self.gamma[idx], self.intercept[idx], offsets, self.sv[rows], self.dual_coef[rows]
-        )
+        head = (self.mean[idx], self.scale[idx], self.gamma[idx], self.intercept[idx])
+        return OcsvmParams(*head, offsets, self.sv[rows], self.dual_coef[rows])
 
     @classmethod
     def concat(cls, parts: Sequence[OcsvmParams]) -> OcsvmParams:
@@ -257,7 +256,8 @@ def _svm_arrays(svm: object) -> tuple[float, float, np.ndarray, np.ndarray]:
     intercept = np.asarray(svm.intercept_ if intercept is None else intercept, dtype=np.float64).ravel()
     if sv.ndim != 2 or dual.shape != (sv.shape[0],) or intercept.shape != (1,):
         raise ModelFormatError(
-            f"inconsistent OneClassSVM: support_vectors_ {sv.shape}, dual_coef_ {dual.shape}, intercept_ {intercept.shape}"
+            f"inconsistent OneClassSVM: support_vectors_ {sv.shape}, dual_coef_ {dual.shape}, "
+            f"intercept_ {intercept.shape}"
         )
     gamma = getattr(svm, "_gamma", None)
     if gamma is None:  # pickled before the resolved gamma was stored: recover it from the parameter
@@ -287,7 +287,8 @@ def _scaler_arrays(scaler: object, n_features: int) -> tuple[np.ndarray, np.ndar
         scale = np.asarray(s, dtype=np.float64)
     if mean.shape != (n_features,) or scale.shape != (n_features,):
         raise ModelFormatError(
-            f"the StandardScaler has mean {mean.shape} / scale {scale.shape} but the OneClassSVM has {n_features} features"
+            f"the StandardScaler has mean {mean.shape} / scale {scale.shape}, "
+            f"the OneClassSVM has {n_features} features"
         )
     return mean, scale
 
@@ -327,7 +328,7 @@ _LN2_HI = 6.93147180369123816490e-01  # ln 2 split in two (fdlibm) so n * _LN2_H
 _LN2_LO = 1.90821492927058770002e-10
 _ROUND = 6755399441055744.0  # 2**52 + 2**51: x + _ROUND rounds x to an integer held in the low bits
 _ROUND_BITS = 0x4338000000000000  # the bit pattern of _ROUND
-_LANES = 8  # vector loops run over a multiple of this many rows so no scalar remainder is left
+_LANES = 8  # vector loops run over a multiple of this many rows: no slow scalar remainder loop
 
 
 def _decision_loop(mean, scale, gamma, intercept, sv_offsets, sv, dual_coef, model_idx, X, out):
@@ -349,7 +350,7 @@ def _decision_loop(mean, scale, gamma, intercept, sv_offsets, sv, dual_coef, mod
     for r in range(n_rows):
         order[fill[model_idx[r]]] = r
         fill[model_idx[r]] += 1
-    z = np.zeros((n_features, width))  # scaled rows of one model, feature-major; padding stays finite
+    z = np.zeros((n_features, width))  # scaled rows of one model, feature-major; lanes >= n are ignored
     d2 = np.empty(width)
     acc = np.empty(width)
     for m in range(n_models):
@@ -360,7 +361,6 @@ def _decision_loop(mean, scale, gamma, intercept, sv_offsets, sv, dual_coef, mod
         for k in range(n_features):
             for i in range(n):
                 z[k, i] = (X[order[lo + i], k] - mean[m, k]) / scale[m, k]
-            z[k, n:w] = 0.0
         acc[:w] = 0.0
         g = gamma[m]
         for j in range(sv_offsets[m], sv_offsets[m + 1]):

@@ -16,8 +16,9 @@ def plan_shards(costs: np.ndarray, max_models: int, target_shards: int = 1) -> n
     """Shard boundaries for models in key order: returns ``starts`` with starts[0] == 0.
 
     Shards hold at most ``max_models`` models, at least ``target_shards`` shards are made when
-    there are that many models (so every worker gets work), and cuts fall where the cumulative
-    cost crosses equal shares, so one very expensive model does not stall a shard of cheap ones.
+    there are that many models (so every worker gets work), cuts fall where the cumulative cost
+    crosses equal shares, and a model costing a whole share or more gets a shard of its own, so it
+    does not stall a shard of cheap ones.
     """
     n = len(costs)
     if n == 0:
@@ -27,10 +28,10 @@ def plan_shards(costs: np.ndarray, max_models: int, target_shards: int = 1) -> n
     cum = np.cumsum(costs)
     share = cum[-1] / n_shards
     cuts = np.searchsorted(cum, share * np.arange(1, n_shards), side="left") + 1
-    starts = np.unique(np.concatenate([[0], cuts[cuts < n]]))
-    # enforce the model cap: split any shard that is still too long
+    heavy = np.flatnonzero(costs >= share)
+    bounds = np.unique(np.concatenate([[0, n], cuts, heavy, heavy + 1]))
+    bounds = bounds[(bounds >= 0) & (bounds <= n)]
     out: list[int] = []
-    bounds = np.append(starts, n)
     for lo, hi in zip(bounds[:-1], bounds[1:]):
         out.extend(range(int(lo), int(hi), max_models))
     return np.asarray(out, dtype=np.int64)

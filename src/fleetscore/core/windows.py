@@ -7,10 +7,12 @@ and their features line up between training and scoring.
 The aggregation is a sort-and-segment pass in numpy: device and sensor ids are dictionary
 encoded, the rows are ordered by (device, sensor, window) (the sort is skipped when the input is
 already in that order, as stored and simulated readings are), and ``ufunc.reduceat`` aggregates
-each contiguous group. Measured on 5M rows this is about 1.5–2× faster than polars'
-``group_by().agg()`` and ``pyarrow.Table.group_by`` (both of which also have to sort their
-output), and it uses a corrected two-pass variance, which stays accurate for values with a large
-offset (e.g. ``1e9 + noise``) where single-pass/streaming formulas lose digits.
+each contiguous group. Measured on 5M simulated rows (2 cores, 5-minute windows) it ran at
+13–20M rows/s (about 12M rows/s on shuffled input), against 7–14M rows/s for polars
+``group_by().agg().sort()`` and 2–9M rows/s for ``pyarrow.Table.group_by`` + ``sort_by``. It
+needs no dependency beyond numpy and pyarrow, and its corrected two-pass variance stays accurate
+for values with a large offset (e.g. ``1e9 + 1e-3 * noise``), where the built-in grouped std of
+both libraries loses about four more digits.
 
 Pure: no I/O, no clock, no global state.
 """
@@ -47,7 +49,7 @@ WINDOW_SCHEMA = pa.schema(
 MAX_DURATION_S = 7 * 86_400
 
 _UNITS = {"d": 86_400, "h": 3_600, "m": 60, "s": 1}
-_DURATION_RE = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
+_DURATION_RE = re.compile(r"(?:([0-9]+)d)?(?:([0-9]+)h)?(?:([0-9]+)m)?(?:([0-9]+)s)?")
 _MAX_WIDTH_S = (2**63 - 1) // 1_000_000 // 2  # keeps window arithmetic in µs inside int64
 
 
@@ -62,6 +64,8 @@ def parse_duration(text: str) -> int:
         raise InputError(f"bad duration {text!r}: expected text like '30s', '5m', '1h', '2h30m' or '1d'")
     shown = text if len(text) <= 40 else text[:37] + "..."
     s = text.strip().lower()
+    if len(s) > 32:
+        raise InputError(f"bad duration '{shown}': too long to be a duration")
     if s.isascii() and s.isdigit():
         seconds = int(s)
     else:
@@ -92,7 +96,7 @@ def tumbling_aggregate(readings: pa.Table, width_s: int) -> pa.Table:
     if isinstance(width_s, bool) or not isinstance(width_s, Integral):
         raise InputError(f"width_s must be an integer number of seconds, got {type(width_s).__name__} {width_s!r}")
     if not 1 <= width_s <= _MAX_WIDTH_S:
-        raise InputError(f"width_s must be a positive number of seconds, got {width_s}")
+        raise InputError(f"width_s must be between 1 and {_MAX_WIDTH_S} seconds, got {width_s}")
     if not isinstance(readings, pa.Table):
         raise InputError(f"readings must be a pyarrow Table, got {type(readings).__name__}")
     missing = [c for c in ("ts", "device", "sensor", "value") if c not in readings.column_names]
@@ -101,35 +105,45 @@ def tumbling_aggregate(readings: pa.Table, width_s: int) -> pa.Table:
     if readings.num_rows == 0:
         return WINDOW_SCHEMA.empty_table()
 
-    ts_us = _ts_us(readings.column("ts"))
+    for name in ("ts", "device", "sensor", "value"):
+        nulls = readings.column(name).null_count
+        if nulls:
+            raise InputError(f"readings: column {name} has {nulls} null value(s); validate readings first")
+    width_us = int(width_s) * 1_000_000
+    win = np.floor_divide(_ts_us(readings.column("ts")), width_us)  # epoch aligned, also before 1970
     value = _values(readings.column("value"))
     dev_idx, dev_dict, dev_rank = _encode(readings.column("device"), "device")
     sen_idx, sen_dict, sen_rank = _encode(readings.column("sensor"), "sensor")
 
-    width_us = int(width_s) * 1_000_000
-    win = ts_us // width_us  # floor division: epoch aligned, also before 1970
+    n = len(value)
     win_lo = int(win.min())
     win_span = int(win.max()) - win_lo + 1
     n_sen = len(sen_dict)
-    dev_code = dev_rank[dev_idx].astype(np.int64)
-    sen_code = sen_rank[sen_idx].astype(np.int64)
-    n = len(value)
     span = len(dev_dict) * n_sen * win_span
     if span < 2**62:
-        key = (dev_code * n_sen + sen_code) * win_span + (win - win_lo)
-        order = None if _is_sorted(key) else _argsort_stable(key, span)
-        if order is not None:
-            key = key[order]
+        # one int64 key per row ordered like (device, sensor, window); built in place
+        key = dev_rank[dev_idx]
+        key *= n_sen
+        key += sen_rank[sen_idx]
+        key *= win_span
+        key += win
+        key -= win_lo
+        order = None if _is_sorted(key) else _sort_stable(key, span)  # sorts key in place
         change = key[1:] != key[:-1]
+        del key
     else:  # a single int64 key would overflow (absurd time spans): sort on the three columns
-        order = np.lexsort((win, sen_code, dev_code))
-        d, c, w = dev_code[order], sen_code[order], win[order]
+        d, c = dev_rank[dev_idx], sen_rank[sen_idx]
+        order = np.lexsort((win, c, d))
+        d, c, w = d[order], c[order], win[order]
         change = (d[1:] != d[:-1]) | (c[1:] != c[:-1]) | (w[1:] != w[:-1])
+        del d, c, w
     starts = np.concatenate(([0], np.flatnonzero(change) + 1))
+    del change
     count = np.diff(np.append(starts, n))
     first = starts if order is None else order[starts]  # input row of each group's first reading
     if order is not None:
         value = value[order]
+        del order
 
     # corrected two-pass mean and variance (Chan, Golub & LeVeque): accurate with large offsets
     mean0 = np.add.reduceat(value, starts) / count
@@ -176,53 +190,59 @@ def _is_sorted(key: np.ndarray) -> bool:
     return bool(np.all(key[1:] >= key[:-1]))
 
 
-def _argsort_stable(key: np.ndarray, span: int) -> np.ndarray:
-    """Stable argsort; when it fits, a plain sort of (key, row) packed into one int64 (~4× faster)."""
+def _sort_stable(key: np.ndarray, span: int) -> np.ndarray:
+    """Sort ``key`` in place and return the stable argsort that does it.
+
+    When it fits, (key, row) is packed into one int64 and sorted as plain numbers, which is
+    several times faster than ``argsort(kind="stable")``.
+    """
     n = len(key)
     if span * n < 2**62:
-        return np.sort(key * n + np.arange(n, dtype=np.int64)) % n
-    return np.argsort(key, kind="stable")
-
-
-def _flat(col: pa.ChunkedArray | pa.Array, name: str) -> pa.Array:
-    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
-    if arr.null_count:
-        raise InputError(f"readings: column {name} has {arr.null_count} null value(s); validate readings first")
-    return arr
+        key *= n
+        key += np.arange(n, dtype=np.int64)
+        key.sort()
+        order = key % n
+        key //= n
+        return order
+    order = np.argsort(key, kind="stable")
+    key[:] = key[order]
+    return order
 
 
 def _ts_us(col: pa.ChunkedArray) -> np.ndarray:
-    arr = _flat(col, "ts")
-    if not pa.types.is_timestamp(arr.type):
-        raise InputError(f"readings: column ts must be a timestamp, got {arr.type}")
-    if arr.type.unit != "us":
+    t = col.type
+    if not pa.types.is_timestamp(t):
+        raise InputError(f"readings: column ts must be a timestamp, got {t}")
+    if t.unit != "us":
         # ns → µs truncates sub-µs digits (never needed for windows of whole seconds)
-        arr = pc.cast(arr, pa.timestamp("us", tz=arr.type.tz), safe=False)
-    return arr.cast(pa.int64()).to_numpy()
+        col = pc.cast(col, pa.timestamp("us", tz=t.tz), safe=False)
+    return col.cast(pa.int64()).to_numpy()
 
 
 def _values(col: pa.ChunkedArray) -> np.ndarray:
-    arr = _flat(col, "value")
-    t = arr.type
+    t = col.type
     if not (pa.types.is_floating(t) or pa.types.is_integer(t) or pa.types.is_decimal(t)):
         raise InputError(f"readings: column value must be numeric, got {t}")
     if t != pa.float64():
-        arr = pc.cast(arr, pa.float64())
-    return arr.to_numpy()
+        col = pc.cast(col, pa.float64())
+    return col.to_numpy()
 
 
 def _encode(col: pa.ChunkedArray, name: str) -> tuple[np.ndarray, pa.Array, np.ndarray]:
     """Dictionary-encode an id column: (row → dictionary index, dictionary, index → sort rank)."""
-    arr = _flat(col, name)
-    if not pa.types.is_dictionary(arr.type):
-        t = arr.type
+    t = col.type
+    if not pa.types.is_dictionary(t):
         if not (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)):
             raise InputError(f"readings: column {name} must be text, got {t}")
-        arr = pc.dictionary_encode(arr)
-    dictionary = arr.dictionary
+        col = pc.dictionary_encode(col)
+    elif not (pa.types.is_string(t.value_type) or pa.types.is_large_string(t.value_type)):
+        raise InputError(f"readings: column {name} must be text, got {t}")
+    chunks = col.unify_dictionaries().chunks if isinstance(col, pa.ChunkedArray) else [col]
+    dictionary = chunks[0].dictionary
     if dictionary.type != pa.string():
         dictionary = dictionary.cast(pa.string())
-    indices = arr.indices.to_numpy().astype(np.int64, copy=False)
+    parts = [c.indices.to_numpy() for c in chunks]
+    indices = parts[0] if len(parts) == 1 else np.concatenate(parts)
     # UTF-8 byte order equals code point order, i.e. Python's (and polars') string order
     sort = pc.sort_indices(dictionary).to_numpy()
     rank = np.empty(len(dictionary), dtype=np.int64)
@@ -230,7 +250,7 @@ def _encode(col: pa.ChunkedArray, name: str) -> tuple[np.ndarray, pa.Array, np.n
     # equal strings in a user-supplied dictionary must share a rank so they group together
     if len(pc.unique(dictionary)) != len(dictionary):
         sorted_text = dictionary.take(pa.array(sort))
-        same = np.asarray(pc.equal(sorted_text[1:], sorted_text[:-1]).to_numpy(zero_copy_only=False))
+        same = pc.equal(sorted_text[1:], sorted_text[:-1]).to_numpy(zero_copy_only=False)
         first = np.maximum.accumulate(np.where(np.concatenate(([False], same)), 0, np.arange(len(sort))))
         rank[sort] = first
     return indices, dictionary, rank

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timezone
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -37,8 +38,8 @@ class PredictionStore:
         except FileNotFoundError:
             return None
 
-    def _read_files(self, files: list[str]) -> list[pa.Table]:
-        return [self.storage.read_parquet(f) for f in files]
+    def _read_files(self, files: list[str], columns: list[str] | None = None, filters: Any = None) -> list[pa.Table]:
+        return [self.storage.read_parquet(f, columns=columns, filters=filters) for f in files]
 
     def for_run(self, run_id: str, from_us: int, to_us: int) -> pa.Table:
         pointer = self._pointer(from_us, to_us)
@@ -47,8 +48,13 @@ class PredictionStore:
             raise NotFoundError(f"run {run_id} has no committed predictions for {iso(from_us)}..{iso(to_us)}{current}")
         return _concat(self._read_files(pointer["files"]))
 
-    def for_range(self, from_us: int, to_us: int) -> pa.Table:
-        """Predictions with from ≤ ts < to from every committed window; later commits win on overlap."""
+    def for_range(self, from_us: int, to_us: int, columns: list[str] | None = None, filters: Any = None) -> pa.Table:
+        """Predictions with from ≤ ts < to from every committed window; later commits win on overlap.
+
+        ``columns`` (ts, device and sensor are always read) and Parquet ``filters`` narrow what is read.
+        """
+        if columns is not None:
+            columns = list(dict.fromkeys(["ts", "device", "sensor", *columns]))
         found: list[tuple[str, pa.Table]] = []
         for name in self.storage.list_dirs("predictions"):
             bounds = _window_bounds(name)
@@ -57,7 +63,7 @@ class PredictionStore:
             pointer = self._pointer(*bounds)
             if pointer is None:
                 continue
-            for part in self._read_files(pointer["files"]):
+            for part in self._read_files(pointer["files"], columns, filters):
                 found.append((pointer["committed_at"], part))
         found.sort(key=lambda p: p[0], reverse=True)
         table = _concat([t for _, t in found])

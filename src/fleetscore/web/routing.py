@@ -1,0 +1,126 @@
+"""How dashboard routes answer when something is wrong, and how ids travel in URLs.
+
+* Errors: a :class:`~fleetscore.errors.FleetscoreError` raised while answering becomes a status code
+  (unknown or malformed id → 404, other bad input → 400, storage → 503, the rest → 500) with the
+  error's message: an HTML page on page routes (:class:`PageRoute`), ``{"detail": ...}`` on API
+  routes (:class:`ApiRoute`). Nothing else reaches the client: no stack trace, no file contents.
+* Unmatched URLs get the same 404 page when a browser asks (``Accept: text/html``), else JSON.
+* Pages without the token raise :class:`LoginRequired`, answered by a redirect to the login form.
+* Device and sensor ids are arbitrary text (``/``, ``..``, ``<script>``): :func:`id_segment` turns an
+  id into one URL path segment and :func:`segment_id` back. ``~`` escapes ``~`` and ``/`` always, and
+  dots when the id is only dots (clients collapse ``.`` and ``..`` segments); ids without those
+  characters appear in URLs as they are.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable, Coroutine
+from urllib.parse import quote
+
+from fastapi import Request, Response
+from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.routing import APIRoute
+
+from fleetscore.errors import FleetscoreError, InputError, NotFoundError, StorageError
+
+Handler = Callable[[Request], Coroutine[Any, Any, Response]]
+_SEGMENT_ESCAPE = re.compile(r"~([0-9A-F]{2})")
+
+
+class LoginRequired(Exception):
+    """A page was asked for without the token; ``next`` is where to return after logging in."""
+
+    def __init__(self, next_url: str) -> None:
+        super().__init__(next_url)
+        self.next_url = next_url
+
+
+def id_segment(value: str) -> str:
+    """A device or sensor id as one percent-encoded URL path segment."""
+    text = value.replace("~", "~7E").replace("/", "~2F")
+    if text and set(text) == {"."}:
+        text = "~2E" * len(text)
+    return quote(text, safe="")
+
+
+def segment_id(segment: str) -> str:
+    """The id :func:`id_segment` encoded (the segment as the router decoded it)."""
+    return _SEGMENT_ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), segment)
+
+
+def status_for(exc: FleetscoreError) -> int:
+    if isinstance(exc, NotFoundError):
+        return 404
+    if isinstance(exc, InputError):
+        return 400
+    if isinstance(exc, StorageError):
+        return 503
+    return 500
+
+
+def safe_next(target: str | None) -> str:
+    """A post-login target restricted to a path on this site (no ``//host`` or scheme: no open redirect)."""
+    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return "/"
+    return "".join(ch for ch in target if ch.isprintable())
+
+
+class ApiRoute(APIRoute):
+    """API route: fleetscore errors become JSON ``{"detail": message}`` with their status code."""
+
+    def get_route_handler(self) -> Handler:
+        handler = super().get_route_handler()
+
+        async def answer(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except FleetscoreError as exc:
+                return JSONResponse({"detail": str(exc)}, status_code=status_for(exc))
+
+        return answer
+
+
+class PageRoute(APIRoute):
+    """Page route: fleetscore errors become the HTML error page with their status code."""
+
+    def get_route_handler(self) -> Handler:
+        handler = super().get_route_handler()
+
+        async def answer(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except FleetscoreError as exc:
+                return error_page(request, status_for(exc), str(exc))
+
+        return answer
+
+
+def wants_html(request: Request) -> bool:
+    return not request.url.path.startswith("/api/") and "text/html" in request.headers.get("accept", "")
+
+
+def error_page(request: Request, status: int, message: str) -> Response:
+    from fleetscore.web.render import render
+
+    titles = {400: "Bad request", 401: "Sign in needed", 403: "Forbidden", 404: "Not found", 405: "Not allowed"}
+    title = titles.get(status, "Service unavailable" if status == 503 else "Error")
+    return render(request, "error.html", status=status, title=title, status_code=status, message=message)
+
+
+def install_handlers(app: Any) -> None:
+    """App-wide: the login redirect, and HTML error pages for browsers on unmatched URLs."""
+    from fastapi.exception_handlers import http_exception_handler
+    from starlette.exceptions import HTTPException
+
+    async def login_redirect(request: Request, exc: LoginRequired) -> Response:
+        root = request.scope.get("root_path", "")
+        return RedirectResponse(f"{root}/login?next={quote(exc.next_url, safe='/')}", status_code=303)
+
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        if wants_html(request) and exc.status_code >= 400:
+            return error_page(request, exc.status_code, str(exc.detail))
+        return await http_exception_handler(request, exc)
+
+    app.add_exception_handler(LoginRequired, login_redirect)
+    app.add_exception_handler(HTTPException, http_error)
