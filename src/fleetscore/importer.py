@@ -154,9 +154,14 @@ def import_table(storage: Storage, table: pa.Table, source: str, row_offset: int
     return result
 
 
-def write_quarantine(storage: Storage, rejected: pa.Table, source: str) -> dict[str, Any]:
-    """Store rejected rows with their reasons; returns where they went and a summary."""
-    key = layout.quarantine_key(source, datetime.now(timezone.utc), uuid.uuid4().hex)
+def write_quarantine(storage: Storage, rejected: pa.Table, source: str, *, batch: str | None = None,
+                     day: datetime | None = None) -> dict[str, Any]:
+    """Store rejected rows with their reasons; returns where they went and a summary.
+
+    ``batch`` (8-32 hex) and ``day`` name the file; giving both makes a retried write replace the
+    same file (compaction does this) instead of adding a second copy.
+    """
+    key = layout.quarantine_key(source, day or datetime.now(timezone.utc), batch or uuid.uuid4().hex)
     storage.write_parquet(key, rejected)
     reasons = Counter(rejected.column("reason").to_pylist())
     return {

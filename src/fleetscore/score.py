@@ -4,16 +4,19 @@ Each task reads only its shard's key range of the window and its shard file, sco
 in one fused kernel call and writes one Parquet file atomically under the run's folder. The run is
 committed at the end by pointing the window's ``_COMMITTED.json`` at the run: re-scoring a window
 replaces its predictions, and a retried task overwrites its own file, so nothing is duplicated.
+
+A task that raises runs again after a backoff (``RunControl.retries``); each task's record is saved
+as it finishes, so :func:`resume` can finish a failed or crashed run by re-running only the tasks
+that did not succeed. Every run and task writes its log to storage (:mod:`fleetscore.storage.logs`).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import socket
 import time
 import uuid
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any, Callable
 
 import numpy as np
@@ -25,12 +28,16 @@ from fleetscore.catalog.sql import now_iso
 from fleetscore.core import ocsvm
 from fleetscore.core.features import build_features, parse_features
 from fleetscore.core.plan import key_range_mask
-from fleetscore.core.runs import ModelFailure, RunRecord, RunStatus, TaskRecord, run_status
-from fleetscore.core.times import iso
+from fleetscore.core.runs import ModelFailure, RunRecord, RunStatus, TaskRecord, backoff_delay, needs_rerun, run_status
+from fleetscore.core.times import iso, parse_time
 from fleetscore.errors import FleetscoreError
 from fleetscore.exec.base import Executor, TaskError
+from fleetscore.exec.capture import run_captured
+from fleetscore.exec.control import CANCELLED, RunControl, RunStopped
+from fleetscore.exec.place import current_place
 from fleetscore.storage import layout
 from fleetscore.storage.fs import Storage, open_storage
+from fleetscore.storage.logs import RunLog, worker_name
 from fleetscore.storage.models import ModelStore
 from fleetscore.storage.readings import ReadingStore
 
@@ -53,6 +60,7 @@ class ScoreTask:
     to_us: int
     lo: KeyBound
     hi: KeyBound
+    attempt: int = 1
 
 
 @dataclass(frozen=True)
@@ -115,12 +123,14 @@ def score_shard(task: ScoreTask) -> ScoreOutcome:
     t4 = time.perf_counter()
 
     n_anom = int(pc.sum(out.column("is_anomaly")).as_py() or 0) if out.num_rows else 0
+    place = current_place()
     record = TaskRecord(
         run_id=task.run_id, task=task.task, shard=task.shard, status="failed" if failures and not out.num_rows else "succeeded",
         models=int(len(np.unique(slots))), rows=out.num_rows, anomalies=n_anom,
         unmatched_rows=int((~has_model).sum()), failed_models=len(failures),
         wall_s=t4 - t0, cpu_s=time.process_time() - c0, load_data_s=t1 - t0, load_models_s=t2 - t1,
-        score_s=t3 - t2, write_s=t4 - t3, worker=f"{socket.gethostname()}:{os.getpid()}", attempts=1,
+        score_s=t3 - t2, write_s=t4 - t3, worker=place.worker, node=place.node,
+        attempts=task.attempt + place.attempt - 1,  # the executor's own retries (a dead Ray worker) count too
     )
     return ScoreOutcome(record, failures, unmatched, key)
 
@@ -197,71 +207,149 @@ def score(
     version: str,
     schedule: str | None = None,
     on_progress: Callable[[int, int], None] | None = None,
+    run_id: str | None = None,
+    control: RunControl | None = None,
 ) -> RunRecord:
     """Score [from, to) with ``version``; returns the finished run record (also in the catalog)."""
-    started = time.perf_counter()
     storage = open_storage(storage_url)
-    info, _ = ModelStore(storage).read_manifest(version)
+    ModelStore(storage).read_manifest(version)  # a missing or unreadable version fails before a run exists
     run = RunRecord(
-        run_id=uuid.uuid4().hex, window_from=iso(from_us), window_to=iso(to_us), version=version,
+        run_id=run_id or uuid.uuid4().hex, window_from=iso(from_us), window_to=iso(to_us), version=version,
         created_at=now_iso(), executor=executor.name, schedule=schedule,
     )
     catalog.save_run(run)
-    tasks = plan_tasks(storage, storage_url, run.run_id, version, info.features, from_us, to_us)
-    run = run.with_status(RunStatus.RUNNING, started_at=now_iso(), tasks=len(tasks))
-    catalog.save_run(run)
+    return _execute(catalog, storage_url, executor, run, control or RunControl(), on_progress)
+
+
+def resume(
+    *,
+    storage_url: str,
+    catalog: Catalog,
+    executor: Executor,
+    run_id: str,
+    on_progress: Callable[[int, int], None] | None = None,
+    control: RunControl | None = None,
+) -> RunRecord:
+    """Finish an existing run: re-run only its tasks that did not succeed (failed, interrupted or never
+    started) into the run's own folder, then commit the window again (``runs retry``, and after a crash)."""
+    run = replace(catalog.get_run(run_id), executor=executor.name)
+    return _execute(catalog, storage_url, executor, run, control or RunControl(), on_progress)
+
+
+def _execute(catalog: Catalog, storage_url: str, executor: Executor, run: RunRecord, control: RunControl,
+             on_progress: Callable[[int, int], None] | None) -> RunRecord:
+    """Run the tasks of ``run`` that still need to run, record each one, then sum up and commit."""
+    started, before = time.perf_counter(), run.elapsed_s or 0.0
+    storage = open_storage(storage_url)
+    from_us, to_us = parse_time(run.window_from), parse_time(run.window_to)
+    log = RunLog(storage, run.run_id)
     try:
-        outcomes = _run_tasks(executor, tasks, on_progress)
-        run = _finish(catalog, storage, run, tasks, outcomes, from_us, to_us)
-    except BaseException as exc:
-        run = run.with_status(RunStatus.FAILED, finished_at=now_iso(), error=f"{type(exc).__name__}: {exc}")
-        catalog.save_run(replace(run, elapsed_s=round(time.perf_counter() - started, 3)))
+        info, _ = ModelStore(storage).read_manifest(run.version)
+        tasks = plan_tasks(storage, storage_url, run.run_id, run.version, info.features, from_us, to_us)
+        done = {t.task for t in catalog.tasks(run.run_id) if not needs_rerun(t)}
+        todo = [t for t in tasks if t.task not in done]
+        catalog.save_tasks([TaskRecord(run_id=run.run_id, task=t.task, shard=t.shard) for t in todo])
+        run = run.with_status(RunStatus.RUNNING, started_at=run.started_at or now_iso(), finished_at=None,
+                              tasks=len(tasks), error=None)
+        catalog.save_run(run)
+        log.event("run.start", window_from=run.window_from, window_to=run.window_to, version=run.version,
+                  schedule=run.schedule, executor=executor.name, worker=worker_name(), tasks=len(tasks),
+                  to_run=len(todo), retries=control.retries, storage=storage_url, catalog=catalog.url)
+        unmatched = _run_tasks(catalog, storage, executor, todo, on_progress, control, log)
+        run = _finish(catalog, storage, run, from_us, to_us, unmatched)
+    except RunStopped as exc:
+        log.event("run.stopped", "warning", reason=exc.reason)
+        if exc.reason == CANCELLED:  # a lost lease leaves the record to the process that took the run over
+            run = run.with_status(RunStatus.CANCELLED, finished_at=now_iso(), error="cancelled",
+                                  elapsed_s=round(before + time.perf_counter() - started, 3))
+            catalog.save_run(run)
+        log.close()
         raise
-    run = replace(run, elapsed_s=round(time.perf_counter() - started, 3))
+    except BaseException as exc:
+        run = run.with_status(RunStatus.FAILED, finished_at=now_iso(), error=f"{type(exc).__name__}: {exc}",
+                              elapsed_s=round(before + time.perf_counter() - started, 3))
+        catalog.save_run(run)
+        log.event("run.end", "error", status=run.status.value, error=run.error)
+        log.close()
+        raise
+    run = replace(run, elapsed_s=round(before + time.perf_counter() - started, 3))
     catalog.save_run(run)
+    log.event("run.end", "info" if run.status is RunStatus.SUCCEEDED else "warning", status=run.status.value,
+              models=run.models, rows=run.rows, anomalies=run.anomalies, failed_models=run.failed_models,
+              elapsed_s=run.elapsed_s, error=run.error)
+    log.close()
     return run
 
 
-def _run_tasks(
-    executor: Executor, tasks: list[ScoreTask], on_progress: Callable[[int, int], None] | None
-) -> list[ScoreOutcome]:
-    outcomes: list[ScoreOutcome | None] = [None] * len(tasks)
-    for done, (i, result) in enumerate(executor.map(score_shard, tasks), start=1):
-        if isinstance(result, TaskError):
-            t = tasks[i]
-            result = ScoreOutcome(
-                TaskRecord(run_id=t.run_id, task=t.task, shard=t.shard, status="failed",
-                           attempts=result.attempts, error=result.error)
-            )
-        outcomes[i] = result
-        if on_progress:
-            on_progress(done, len(tasks))
-    return [o for o in outcomes if o is not None]
+def _run_tasks(catalog: Catalog, storage: Storage, executor: Executor, tasks: list[ScoreTask],
+               on_progress: Callable[[int, int], None] | None, control: RunControl,
+               log: RunLog) -> list[dict[str, Any]]:
+    """Run ``tasks``; those that raise run again after a backoff, up to ``control.retries`` more times.
+
+    Each task's final outcome is recorded as it arrives (so a crashed run can be resumed); returns
+    the sample of readings without a model.
+    """
+    unmatched: list[dict[str, Any]] = []
+    done, queue = 0, tasks
+    while queue:
+        again: list[ScoreTask] = []
+        for i, result in executor.map(partial(run_captured, score_shard), queue):
+            t = queue[i]
+            if isinstance(result, TaskError) and t.attempt <= control.retries:
+                again.append(replace(t, attempt=t.attempt + 1))
+                log.event("task.failed", "warning", task=t.task, shard=t.shard, attempt=t.attempt, error=result.error)
+            else:
+                unmatched += _record(catalog, storage, t, result, log)
+                done += 1
+                if on_progress:
+                    on_progress(done, len(tasks))
+            control.stop.check(t.run_id)
+        if again:
+            delay = backoff_delay(again[0].attempt - 1, control.backoff_s)
+            log.event("task.retry", tasks=[t.task for t in again], attempt=again[0].attempt, delay_s=delay)
+            control.stop.sleep(again[0].run_id, delay)
+        queue = again
+    return unmatched
 
 
-def _finish(catalog: Catalog, storage: Storage, run: RunRecord, tasks: list[ScoreTask],
-            outcomes: list[ScoreOutcome], from_us: int, to_us: int) -> RunRecord:
-    failures: list[ModelFailure] = []
-    for t, o in zip(tasks, outcomes):
-        failures.extend(o.failures)
-        if o.record.status == "failed" and o.record.error:
-            failures.extend(_shard_failures(storage, t, o.record.error))
-    records = [o.record for o in outcomes]
-    catalog.save_tasks(records)
-    catalog.replace_failures(run.run_id, [t.task for t in tasks], failures)
-    files = [o.output for o in outcomes if o.output]
+def _record(catalog: Catalog, storage: Storage, task: ScoreTask, result: ScoreOutcome | TaskError,
+            log: RunLog) -> list[dict[str, Any]]:
+    """Save a task's final outcome (its record and failed models) and log it; returns its unmatched sample."""
+    if isinstance(result, TaskError):
+        failures = _shard_failures(storage, task, result.error)
+        record = TaskRecord(run_id=task.run_id, task=task.task, shard=task.shard, status="failed",
+                            failed_models=len(failures), attempts=task.attempt, error=result.error)
+        # a file left by an earlier attempt is not this run's output for the shard any more
+        storage.delete(layout.task_predictions_key(task.from_us, task.to_us, task.run_id, task.task))
+        log.event("task.end", "error", **record.as_dict(), traceback=result.traceback)
+        catalog.save_tasks([record])
+        catalog.replace_failures(task.run_id, [task.task], failures)
+        return []
+    log.event("task.end", "info" if result.record.status == "succeeded" else "error", **result.record.as_dict())
+    catalog.save_tasks([result.record])
+    catalog.replace_failures(task.run_id, [task.task], result.failures)
+    return result.unmatched
+
+
+def _finish(catalog: Catalog, storage: Storage, run: RunRecord, from_us: int, to_us: int,
+            unmatched: list[dict[str, Any]]) -> RunRecord:
+    """Sum the run up from all its task records (those of earlier attempts too), then commit the window."""
+    records = catalog.tasks(run.run_id)
+    failed_models = sum(r.failed_models for r in records)
     failed_tasks = sum(1 for r in records if r.status == "failed")
     scored_models = sum(r.models for r in records)
-    status = run_status(scored_models, len(failures), failed_tasks)
+    status = run_status(scored_models, failed_models, failed_tasks)
+    files = storage.list(layout.run_predictions_dir(from_us, to_us, run.run_id))
     if files or status is not RunStatus.FAILED:
         _commit(catalog, storage, run, files, from_us, to_us)
-    unmatched = [u for o in outcomes for u in o.unmatched][:MAX_LISTED_UNMATCHED]
+    listed = {(u["device"], u["sensor"]): u for u in run.extra.get("unmatched", []) + unmatched}
     errors = [f"task {r.task}: {r.error}" for r in records if r.error]
     return run.with_status(
         status, finished_at=now_iso(), models=scored_models,
         rows=sum(r.rows for r in records), anomalies=sum(r.anomalies for r in records),
-        unmatched_rows=sum(r.unmatched_rows for r in records), failed_models=len(failures),
-        error="; ".join(errors[:5]) or None, extra={"unmatched": unmatched},
+        unmatched_rows=sum(r.unmatched_rows for r in records), failed_models=failed_models,
+        error="; ".join(errors[:5]) or None,
+        extra=run.extra | {"unmatched": [listed[k] for k in sorted(listed)][:MAX_LISTED_UNMATCHED]},
     )
 
 

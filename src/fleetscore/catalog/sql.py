@@ -1,7 +1,8 @@
 """Catalog on SQLAlchemy Core: SQLite under the home by default, any SQLAlchemy URL (PostgreSQL) for clusters.
 
-The schema is created on first use; every write is one transaction so concurrent runs and workers
-can update their own rows safely.
+The schema is created on first use and upgraded by :mod:`fleetscore.catalog.migrate`; every write is
+one transaction, and rows that several processes may write (runs, tasks, window commits, the released
+version) are upserts, so concurrent runs and workers update their own rows safely.
 """
 
 from __future__ import annotations
@@ -14,10 +15,13 @@ from typing import Any, Iterable
 
 import sqlalchemy as sa
 
+from fleetscore.catalog.dialect import transaction_lock, upsert
+from fleetscore.catalog.migrate import upgrade
 from fleetscore.core.runs import ModelFailure, RunRecord, RunStatus, TaskRecord
 from fleetscore.errors import NotFoundError, StorageError
 
-SCHEMA_VERSION = 1
+#: Version of the tables' shape; :mod:`fleetscore.catalog.migrate` upgrades older catalogs to it.
+SCHEMA_VERSION = 2
 metadata = sa.MetaData()
 
 meta_table = sa.Table(
@@ -85,6 +89,7 @@ tasks_table = sa.Table(
     sa.Column("score_s", sa.Float, nullable=False),
     sa.Column("write_s", sa.Float, nullable=False),
     sa.Column("worker", sa.String(128), nullable=False),
+    sa.Column("node", sa.String(128), nullable=False, server_default=""),
     sa.Column("attempts", sa.Integer, nullable=False),
     sa.Column("error", sa.Text),
 )
@@ -108,6 +113,8 @@ commits_table = sa.Table(
 )
 
 RELEASED_KEY = "released_version"
+#: PostgreSQL advisory lock that serialises version id allocation (SQLite serialises writers itself).
+VERSION_LOCK = 0x666C7432
 
 
 @dataclass(frozen=True)
@@ -149,10 +156,7 @@ class Catalog:
                 sa.event.listen(self.engine, "connect", _sqlite_pragmas)
             else:
                 self.engine = sa.create_engine(url, pool_pre_ping=True)
-            with self.engine.begin() as conn:
-                metadata.create_all(conn)
-                if conn.execute(sa.select(meta_table.c.value).where(meta_table.c.key == "schema")).first() is None:
-                    conn.execute(sa.insert(meta_table).values(key="schema", value=str(SCHEMA_VERSION)))
+            upgrade(self.engine, metadata, SCHEMA_VERSION)
         except sa.exc.SQLAlchemyError as exc:
             raise StorageError(f"cannot open catalog {_redact(url)}: {exc.__class__.__name__}: {exc}") from exc
 
@@ -165,6 +169,7 @@ class Catalog:
         for _ in range(20):
             try:
                 with self.engine.begin() as conn:
+                    transaction_lock(conn, VERSION_LOCK)
                     seq = (conn.execute(sa.select(sa.func.max(versions_table.c.seq))).scalar() or 0) + 1
                     version = f"v{seq}"
                     conn.execute(
@@ -206,8 +211,7 @@ class Catalog:
         if record.status != "ready":
             raise NotFoundError(f"version {version} is {record.status}, only a ready version can be released")
         with self.engine.begin() as conn:
-            conn.execute(sa.delete(meta_table).where(meta_table.c.key == RELEASED_KEY))
-            conn.execute(sa.insert(meta_table).values(key=RELEASED_KEY, value=version))
+            upsert(conn, meta_table, [{"key": RELEASED_KEY, "value": version}])
 
     def released(self) -> str | None:
         with self.engine.connect() as conn:
@@ -223,11 +227,7 @@ class Catalog:
         values = run.as_dict()
         values["extra"] = json.dumps(values["extra"])
         with self.engine.begin() as conn:
-            updated = conn.execute(
-                sa.update(runs_table).where(runs_table.c.run_id == run.run_id).values(**values)
-            ).rowcount
-            if not updated:
-                conn.execute(sa.insert(runs_table).values(**values))
+            upsert(conn, runs_table, [values])
 
     def get_run(self, run_id: str) -> RunRecord:
         with self.engine.connect() as conn:
@@ -248,10 +248,7 @@ class Catalog:
         if not rows:
             return
         with self.engine.begin() as conn:
-            for row in rows:
-                key = (tasks_table.c.run_id == row["run_id"]) & (tasks_table.c.task == row["task"])
-                if not conn.execute(sa.update(tasks_table).where(key).values(**row)).rowcount:
-                    conn.execute(sa.insert(tasks_table).values(**row))
+            upsert(conn, tasks_table, rows)
 
     def tasks(self, run_id: str) -> list[TaskRecord]:
         with self.engine.connect() as conn:
@@ -281,14 +278,9 @@ class Catalog:
         return [ModelFailure(r["device"], r["sensor"], r["reason"], r["task"]) for r in rows]
 
     def commit_window(self, window_from: str, window_to: str, run_id: str) -> None:
+        row = {"window_from": window_from, "window_to": window_to, "run_id": run_id, "committed_at": now_iso()}
         with self.engine.begin() as conn:
-            key = (commits_table.c.window_from == window_from) & (commits_table.c.window_to == window_to)
-            conn.execute(sa.delete(commits_table).where(key))
-            conn.execute(
-                sa.insert(commits_table).values(
-                    window_from=window_from, window_to=window_to, run_id=run_id, committed_at=now_iso()
-                )
-            )
+            upsert(conn, commits_table, [row])
 
     def committed_runs(self) -> dict[tuple[str, str], str]:
         with self.engine.connect() as conn:

@@ -91,9 +91,9 @@ def ranked(rolled: pa.Table, sort: str = "rate", descending: bool = True, limit:
 
 @dataclass(frozen=True)
 class Grid:
-    """A device × hour grid: ``rows`` and ``anomalies`` per cell (0 where there are no predictions)."""
+    """A labels × hours grid: ``rows`` and ``anomalies`` per cell (0 where there are no predictions)."""
 
-    devices: list[str]
+    labels: list[str]
     hours_us: np.ndarray
     rows: np.ndarray
     anomalies: np.ndarray
@@ -105,26 +105,33 @@ class Grid:
             return np.where(self.rows > 0, self.anomalies / np.maximum(self.rows, 1), np.nan)
 
 
-def device_hour_grid(counts: pa.Table, devices: list[str], from_us: int, to_us: int) -> Grid:
-    """The grid of ``devices`` (in the given order) × every hour in [from, to) from the count cube."""
+def hour_grid(counts: pa.Table, key: str | None, labels: list[str] | None, from_us: int, to_us: int) -> Grid:
+    """Counts of the cube per ``labels`` (values of column ``key``, in that order) × every hour in [from, to).
+
+    With ``key=None`` the grid has one row, ``all``: the whole cube per hour.
+    """
+    labels = ["all"] if key is None else list(labels or [])
     first = from_us - from_us % HOUR_US
     hours_us = np.arange(first, to_us, HOUR_US, dtype=np.int64)
-    shape = (len(devices), len(hours_us))
-    rows = np.zeros(shape, dtype=np.int64)
-    anomalies = np.zeros(shape, dtype=np.int64)
-    if counts.num_rows and devices and len(hours_us):
-        d_idx = pc.index_in(counts.column("device"), value_set=pa.array(devices, pa.string()))
-        d_idx = d_idx.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
-        h_us = counts.column("hour").cast(pa.int64()).to_numpy()
-        h_idx = (h_us - first) // HOUR_US
-        keep = (d_idx >= 0) & (h_idx >= 0) & (h_idx < len(hours_us))
-        flat = d_idx[keep] * len(hours_us) + h_idx[keep]
-        size = shape[0] * shape[1]
-        rows = np.bincount(flat, weights=counts.column("rows").to_numpy()[keep], minlength=size)
-        anomalies = np.bincount(flat, weights=counts.column("anomalies").to_numpy()[keep], minlength=size)
-        rows = rows.astype(np.int64).reshape(shape)
-        anomalies = anomalies.astype(np.int64).reshape(shape)
-    return Grid(list(devices), hours_us, rows, anomalies)
+    shape = (len(labels), len(hours_us))
+    if not (counts.num_rows and labels and len(hours_us)):
+        empty = np.zeros(shape, dtype=np.int64)
+        return Grid(labels, hours_us, empty, empty.copy())
+    if key is None:
+        row_idx = np.zeros(counts.num_rows, dtype=np.int64)
+    else:
+        found = pc.index_in(counts.column(key), value_set=pa.array(labels, pa.string()))
+        row_idx = found.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+    hour_idx = (counts.column("hour").cast(pa.int64()).to_numpy() - first) // HOUR_US
+    keep = (row_idx >= 0) & (hour_idx >= 0) & (hour_idx < len(hours_us))
+    flat = row_idx[keep] * len(hours_us) + hour_idx[keep]
+    size = shape[0] * shape[1]
+
+    def cells(column: str) -> np.ndarray:
+        weights = counts.column(column).to_numpy()[keep]
+        return np.bincount(flat, weights=weights, minlength=size).astype(np.int64).reshape(shape)
+
+    return Grid(labels, hours_us, cells("rows"), cells("anomalies"))
 
 
 def downsample(ts_us: np.ndarray, marked: np.ndarray, values: np.ndarray, max_points: int) -> np.ndarray:

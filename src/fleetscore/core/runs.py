@@ -11,20 +11,24 @@ from typing import Any
 
 
 class RunStatus(str, enum.Enum):
-    """Life cycle of a run: queued → running → succeeded | partial | failed."""
+    """Life cycle of a run: queued → running → succeeded | partial | failed | cancelled.
+
+    ``runs retry`` takes a finished run back to running and re-runs only its tasks that did not succeed.
+    """
 
     QUEUED = "queued"
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     PARTIAL = "partial"
     FAILED = "failed"
+    CANCELLED = "cancelled"
 
     @property
     def finished(self) -> bool:
         return self in FINISHED_STATUSES
 
 
-FINISHED_STATUSES = frozenset({RunStatus.SUCCEEDED, RunStatus.PARTIAL, RunStatus.FAILED})
+FINISHED_STATUSES = frozenset({RunStatus.SUCCEEDED, RunStatus.PARTIAL, RunStatus.FAILED, RunStatus.CANCELLED})
 ACTIVE_STATUSES = frozenset({RunStatus.QUEUED, RunStatus.RUNNING})
 
 
@@ -58,6 +62,7 @@ class TaskRecord:
     score_s: float = 0.0
     write_s: float = 0.0
     worker: str = ""
+    node: str = ""
     attempts: int = 0
     error: str | None = None
 
@@ -105,3 +110,13 @@ def run_status(scored_models: int, failed_models: int, failed_tasks: int) -> Run
     if scored_models > 0:
         return RunStatus.PARTIAL
     return RunStatus.FAILED
+
+
+def needs_rerun(task: TaskRecord) -> bool:
+    """A task a retry runs again: it failed, never finished, or some of its models failed."""
+    return task.status != "succeeded" or task.failed_models > 0
+
+
+def backoff_delay(retry: int, base_s: float, cap_s: float = 300.0) -> float:
+    """Seconds to wait before retry number ``retry`` (1, 2, ...): base, 2×base, 4×base, ... up to ``cap_s``."""
+    return min(cap_s, base_s * 2.0 ** max(0, retry - 1))

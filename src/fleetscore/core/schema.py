@@ -135,14 +135,17 @@ def _as_text(col: pa.ChunkedArray) -> pa.Array:
     return pc.utf8_slice_codeunits(text, 0, 1024)
 
 
-def _parse_ts(col: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+def _plain(col: pa.ChunkedArray | pa.Array) -> tuple[pa.Array, int, np.ndarray]:
+    """One contiguous, dictionary-decoded array, its length, and an empty reason per row."""
     arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
-    n = len(arr)
-    reason = np.full(n, None, dtype=object)
-    t = arr.type
-    if pa.types.is_dictionary(t):
+    if pa.types.is_dictionary(arr.type):
         arr = arr.dictionary_decode()
-        t = arr.type
+    return arr, len(arr), np.full(len(arr), None, dtype=object)
+
+
+def _parse_ts(col: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    arr, n, reason = _plain(col)
+    t = arr.type
     if pa.types.is_timestamp(t):
         us = pc.cast(arr, pa.timestamp("us", tz=t.tz)).cast(pa.int64())
     elif pa.types.is_date(t):
@@ -209,13 +212,8 @@ def parse_time_us(text: str) -> int | None:
 
 
 def _parse_value(col: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
-    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
-    n = len(arr)
-    reason = np.full(n, None, dtype=object)
+    arr, n, reason = _plain(col)
     t = arr.type
-    if pa.types.is_dictionary(t):
-        arr = arr.dictionary_decode()
-        t = arr.type
     if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t):
         values = pc.cast(arr, pa.float64()).fill_null(np.nan).to_numpy(zero_copy_only=False)
         nulls = arr.is_null().to_numpy(zero_copy_only=False)
@@ -255,11 +253,7 @@ def _float_or_text(v: str | None) -> float | str:
 
 
 def _check_ids(col: pa.ChunkedArray, what: str) -> tuple[pa.Array, np.ndarray]:
-    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
-    n = len(arr)
-    reason = np.full(n, None, dtype=object)
-    if pa.types.is_dictionary(arr.type):
-        arr = arr.dictionary_decode()
+    arr, n, reason = _plain(col)
     if pa.types.is_null(arr.type):
         reason[:] = f"{what} id is missing"
         return pa.nulls(n, pa.string()), reason

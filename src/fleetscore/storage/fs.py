@@ -51,7 +51,7 @@ class Storage:
         target = self.path(key)
         try:
             if self.local:
-                _atomic_local_write(Path(target), data)
+                atomic_local_write(Path(target), data)
             else:
                 self.fs.pipe_file(target, data)
         except OSError as exc:
@@ -131,7 +131,8 @@ class Storage:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _atomic_local_write(target: Path, data: bytes) -> None:
+def atomic_local_write(target: Path, data: bytes) -> None:
+    """Write aside, fsync, rename over ``target``, fsync the folder (raises OSError)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.parent / f".tmp-{uuid.uuid4().hex}-{target.name}"
     try:

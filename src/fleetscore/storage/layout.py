@@ -7,7 +7,9 @@
     predictions/window=<from>_<to>/run=<run>/task-00000.parquet   one file per task of a run
     predictions/window=<from>_<to>/_COMMITTED.json      which run's files are the window's predictions
     quarantine/source=<source>/date=YYYY-MM-DD/<batch>.parquet    rejected rows with reasons
-    logs/run=<run>/...                                  run and task logs
+    windows/width=<W>s/date=YYYY-MM-DD/hour=HH/part-<step>.parquet  closed stream windows (ingest compaction)
+    logs/run=<run>/run-<stamp>.jsonl                    run log: one segment per flush (JSON lines)
+    logs/run=<run>/task-00000/attempt-1.jsonl           task log of one attempt (+ .stdout.txt, .stderr.txt)
 """
 
 from __future__ import annotations
@@ -41,6 +43,16 @@ def _utc(us: int) -> datetime:
 def hour_key(hour_us: int) -> str:
     dt = _utc(hour_us)
     return f"readings/date={dt:%Y-%m-%d}/hour={dt:%H}/data.parquet"
+
+
+def windows_hour_dir(width_s: int, hour_us: int) -> str:
+    dt = _utc(hour_us)
+    return f"windows/width={int(width_s)}s/date={dt:%Y-%m-%d}/hour={dt:%H}"
+
+
+def window_part_key(width_s: int, hour_us: int, part: int) -> str:
+    """Closed windows of one width and hour written by compaction step ``part``."""
+    return f"{windows_hour_dir(width_s, hour_us)}/part-{int(part):012d}.parquet"
 
 
 def window_key(from_us: int, to_us: int) -> str:
@@ -87,3 +99,18 @@ def quarantine_key(source: str, day: datetime, batch: str) -> str:
 
 def logs_dir(run_id: str) -> str:
     return f"logs/run={check_run_id(run_id)}"
+
+
+def run_log_key(run_id: str, stamp: str) -> str:
+    """One segment of a run's log; ``stamp`` (time + random suffix) orders segments by name."""
+    if not re.fullmatch(r"[0-9TZ.-]{8,40}[0-9a-f]{0,16}", stamp):
+        raise InputError(f"bad log segment stamp {stamp[:60]!r}")
+    return f"{logs_dir(run_id)}/run-{stamp}.jsonl"
+
+
+def task_log_key(run_id: str, task: int, attempt: int, stream: str = "jsonl") -> str:
+    """A task attempt's structured log (``jsonl``) or its captured ``stdout`` / ``stderr``."""
+    if stream not in ("jsonl", "stdout", "stderr"):
+        raise InputError(f"bad task log stream {stream!r}")
+    suffix = "jsonl" if stream == "jsonl" else f"{stream}.txt"
+    return f"{logs_dir(run_id)}/task-{int(task):05d}/attempt-{int(attempt)}.{suffix}"

@@ -29,4 +29,7 @@ def create_app(fleet: "Fleet", **settings: Any) -> "FastAPI":
         """Liveness: 200 while the server runs."""
         return {"status": "ok"}
 
+    from fleetscore.web import dashboard
+
+    dashboard.install(app)
     return app

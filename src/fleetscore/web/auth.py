@@ -28,13 +28,17 @@ def presented_token(request: Request) -> str | None:
     return request.cookies.get(COOKIE_NAME)
 
 
-def token_ok(request: Request) -> bool:
-    """True when no token is configured or the request presents the right one."""
+def token_matches(request: Request, given: str | None) -> bool:
+    """True when no token is configured or ``given`` is the configured one (constant-time)."""
     expected = configured_token(request)
     if not expected:
         return True
-    given = presented_token(request)
     return given is not None and hmac.compare_digest(given.encode(), expected.encode())
+
+
+def token_ok(request: Request) -> bool:
+    """True when no token is configured or the request presents the right one."""
+    return token_matches(request, presented_token(request))
 
 
 def require_token(request: Request) -> None:

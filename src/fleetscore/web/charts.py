@@ -20,18 +20,22 @@ from markupsafe import Markup
 
 WIDTH = 960
 FONT = 11
-MARGIN_LEFT, MARGIN_RIGHT, MARGIN_TOP, MARGIN_BOTTOM = 56, 14, 12, 30
+MARGIN_LEFT, MARGIN_RIGHT, MARGIN_TOP, MARGIN_BOTTOM = 56, 14, 24, 30
+#: Widest bar of a bar chart (px), so a handful of bars do not turn into blocks.
+MAX_BAR = 44
 AXIS = "#94a3b8"
 GRID = "#e2e8f0"
 TEXT = "#475569"
 LINE = "#2563eb"
 MARK = "#dc2626"
 EMPTY = "#f8fafc"
-#: Sequential scale of the heatmap, from no anomalies to the highest rate shown.
-HEAT = ((0.0, (241, 245, 249)), (0.25, (254, 240, 138)), (0.6, (249, 115, 22)), (1.0, (153, 27, 27)))
-#: Time-axis steps (µs) tried in order until the ticks fit.
+#: Sequential scale of the heatmap, from no anomalies (pale green) to the highest rate shown.
+HEAT = ((0.0, (220, 252, 231)), (0.25, (254, 240, 138)), (0.6, (249, 115, 22)), (1.0, (153, 27, 27)))
+#: Time-axis steps (minutes) tried in order until the ticks fit.
 _TIME_STEPS_MIN = (1, 5, 10, 15, 30, 60, 120, 180, 360, 720, 1440, 2880, 10080)
 _US_PER_MIN = 60_000_000
+#: Minimum distance (px) between two labels on an x axis.
+LABEL_SPACING = 80
 
 
 @dataclass(frozen=True)
@@ -110,7 +114,7 @@ def _y_axis(frame: Frame, ticks: list[float], scale: "_Scale", unit: str) -> lis
         out.append(f'<line x1="{frame.x0}" x2="{frame.x1}" y1="{y:.1f}" y2="{y:.1f}" stroke="{GRID}"/>')
         out.append(f'<text x="{frame.x0 - 6}" y="{y + 4:.1f}" text-anchor="end" fill="{TEXT}">{_attr(_tick_label(t))}</text>')
     if unit:
-        out.append(f'<text x="4" y="{frame.y1 + 2}" fill="{TEXT}" dominant-baseline="hanging">{_attr(unit)}</text>')
+        out.append(f'<text x="4" y="{frame.y1 - 12}" fill="{TEXT}">{_attr(unit)}</text>')
     return out
 
 
@@ -128,12 +132,25 @@ class _Scale:
         return self.p0 + (values - self.d0) * self.k
 
 
+def _time_step(span_us: int, max_ticks: int) -> int:
+    """The smallest round step (µs) that puts at most ``max_ticks`` ticks on ``span_us``."""
+    span = max(span_us, 1)
+    return _US_PER_MIN * next((s for s in _TIME_STEPS_MIN if span / (s * _US_PER_MIN) <= max_ticks), _TIME_STEPS_MIN[-1])
+
+
 def _time_ticks(t0: int, t1: int, max_ticks: int) -> list[int]:
-    span = max(t1 - t0, 1)
-    step_min = next((s for s in _TIME_STEPS_MIN if span / (s * _US_PER_MIN) <= max_ticks), _TIME_STEPS_MIN[-1])
-    step = step_min * _US_PER_MIN
+    step = _time_step(t1 - t0, max_ticks)
     first = -(-t0 // step) * step
     return list(range(first, t1 + 1, step))
+
+
+def _labelled_slots(times_us: np.ndarray, width: float) -> list[int]:
+    """Indices of evenly spaced slots (e.g. hours) whose time is a multiple of a round step."""
+    if not len(times_us):
+        return []
+    slot_us = int(times_us[1] - times_us[0]) if len(times_us) > 1 else _US_PER_MIN * 60
+    step = _time_step(slot_us * len(times_us), max(1, int(width // LABEL_SPACING)))
+    return [i for i, t in enumerate(times_us) if int(t) % max(step, slot_us) == 0]
 
 
 def _time_label(us: int, previous: int | None) -> str:
@@ -142,10 +159,19 @@ def _time_label(us: int, previous: int | None) -> str:
     return dt.strftime("%m-%d %H:%M") if new_day else dt.strftime("%H:%M")
 
 
+def _time_labels(times_us: np.ndarray, shown: list[int]) -> dict[int, str]:
+    """Slot index → its time as a label (with the date where the day changes), for the ``shown`` slots."""
+    texts, previous = {}, None
+    for i in shown:
+        texts[i] = _time_label(int(times_us[i]), previous)
+        previous = int(times_us[i])
+    return texts
+
+
 def _x_time_axis(frame: Frame, t0: int, t1: int, scale: _Scale) -> list[str]:
     out = [f'<line x1="{frame.x0}" x2="{frame.x1}" y1="{frame.y0}" y2="{frame.y0}" stroke="{AXIS}"/>']
     previous = None
-    for t in _time_ticks(t0, t1, max_ticks=max(2, int((frame.x1 - frame.x0) // 90))):
+    for t in _time_ticks(t0, t1, max_ticks=max(2, int((frame.x1 - frame.x0) // LABEL_SPACING))):
         x = scale(t)
         out.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{frame.y0}" y2="{frame.y0 + 4}" stroke="{AXIS}"/>')
         out.append(f'<text x="{x:.1f}" y="{frame.y0 + 16}" text-anchor="middle" fill="{TEXT}">{_time_label(t, previous)}</text>')
@@ -170,20 +196,29 @@ def bars(
     colors: Sequence[str] | None = None,
     titles: Sequence[str] | None = None,
     links: Sequence[str] | None = None,
+    times_us: np.ndarray | None = None,
     height: int = 200,
     empty: str = "no data yet",
 ) -> Markup:
-    """Vertical bars, one per label (x labels thinned to fit); optional colour, tooltip and link per bar."""
+    """Vertical bars, one per label; optional colour, tooltip and link per bar.
+
+    X labels are thinned to fit; with ``times_us`` (evenly spaced times of the bars, e.g. hours) the
+    labelled bars are those at round times and the labels are those times.
+    """
     frame = Frame(WIDTH, height)
     if not values:
         return _empty(frame, label, empty)
+    if times_us is not None:
+        texts = _time_labels(times_us, _labelled_slots(times_us, frame.x1 - frame.x0))
+    else:
+        every = max(1, math.ceil(len(values) * LABEL_SPACING / (frame.x1 - frame.x0)))
+        texts = {i: labels[i] for i in range(0, len(values), every)}
     top = max(max(values), 0.0)
     ticks = nice_ticks(0.0, top if top > 0 else 1.0, 4)
     y = _Scale(0.0, ticks[-1], frame.y0, frame.y1)
     body = _y_axis(frame, ticks, y, unit)
     slot = (frame.x1 - frame.x0) / len(values)
-    width = max(slot * 0.75, 1.0)
-    every = max(1, math.ceil(len(values) / max(1, int((frame.x1 - frame.x0) // 70))))
+    width = min(max(slot * 0.75, 1.0), MAX_BAR)
     for i, value in enumerate(values):
         x = frame.x0 + i * slot + (slot - width) / 2
         top_y = y(max(value, 0.0))
@@ -194,9 +229,9 @@ def bars(
             f'fill="{_attr(color)}"><title>{_attr(tip)}</title></rect>'
         )
         body.append(f'<a href="{_attr(links[i])}">{rect}</a>' if links else rect)
-        if i % every == 0:
+        if i in texts:
             cx = frame.x0 + (i + 0.5) * slot
-            body.append(f'<text x="{cx:.1f}" y="{frame.y0 + 16}" text-anchor="middle" fill="{TEXT}">{_attr(labels[i])}</text>')
+            body.append(f'<text x="{cx:.1f}" y="{frame.y0 + 16}" text-anchor="middle" fill="{TEXT}">{_attr(texts[i])}</text>')
     body.append(f'<line x1="{frame.x0}" x2="{frame.x1}" y1="{frame.y0}" y2="{frame.y0}" stroke="{AXIS}"/>')
     return _svg(frame, body, label)
 
@@ -279,14 +314,8 @@ def heatmap(
     top = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
     cell_w = (frame.x1 - frame.x0) / len(hours_us)
     body = []
-    every = max(1, math.ceil(len(hours_us) / max(1, int((frame.x1 - frame.x0) // 70))))
-    previous = None
-    for j, hour in enumerate(hours_us):
-        if j % every == 0:
-            body.append(
-                f'<text x="{frame.x0 + j * cell_w + 1:.1f}" y="{frame.y1 - 6}" fill="{TEXT}">{_time_label(int(hour), previous)}</text>'
-            )
-            previous = int(hour)
+    for j, text in _time_labels(hours_us, _labelled_slots(hours_us, frame.x1 - frame.x0)).items():
+        body.append(f'<text x="{frame.x0 + j * cell_w:.1f}" y="{frame.y1 - 6}" fill="{TEXT}">{text}</text>')
     for i, name in enumerate(rows):
         y = frame.y1 + i * cell_h
         short = name if len(name) <= 22 else name[:21] + "…"

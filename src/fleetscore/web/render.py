@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from functools import lru_cache
 from typing import Any
+from urllib.parse import urlencode
 
 from fastapi import Request
 from fastapi.responses import HTMLResponse
@@ -44,9 +45,11 @@ def pct(value: float | None) -> str:
 
 
 def duration(seconds: float | None) -> str:
-    """Seconds as '0.42 s', '12.3 s', '4 m 05 s' or '2 h 03 m'."""
+    """Seconds as '3.2 ms', '0.42 s', '12.3 s', '4 m 05 s' or '2 h 03 m'."""
     if seconds is None:
         return "–"
+    if seconds < 0.1:
+        return f"{seconds * 1000:.1f} ms"
     if seconds < 10:
         return f"{seconds:.2f} s"
     if seconds < 60:
@@ -74,6 +77,11 @@ def url(request: Request, path: str) -> str:
     return f"{request.scope.get('root_path', '')}{path}"
 
 
+def query(**params: Any) -> str:
+    """A URL query string of the given parameters, without those that are None."""
+    return urlencode({k: v for k, v in params.items() if v is not None})
+
+
 def sensor_path(device: str, sensor: str) -> str:
     return f"/devices/{id_segment(device)}/sensors/{id_segment(sensor)}"
 
@@ -90,7 +98,7 @@ def environment() -> Any:
         lstrip_blocks=True,
     )
     env.filters.update(num=num, pct=pct, duration=duration, when=when)
-    env.globals.update(sensor_path=sensor_path)
+    env.globals.update(sensor_path=sensor_path, query=query)
     return env
 
 

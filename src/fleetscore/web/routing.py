@@ -15,14 +15,18 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Coroutine
+from typing import TYPE_CHECKING, Any, Callable, Coroutine
 from urllib.parse import quote
 
 from fastapi import Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.routing import APIRoute
 
 from fleetscore.errors import FleetscoreError, InputError, NotFoundError, StorageError
+
+if TYPE_CHECKING:
+    from fleetscore.api import Fleet
 
 Handler = Callable[[Request], Coroutine[Any, Any, Response]]
 _SEGMENT_ESCAPE = re.compile(r"~([0-9A-F]{2})")
@@ -34,6 +38,11 @@ class LoginRequired(Exception):
     def __init__(self, next_url: str) -> None:
         super().__init__(next_url)
         self.next_url = next_url
+
+
+def fleet_of(request: Request) -> "Fleet":
+    """The fleet the app serves (``create_app(fleet)``)."""
+    return request.app.state.fleet
 
 
 def id_segment(value: str) -> str:
@@ -82,7 +91,7 @@ class ApiRoute(APIRoute):
 
 
 class PageRoute(APIRoute):
-    """Page route: fleetscore errors become the HTML error page with their status code."""
+    """Page route: fleetscore errors and invalid parameters become the HTML error page."""
 
     def get_route_handler(self) -> Handler:
         handler = super().get_route_handler()
@@ -92,6 +101,9 @@ class PageRoute(APIRoute):
                 return await handler(request)
             except FleetscoreError as exc:
                 return error_page(request, status_for(exc), str(exc))
+            except RequestValidationError as exc:
+                where = "; ".join(f"{'.'.join(map(str, e['loc'][1:]))}: {e['msg']}" for e in exc.errors())
+                return error_page(request, 400, where)
 
         return answer
 

@@ -1,0 +1,94 @@
+"""Thresholds calibrated to a target false-alarm rate from a model's own (unlabelled) training scores.
+
+A fleet's training data holds anomalies too, and the target alarm rates are far below 1 / rows
+(1e-4 on a day of minute readings is 0.14 readings), so the threshold cannot simply be an
+empirical quantile: the highest training scores are often the anomalies themselves. Instead the
+tail is extrapolated from the body of the distribution, which a few percent of anomalies barely
+move: the exceedances over the median are fitted with a Weibull-type tail
+``P(u - median > x | u > median) = exp(-(x / lam) ** k)`` through the ``BODY`` quantiles, and the
+threshold is read off at the target rate. ``k = 2`` is a Gaussian-like tail, ``k = 1`` an
+exponential one; fitting ``k`` lets each model's (and each feature's) own tail speak. With few rows
+(or a degenerate body) a Gaussian tail on the robust spread is used instead, widened for the
+small sample. Rates large enough to be read straight from the data use the empirical quantile.
+
+Pure: arrays in, numbers out.
+"""
+
+from __future__ import annotations
+
+import math
+from statistics import NormalDist
+
+import numpy as np
+
+from fleetscore.errors import InputError
+
+#: Default target rate of false alarms per scored row (one reading or window).
+DEFAULT_ALARM_RATE = 1e-4
+#: Quantiles of the anomaly measure the tail is fitted through (robust to ~1% anomalies in training).
+BODY = (0.8, 0.98)
+#: Fewer finite training values than this: Gaussian tail on the robust spread instead of a fitted tail.
+MIN_TAIL_ROWS = 100
+#: An empirical quantile is used when at least this many training values lie beyond it.
+MIN_EMPIRICAL_EXCEEDANCES = 50
+_MAD_TO_SIGMA = 1.4826
+
+
+def check_alarm_rate(rate: float) -> float:
+    """The rate as a float in (0, 0.5), else InputError."""
+    try:
+        value = float(rate)
+    except (TypeError, ValueError):
+        raise InputError(f"--alarm-rate must be a number in (0, 0.5), got {rate!r}") from None
+    if not 0 < value < 0.5:
+        raise InputError(f"--alarm-rate must be in (0, 0.5), got {rate!r}")
+    return value
+
+
+def tail_threshold(u: np.ndarray, rate: float) -> float:
+    """Threshold t on an anomaly measure (higher = more anomalous) with P(u > t) ≈ ``rate``.
+
+    NaNs are ignored. Returns +inf when there is no finite value to calibrate on.
+    """
+    u = np.asarray(u, dtype=np.float64)
+    u = u[np.isfinite(u)]
+    n = u.size
+    if n == 0:
+        return math.inf
+    if rate * n >= MIN_EMPIRICAL_EXCEEDANCES:
+        return float(np.quantile(u, 1.0 - rate))
+    median = float(np.median(u))
+    if n >= MIN_TAIL_ROWS:
+        x1, x2 = (float(q) - median for q in np.quantile(u, BODY))
+        if x1 > 0 and x2 > x1:
+            s1, s2 = 2.0 * (1.0 - BODY[0]), 2.0 * (1.0 - BODY[1])  # conditional survival above the median
+            k = (math.log(-math.log(s2)) - math.log(-math.log(s1))) / math.log(x2 / x1)
+            lam = x2 / (-math.log(s2)) ** (1.0 / k)
+            return median + lam * (-math.log(min(2.0 * rate, 0.5))) ** (1.0 / k)
+    return median + gaussian_z(rate, n) * robust_spread(u, median)
+
+
+def gaussian_z(rate: float, n: int) -> float:
+    """One-sided normal quantile for ``rate``, widened by (1 + 2/sqrt(n)) for a small sample."""
+    return NormalDist().inv_cdf(1.0 - rate) * (1.0 + 2.0 / math.sqrt(max(n, 1)))
+
+
+def robust_spread(u: np.ndarray, center: float) -> float:
+    """MAD scaled to a normal sigma; mean absolute deviation when the MAD is 0; tiny (not 0) if constant."""
+    dev = np.abs(u - center)
+    mad = float(np.median(dev)) * _MAD_TO_SIGMA
+    if mad > 0:
+        return mad
+    mean_dev = float(np.mean(dev)) * 1.2533  # sqrt(pi/2): mean |N(0,1)| -> sigma
+    if mean_dev > 0:
+        return mean_dev
+    return max(abs(center) * 1e-9, 1e-12)
+
+
+def decision_offset(decisions: np.ndarray, rate: float) -> float:
+    """Offset t for decision values (higher = more normal, < 0 anomaly) so P(decision < t) ≈ rate.
+
+    Folding it into a model's intercept (``intercept - t``) keeps the rule "decision < 0 is an
+    anomaly" while the model alarms at the target rate.
+    """
+    return -tail_threshold(-np.asarray(decisions, dtype=np.float64), rate)

@@ -1,0 +1,69 @@
+"""Per-reading context features: each reading described by its level and how it departs from its own
+recent past, so one small model can see spikes, level shifts and drifts, and stuck sensors.
+
+For readings sorted by (device, sensor, ts), reading t of a series gets (``CONTEXT_FEATURES``):
+
+* ``level``: the value itself (gross level shifts; the model's own spread absorbs daily cycles);
+* ``resid``: value − median of the previous ``BASE`` readings (spikes, noise bursts);
+* ``drift``: median of the last 3 readings − median of ``LONG`` readings ending ``GAP`` readings
+  earlier (ramps that the short baseline follows);
+* ``flat``: log of the largest |first difference| over the last 3 readings (a stuck sensor repeats
+  its value exactly: the log falls far below anything the sensor's noise produces).
+
+Windows are counted in readings, never cross a series boundary, and a feature without enough
+history is NaN (models skip it). Medians rather than means keep a single spike from leaking into
+the readings after it. Scoring a window needs the ``LOOKBACK`` readings before it. Pure numpy.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+CONTEXT_FEATURES = ("level", "resid", "drift", "flat")
+BASE = 10
+SHORT = 3
+LONG = 15
+GAP = 12
+#: Readings of history the last feature needs; scoring reads a little more than this before a window.
+LOOKBACK = GAP + LONG - 1 + 1
+#: The flat feature adds this fraction of |value| so an exact repeat gives a finite, very low log.
+FLAT_EPS = 1e-9
+
+
+def _lagged_median(x: np.ndarray, width: int, lag: int) -> np.ndarray:
+    """out[t] = median(x[t - lag - width + 1 .. t - lag]); NaN for the first lag + width - 1 rows."""
+    out = np.full(x.shape, np.nan)
+    if x.size >= width + lag:
+        med = np.median(sliding_window_view(x, width), axis=-1)
+        out[width - 1 + lag:] = med[: x.size - width + 1 - lag]
+    return out
+
+
+def context_features(values: np.ndarray, series_start: np.ndarray) -> np.ndarray:
+    """Feature matrix (n, 4) for ``values`` sorted by series then time.
+
+    ``series_start`` holds the row index where each series begins (ascending, first is 0).
+    """
+    x = np.asarray(values, dtype=np.float64)
+    n = x.size
+    out = np.full((n, len(CONTEXT_FEATURES)), np.nan)
+    if n == 0:
+        return out
+    starts = np.asarray(series_start, dtype=np.int64)
+    # position of each row inside its series: how much history it has
+    first = np.zeros(n, dtype=np.int64)
+    first[starts] = starts
+    pos = np.arange(n) - np.maximum.accumulate(first)
+
+    out[:, 0] = x
+    with np.errstate(invalid="ignore", over="ignore"):
+        out[:, 1] = np.where(pos >= BASE, x - _lagged_median(x, BASE, 1), np.nan)
+        short = _lagged_median(x, SHORT, 0)
+        out[:, 2] = np.where(pos >= GAP + LONG - 1, short - _lagged_median(x, LONG, GAP), np.nan)
+        step = np.abs(np.diff(x, prepend=np.nan))
+        largest = np.full(n, np.nan)
+        if n >= SHORT:
+            largest[SHORT - 1:] = np.max(sliding_window_view(step, SHORT), axis=-1)
+        out[:, 3] = np.where(pos >= SHORT, np.log(largest + FLAT_EPS * (np.abs(x) + 1e-300)), np.nan)
+    return out

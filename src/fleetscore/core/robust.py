@@ -1,0 +1,170 @@
+"""Robust z-score models (median / calibrated spread per feature) as flat arrays, and their scorer.
+
+The cheap model kind: it needs little history, fits in microseconds and scores in one vectorised
+pass. Per model m and feature j it stores a center (the training median) and a weight, the inverse
+of the distance from the center at which that feature alone alarms at the target rate (the
+feature's own tail calibrated by `fleetscore.core.calibrate`). A feature that carries no
+information for this model (too few finite values) gets weight 0: that is how features are chosen
+per model. The decision of a row is
+
+    decision(x) = intercept[m] - max_j weight[m, j] * |x_j - center[m, j]|
+
+with intercept 1 after fitting, so decision < 0 (an anomaly) exactly when some feature is beyond
+its calibrated threshold, and -3 means "four times as far as the threshold". NaN features (no
+history yet) are skipped. Pure: arrays in, arrays out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from fleetscore.core.calibrate import DEFAULT_ALARM_RATE, robust_spread, tail_threshold
+from fleetscore.errors import FleetscoreError, InputError, ModelFormatError
+
+FORMAT_VERSION = 1
+#: A model needs at least this many rows with a finite first feature (the reading's level).
+MIN_ROWS = 3
+#: A feature needs at least this many finite training values to be used by a model.
+MIN_FEATURE_ROWS = 3
+#: Scores are clipped here so that absurd inputs give a very negative, never an infinite, decision.
+MAX_DEVIATION = 1e300
+
+_FIELDS = ("center", "weight", "intercept")
+
+
+def _bad(name: str, problem: str) -> ModelFormatError:
+    return ModelFormatError(f"invalid robust model array {name!r}: {problem}")
+
+
+@dataclass(frozen=True, eq=False)
+class RobustParams:
+    """Parameters of M robust models over F features; construction validates (ModelFormatError)."""
+
+    center: np.ndarray  # (M, F) float64, finite
+    weight: np.ndarray  # (M, F) float64, finite, >= 0 (0 = feature not used by the model)
+    intercept: np.ndarray  # (M,) float64, finite
+
+    def __post_init__(self) -> None:
+        for name in _FIELDS:
+            a = np.asarray(getattr(self, name))
+            if a.dtype.kind != "f":
+                raise _bad(name, f"dtype {a.dtype} is not floating")
+            a = np.array(a, dtype=np.float64, order="C")
+            a.flags.writeable = False
+            object.__setattr__(self, name, a)
+            if not np.isfinite(a).all():
+                raise _bad(name, "contains NaN or inf")
+        if self.center.ndim != 2 or self.center.shape[1] == 0:
+            raise _bad("center", f"must be 2-D (models, features >= 1), got shape {self.center.shape}")
+        if self.weight.shape != self.center.shape:
+            raise _bad("weight", f"shape {self.weight.shape}, expected {self.center.shape}")
+        if self.intercept.shape != (self.center.shape[0],):
+            raise _bad("intercept", f"shape {self.intercept.shape}, expected ({self.center.shape[0]},)")
+        if np.any(self.weight < 0):
+            raise _bad("weight", "must be >= 0")
+
+    @property
+    def n_models(self) -> int:
+        return self.center.shape[0]
+
+    @property
+    def n_features(self) -> int:
+        return self.center.shape[1]
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """Plain numeric arrays (plus ``format_version``) for ``np.savez``; inverse of `from_arrays`."""
+        return {"format_version": np.array(FORMAT_VERSION, dtype=np.int64)} | {k: getattr(self, k) for k in _FIELDS}
+
+    @classmethod
+    def from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> RobustParams:
+        missing = [k for k in ("format_version", *_FIELDS) if k not in arrays]
+        if missing:
+            raise ModelFormatError(f"robust model arrays missing: {', '.join(missing)}")
+        version = np.asarray(arrays["format_version"])
+        if version.shape != () or version.dtype.kind not in "iu" or int(version) != FORMAT_VERSION:
+            raise _bad("format_version", f"got {version!r}, this version reads {FORMAT_VERSION}")
+        return cls(*(np.asarray(arrays[k]) for k in _FIELDS))
+
+    def take(self, indices: Sequence[int] | np.ndarray) -> RobustParams:
+        idx = np.asarray(indices, dtype=np.int64)
+        return RobustParams(self.center[idx], self.weight[idx], self.intercept[idx])
+
+    @classmethod
+    def concat(cls, parts: Sequence[RobustParams]) -> RobustParams:
+        if not parts:
+            raise InputError("concat needs at least one shard; use RobustParams.empty(n_features)")
+        widths = {p.n_features for p in parts}
+        if len(widths) != 1:
+            raise InputError(f"cannot concat robust shards with different feature counts {sorted(widths)}")
+        return cls(*(np.concatenate([getattr(p, k) for p in parts]) for k in _FIELDS))
+
+    @classmethod
+    def empty(cls, n_features: int) -> RobustParams:
+        return cls(np.empty((0, n_features)), np.empty((0, n_features)), np.empty(0))
+
+    def with_intercept(self, intercept: np.ndarray) -> RobustParams:
+        return RobustParams(self.center, self.weight, intercept)
+
+
+def fit_one(X: np.ndarray, alarm_rate: float = DEFAULT_ALARM_RATE) -> RobustParams:
+    """Fit one model on X (rows, features); NaN means "feature not available for this row"."""
+    X = np.asarray(X, dtype=np.float64)
+    if X.ndim != 2 or X.shape[1] == 0:
+        raise InputError(f"training data must be 2-D (rows, features >= 1), got shape {X.shape}")
+    if np.isinf(X).any():
+        raise InputError("training data has an infinite value")
+    if np.count_nonzero(np.isfinite(X[:, 0])) < MIN_ROWS:
+        raise InputError(f"training data has {np.count_nonzero(np.isfinite(X[:, 0]))} usable row(s); "
+                         f"a robust model needs at least {MIN_ROWS}")
+    n_features = X.shape[1]
+    used = max(1, int(np.sum(np.count_nonzero(np.isfinite(X), axis=0) >= MIN_FEATURE_ROWS)))
+    per_feature = alarm_rate / used  # each feature's share of the target rate
+    center = np.zeros(n_features)
+    weight = np.zeros(n_features)
+    for j in range(n_features):
+        col = X[:, j][np.isfinite(X[:, j])]
+        if col.size < MIN_FEATURE_ROWS:
+            continue
+        center[j] = np.median(col)
+        spread = robust_spread(col, center[j])
+        distance = tail_threshold(np.abs(col - center[j]) / spread, per_feature) * spread
+        if np.isfinite(distance) and distance > 0:
+            weight[j] = 1.0 / distance
+    return RobustParams(center[None], weight[None], np.ones(1))
+
+
+def fit_many(groups: Sequence[np.ndarray], alarm_rate: float = DEFAULT_ALARM_RATE) -> tuple[RobustParams, np.ndarray, dict[int, str]]:
+    """Fit one model per group: (params of the fitted ones, their group indices, group -> failure reason)."""
+    parts: list[RobustParams] = []
+    fitted: list[int] = []
+    failures: dict[int, str] = {}
+    for i, X in enumerate(groups):
+        try:
+            parts.append(fit_one(X, alarm_rate))
+        except FleetscoreError as exc:
+            failures[i] = str(exc)
+            continue
+        fitted.append(i)
+    width = next((np.shape(X)[1] for X in groups if np.ndim(X) == 2 and np.shape(X)[1] > 0), 1)
+    params = RobustParams.concat(parts) if parts else RobustParams.empty(width)
+    return params, np.array(fitted, dtype=np.int64), failures
+
+
+def decision_function(params: RobustParams, model_idx: np.ndarray, X: np.ndarray) -> np.ndarray:
+    """Score row r of X (N, F) with model ``model_idx[r]``: intercept - max weighted |deviation|."""
+    X = np.asarray(X, dtype=np.float64)
+    if X.ndim != 2 or X.shape[1] != params.n_features:
+        raise InputError(f"input has shape {X.shape}, the robust models take {params.n_features} features")
+    idx = np.asarray(model_idx, dtype=np.int64)
+    if idx.shape != (X.shape[0],):
+        raise InputError(f"model_idx must have shape ({X.shape[0]},), got {idx.shape}")
+    if idx.size and (idx.min() < 0 or idx.max() >= params.n_models):
+        raise InputError(f"model_idx out of range for {params.n_models} models")
+    with np.errstate(invalid="ignore", over="ignore"):
+        dev = np.abs(X - params.center[idx]) * params.weight[idx]
+    dev[np.isnan(dev)] = 0.0  # missing feature, or an unused one (weight 0) with an infinite deviation
+    worst = np.minimum(dev.max(axis=1, initial=0.0), MAX_DEVIATION)
+    return params.intercept[idx] - worst

@@ -1,0 +1,35 @@
+"""Cloud credentials: read from the environment only, and forwarded to cluster workers that lack them.
+
+Storage backends (s3fs/boto, adlfs/azure) read their credentials from the variables in
+:data:`CREDENTIAL_ENV`; :func:`credential_env` picks the ones set, so an executor can hand them to its
+workers (the Ray executor passes them through the object store, never through ``runtime_env``, which
+Ray writes in plain text to its logs). Secret values are kept out of messages by :mod:`fleetscore.redact`.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Mapping
+
+#: Variables the storage backends read; forwarded to workers as they are in the driver's environment.
+CREDENTIAL_ENV = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_DEFAULT_REGION",
+    "AWS_REGION",
+    "AWS_ENDPOINT_URL",
+    "AZURE_STORAGE_CONNECTION_STRING",
+    "AZURE_STORAGE_ACCOUNT_NAME",
+    "AZURE_STORAGE_ACCOUNT_KEY",
+    "AZURE_STORAGE_SAS_TOKEN",
+    "AZURE_STORAGE_CLIENT_ID",
+    "AZURE_STORAGE_CLIENT_SECRET",
+    "AZURE_STORAGE_TENANT_ID",
+)
+
+
+def credential_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The credential variables set (non-empty) in ``env`` (default: this process's environment)."""
+    env = os.environ if env is None else env
+    return {name: env[name] for name in CREDENTIAL_ENV if env.get(name)}

@@ -1,0 +1,142 @@
+"""Ray executor: each task (a shard of many models) is one Ray task, retried when its worker dies.
+
+Only small task specs travel through Ray; workers read their inputs from shared storage and write
+their outputs there (one atomic file per task, committed by the driver at the end of the run), so a
+task that is run again after its worker was killed simply rewrites its own file.
+
+Without an address the executor joins the Ray instance that ``RAY_ADDRESS`` or a local ``ray start``
+names, else starts a local one with ``workers`` CPUs. Storage credentials set in the driver's
+environment are forwarded to the workers through the object store, never through ``runtime_env``
+(Ray writes runtime environments in plain text to its logs).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Callable, Iterator, Sequence
+
+from fleetscore.credentials import credential_env
+from fleetscore.errors import FleetscoreError
+from fleetscore.exec.base import TaskError
+from fleetscore.exec.place import placed, this_process
+from fleetscore.redact import redact
+
+#: Times Ray runs a task again after its worker process or node died (application errors are not retried).
+DEFAULT_MAX_RETRIES = 3
+#: CPUs one task asks Ray for; a task scores its shard on one core.
+TASK_CPUS = 1
+
+
+class RayExecutor:
+    """Runs tasks on a Ray cluster (``address``), or on the local Ray instance when there is none."""
+
+    name = "ray"
+
+    def __init__(self, workers: int, address: str | None = None, max_retries: int = DEFAULT_MAX_RETRIES) -> None:
+        self.workers = max(1, int(workers))
+        self.address = address
+        self.max_retries = max(0, int(max_retries))
+        self._initialized_here = False
+        self._task: Any = None
+        self._env: Any = None
+
+    def map(self, fn: Callable[[Any], Any], specs: Sequence[Any]) -> Iterator[tuple[int, Any]]:
+        if not specs:
+            return
+        import ray
+
+        self._connect()
+        from fleetscore import __version__
+
+        task = self._task.options(name=f"fleetscore.{fn.__name__}")
+        index = {task.remote(fn, spec, self._env, __version__): i for i, spec in enumerate(specs)}
+        pending = list(index)
+        try:
+            while pending:
+                done, pending = ray.wait(pending, num_returns=1)
+                if pending:
+                    more, pending = ray.wait(pending, num_returns=len(pending), timeout=0)
+                    done += more
+                for ref in done:
+                    yield index[ref], self._result(ref)
+        finally:
+            for ref in pending:
+                ray.cancel(ref, force=True)
+
+    def _result(self, ref: Any) -> Any:
+        import ray
+
+        try:
+            return ray.get(ref)
+        except ray.exceptions.RayError as exc:
+            # the worker or its node died on every attempt, or the task was cancelled
+            return TaskError.from_exception(exc, attempts=self.max_retries + 1)
+
+    def _connect(self) -> None:
+        import ray
+
+        if self._task is None:
+            if not ray.is_initialized():
+                options: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING,
+                                           "namespace": "fleetscore"}
+                if self.address is None and _starts_local_instance():
+                    options.update(num_cpus=self.workers, include_dashboard=False)
+                try:
+                    ray.init(address=self.address, **options)
+                except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
+                    where = self.address or os.environ.get("RAY_ADDRESS") or "the local Ray instance"
+                    raise FleetscoreError(redact(f"cannot connect to Ray at {where}: {exc}")) from exc
+                self._initialized_here = True
+            self._task = ray.remote(num_cpus=TASK_CPUS, max_retries=self.max_retries, retry_exceptions=False)(
+                run_task
+            )
+            self._env = ray.put(credential_env())
+
+    def close(self) -> None:
+        if self._initialized_here:
+            import ray
+
+            ray.shutdown()
+            self._initialized_here = False
+        self._task = self._env = None
+
+
+def _starts_local_instance() -> bool:
+    """True when ``ray.init()`` without an address would start a new instance rather than join one."""
+    try:
+        from ray._private.services import canonicalize_bootstrap_address
+    except ImportError:  # a Ray without this helper: let ray.init decide, with its own defaults
+        return False
+    return canonicalize_bootstrap_address(None) is None
+
+
+def run_task(fn: Callable[[Any], Any], spec: Any, env: dict[str, str], driver_version: str) -> Any:
+    """Inside a Ray worker: take the driver's credentials, record node and attempt, run ``fn(spec)``.
+
+    Exceptions of ``fn`` come back as :class:`TaskError` values (so Ray does not retry them); only a
+    dead worker or node makes Ray run the task again.
+    """
+    import ray
+
+    from fleetscore import __version__
+
+    os.environ.update(env)
+    node_id = ray.get_runtime_context().get_node_id()
+    place = this_process(f"{ray.util.get_node_ip_address()}/{node_id[:12]}", _attempt_number())
+    if __version__ != driver_version:
+        return TaskError(f"fleetscore {__version__} on node {place.node} but {driver_version} on the driver: "
+                         "install the same version everywhere (one image for driver and workers)", "", place.attempt)
+    with placed(place):
+        try:
+            return fn(spec)
+        except Exception as exc:  # noqa: BLE001 - a task's failure is data for the run record
+            return TaskError.from_exception(exc, attempts=place.attempt)
+
+
+def _attempt_number() -> int:
+    """1 for the first run of the current Ray task, 2 after one retry, ... (1 when Ray cannot tell)."""
+    from ray._private.worker import global_worker
+
+    getter = getattr(global_worker.core_worker, "get_current_task_attempt_number", None)
+    return int(getter()) + 1 if getter is not None else 1

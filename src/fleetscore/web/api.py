@@ -1,0 +1,77 @@
+"""The dashboard's JSON API under ``/api``: every number a page shows, in the OpenAPI schema.
+
+Each route returns the value its page renders (:mod:`fleetscore.web.views`). With a token
+configured every route needs it (``Authorization: Bearer`` or the login cookie), else 401 JSON.
+Unknown or malformed ids answer 404 ``{"detail": ...}``; bad parameters 400 or 422.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, Query, Request
+
+from fleetscore.core.runs import RunRecord
+from fleetscore.web import views
+from fleetscore.web.auth import require_token
+from fleetscore.web.routing import ApiRoute, fleet_of, segment_id
+
+Hours = Annotated[int, Query(ge=1, le=views.MAX_HOURS, description="Length of the window in hours.")]
+End = Annotated[str | None, Query(description="End of the window (ISO 8601); default: end of the latest scored window.")]
+NOT_FOUND = {404: {"description": "Unknown or malformed id"}, 401: {"description": "Token missing or wrong"}}
+
+
+@dataclass(frozen=True)
+class RunList:
+    runs: list[RunRecord]
+
+
+def build_router() -> APIRouter:
+    router = APIRouter(prefix="/api", tags=["dashboard"], route_class=ApiRoute,
+                       dependencies=[Depends(require_token)], responses=NOT_FOUND)
+
+    @router.get("/overview", response_model=views.Overview)
+    def overview(request: Request, hours: Hours = views.DEFAULT_HOURS, end: End = None,
+                 limit: Annotated[int, Query(ge=1, le=1000)] = views.RECENT_RUNS) -> views.Overview:
+        """Recent runs, status counts, anomalies per hour over the window, ingest counters."""
+        return views.overview(fleet_of(request), views.ingest_stats(request.app), hours, end, limit)
+
+    @router.get("/runs", response_model=RunList)
+    def runs(request: Request, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> RunList:
+        """Runs, newest first."""
+        return RunList(fleet_of(request).runs(limit))
+
+    @router.get("/runs/{run_id}", response_model=views.RunDetail)
+    def run(request: Request, run_id: str) -> views.RunDetail:
+        """One run: its record, tasks with timings, failed models with reasons, and the tails of its logs."""
+        return views.run_detail(fleet_of(request), run_id)
+
+    @router.get("/fleet", response_model=views.FleetView)
+    def fleet(
+        request: Request,
+        hours: Hours = views.DEFAULT_HOURS,
+        end: End = None,
+        by: Literal["device", "sensor"] = "device",
+        sort: Literal["rate", "anomalies", "rows", "device", "sensor"] = "rate",
+        order: Literal["asc", "desc"] = "desc",
+        limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
+        rows: Annotated[int, Query(ge=1, le=500, description="Rows of the heatmap.")] = 30,
+        device: Annotated[str | None, Query(description="Only this device's sensors.")] = None,
+    ) -> views.FleetView:
+        """Anomaly rate per device (or sensor) × hour, and the devices or sensors sorted by anomalies."""
+        return views.fleet_view(fleet_of(request), hours, end, by, sort, order, limit, rows, device)
+
+    @router.get("/devices/{device}/sensors/{sensor}", response_model=views.SensorView)
+    def sensor(request: Request, device: str, sensor: str, hours: Hours = views.DEFAULT_HOURS, end: End = None,
+               max_points: Annotated[int, Query(ge=10, le=100_000)] = views.DEFAULT_POINTS) -> views.SensorView:
+        """Readings of one sensor with scores and anomalies, and its model. Ids are URL segments where
+        ``~2F`` stands for ``/`` and ``~7E`` for ``~``."""
+        return views.sensor_view(fleet_of(request), segment_id(device), segment_id(sensor), hours, end, max_points)
+
+    @router.get("/models", response_model=views.ModelsView)
+    def models(request: Request) -> views.ModelsView:
+        """Model versions, the released one, and the models of the release that failed to train."""
+        return views.models_view(fleet_of(request))
+
+    return router

@@ -1,0 +1,111 @@
+"""``/metrics`` in the Prometheus text format, from a registry owned by the app (not the global one).
+
+Run metrics are read from the catalog at every scrape (one aggregate query, see
+:mod:`fleetscore.catalog.stats`), because runs are written by other processes (CLI, scheduler);
+ingest metrics come from ``app.state.ingest.stats()`` when the app runs ingest.
+
+    fleetscore_runs_total{status}                        runs recorded, per status
+    fleetscore_run_duration_seconds                      histogram of finished runs' durations
+    fleetscore_models_scored_total                       models scored, summed over runs
+    fleetscore_rows_scored_total                         predictions written, summed over runs
+    fleetscore_anomalies_total                           anomalies found, summed over runs
+    fleetscore_failed_models_total                       models that could not be scored
+    fleetscore_last_successful_run_timestamp_seconds     when the last succeeded run finished
+    fleetscore_ingest_accepted_total / _rejected_total   readings accepted / rejected by ingest
+    fleetscore_ingest_<name>                             every other number ingest reports (gauges)
+
+Totals come from the catalog, so they go down if old runs are deleted by retention; Prometheus
+treats that as a counter reset.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable, Iterator
+
+from fastapi import APIRouter, Depends, Request, Response
+
+from fleetscore.core.times import parse_time
+from fleetscore.web.auth import require_token
+from fleetscore.web.routing import ApiRoute
+
+#: Ingest counters exported as counters; other numeric ingest stats become gauges.
+INGEST_COUNTERS = ("accepted", "rejected")
+
+
+class FleetCollector:
+    """Yields the fleet's metric families on every collect (i.e. every scrape)."""
+
+    def __init__(self, fleet: Any, ingest: Callable[[], dict[str, Any] | None]) -> None:
+        self.fleet = fleet
+        self.ingest = ingest
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+        from prometheus_client.utils import floatToGoString
+
+        stats = self.fleet.run_stats()
+        runs = CounterMetricFamily("fleetscore_runs", "Scoring runs recorded in the catalog, by status.", labels=["status"])
+        for status, totals in sorted(stats.by_status.items()):
+            runs.add_metric([status], totals.runs)
+        yield runs
+        cumulative = [(floatToGoString(b), c) for b, c in zip(stats.duration_buckets, stats.duration_counts)]
+        yield HistogramMetricFamily(
+            "fleetscore_run_duration_seconds", "Wall time of finished scoring runs.",
+            buckets=cumulative + [("+Inf", stats.duration_count)], sum_value=stats.duration_sum,
+        )
+        for name, value, text in (
+            ("models_scored", stats.totals.models, "Models scored, summed over runs."),
+            ("rows_scored", stats.totals.rows, "Predictions written, summed over runs."),
+            ("anomalies", stats.totals.anomalies, "Anomalies found, summed over runs."),
+            ("failed_models", stats.totals.failed_models, "Models that could not be scored, summed over runs."),
+        ):
+            yield CounterMetricFamily(f"fleetscore_{name}", text, value=value)
+        if stats.last_success_at:
+            yield GaugeMetricFamily("fleetscore_last_successful_run_timestamp_seconds",
+                                    "Unix time the last succeeded run finished.",
+                                    value=parse_time(stats.last_success_at) / 1e6)
+        yield from _ingest_families(self.ingest())
+
+
+def _ingest_families(stats: dict[str, Any] | None) -> Iterator[Any]:
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    if not stats:
+        return
+    for key, value in sorted(stats.items()):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        name = re.sub(r"[^a-zA-Z0-9_]", "_", str(key)).strip("_").lower()
+        base = name.removesuffix("_total")
+        if base in INGEST_COUNTERS:
+            yield CounterMetricFamily(f"fleetscore_ingest_{base}", f"Readings {base} by ingest.", value=value)
+        elif name:
+            yield GaugeMetricFamily(f"fleetscore_ingest_{name}", f"Ingest statistic {key!s}.", value=value)
+
+
+def make_registry(app: Any) -> Any:
+    """A CollectorRegistry of the app's own: the fleet's metrics plus this process's."""
+    from prometheus_client import CollectorRegistry, ProcessCollector
+
+    from fleetscore.web.views import ingest_stats
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(FleetCollector(app.state.fleet, lambda: ingest_stats(app)))
+    ProcessCollector(registry=registry)
+    return registry
+
+
+def build_router() -> APIRouter:
+    """``GET /metrics``; the app must hold its registry in ``app.state.metrics_registry``."""
+    router = APIRouter(tags=["ops"], route_class=ApiRoute, dependencies=[Depends(require_token)])
+
+    @router.get("/metrics", response_class=Response,
+                responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}})
+    def metrics(request: Request) -> Response:
+        """Run, scoring and ingest metrics in the Prometheus text format."""
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return Response(generate_latest(request.app.state.metrics_registry), media_type=CONTENT_TYPE_LATEST)
+
+    return router

@@ -1,0 +1,170 @@
+"""The dashboard's HTML pages: overview, run, fleet heatmap, sensor plot, models; and its stylesheet.
+
+Each page renders one value from :mod:`fleetscore.web.views` (the same value ``/api/...`` returns)
+with a template and server-side SVG charts (:mod:`fleetscore.web.charts`); pages have no scripts.
+Sorting and windows are links with query parameters, so everything works without JavaScript.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from importlib import resources
+from typing import Annotated, Literal
+from urllib.parse import quote
+
+import numpy as np
+from fastapi import APIRouter, Depends, Query, Request, Response
+from markupsafe import Markup
+
+from fleetscore.core.runs import RunStatus
+from fleetscore.core.times import parse_time
+from fleetscore.errors import NotFoundError
+from fleetscore.web import charts, views
+from fleetscore.web.login import require_login
+from fleetscore.web.render import render, sensor_path, url, when
+from fleetscore.web.routing import PageRoute, fleet_of, id_segment, segment_id
+
+Hours = Annotated[int, Query(ge=1, le=views.MAX_HOURS)]
+STATUS_COLORS = {
+    RunStatus.SUCCEEDED.value: "#16a34a",
+    RunStatus.PARTIAL.value: "#d97706",
+    RunStatus.FAILED.value: "#dc2626",
+    RunStatus.RUNNING.value: "#2563eb",
+    RunStatus.QUEUED.value: "#94a3b8",
+}
+#: Task phases drawn on the run page, in order, with their colours.
+PHASES = (("load data", "load_data_s", "#60a5fa"), ("load models", "load_models_s", "#a78bfa"),
+          ("score", "score_s", "#34d399"), ("write", "write_s", "#fbbf24"))
+STATIC_FILES = {"style.css": "text/css; charset=utf-8"}
+
+
+def _short(text: str) -> str:
+    return when(text)[5:16]
+
+
+def duration_chart(request: Request, overview: views.Overview) -> Markup:
+    runs = list(reversed(overview.runs))
+    return charts.bars(
+        [_short(r.window_from) for r in runs],
+        [r.elapsed_s or 0.0 for r in runs],
+        label="duration of recent runs",
+        unit="seconds",
+        colors=[STATUS_COLORS.get(r.status.value, charts.LINE) for r in runs],
+        titles=[f"{when(r.window_from)} · {r.status.value} · {r.elapsed_s or 0:.2f} s" for r in runs],
+        links=[url(request, f"/runs/{r.run_id}") for r in runs],
+        empty="no runs yet",
+    )
+
+
+def anomalies_chart(overview: views.Overview) -> Markup:
+    hours = overview.anomalies_per_hour
+    return charts.bars(
+        [when(h.hour)[:16] for h in hours],
+        [float(h.anomalies) for h in hours],
+        label="anomalies per hour",
+        unit="anomalies",
+        colors=[charts.MARK] * len(hours),
+        titles=[f"{when(h.hour)[:16]}: {h.anomalies:,} anomalies in {h.rows:,} predictions" for h in hours],
+        times_us=np.array([parse_time(h.hour) for h in hours], dtype=np.int64),
+        empty="no predictions in this window",
+    )
+
+
+def task_chart(detail: views.RunDetail) -> Markup:
+    tasks = detail.tasks
+    values = np.array([[getattr(t, field) or 0.0 for _, field, _ in PHASES] for t in tasks], dtype=np.float64)
+    return charts.stacked([f"task {t.task}" for t in tasks], [(name, color) for name, _, color in PHASES],
+                          values.reshape(len(tasks), len(PHASES)), label="task timings by phase")
+
+
+def heatmap_chart(request: Request, view: views.FleetView) -> Markup:
+    heat = view.heatmap
+    rates = np.array([[np.nan if r is None else r for r in row] for row in heat.rates], dtype=np.float64)
+    if view.device is None:
+        links = [url(request, f"/fleet?device={quote(d, safe='')}&hours={view.window.hours}") for d in heat.rows]
+    else:
+        links = [url(request, sensor_path(view.device, s)) for s in heat.rows]
+    return charts.heatmap(
+        heat.rows, np.array([parse_time(h) for h in heat.hours], dtype=np.int64),
+        rates.reshape(len(heat.rows), len(heat.hours)), np.array(heat.anomalies), np.array(heat.counts),
+        label="anomaly rate per device and hour", row_links=links,
+    )
+
+
+def sensor_charts(view: views.SensorView) -> tuple[Markup, Markup]:
+    s = view.series
+    ts = np.array([parse_time(t) for t in s.ts], dtype=np.int64)
+    marked = np.array([bool(a) for a in s.is_anomaly], dtype=bool)
+    values = np.array([np.nan if v is None else v for v in s.value], dtype=np.float64)
+    scores = np.array([np.nan if v is None else v for v in s.score], dtype=np.float64)
+    return (
+        charts.timeline(ts, values, marked, label=f"readings of {view.sensor}", unit="value"),
+        charts.timeline(ts, scores, marked, label="anomaly score", unit="score", reference=0.0,
+                        reference_label="decision boundary (below = anomaly)", height=180, empty="not scored in this window"),
+    )
+
+
+@lru_cache(maxsize=len(STATIC_FILES))
+def _static(name: str) -> bytes:
+    return resources.files("fleetscore.web").joinpath("static", name).read_bytes()
+
+
+def build_router() -> APIRouter:
+    router = APIRouter(tags=["pages"], route_class=PageRoute, include_in_schema=False,
+                       dependencies=[Depends(require_login)])
+
+    @router.get("/")
+    def overview_page(request: Request, hours: Hours = views.DEFAULT_HOURS, end: str | None = None) -> Response:
+        view = views.overview(fleet_of(request), views.ingest_stats(request.app), hours, end)
+        return render(request, "overview.html", title="Overview", view=view, colors=STATUS_COLORS,
+                      duration_chart=duration_chart(request, view), anomalies_chart=anomalies_chart(view))
+
+    @router.get("/runs/{run_id}")
+    def run_page(request: Request, run_id: str) -> Response:
+        detail = views.run_detail(fleet_of(request), run_id)
+        return render(request, "run.html", title=f"Run {detail.run.run_id[:12]}", detail=detail, run=detail.run,
+                      task_chart=task_chart(detail), phases=PHASES)
+
+    @router.get("/fleet")
+    def fleet_page(
+        request: Request,
+        hours: Hours = views.DEFAULT_HOURS,
+        end: str | None = None,
+        by: Literal["device", "sensor"] = "device",
+        sort: Literal["rate", "anomalies", "rows", "device", "sensor"] = "rate",
+        order: Literal["asc", "desc"] = "desc",
+        limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
+        device: str | None = None,
+    ) -> Response:
+        view = views.fleet_view(fleet_of(request), hours, end, by, sort, order, limit, 30, device)
+        return render(request, "fleet.html", title="Fleet", view=view, heatmap=heatmap_chart(request, view))
+
+    @router.get("/devices/{device}/sensors/{sensor}")
+    def sensor_page(request: Request, device: str, sensor: str, hours: Hours = views.DEFAULT_HOURS,
+                    end: str | None = None) -> Response:
+        view = views.sensor_view(fleet_of(request), segment_id(device), segment_id(sensor), hours, end)
+        value_chart, score_chart = sensor_charts(view)
+        anomalies = [(t, v, sc) for t, v, sc, a in zip(view.series.ts, view.series.value, view.series.score,
+                                                         view.series.is_anomaly) if a][-100:]
+        return render(request, "sensor.html", title=f"{view.device} · {view.sensor}", view=view,
+                      value_chart=value_chart, score_chart=score_chart, anomalies=list(reversed(anomalies)),
+                      device_segment=id_segment(view.device))
+
+    @router.get("/models")
+    def models_page(request: Request) -> Response:
+        return render(request, "models.html", title="Models", view=views.models_view(fleet_of(request)))
+
+    return router
+
+
+def build_static_router() -> APIRouter:
+    """The stylesheet, served from the package without auth (the login page needs it too)."""
+    router = APIRouter(include_in_schema=False, route_class=PageRoute)
+
+    @router.get("/static/{name}")
+    def static(name: str) -> Response:
+        if name not in STATIC_FILES:
+            raise NotFoundError(f"no static file {name[:40]!r}")
+        return Response(_static(name), media_type=STATIC_FILES[name], headers={"Cache-Control": "max-age=3600"})
+
+    return router

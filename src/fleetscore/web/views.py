@@ -1,0 +1,344 @@
+"""What each dashboard page shows, as plain values: built from :class:`~fleetscore.api.Fleet` only.
+
+Pages (:mod:`fleetscore.web.pages`) render these values and the JSON API (:mod:`fleetscore.web.api`)
+returns them as they are, so a number on a page is the number in the API. Everything is bounded:
+recent runs are the last ``limit``, fleet views cover at most :data:`MAX_HOURS` hours, series are
+thinned to ``max_points``, logs are tails.
+
+Hostile ids (a run id that is not hex, a device id with control characters or longer than any id
+fleetscore accepts) are answered with :class:`~fleetscore.errors.NotFoundError` before any lookup.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from fleetscore.catalog import VersionRecord
+from fleetscore.core import anomalies as stats
+from fleetscore.core.runs import FINISHED_STATUSES, ModelFailure, RunRecord, TaskRecord
+from fleetscore.core.schema import MAX_ID_LENGTH
+from fleetscore.core.times import HOUR_US, iso, parse_time
+from fleetscore.errors import FleetscoreError, InputError, NotFoundError
+from fleetscore.storage import layout
+
+if TYPE_CHECKING:
+    from fleetscore.api import Fleet
+
+DEFAULT_HOURS = 48
+MAX_HOURS = 24 * 7
+#: Runs the overview lists and draws (newest first).
+RECENT_RUNS = 50
+#: Log files shown per run, and the bytes shown from the end of each.
+MAX_LOG_FILES = 50
+LOG_TAIL_BYTES = 64 * 1024
+DEFAULT_POINTS = 4000
+
+
+@dataclass(frozen=True)
+class Window:
+    """The time range a view covers: [start, end), whole hours."""
+
+    start: str
+    end: str
+    hours: int
+
+
+@dataclass(frozen=True)
+class HourCount:
+    hour: str
+    rows: int
+    anomalies: int
+
+
+@dataclass(frozen=True)
+class Overview:
+    """``/``: recent runs and their trend, anomalies per hour over the window, ingest counters."""
+
+    window: Window
+    runs: list[RunRecord]
+    status_counts: dict[str, int]
+    last_success_at: str | None
+    released: str | None
+    released_models: int
+    rows: int
+    anomalies: int
+    anomalies_per_hour: list[HourCount]
+    ingest: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class LogFile:
+    """The end of one log file of a run (``truncated`` when the file is longer than what is shown)."""
+
+    name: str
+    size: int
+    text: str
+    truncated: bool
+
+
+@dataclass(frozen=True)
+class RunDetail:
+    """``/runs/{id}``: the run record, its tasks with timings, failed models with reasons, logs."""
+
+    run: RunRecord
+    tasks: list[TaskRecord]
+    failures: list[ModelFailure]
+    logs: list[LogFile]
+
+
+@dataclass(frozen=True)
+class AnomalyRow:
+    """Anomalies of one device (``sensor`` is None) or one (device, sensor) over the window."""
+
+    device: str
+    sensor: str | None
+    rows: int
+    anomalies: int
+    rate: float
+
+
+@dataclass(frozen=True)
+class Heatmap:
+    """Anomaly rate per row (device, or sensor of one device) × hour; None where nothing was scored."""
+
+    rows: list[str]
+    hours: list[str]
+    rates: list[list[float | None]]
+    anomalies: list[list[int]]
+    counts: list[list[int]]
+
+
+@dataclass(frozen=True)
+class FleetView:
+    """``/fleet``: heatmap of the most anomalous rows and the sorted list of devices or sensors."""
+
+    window: Window
+    by: str
+    sort: str
+    order: str
+    device: str | None
+    total: int
+    top: list[AnomalyRow]
+    heatmap: Heatmap
+
+
+@dataclass(frozen=True)
+class Series:
+    """Columns of one sensor's readings; ``score``/``is_anomaly`` are None where nothing was scored."""
+
+    ts: list[str]
+    value: list[float | None]
+    score: list[float | None]
+    is_anomaly: list[bool | None]
+    downsampled: bool
+
+
+@dataclass(frozen=True)
+class SensorView:
+    """``/devices/{d}/sensors/{s}``: readings with anomalies marked, counts, and the model's info."""
+
+    device: str
+    sensor: str
+    window: Window
+    readings: int
+    scored: int
+    anomalies: int
+    model: dict[str, Any] | None
+    model_note: str | None
+    series: Series
+
+
+@dataclass(frozen=True)
+class ModelsView:
+    """``/models``: all versions, the released one, and the models of the release that failed."""
+
+    released: str | None
+    versions: list[VersionRecord]
+    release_failures: list[dict[str, Any]]
+
+
+# --- helpers ------------------------------------------------------------------------------------
+def check_id(value: str, what: str) -> str:
+    """A device or sensor id that could exist; else NotFoundError (nothing is looked up)."""
+    if not value or len(value) > MAX_ID_LENGTH or any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise NotFoundError(f"no {what} {value[:60]!r}")
+    return value
+
+
+def check_run(run_id: str) -> str:
+    try:
+        return layout.check_run_id(run_id)
+    except InputError:
+        raise NotFoundError(f"no run {run_id[:60]!r}: run ids are 8-32 hex characters") from None
+
+
+def window(fleet: "Fleet", hours: int, end: str | None) -> tuple[Window, int, int]:
+    """[end - hours, end) in whole hours; ``end`` defaults to the end of the latest scored window."""
+    if not 1 <= hours <= MAX_HOURS:
+        raise InputError(f"hours must be between 1 and {MAX_HOURS}, got {hours}")
+    if end:
+        hi = parse_time(end, "end")
+    else:
+        done = [parse_time(r.window_to) for r in fleet.runs(RECENT_RUNS) if r.status in FINISHED_STATUSES and r.rows]
+        hi = max(done) if done else int(datetime.now(timezone.utc).timestamp() * 1e6)
+    hi = -(-hi // HOUR_US) * HOUR_US
+    lo = hi - hours * HOUR_US
+    return Window(iso(lo), iso(hi), hours), lo, hi
+
+
+def ingest_stats(app: Any) -> dict[str, Any] | None:
+    """The ingest counters when the app runs ingest (``app.state.ingest.stats()``), else None."""
+    ingest = getattr(app.state, "ingest", None)
+    if ingest is None or not callable(getattr(ingest, "stats", None)):
+        return None
+    try:
+        stats_ = ingest.stats()
+    except Exception as exc:  # noqa: BLE001 - a broken counter must not take the dashboard down
+        return {"error": f"ingest stats unavailable: {type(exc).__name__}"}
+    return dict(stats_) if isinstance(stats_, dict) else None
+
+
+def _rows(table: pa.Table, keys: list[str]) -> list[AnomalyRow]:
+    cols = {k: table.column(k).to_pylist() for k in ("device", "rows", "anomalies", "rate")}
+    sensors = table.column("sensor").to_pylist() if "sensor" in keys else [None] * table.num_rows
+    return [AnomalyRow(d, s, int(r), int(a), float(x))
+            for d, s, r, a, x in zip(cols["device"], sensors, cols["rows"], cols["anomalies"], cols["rate"])]
+
+
+def _hours(hours_us: np.ndarray) -> list[str]:
+    return [iso(int(h)) for h in hours_us]
+
+
+# --- views --------------------------------------------------------------------------------------
+def overview(fleet: "Fleet", ingest: dict[str, Any] | None, hours: int = DEFAULT_HOURS,
+             end: str | None = None, limit: int = RECENT_RUNS) -> Overview:
+    span, lo, hi = window(fleet, hours, end)
+    runs = fleet.runs(limit)
+    counts: dict[str, int] = {}
+    for run in runs:
+        counts[run.status.value] = counts.get(run.status.value, 0) + 1
+    released = next((v for v in fleet.versions() if v.released), None)
+    cube = fleet.anomaly_counts(span.start, span.end)
+    grid = stats.hour_grid(cube, None, None, lo, hi)
+    return Overview(
+        window=span,
+        runs=runs,
+        status_counts=counts,
+        last_success_at=fleet.run_stats().last_success_at,
+        released=released.version if released else None,
+        released_models=released.models if released else 0,
+        rows=int(grid.rows.sum()),
+        anomalies=int(grid.anomalies.sum()),
+        anomalies_per_hour=[HourCount(h, int(r), int(a)) for h, r, a in
+                            zip(_hours(grid.hours_us), grid.rows[0], grid.anomalies[0])],
+        ingest=ingest,
+    )
+
+
+def run_detail(fleet: "Fleet", run_id: str) -> RunDetail:
+    run, tasks, failures = fleet.run(check_run(run_id))
+    return RunDetail(run, tasks, failures, run_logs(fleet, run.run_id))
+
+
+def run_logs(fleet: "Fleet", run_id: str) -> list[LogFile]:
+    """The tails of the run's log files in storage (``logs/run=<id>/``), oldest name first."""
+    storage = fleet.storage
+    prefix = layout.logs_dir(check_run(run_id))
+    out = []
+    for key in storage.list(prefix)[:MAX_LOG_FILES]:
+        path = storage.path(key)
+        try:
+            size = int(storage.fs.size(path))
+            start = max(0, size - LOG_TAIL_BYTES)
+            data = storage.fs.cat_file(path, start=start)
+        except (OSError, FleetscoreError) as exc:
+            out.append(LogFile(key[len(prefix) + 1:], 0, f"cannot read this log: {type(exc).__name__}", False))
+            continue
+        text = data.decode("utf-8", errors="replace")
+        if start:
+            text = text.split("\n", 1)[-1]
+        out.append(LogFile(key[len(prefix) + 1:], size, text, start > 0))
+    return out
+
+
+def fleet_view(fleet: "Fleet", hours: int = DEFAULT_HOURS, end: str | None = None, by: str = "device",
+               sort: str = "rate", order: str = "desc", limit: int = 100, rows: int = 30,
+               device: str | None = None) -> FleetView:
+    """Most anomalous devices (``by="device"``) or sensors; with ``device``, only that device's sensors."""
+    if by not in ("device", "sensor"):
+        raise InputError(f"by must be device or sensor, got {by[:20]!r}")
+    if sort not in stats.SORT_COLUMNS or (sort == "sensor" and by == "device"):
+        raise InputError(f"sort must be one of rate, anomalies, rows, device{', sensor' if by == 'sensor' else ''}")
+    if order not in ("asc", "desc"):
+        raise InputError(f"order must be asc or desc, got {order[:20]!r}")
+    span, lo, hi = window(fleet, hours, end)
+    cube = fleet.anomaly_counts(span.start, span.end)
+    if device is not None:
+        cube = cube.filter(pc.equal(cube.column("device"), check_id(device, "device")))
+        by = "sensor"
+    keys = ["device"] if by == "device" else ["device", "sensor"]
+    rolled = stats.rollup(cube, keys)
+    top = stats.ranked(rolled, sort, order == "desc", limit)
+    grid_key = "sensor" if device is not None else "device"
+    worst = stats.ranked(stats.rollup(cube, [grid_key]), "rate", True, rows).column(grid_key).to_pylist()
+    grid = stats.hour_grid(cube, grid_key, worst, lo, hi)
+    rates = np.where(np.isfinite(grid.rates), grid.rates, -1.0)
+    heat = Heatmap(
+        rows=grid.labels,
+        hours=_hours(grid.hours_us),
+        rates=[[None if r < 0 else float(r) for r in row] for row in rates],
+        anomalies=grid.anomalies.tolist(),
+        counts=grid.rows.tolist(),
+    )
+    return FleetView(span, by, sort, order, device, rolled.num_rows, _rows(top, keys), heat)
+
+
+def sensor_view(fleet: "Fleet", device: str, sensor: str, hours: int = DEFAULT_HOURS, end: str | None = None,
+                max_points: int = DEFAULT_POINTS) -> SensorView:
+    check_id(device, "device")
+    check_id(sensor, "sensor")
+    span, lo, hi = window(fleet, hours, end)
+    model: dict[str, Any] | None = None
+    note: str | None = None
+    try:
+        model = fleet.model(device, sensor)
+    except NotFoundError as exc:
+        note = str(exc)
+    table = fleet.series(device, sensor, span.start, span.end)
+    if table.num_rows == 0 and model is None:
+        raise NotFoundError(f"no readings and no model for device {device[:60]!r} sensor {sensor[:60]!r}")
+    ts_us = table.column("ts").cast(pa.int64()).to_numpy()
+    values = table.column("value").to_numpy(zero_copy_only=False).astype(np.float64)
+    flags = pc.fill_null(table.column("is_anomaly"), False).to_numpy(zero_copy_only=False)
+    keep = stats.downsample(ts_us, flags, values, max_points)
+    thin = table.take(pa.array(keep))
+    series = Series(
+        ts=[iso(int(t)) for t in ts_us[keep]],
+        value=thin.column("value").to_pylist(),
+        score=thin.column("score").to_pylist(),
+        is_anomaly=thin.column("is_anomaly").to_pylist(),
+        downsampled=len(keep) < table.num_rows,
+    )
+    return SensorView(
+        device=device, sensor=sensor, window=span, readings=table.num_rows,
+        scored=table.num_rows - table.column("score").null_count, anomalies=int(flags.sum()),
+        model=model, model_note=note, series=series,
+    )
+
+
+def models_view(fleet: "Fleet", max_failures: int = 200) -> ModelsView:
+    versions = fleet.versions()
+    released = next((v.version for v in versions if v.released), None)
+    failures: list[dict[str, Any]] = []
+    if released is not None:
+        manifest = fleet.models(released)
+        failed = manifest.filter(pc.equal(manifest.column("status"), "failed"))
+        failures = failed.select(["device", "sensor", "reason"]).slice(0, max_failures).to_pylist()
+    return ModelsView(released, list(reversed(versions)), failures)
+
