@@ -46,7 +46,9 @@ class Fleet:
 
     @cached_property
     def storage(self) -> Storage:
-        return open_storage(self.config.storage_url)
+        storage = open_storage(self.config.storage_url)
+        storage.check_root()
+        return storage
 
     @cached_property
     def catalog(self) -> Catalog:
@@ -85,19 +87,49 @@ class Fleet:
             return pa.table({"row": pa.array([], pa.int64()), "reason": pa.array([], pa.string())})
         return pa.concat_tables(parts, promote_options="default").slice(0, limit)
 
+    # --- streaming ingest ----------------------------------------------------------------------
+    def compact(self) -> Any:
+        """Compact the ingest log into readings, stream windows and the quarantine (a CompactResult)."""
+        from fleetscore.ingest.compact import Compactor
+        from fleetscore.ingest.settings import IngestSettings
+
+        return Compactor(self.config.home, self.storage, IngestSettings.from_config(self.config)).run()
+
+    def windows(self, start: Time, end: Time, width: str | None = None) -> pa.Table:
+        """Closed stream windows starting in [start, end) (width default: the ``[ingest] window``)."""
+        from fleetscore.core.windows import parse_duration
+        from fleetscore.ingest.settings import IngestSettings
+        from fleetscore.storage.windows import WindowStore
+
+        lo, hi = parse_window(start, end)
+        width_s = parse_duration(width) if width else IngestSettings.from_config(self.config).window_s
+        return WindowStore(self.storage).read(width_s, lo, hi)
+
     # --- models --------------------------------------------------------------------------------
     def train(self, start: Time, end: Time, *, kind: str | None = None, nu: float | None = None,
               gamma: float | str | None = None, features: str | None = None, release: bool = True,
-              workers: int | None = None, on_progress: Progress | None = None) -> Any:
+              workers: int | None = None, on_progress: Progress | None = None,
+              alarm_rate: float | None = None, only_unhealthy: bool = False) -> Any:
+        """Train a new version; unpinned settings are chosen per model (see `fleetscore.tuning`).
+
+        ``only_unhealthy``: retrain just the models the latest run of the released version marked
+        unhealthy, into a new version that reuses every other model (`fleetscore.retrain`).
+        """
         from fleetscore.train import train
+        from fleetscore.tuning import resolve
 
         lo, hi = parse_window(start, end)
+        if only_unhealthy:
+            from fleetscore.retrain import retrain_unhealthy
+
+            return retrain_unhealthy(self, lo, hi, release=release, workers=workers, on_progress=on_progress)
+        choice = resolve(kind or self.config.kind, self.config.nu if nu is None else nu, gamma or self.config.gamma,
+                         features or self.config.features, self.config.alarm_rate if alarm_rate is None else alarm_rate)
         executor = self.executor(workers=workers)
         try:
             return train(
                 storage_url=self.config.storage_url, catalog=self.catalog, executor=executor,
-                from_us=lo, to_us=hi, kind=kind or self.config.kind, nu=self.config.nu if nu is None else nu,
-                gamma=gamma or self.config.gamma, features=features or self.config.features,
+                from_us=lo, to_us=hi, **choice.as_kwargs(),
                 shard_models=self.config.shard_models, release=release, on_progress=on_progress,
             )
         finally:
@@ -146,16 +178,15 @@ class Fleet:
     def score(self, start: Time, end: Time, *, version: str | None = None, executor: str | None = None,
               workers: int | None = None, schedule: str | None = None,
               on_progress: Progress | None = None) -> RunRecord:
-        from fleetscore.score import score
+        from fleetscore.schedule.runner import score_window
 
         lo, hi = parse_window(start, end)
         record = self.version(version)
         if record.status != "ready":
             raise InputError(f"model version {record.version} is {record.status}; it cannot score")
         ex = self.executor(executor, workers)
-        try:
-            return score(storage_url=self.config.storage_url, catalog=self.catalog, executor=ex, from_us=lo,
-                         to_us=hi, version=record.version, schedule=schedule, on_progress=on_progress)
+        try:  # under the window's lease: never two runs of one window at once; retries, cancel, logs
+            return score_window(self, ex, lo, hi, record.version, schedule=schedule, on_progress=on_progress)
         finally:
             ex.close()
 

@@ -16,10 +16,12 @@ from fleetscore.errors import ConfigError
 
 DEFAULT_HOME = "./fleetscore-home"
 DEFAULT_EXECUTOR = "local"
-DEFAULT_NU = 0.05
-DEFAULT_GAMMA = "scale"
-DEFAULT_FEATURES = "raw"
-DEFAULT_KIND = "ocsvm"
+#: nu / gamma unset (None): chosen per model unless pinned; see fleetscore.tuning for "auto".
+DEFAULT_NU = None
+DEFAULT_GAMMA = None
+DEFAULT_FEATURES = "auto"
+DEFAULT_KIND = "auto"
+DEFAULT_ALARM_RATE = None
 #: Scoring cost (rows × support vectors) a shard aims for when training plans its shards.
 DEFAULT_SHARD_MODELS = 2000
 CONFIG_FILE = "fleetscore.toml"
@@ -37,10 +39,11 @@ class Config:
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     ray_address: str | None = None
     shard_models: int = DEFAULT_SHARD_MODELS
-    nu: float = DEFAULT_NU
-    gamma: str = DEFAULT_GAMMA
+    nu: float | None = DEFAULT_NU
+    gamma: str | None = DEFAULT_GAMMA
     features: str = DEFAULT_FEATURES
     kind: str = DEFAULT_KIND
+    alarm_rate: float | None = DEFAULT_ALARM_RATE
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def with_overrides(self, **overrides: Any) -> "Config":
@@ -61,6 +64,7 @@ _TOML_KEYS = {
     ("train", "gamma"): "gamma",
     ("train", "features"): "features",
     ("train", "kind"): "kind",
+    ("train", "alarm_rate"): "alarm_rate",
 }
 # env var -> Config field
 ENV_KEYS = {
@@ -123,7 +127,7 @@ def _read_toml(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def _coerce(key: str, value: Any, where: str) -> Any:
     kinds = {f.name: f.type for f in fields(Config)}
-    kind = kinds[key]
+    kind = kinds[key].removesuffix(" | None")
     try:
         if kind == "int":
             if isinstance(value, bool):
@@ -145,6 +149,8 @@ def _validated(config: Config, where: str) -> Config:
         raise ConfigError(f"{where}: workers must be between 1 and 1024, got {config.workers}")
     if not 1 <= config.shard_models <= 1_000_000:
         raise ConfigError(f"{where}: shard_models must be between 1 and 1000000, got {config.shard_models}")
-    if not 0 < config.nu <= 1:
+    if config.nu is not None and not 0 < config.nu <= 1:
         raise ConfigError(f"{where}: nu must be in (0, 1], got {config.nu}")
+    if config.alarm_rate is not None and not 0 < config.alarm_rate < 0.5:
+        raise ConfigError(f"{where}: alarm_rate must be in (0, 0.5), got {config.alarm_rate}")
     return config

@@ -165,7 +165,7 @@ def write_quarantine(storage: Storage, rejected: pa.Table, source: str, *, batch
     storage.write_parquet(key, rejected)
     reasons = Counter(rejected.column("reason").to_pylist())
     return {
-        "path": storage.path(key),
+        "path": storage.display(key),
         "rows": rejected.num_rows,
         "reasons": dict(reasons.most_common()),
         "sample": rejected.slice(0, 20).to_pylist(),

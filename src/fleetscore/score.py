@@ -27,6 +27,9 @@ from fleetscore.catalog import Catalog
 from fleetscore.catalog.sql import now_iso
 from fleetscore.core import ocsvm
 from fleetscore.core.features import build_features, parse_features
+from fleetscore.core.health import MAX_LISTED as MAX_LISTED_UNHEALTHY
+from fleetscore.core.health import describe, expected_rate, unhealthy_models
+from fleetscore.core.kinds import score_bundle
 from fleetscore.core.plan import key_range_mask
 from fleetscore.core.runs import ModelFailure, RunRecord, RunStatus, TaskRecord, backoff_delay, needs_rerun, run_status
 from fleetscore.core.times import iso, parse_time
@@ -71,6 +74,7 @@ class ScoreOutcome:
     failures: list[ModelFailure] = field(default_factory=list)
     unmatched: list[dict[str, Any]] = field(default_factory=list)
     output: str | None = None
+    unhealthy: list[dict[str, Any]] = field(default_factory=list)  # models flagging most of their rows
 
 
 def score_shard(task: ScoreTask) -> ScoreOutcome:
@@ -80,21 +84,23 @@ def score_shard(task: ScoreTask) -> ScoreOutcome:
     spec = parse_features(task.features)
 
     readings = ReadingStore(storage).read_window(
-        task.from_us, task.to_us, devices=(task.lo[0] if task.lo else None, task.hi[0] if task.hi else None)
+        task.from_us - spec.lookback_s * 1_000_000, task.to_us, devices=(task.lo[0] if task.lo else None, task.hi[0] if task.hi else None)
     )
     readings = readings.filter(
         pa.array(key_range_mask(readings.column("device"), readings.column("sensor"), task.lo, task.hi))
     )
     meta, x = build_features(readings, spec)
+    if spec.lookback_s:  # history read only for the features: score the window's own readings
+        in_window = pc.greater_equal(meta.column("ts"), pa.scalar(task.from_us, pa.int64()).cast(meta.column("ts").type))
+        meta, x = meta.filter(in_window), x[in_window.to_numpy(zero_copy_only=False)]
     t1 = time.perf_counter()
 
     models = ModelStore(storage)
-    manifest = storage.read_parquet(
-        layout.manifest_key(task.version),
-        columns=["device", "sensor", "slot", "status", "reason"],
-        filters=[("shard", "=", task.shard)],
+    manifest = models.read_shard_manifest(task.version, task.shard).select(
+        ["device", "sensor", "slot", "status", "reason", "kind", "fallback"]
     )
-    params = models.read_shard(task.version, task.shard)
+    manifest = manifest.append_column("_model", pa.array(np.arange(manifest.num_rows, dtype=np.int64)))
+    bundle = models.read_bundle(task.version, task.shard)
     t2 = time.perf_counter()
 
     joined = _attach_slots(meta, manifest)
@@ -103,8 +109,8 @@ def score_shard(task: ScoreTask) -> ScoreOutcome:
     has_model = slot >= 0
     unmatched = _unmatched(joined.filter(pa.array(~has_model)))
     scored = joined.filter(pa.array(has_model))
-    slots = slot[has_model].astype(np.int64)
-    scores = ocsvm.decision_function(params, slots, x[has_model])
+    scores = score_bundle(bundle, scored.column("kind").to_pylist(), slot[has_model].astype(np.int64), x[has_model])
+    slots = scored.column("_model").to_numpy()  # one id per model of the shard, whatever its kind
     finite = np.isfinite(scores)
     failures: list[ModelFailure] = []
     if not finite.all():
@@ -132,7 +138,7 @@ def score_shard(task: ScoreTask) -> ScoreOutcome:
         score_s=t3 - t2, write_s=t4 - t3, worker=place.worker, node=place.node,
         attempts=task.attempt + place.attempt - 1,  # the executor's own retries (a dead Ray worker) count too
     )
-    return ScoreOutcome(record, failures, unmatched, key)
+    return ScoreOutcome(record, failures, unmatched, key, unhealthy_models(out))
 
 
 def _attach_slots(meta: pa.Table, manifest: pa.Table) -> pa.Table:
@@ -173,6 +179,8 @@ def _predictions(scored: pa.Table, scores: np.ndarray, task: ScoreTask) -> pa.Ta
         "is_anomaly": pa.array(ocsvm.predict_is_anomaly(scores), pa.bool_()),
         "model_version": pa.array([task.version] * n, pa.string()).dictionary_encode(),
         "run_id": pa.array([task.run_id] * n, pa.string()).dictionary_encode(),
+        "model_kind": scored.column("kind"),
+        "fallback": pc.fill_null(scored.column("fallback"), False),
     }
     for name in ("window_start", "count", "mean", "std", "min", "max"):
         if name in scored.column_names:
@@ -246,17 +254,20 @@ def _execute(catalog: Catalog, storage_url: str, executor: Executor, run: RunRec
     try:
         info, _ = ModelStore(storage).read_manifest(run.version)
         tasks = plan_tasks(storage, storage_url, run.run_id, run.version, info.features, from_us, to_us)
-        done = {t.task for t in catalog.tasks(run.run_id) if not needs_rerun(t)}
-        todo = [t for t in tasks if t.task not in done]
-        catalog.save_tasks([TaskRecord(run_id=run.run_id, task=t.task, shard=t.shard) for t in todo])
+        records = {r.task: r for r in catalog.tasks(run.run_id)}
+        todo = [replace(t, attempt=records[t.task].attempts + 1 if t.task in records else 1)
+                for t in tasks if t.task not in records or needs_rerun(records[t.task])]  # attempts count on
+        catalog.save_tasks([TaskRecord(run_id=run.run_id, task=t.task, shard=t.shard, attempts=t.attempt - 1)
+                            for t in todo])
         run = run.with_status(RunStatus.RUNNING, started_at=run.started_at or now_iso(), finished_at=None,
                               tasks=len(tasks), error=None)
         catalog.save_run(run)
         log.event("run.start", window_from=run.window_from, window_to=run.window_to, version=run.version,
                   schedule=run.schedule, executor=executor.name, worker=worker_name(), tasks=len(tasks),
                   to_run=len(todo), retries=control.retries, storage=storage_url, catalog=catalog.url)
-        unmatched = _run_tasks(catalog, storage, executor, todo, on_progress, control, log)
-        run = _finish(catalog, storage, run, from_us, to_us, unmatched)
+        unmatched, unhealthy = _run_tasks(catalog, storage, executor, todo, on_progress, control, log)
+        run = _finish(catalog, storage, run, from_us, to_us, unmatched,
+                      [describe(m, expected_rate(info.params)) for m in unhealthy])
     except RunStopped as exc:
         log.event("run.stopped", "warning", reason=exc.reason)
         if exc.reason == CANCELLED:  # a lost lease leaves the record to the process that took the run over
@@ -283,33 +294,40 @@ def _execute(catalog: Catalog, storage_url: str, executor: Executor, run: RunRec
 
 def _run_tasks(catalog: Catalog, storage: Storage, executor: Executor, tasks: list[ScoreTask],
                on_progress: Callable[[int, int], None] | None, control: RunControl,
-               log: RunLog) -> list[dict[str, Any]]:
+               log: RunLog) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Run ``tasks``; those that raise run again after a backoff, up to ``control.retries`` more times.
 
     Each task's final outcome is recorded as it arrives (so a crashed run can be resumed); returns
-    the sample of readings without a model.
+    the sample of readings without a model and the unhealthy models.
     """
     unmatched: list[dict[str, Any]] = []
+    unhealthy: list[dict[str, Any]] = []
     done, queue = 0, tasks
+    retried: dict[int, int] = {}  # task -> retries so far in this execution
     while queue:
         again: list[ScoreTask] = []
         for i, result in executor.map(partial(run_captured, score_shard), queue):
             t = queue[i]
-            if isinstance(result, TaskError) and t.attempt <= control.retries:
+            if isinstance(result, TaskError) and retried.get(t.task, 0) < control.retries:
+                retried[t.task] = retried.get(t.task, 0) + 1
                 again.append(replace(t, attempt=t.attempt + 1))
                 log.event("task.failed", "warning", task=t.task, shard=t.shard, attempt=t.attempt, error=result.error)
+                catalog.save_tasks([TaskRecord(run_id=t.run_id, task=t.task, shard=t.shard, status="retrying",
+                                               attempts=t.attempt, error=result.error)])
             else:
                 unmatched += _record(catalog, storage, t, result, log)
+                unhealthy += result.unhealthy if isinstance(result, ScoreOutcome) else []
                 done += 1
                 if on_progress:
                     on_progress(done, len(tasks))
             control.stop.check(t.run_id)
         if again:
-            delay = backoff_delay(again[0].attempt - 1, control.backoff_s)
-            log.event("task.retry", tasks=[t.task for t in again], attempt=again[0].attempt, delay_s=delay)
+            retry = max(retried[t.task] for t in again)
+            delay = backoff_delay(retry, control.backoff_s)
+            log.event("task.retry", tasks=[t.task for t in again], retry=retry, delay_s=delay)
             control.stop.sleep(again[0].run_id, delay)
         queue = again
-    return unmatched
+    return unmatched, unhealthy
 
 
 def _record(catalog: Catalog, storage: Storage, task: ScoreTask, result: ScoreOutcome | TaskError,
@@ -318,7 +336,8 @@ def _record(catalog: Catalog, storage: Storage, task: ScoreTask, result: ScoreOu
     if isinstance(result, TaskError):
         failures = _shard_failures(storage, task, result.error)
         record = TaskRecord(run_id=task.run_id, task=task.task, shard=task.shard, status="failed",
-                            failed_models=len(failures), attempts=task.attempt, error=result.error)
+                            failed_models=len(failures), attempts=task.attempt + result.attempts - 1,
+                            error=result.error)
         # a file left by an earlier attempt is not this run's output for the shard any more
         storage.delete(layout.task_predictions_key(task.from_us, task.to_us, task.run_id, task.task))
         log.event("task.end", "error", **record.as_dict(), traceback=result.traceback)
@@ -332,7 +351,7 @@ def _record(catalog: Catalog, storage: Storage, task: ScoreTask, result: ScoreOu
 
 
 def _finish(catalog: Catalog, storage: Storage, run: RunRecord, from_us: int, to_us: int,
-            unmatched: list[dict[str, Any]]) -> RunRecord:
+            unmatched: list[dict[str, Any]], unhealthy: list[dict[str, Any]] = ()) -> RunRecord:
     """Sum the run up from all its task records (those of earlier attempts too), then commit the window."""
     records = catalog.tasks(run.run_id)
     failed_models = sum(r.failed_models for r in records)
@@ -343,13 +362,16 @@ def _finish(catalog: Catalog, storage: Storage, run: RunRecord, from_us: int, to
     if files or status is not RunStatus.FAILED:
         _commit(catalog, storage, run, files, from_us, to_us)
     listed = {(u["device"], u["sensor"]): u for u in run.extra.get("unmatched", []) + unmatched}
+    sick = {(u["device"], u["sensor"]): u for u in run.extra.get("health", {}).get("unhealthy", []) + list(unhealthy)}
     errors = [f"task {r.task}: {r.error}" for r in records if r.error]
     return run.with_status(
         status, finished_at=now_iso(), models=scored_models,
         rows=sum(r.rows for r in records), anomalies=sum(r.anomalies for r in records),
         unmatched_rows=sum(r.unmatched_rows for r in records), failed_models=failed_models,
         error="; ".join(errors[:5]) or None,
-        extra=run.extra | {"unmatched": [listed[k] for k in sorted(listed)][:MAX_LISTED_UNMATCHED]},
+        extra=run.extra | {"unmatched": [listed[k] for k in sorted(listed)][:MAX_LISTED_UNMATCHED],
+                           "health": {"unhealthy": [sick[k] for k in sorted(sick)][:MAX_LISTED_UNHEALTHY],
+                                      "unhealthy_models": len(sick)}},
     )
 
 

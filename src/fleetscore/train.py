@@ -16,8 +16,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from fleetscore.catalog import Catalog
-from fleetscore.core import ocsvm
+from fleetscore.core import kinds
+from fleetscore.core.calibrate import check_alarm_rate
 from fleetscore.core.features import build_features, parse_features
+from fleetscore.core.fitting import FitSettings, ShardFit, fit_shard
 from fleetscore.core.plan import group_bounds, key_range_mask, plan_shards
 from fleetscore.core.times import iso
 from fleetscore.errors import FleetscoreError, InputError
@@ -45,6 +47,9 @@ class TrainTask:
     features: str
     nu: float
     gamma: float | str
+    kind: str = "ocsvm"
+    alarm_rate: float | None = None  # None: no calibration (exact scikit-learn semantics for ocsvm)
+    min_history: int = MIN_TRAIN_ROWS  # rows a key needs for ``kind``; fewer get a robust fallback
 
 
 @dataclass(frozen=True)
@@ -90,7 +95,15 @@ def shard_bounds(keys: pa.Table, starts: np.ndarray) -> list[tuple[KeyBound, Key
 def train_shard(task: TrainTask) -> pa.Table:
     """Fit all models of one shard and write its shard file; returns the shard's manifest rows."""
     storage = open_storage(task.storage_url)
-    readings = ReadingStore(storage)
+    meta, bounds, groups = load_groups(task)
+    fitted = fit_shard(groups, task_settings(task))
+    ModelStore(storage).write_bundle(task.version, task.shard, fitted.bundle)
+    return manifest_rows(task, meta, bounds, fitted)
+
+
+def load_groups(task: TrainTask) -> tuple[pa.Table, np.ndarray, list[np.ndarray]]:
+    """The shard's training rows: meta, group bounds and one feature matrix per (device, sensor)."""
+    readings = ReadingStore(open_storage(task.storage_url))
     spec = parse_features(task.features)
     lo_dev = task.lo[0] if task.lo else None
     hi_dev = task.hi[0] if task.hi else None
@@ -99,16 +112,20 @@ def train_shard(task: TrainTask) -> pa.Table:
     table = table.sort_by([("device", "ascending"), ("sensor", "ascending"), ("ts", "ascending")])
     meta, x = build_features(table, spec)
     bounds = group_bounds(meta.column("device"), meta.column("sensor"))
+    return meta, bounds, [x[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def task_settings(task: TrainTask) -> FitSettings:
+    spec = parse_features(task.features)
+    return FitSettings(task.kind, task.nu, task.gamma, task.alarm_rate, task.min_history,
+                       heavy_tails=spec.heavy_tailed, short_history=spec.short_history)
+
+
+def manifest_rows(task: TrainTask, meta: pa.Table, bounds: np.ndarray, fitted: ShardFit) -> pa.Table:
+    """Manifest rows (one per key of ``meta``) for the models of ``fitted``."""
     starts = bounds[:-1]
-    groups = [x[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
-    fitted = ocsvm.fit_many(groups, nu=task.nu, gamma=task.gamma)
-    ModelStore(storage).write_shard(task.version, task.shard, fitted.params)
-    n = len(groups)
-    slot = np.full(n, -1, dtype=np.int32)
-    slot[np.asarray(fitted.fitted_indices, dtype=np.int64)] = np.arange(len(fitted.fitted_indices), dtype=np.int32)
-    n_sv = np.zeros(n, dtype=np.int32)
-    n_sv[np.asarray(fitted.fitted_indices, dtype=np.int64)] = fitted.params.n_sv
-    reasons = [fitted.failures.get(i) for i in range(n)]
+    n = len(starts)
+    slot, n_sv, reasons = fitted.slots, fitted.sizes, fitted.reasons
     now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     return pa.table(
         {
@@ -116,11 +133,13 @@ def train_shard(task: TrainTask) -> pa.Table:
             "sensor": meta.column("sensor").take(pa.array(starts)),
             "shard": pa.array(np.full(n, task.shard, dtype=np.int32)),
             "slot": pa.array(slot),
-            "status": pa.array(["ok" if r is None else "failed" for r in reasons], pa.string()),
+            "status": pa.array(["failed" if k is None else "ok" for k in fitted.kinds], pa.string()),
             "reason": pa.array(reasons, pa.string()),
             "n_train": pa.array(np.diff(bounds).astype(np.int64)),
             "n_sv": pa.array(n_sv),
             "trained_at": pa.array([now] * n, pa.string()),
+            "kind": pa.array(fitted.kinds, pa.string()),
+            "fallback": pa.array(fitted.fallback),
         }
     )
 
@@ -139,11 +158,19 @@ def train(
     shard_models: int = 2000,
     release: bool = True,
     on_progress: Callable[[int, int], None] | None = None,
+    alarm_rate: float | None = None,
+    min_history: int = MIN_TRAIN_ROWS,
 ) -> TrainResult:
-    """Train one model per (device, sensor) with readings in [from, to) into a new version."""
+    """Train one model per (device, sensor) with readings in [from, to) into a new version.
+
+    ``alarm_rate`` calibrates every model's threshold to that false-alarm rate (None: no
+    calibration); keys with fewer than ``min_history`` feature rows get a robust fallback model.
+    """
     started = time.perf_counter()
-    if kind != "ocsvm":
-        raise InputError(f"--kind {kind!r} is not supported; available: ocsvm")
+    kinds.get_kind(kind)
+    alarm_rate = None if alarm_rate is None else check_alarm_rate(alarm_rate)
+    if not isinstance(min_history, int) or min_history < MIN_TRAIN_ROWS:
+        raise InputError(f"min_history must be an integer >= {MIN_TRAIN_ROWS}, got {min_history!r}")
     spec = parse_features(features)
     gamma = _check_gamma(gamma)
     if not 0 < nu <= 1:
@@ -154,10 +181,11 @@ def train(
         raise InputError(f"no readings between {iso(from_us)} and {iso(to_us)} to train on")
     costs = keys.column("rows").to_numpy().astype(np.float64)
     starts = plan_shards(costs, max_models=shard_models, target_shards=executor.workers)
-    params = {"nu": nu, "gamma": gamma, "min_train_rows": MIN_TRAIN_ROWS}
+    params = ({"nu": nu, "gamma": gamma} if kind == "ocsvm" else {}) | {
+        "alarm_rate": alarm_rate, "min_history": min_history, "min_train_rows": MIN_TRAIN_ROWS, "fallback": "robust"}
     version = catalog.new_version(kind, spec.text, params, iso(from_us), iso(to_us))
     tasks = [
-        TrainTask(storage_url, version, i, from_us, to_us, lo, hi, spec.text, nu, gamma)
+        TrainTask(storage_url, version, i, from_us, to_us, lo, hi, spec.text, nu, gamma, kind, alarm_rate, min_history)
         for i, (lo, hi) in enumerate(shard_bounds(keys, starts))
     ]
     parts: list[pa.Table | None] = [None] * len(tasks)
@@ -175,7 +203,7 @@ def train(
         raise FleetscoreError(f"training {version} failed: " + "; ".join(errors[:5]))
     manifest = pa.concat_tables([p for p in parts if p is not None])
     shards = _shard_table(tasks, manifest, costs, starts)
-    info = VersionInfo(version, kind, spec.text, params, library_versions(), ocsvm.FORMAT_VERSION)
+    info = VersionInfo(version, kind, spec.text, params, library_versions(), kinds.FORMAT_VERSION)
     ModelStore(storage).write_manifest(info, manifest, shards)
     failed_mask = pc.equal(manifest.column("status"), "failed")
     failed = manifest.filter(failed_mask)
@@ -195,12 +223,12 @@ def train(
 
 def _check_gamma(gamma: float | str) -> float | str:
     if isinstance(gamma, str):
-        if gamma in ("scale", "auto"):
+        if gamma in ("scale", "auto", "median"):
             return gamma
         try:
             gamma = float(gamma)
         except ValueError:
-            raise InputError(f"--gamma must be 'scale', 'auto' or a positive number, got {gamma[:40]!r}") from None
+            raise InputError(f"--gamma must be 'scale', 'auto', 'median' or a positive number, got {gamma[:40]!r}") from None
     if not np.isfinite(gamma) or gamma <= 0:
         raise InputError(f"--gamma must be a positive number, got {gamma}")
     return float(gamma)

@@ -21,10 +21,12 @@ def register(app: typer.Typer) -> None:
     def train(
         start: Annotated[str, typer.Option("--from", help="Training window start (ISO 8601).")],
         end: Annotated[str, typer.Option("--to", help="Training window end (ISO 8601, exclusive).")],
-        kind: Annotated[str, typer.Option(help="Model kind.")] = "ocsvm",
-        nu: Annotated[Optional[float], typer.Option(help="OneClassSVM nu (default from config: 0.05).")] = None,
-        gamma: Annotated[Optional[str], typer.Option(help="RBF gamma: scale, auto or a number.")] = None,
-        features: Annotated[Optional[str], typer.Option(help="raw or window:DURATION, e.g. window:1m.")] = None,
+        kind: Annotated[Optional[str], typer.Option(help="Model kind: auto (default: robust unless --nu/--gamma), robust or ocsvm.")] = None,
+        nu: Annotated[Optional[float], typer.Option(help="OneClassSVM nu; pinning it (or --gamma) keeps classic scikit-learn semantics.")] = None,
+        gamma: Annotated[Optional[str], typer.Option(help="RBF gamma: scale, auto, median (data-driven) or a number.")] = None,
+        features: Annotated[Optional[str], typer.Option(help="auto, raw, window:DURATION (e.g. window:1m) or context[:LOOKBACK].")] = None,
+        alarm_rate: Annotated[Optional[float], typer.Option("--alarm-rate", help="Target false-alarm rate each model is calibrated to (default 1e-4; none when --nu/--gamma are pinned).")] = None,
+        only_unhealthy: Annotated[bool, typer.Option("--only-unhealthy", help="Retrain only the models the latest run marked unhealthy; reuse all others.")] = False,
         no_release: Annotated[bool, typer.Option("--no-release", help="Do not release the new version.")] = False,
         workers: Annotated[Optional[int], typer.Option(help="Worker processes (default: cores).", min=1, max=1024)] = None,
         home: HomeOpt = None,
@@ -34,7 +36,8 @@ def register(app: typer.Typer) -> None:
         fleet = open_fleet(home)
         with progress_bar(json_out, "training shards") as progress:
             result = fleet.train(start, end, kind=kind, nu=nu, gamma=gamma, features=features,
-                                 release=not no_release, workers=workers, on_progress=progress)
+                                 release=not no_release, workers=workers, on_progress=progress,
+                                 alarm_rate=alarm_rate, only_unhealthy=only_unhealthy)
         payload = result.as_dict()
 
         def human(c) -> None:  # type: ignore[no-untyped-def]

@@ -41,20 +41,25 @@ def admit_readings(table: pa.Table, received_at_us: int, max_future_us: int, row
     reasons = np.where(future, f"timestamp is more than {max_future_us // 1_000_000} s after the receive time",
                        DUPLICATE_REASON)[bad]
     rows = _good_rows(table.num_rows, validated.rejected, row_offset)[bad]
-    raw = good.filter(pa.array(bad))
-    extra = pa.table(
+    extra = as_rejects(good.filter(pa.array(bad)), reasons.tolist(), rows)
+    rejected = pa.concat_tables([validated.rejected, extra]).sort_by("row")
+    return Validated(good.filter(pa.array(~bad)), rejected)
+
+
+def as_rejects(readings: pa.Table, reasons: list[str], rows: np.ndarray | None = None) -> pa.Table:
+    """Canonical readings turned into quarantine rows (:data:`REJECT_SCHEMA`); ``rows`` None = unknown."""
+    n = readings.num_rows
+    return pa.table(
         {
-            "row": pa.array(rows, pa.int64()),
-            "ts": pc.strftime(raw.column("ts"), format="%Y-%m-%dT%H:%M:%S"),
-            "device": raw.column("device"),
-            "sensor": raw.column("sensor"),
-            "value": pc.cast(raw.column("value"), pa.string()),
-            "reason": pa.array(reasons.tolist(), pa.string()),
+            "row": pa.nulls(n, pa.int64()) if rows is None else pa.array(rows, pa.int64()),
+            "ts": pc.strftime(readings.column("ts"), format="%Y-%m-%dT%H:%M:%SZ"),
+            "device": readings.column("device"),
+            "sensor": readings.column("sensor"),
+            "value": pc.cast(readings.column("value"), pa.string()),
+            "reason": pa.array(reasons, pa.string()),
         },
         schema=REJECT_SCHEMA,
     )
-    rejected = pa.concat_tables([validated.rejected, extra]).sort_by("row")
-    return Validated(good.filter(pa.array(~bad)), rejected)
 
 
 def _good_rows(n: int, rejected: pa.Table, row_offset: int) -> np.ndarray:

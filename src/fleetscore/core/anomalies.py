@@ -38,7 +38,9 @@ def hourly_counts(predictions: pa.Table) -> pa.Table:
     """Predictions (ts, device, sensor, is_anomaly) → one row per (device, sensor, hour) in COUNT_SCHEMA."""
     if predictions.num_rows == 0:
         return COUNT_SCHEMA.empty_table()
-    hour = pc.floor_temporal(predictions.column("ts"), unit="hour")
+    # integer division is several times cheaper than floor_temporal; readings are never before 1970
+    us = predictions.column("ts").cast(pa.int64())
+    hour = pc.multiply(pc.divide(us, HOUR_US), HOUR_US)
     table = pa.table(
         {
             "device": predictions.column("device"),
@@ -54,7 +56,7 @@ def hourly_counts(predictions: pa.Table) -> pa.Table:
         {
             "device": grouped.column("device"),
             "sensor": grouped.column("sensor"),
-            "hour": grouped.column("hour"),
+            "hour": grouped.column("hour").cast(TS_TYPE),
             "rows": grouped.column("is_anomaly_count"),
             "anomalies": grouped.column("is_anomaly_sum"),
         }

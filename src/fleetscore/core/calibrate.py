@@ -45,10 +45,12 @@ def check_alarm_rate(rate: float) -> float:
     return value
 
 
-def tail_threshold(u: np.ndarray, rate: float) -> float:
+def tail_threshold(u: np.ndarray, rate: float, heavy: bool = False) -> float:
     """Threshold t on an anomaly measure (higher = more anomalous) with P(u > t) ≈ ``rate``.
 
-    NaNs are ignored. Returns +inf when there is no finite value to calibrate on.
+    ``heavy``: the measure is known to have an exponential (or heavier) far tail that the body
+    under-states, so the fitted shape is capped at k = 1. NaNs are ignored. Returns +inf when there
+    is no finite value to calibrate on.
     """
     u = np.asarray(u, dtype=np.float64)
     u = u[np.isfinite(u)]
@@ -63,14 +65,16 @@ def tail_threshold(u: np.ndarray, rate: float) -> float:
         if x1 > 0 and x2 > x1:
             s1, s2 = 2.0 * (1.0 - BODY[0]), 2.0 * (1.0 - BODY[1])  # conditional survival above the median
             k = (math.log(-math.log(s2)) - math.log(-math.log(s1))) / math.log(x2 / x1)
+            k = min(k, 1.0) if heavy else k
             lam = x2 / (-math.log(s2)) ** (1.0 / k)
             return median + lam * (-math.log(min(2.0 * rate, 0.5))) ** (1.0 / k)
-    return median + gaussian_z(rate, n) * robust_spread(u, median)
+    return median + small_sample_z(rate, n, heavy) * robust_spread(u, median)
 
 
-def gaussian_z(rate: float, n: int) -> float:
-    """One-sided normal quantile for ``rate``, widened by (1 + 2/sqrt(n)) for a small sample."""
-    return NormalDist().inv_cdf(1.0 - rate) * (1.0 + 2.0 / math.sqrt(max(n, 1)))
+def small_sample_z(rate: float, n: int, heavy: bool = False) -> float:
+    """Normal (``heavy``: Laplace) one-sided quantile for ``rate``, widened by (1 + 2/sqrt(n))."""
+    z = -math.log(2.0 * rate) / math.sqrt(2.0) if heavy else NormalDist().inv_cdf(1.0 - rate)
+    return z * (1.0 + 2.0 / math.sqrt(max(n, 1)))
 
 
 def robust_spread(u: np.ndarray, center: float) -> float:

@@ -21,6 +21,11 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 CONTEXT_FEATURES = ("level", "resid", "drift", "flat")
+#: Features whose far tail is exponential, not Gaussian (log of a small |difference|: see calibrate).
+HEAVY_TAILED = (False, False, False, True)
+#: Features a model can learn from a short history (an hour says little about the daily range of the
+#: level or of its slow changes, but enough about reading-to-reading noise): fallback models use these.
+SHORT_HISTORY = (False, True, False, True)
 BASE = 10
 SHORT = 3
 LONG = 15

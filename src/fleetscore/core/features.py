@@ -1,4 +1,5 @@
-"""Feature specs of a model version: ``raw`` (each reading's value) or ``window:DURATION`` aggregates.
+"""Feature specs of a model version: ``raw`` (each reading's value), ``window:DURATION`` aggregates,
+or ``context:LOOKBACK`` (each reading with features of its recent past, see `fleetscore.core.context`).
 
 ``build_features`` turns canonical readings into the rows that get scored (``meta``) and their
 feature matrix ``X``; training and scoring share it so a model sees the same features in both.
@@ -11,27 +12,48 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from fleetscore.core.context import CONTEXT_FEATURES, HEAVY_TAILED, SHORT_HISTORY, context_features
+from fleetscore.core.plan import group_bounds
 from fleetscore.core.windows import WINDOW_FEATURES, parse_duration, tumbling_aggregate, window_feature_matrix
 from fleetscore.errors import InputError
 
 
+#: History read before a scored window for ``context`` features (covers 30 readings a minute apart).
+DEFAULT_CONTEXT_LOOKBACK_S = 1800
+
+
 @dataclass(frozen=True)
 class FeatureSpec:
-    """``raw`` or tumbling windows of ``width_s`` seconds."""
+    """``raw``, tumbling windows of ``width_s`` seconds, or ``context`` reading ``width_s`` of history."""
 
     name: str
     width_s: int = 0
 
     @property
     def n_features(self) -> int:
-        return 1 if self.name == "raw" else len(WINDOW_FEATURES)
+        return {"raw": 1, "context": len(CONTEXT_FEATURES)}.get(self.name, len(WINDOW_FEATURES))
+
+    @property
+    def heavy_tailed(self) -> tuple[bool, ...]:
+        """Per feature: a heavy far tail (calibrated with an exponential tail, `fleetscore.core.calibrate`)."""
+        return HEAVY_TAILED if self.name == "context" else (False,) * self.n_features
+
+    @property
+    def short_history(self) -> tuple[bool, ...]:
+        """Per feature: usable by a fallback model fitted on a short history."""
+        return SHORT_HISTORY if self.name == "context" else (True,) * self.n_features
+
+    @property
+    def lookback_s(self) -> int:
+        """Seconds of readings before a scored window that its features need (context only)."""
+        return self.width_s if self.name == "context" else 0
 
     def __str__(self) -> str:
         return self.text
 
     @property
     def text(self) -> str:
-        return "raw" if self.name == "raw" else f"window:{_fmt(self.width_s)}"
+        return "raw" if self.name == "raw" else f"{self.name}:{_fmt(self.width_s)}"
 
 
 def _fmt(seconds: int) -> str:
@@ -42,13 +64,19 @@ def _fmt(seconds: int) -> str:
 
 
 def parse_features(text: str) -> FeatureSpec:
-    """Parse ``raw`` or ``window:1m`` (any duration parse_duration accepts)."""
+    """Parse ``raw``, ``window:1m`` or ``context[:30m]`` (durations as parse_duration accepts)."""
     text = (text or "").strip()
     if text == "raw":
         return FeatureSpec("raw")
     if text.startswith("window:"):
         return FeatureSpec("window", parse_duration(text.removeprefix("window:")))
-    raise InputError(f"--features must be 'raw' or 'window:DURATION' (e.g. window:1m), got {text[:40]!r}")
+    if text == "context":
+        return FeatureSpec("context", DEFAULT_CONTEXT_LOOKBACK_S)
+    if text.startswith("context:"):
+        return FeatureSpec("context", parse_duration(text.removeprefix("context:")))
+    raise InputError(
+        f"--features must be 'raw', 'window:DURATION' (e.g. window:1m) or 'context[:LOOKBACK]', got {text[:40]!r}"
+    )
 
 
 def build_features(readings: pa.Table, spec: FeatureSpec) -> tuple[pa.Table, np.ndarray]:
@@ -57,6 +85,8 @@ def build_features(readings: pa.Table, spec: FeatureSpec) -> tuple[pa.Table, np.
         meta = readings.select(["ts", "device", "sensor", "value"])
         x = readings.column("value").to_numpy().reshape(-1, 1).astype(np.float64, copy=False)
         return meta, x
+    if spec.name == "context":
+        return _context(readings)
     agg = tumbling_aggregate(readings.select(["ts", "device", "sensor", "value"]), spec.width_s)
     meta = pa.table(
         {
@@ -69,3 +99,12 @@ def build_features(readings: pa.Table, spec: FeatureSpec) -> tuple[pa.Table, np.
         }
     )
     return meta, window_feature_matrix(agg)
+
+
+def _context(readings: pa.Table) -> tuple[pa.Table, np.ndarray]:
+    """One row per reading, sorted by (device, sensor, ts), with its context features."""
+    meta = readings.select(["ts", "device", "sensor", "value"])
+    if meta.num_rows:
+        meta = meta.sort_by([("device", "ascending"), ("sensor", "ascending"), ("ts", "ascending")])
+    starts = group_bounds(meta.column("device"), meta.column("sensor"))[:-1]
+    return meta, context_features(meta.column("value").to_numpy(), starts)

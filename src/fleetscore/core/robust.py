@@ -109,41 +109,48 @@ class RobustParams:
         return RobustParams(self.center, self.weight, intercept)
 
 
-def fit_one(X: np.ndarray, alarm_rate: float = DEFAULT_ALARM_RATE) -> RobustParams:
-    """Fit one model on X (rows, features); NaN means "feature not available for this row"."""
+def fit_one(X: np.ndarray, alarm_rate: float = DEFAULT_ALARM_RATE, heavy: Sequence[bool] = (),
+            use: Sequence[bool] = ()) -> RobustParams:
+    """Fit one model on X (rows, features); NaN means "feature not available for this row".
+
+    ``heavy[j]``: feature j has a heavy far tail (see `tail_threshold`); ``use[j]`` False: the model
+    ignores feature j (weight 0). Both default to all False / all True.
+    """
     X = np.asarray(X, dtype=np.float64)
     if X.ndim != 2 or X.shape[1] == 0:
         raise InputError(f"training data must be 2-D (rows, features >= 1), got shape {X.shape}")
-    if np.isinf(X).any():
-        raise InputError("training data has an infinite value")
+    X = np.where(np.isinf(X), np.nan, X)  # an absurd training value is left out, like a missing one
     if np.count_nonzero(np.isfinite(X[:, 0])) < MIN_ROWS:
         raise InputError(f"training data has {np.count_nonzero(np.isfinite(X[:, 0]))} usable row(s); "
                          f"a robust model needs at least {MIN_ROWS}")
     n_features = X.shape[1]
-    used = max(1, int(np.sum(np.count_nonzero(np.isfinite(X), axis=0) >= MIN_FEATURE_ROWS)))
+    use = np.asarray(use, dtype=bool) if len(use) else np.ones(X.shape[1], dtype=bool)
+    heavy = np.asarray(heavy, dtype=bool) if len(heavy) else np.zeros(X.shape[1], dtype=bool)
+    used = max(1, int(np.sum(use & (np.count_nonzero(np.isfinite(X), axis=0) >= MIN_FEATURE_ROWS))))
     per_feature = alarm_rate / used  # each feature's share of the target rate
     center = np.zeros(n_features)
     weight = np.zeros(n_features)
     for j in range(n_features):
         col = X[:, j][np.isfinite(X[:, j])]
-        if col.size < MIN_FEATURE_ROWS:
+        if col.size < MIN_FEATURE_ROWS or not use[j]:
             continue
         center[j] = np.median(col)
         spread = robust_spread(col, center[j])
-        distance = tail_threshold(np.abs(col - center[j]) / spread, per_feature) * spread
+        distance = tail_threshold(np.abs(col - center[j]) / spread, per_feature, bool(heavy[j])) * spread
         if np.isfinite(distance) and distance > 0:
             weight[j] = 1.0 / distance
     return RobustParams(center[None], weight[None], np.ones(1))
 
 
-def fit_many(groups: Sequence[np.ndarray], alarm_rate: float = DEFAULT_ALARM_RATE) -> tuple[RobustParams, np.ndarray, dict[int, str]]:
+def fit_many(groups: Sequence[np.ndarray], alarm_rate: float = DEFAULT_ALARM_RATE, heavy: Sequence[bool] = (),
+             use: Sequence[bool] = ()) -> tuple[RobustParams, np.ndarray, dict[int, str]]:
     """Fit one model per group: (params of the fitted ones, their group indices, group -> failure reason)."""
     parts: list[RobustParams] = []
     fitted: list[int] = []
     failures: dict[int, str] = {}
     for i, X in enumerate(groups):
         try:
-            parts.append(fit_one(X, alarm_rate))
+            parts.append(fit_one(X, alarm_rate, heavy, use))
         except FleetscoreError as exc:
             failures[i] = str(exc)
             continue

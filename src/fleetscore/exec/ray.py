@@ -12,12 +12,14 @@ environment are forwarded to the workers through the object store, never through
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import socket
 from typing import Any, Callable, Iterator, Sequence
 
 from fleetscore.credentials import credential_env
-from fleetscore.errors import FleetscoreError
+from fleetscore.errors import ConfigError, FleetscoreError
 from fleetscore.exec.base import TaskError
 from fleetscore.exec.place import placed, this_process
 from fleetscore.redact import redact
@@ -26,6 +28,8 @@ from fleetscore.redact import redact
 DEFAULT_MAX_RETRIES = 3
 #: CPUs one task asks Ray for; a task scores its shard on one core.
 TASK_CPUS = 1
+#: Seconds to wait for the cluster's address to answer before giving up.
+CONNECT_TIMEOUT_S = 10.0
 
 
 class RayExecutor:
@@ -49,7 +53,7 @@ class RayExecutor:
         self._connect()
         from fleetscore import __version__
 
-        task = self._task.options(name=f"fleetscore.{fn.__name__}")
+        task = self._task.options(name=_task_name(fn))
         index = {task.remote(fn, spec, self._env, __version__): i for i, spec in enumerate(specs)}
         pending = list(index)
         try:
@@ -82,6 +86,8 @@ class RayExecutor:
                                            "namespace": "fleetscore"}
                 if self.address is None and _starts_local_instance():
                     options.update(num_cpus=self.workers, include_dashboard=False)
+                elif self.address is not None:
+                    _check_reachable(self.address)
                 try:
                     ray.init(address=self.address, **options)
                 except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
@@ -102,8 +108,28 @@ class RayExecutor:
         self._task = self._env = None
 
 
+def _task_name(fn: Callable[[Any], Any]) -> str:
+    """``fleetscore.score_shard`` for ``score_shard`` and for wrappers of it (``partial(wrapper, score_shard)``)."""
+    while isinstance(fn, functools.partial):
+        fn = next((a for a in fn.args if callable(a)), fn.func)
+    return f"fleetscore.{getattr(fn, '__name__', 'task')}"
+
+
+def _check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """Fail fast with a clear message when nothing listens at ``[ray://]host:port`` (Ray itself retries for minutes)."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        raise ConfigError(f"Ray address must look like host:port or ray://host:port, got {address[:100]!r}")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise FleetscoreError(f"cannot connect to Ray at {address}: nothing answers there ({exc})") from exc
+
+
 def _starts_local_instance() -> bool:
     """True when ``ray.init()`` without an address would start a new instance rather than join one."""
+    if os.environ.get("RAY_ADDRESS"):
+        return False
     try:
         from ray._private.services import canonicalize_bootstrap_address
     except ImportError:  # a Ray without this helper: let ray.init decide, with its own defaults

@@ -15,6 +15,7 @@ since a malformed IPC buffer must be rejected rather than trusted.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 
 import numpy as np
 import orjson
@@ -110,28 +111,26 @@ def parse_json(body: bytes, max_rows: int) -> ParsedBody:
         raise BodyError(f"expected a JSON array of readings like [{{\"ts\": ..., \"device\": ..., \"sensor\": ..., "
                         f"\"value\": ...}}], got a JSON {type(data).__name__}")
     _check_rows(len(data), max_rows)
-    return _from_objects(data, np.arange(len(data)), [])
+    return from_objects(data, np.arange(len(data)), [])
 
 
 def parse_ndjson(body: bytes, max_rows: int) -> ParsedBody:
-    lines = [line for line in body.split(b"\n")]
-    indexed = [(i, line) for i, line in enumerate(lines) if line.strip()]
-    _check_rows(len(indexed), max_rows)
+    lines = [line for line in body.split(b"\n") if line.strip()]
+    _check_rows(len(lines), max_rows)
     try:  # fast path: one parse of all lines as one array
-        data = orjson.loads(b"[" + b",".join(line for _, line in indexed) + b"]")
-        if len(data) != len(indexed):
-            raise orjson.JSONDecodeError("a line holds more than one value", "", 0)
-        return _from_objects(data, np.arange(len(data)), [])
+        data = orjson.loads(b"[" + b",".join(lines) + b"]")
+        if len(data) == len(lines):
+            return from_objects(data, np.arange(len(data)), [])
     except orjson.JSONDecodeError:
         pass
     objects, rows, errors = [], [], []
-    for n, (_, line) in enumerate(indexed):
+    for n, line in enumerate(lines):
         try:
             objects.append(orjson.loads(line))
             rows.append(n)
         except orjson.JSONDecodeError as exc:
             errors.append((n, line.decode("utf-8", "replace"), f"line is not valid JSON: {exc}"))
-    return _from_objects(objects, np.array(rows, dtype=np.int64), errors)
+    return from_objects(objects, np.array(rows, dtype=np.int64), errors)
 
 
 def _check_rows(n: int, max_rows: int) -> None:
@@ -139,7 +138,7 @@ def _check_rows(n: int, max_rows: int) -> None:
         raise BodyTooLarge(f"the batch has {n} rows; the limit is {max_rows} per request")
 
 
-def _from_objects(data: list, rows: np.ndarray, errors: list[tuple[int, str, str]]) -> ParsedBody:
+def from_objects(data: list, rows: np.ndarray, errors: list[tuple[int, str, str]]) -> ParsedBody:
     """One column per field from a list of JSON values; non-objects become per-row errors."""
     if not all(type(item) is dict for item in data):
         keep = [type(item) is dict for item in data]
@@ -148,11 +147,11 @@ def _from_objects(data: list, rows: np.ndarray, errors: list[tuple[int, str, str
         errors.sort()
         rows = rows[np.array(keep, dtype=bool)] if len(rows) else rows
         data = [item for item in data if type(item) is dict]
-    table = pa.table({name: _column([item.get(name) for item in data]) for name in REQUIRED_COLUMNS})
+    table = pa.table({name: _column([item.get(name) for item in data], name == "ts") for name in REQUIRED_COLUMNS})
     return ParsedBody(table, rows, errors)
 
 
-def _column(values: list) -> pa.Array:
+def _column(values: list, is_time: bool) -> pa.Array:
     """An Arrow array of scalars; mixed or nested values become text, which validation then judges."""
     try:
         arr = pa.array(values)
@@ -162,12 +161,18 @@ def _column(values: list) -> pa.Array:
                             or pa.types.is_floating(arr.type) or pa.types.is_null(arr.type)
                             or pa.types.is_boolean(arr.type)):
         return arr
-    return pa.array([_text(v) for v in values], pa.string())
+    return pa.array([_text(v, is_time) for v in values], pa.string())
 
 
-def _text(value: object) -> str | None:
+def _text(value: object, is_time: bool) -> str | None:
+    """Text of one value; epoch seconds become ISO 8601 when they share a ts column with text."""
     if value is None or isinstance(value, str):
         return value
+    if is_time and isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            return datetime.fromtimestamp(value, tz=timezone.utc).isoformat()
+        except (OverflowError, OSError, ValueError):
+            pass
     return orjson.dumps(value).decode()[:_SNIPPET]
 
 
@@ -176,7 +181,7 @@ def parse_csv(body: bytes, max_rows: int) -> ParsedBody:
 
     from fleetscore.importer import resolve_columns
 
-    header = body.split(b"\n", 1)[0]
+    header = body.split(b"\n", 1)[0] + b"\n"
     try:
         names = pacsv.read_csv(pa.py_buffer(header)).schema.names
         cols = resolve_columns(names, None)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import struct
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -74,3 +75,18 @@ def _ipc(table: pa.Table) -> bytes:
     with pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table)
     return sink.getvalue().to_pybytes()
+
+
+def ipc_file_bytes(table: pa.Table) -> bytes:
+    """A table as an Arrow IPC file (the format of compaction's staged, state and key files)."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def read_ipc_file(path: Path) -> pa.Table:
+    try:
+        return pa.ipc.open_file(pa.py_buffer(path.read_bytes())).read_all()
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise StorageError(f"cannot read {path}: {exc}") from exc

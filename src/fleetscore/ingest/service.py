@@ -27,7 +27,7 @@ from fleetscore.errors import InputError
 from fleetscore.ingest.checkpoint import IngestPaths, load_checkpoint
 from fleetscore.ingest.log import SegmentLog, list_segments, read_frames, segment_name
 from fleetscore.ingest.parse import ParsedBody
-from fleetscore.ingest.records import IngestBatch, decode, decode_header
+from fleetscore.ingest.records import IngestBatch, decode, decode_header, read_ipc_file
 from fleetscore.ingest.settings import IngestSettings
 
 MAX_KEY_LENGTH = 200
@@ -132,7 +132,6 @@ class IngestService:
         reply, waiting, owner = self.keys.claim(key)
         if not owner:
             return self._replayed(reply if reply is not None else await asyncio.wrap_future(waiting))  # type: ignore[arg-type]
-        batch = None
         try:
             batch = self.admit(parsed, key)
             await asyncio.wrap_future(self.append(batch))
@@ -169,7 +168,7 @@ class IngestService:
         """Keys of compacted batches (key files) and of batches still in the log, within the TTL."""
         cutoff = now_us() - self.keys.ttl_us
         for path in sorted(self.paths.keys_dir.glob("keys-*.arrow")):
-            table = pa.ipc.open_file(pa.memory_map(str(path))).read_all()
+            table = read_ipc_file(path)
             for key, at, reply in zip(*(table.column(c).to_pylist() for c in ("key", "received_at_us", "reply"))):
                 if at >= cutoff:
                     self.keys.remember(key, at, json.loads(reply))

@@ -4,6 +4,7 @@
     max_body_bytes = 67108864     # larger request bodies get 413
     max_batch_rows = 1000000      # longer batches get 413
     segment_bytes = 67108864      # log segment size before the next one starts
+    compact_chunk_rows = 2000000  # rows per compaction step (bounds compaction's memory)
     compact_interval = "10s"      # how often `serve` compacts the log ("0s" or 0: never on its own)
     window = "1m"                 # stream window width
     allowed_lateness = "5m"       # watermark = max event time seen − this; older readings are late
@@ -27,12 +28,11 @@ DEFAULT_WINDOW_S = 60
 DEFAULT_LATENESS_S = 300
 DEFAULT_MAX_FUTURE_S = 3600
 DEFAULT_IDEMPOTENCY_TTL_S = 86_400
-#: Rows compacted per step: bounds compaction's memory.
-COMPACT_CHUNK_ROWS = 2_000_000
+DEFAULT_COMPACT_CHUNK_ROWS = 2_000_000
 
 _DURATIONS = {"compact_interval": "compact_interval_s", "window": "window_s", "allowed_lateness": "lateness_s",
               "max_future": "max_future_s", "idempotency_ttl": "idempotency_ttl_s"}
-_SIZES = ("max_body_bytes", "max_batch_rows", "segment_bytes")
+_SIZES = ("max_body_bytes", "max_batch_rows", "segment_bytes", "compact_chunk_rows")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -42,6 +42,7 @@ class IngestSettings:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     max_batch_rows: int = DEFAULT_MAX_BATCH_ROWS
     segment_bytes: int = DEFAULT_SEGMENT_BYTES
+    compact_chunk_rows: int = DEFAULT_COMPACT_CHUNK_ROWS
     compact_interval_s: int = DEFAULT_COMPACT_INTERVAL_S
     window_s: int = DEFAULT_WINDOW_S
     lateness_s: int = DEFAULT_LATENESS_S

@@ -7,6 +7,7 @@ a single PUT is already atomic (readers see the old or the new object, never a h
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import uuid
@@ -18,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fleetscore.errors import StorageError
+from fleetscore.redact import redact
 
 #: Row group size of landed files: small enough that statistics prune by device range.
 ROW_GROUP_ROWS = 65_536
@@ -30,6 +32,9 @@ class Storage:
         import fsspec
 
         self.url = url
+        if fsspec.utils.get_protocol(url) not in ("file", "local"):
+            # other processes (workers, importers) write the same store: a cached listing would go stale
+            storage_options.setdefault("use_listings_cache", False)
         try:
             self.fs, root = fsspec.core.url_to_fs(url, **storage_options)
         except (ImportError, ValueError) as exc:
@@ -45,34 +50,58 @@ class Storage:
     def path(self, key: str) -> str:
         return f"{self.root}/{key}" if key else self.root
 
+    def display(self, key: str) -> str:
+        """``key`` as a URL under the root, for messages (``s3://bucket/prefix/key``)."""
+        return f"{self.url.rstrip('/')}/{key}" if key else self.url
+
+    def check_root(self) -> None:
+        """Fail clearly when the bucket or container of an object store root does not exist."""
+        if self.local:
+            return
+        bucket = self.root.split("/", 1)[0]
+        with self._failing("open", ""):
+            found = self.fs.exists(bucket)
+        if not found:
+            raise StorageError(f"storage {self.url}: bucket or container {bucket!r} does not exist; create it first")
+
+    @contextmanager
+    def _failing(self, action: str, key: str, missing_ok: bool = True) -> Iterator[None]:
+        """Map backend errors (OS, S3, Azure) to :class:`StorageError`; a missing object stays FileNotFoundError
+        (unless not ``missing_ok``: a write cannot miss its object, only its bucket)."""
+        try:
+            yield
+        except FileNotFoundError as exc:
+            if missing_ok:
+                raise
+            raise StorageError(f"cannot {action} {self.display(key)}: its bucket, container or folder is missing") from exc
+        except backend_errors() as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise StorageError(redact(f"cannot {action} {self.display(key)}: {reason}")) from exc
+
     # --- plain objects -------------------------------------------------------------------------
     def write_bytes(self, key: str, data: bytes) -> None:
         """Write ``data`` at ``key`` atomically (readers never see a partial object)."""
         target = self.path(key)
-        try:
+        with self._failing("write", key, missing_ok=False):
             if self.local:
                 atomic_local_write(Path(target), data)
             else:
                 self.fs.pipe_file(target, data)
-        except OSError as exc:
-            raise StorageError(f"cannot write {target}: {exc}") from exc
 
     def read_bytes(self, key: str) -> bytes:
-        try:
+        with self._failing("read", key):
             return self.fs.cat_file(self.path(key))
-        except FileNotFoundError:
-            raise
-        except OSError as exc:
-            raise StorageError(f"cannot read {self.path(key)}: {exc}") from exc
 
     def exists(self, key: str) -> bool:
-        return self.fs.exists(self.path(key))
+        with self._failing("look up", key):
+            return self.fs.exists(self.path(key))
 
     def list(self, prefix: str) -> list[str]:
         """Keys of all files under ``prefix`` (recursive), sorted; [] when there are none."""
         base = self.path(prefix)
         try:
-            found = self.fs.find(base)
+            with self._failing("list", prefix):
+                found = self.fs.find(base)
         except FileNotFoundError:
             return []
         cut = len(self.root) + 1
@@ -81,37 +110,46 @@ class Storage:
     def list_dirs(self, prefix: str) -> list[str]:
         """Names of the direct sub-folders of ``prefix``."""
         try:
-            entries = self.fs.ls(self.path(prefix), detail=True)
+            with self._failing("list", prefix):
+                entries = self.fs.ls(self.path(prefix), detail=True)
         except FileNotFoundError:
             return []
         return sorted(e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e["type"] == "directory")
 
     def delete(self, key: str, recursive: bool = False) -> None:
         try:
-            self.fs.rm(self.path(key), recursive=recursive)
+            with self._failing("delete", key):
+                self.fs.rm(self.path(key), recursive=recursive)
         except FileNotFoundError:
             pass
 
     # --- Parquet -------------------------------------------------------------------------------
     def write_parquet(self, key: str, table: pa.Table, row_group_size: int = ROW_GROUP_ROWS) -> None:
-        """Write a Parquet file atomically, with statistics (for pruning) and zstd compression."""
+        """Write a Parquet file atomically, with statistics (for pruning) and zstd compression.
+
+        Only text columns are dictionary-encoded: trying it on floats costs more than it saves.
+        """
         sink = io.BytesIO()
-        pq.write_table(table, sink, row_group_size=row_group_size, compression="zstd", write_statistics=True)
+        text = [f.name for f in table.schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)
+                or pa.types.is_dictionary(f.type)]
+        pq.write_table(table, sink, row_group_size=row_group_size, compression="zstd", write_statistics=True,
+                       use_dictionary=text)
         self.write_bytes(key, sink.getvalue())
 
     def read_parquet(self, key: str, columns: list[str] | None = None, filters: Any = None) -> pa.Table:
-        try:
+        with self._failing("read Parquet", key):
             return pq.read_table(self.path(key), columns=columns, filters=filters, filesystem=self.fs)
-        except FileNotFoundError:
-            raise
-        except (OSError, pa.ArrowInvalid) as exc:
-            raise StorageError(f"cannot read Parquet {self.path(key)}: {exc}") from exc
+
+    @contextmanager
+    def open_parquet(self, key: str, read_dictionary: list[str] | None = None) -> Iterator[pq.ParquetFile]:
+        """A Parquet file with only its footer read yet (row-group statistics), closed on exit."""
+        with self._failing("read Parquet", key):
+            with self.fs.open(self.path(key), "rb") as fh:
+                yield pq.ParquetFile(fh, read_dictionary=read_dictionary)
 
     def parquet_file(self, key: str) -> pq.ParquetFile:
-        try:
+        with self._failing("read Parquet", key):
             return pq.ParquetFile(self.fs.open(self.path(key), "rb"))
-        except (OSError, pa.ArrowInvalid) as exc:
-            raise StorageError(f"cannot read Parquet {self.path(key)}: {exc}") from exc
 
     @contextmanager
     def lock(self, name: str) -> Iterator[None]:
@@ -149,6 +187,25 @@ def atomic_local_write(target: Path, data: bytes) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+@functools.cache
+def backend_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions the storage backends raise: OS and Arrow errors, and those of the S3 and Azure SDKs."""
+    errors: list[type[BaseException]] = [OSError, pa.ArrowInvalid]
+    try:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        errors += [BotoCoreError, ClientError]
+    except ImportError:
+        pass
+    try:
+        from azure.core.exceptions import AzureError
+
+        errors.append(AzureError)
+    except ImportError:
+        pass
+    return tuple(errors)
 
 
 def open_storage(url: str) -> Storage:

@@ -1,6 +1,7 @@
 """Where everything lives under the storage root. Keys are built here only, from validated parts.
 
-    readings/date=YYYY-MM-DD/hour=HH/data.parquet        landed readings of one hour, sorted by key
+    readings/date=YYYY-MM-DD/hour=HH/bucket=NNN/part-….parquet   landed readings: immutable parts per
+                                                    device-hash bucket, each sorted by key
     models/<version>/manifest.parquet                   one row per (device, sensor) model
     models/<version>/shards.parquet                     one row per shard: key range it covers
     models/<version>/shard-00000.npz                    arrays of all models of one shard
@@ -22,6 +23,7 @@ from fleetscore.errors import InputError
 _VERSION_RE = re.compile(r"^v[0-9]{1,9}$")
 _RUN_RE = re.compile(r"^[0-9a-f]{8,32}$")
 _SOURCE_RE = re.compile(r"^[a-z0-9_-]{1,32}$")
+_PART_RE = re.compile(r"^part-[0-9a-f-]{1,100}\.parquet$")
 
 
 def check_version(version: str) -> str:
@@ -40,9 +42,30 @@ def _utc(us: int) -> datetime:
     return datetime.fromtimestamp(us / 1_000_000, tz=timezone.utc)
 
 
+def day_dir(hour_us: int) -> str:
+    return f"readings/date={_utc(hour_us):%Y-%m-%d}"
+
+
 def hour_key(hour_us: int) -> str:
-    dt = _utc(hour_us)
-    return f"readings/date={dt:%Y-%m-%d}/hour={dt:%H}/data.parquet"
+    """The folder of one hour of readings (one sub-folder per device bucket)."""
+    return f"{day_dir(hour_us)}/hour={_utc(hour_us):%H}"
+
+
+def bucket_dir(hour_us: int, bucket: int) -> str:
+    return f"{hour_key(hour_us)}/bucket={int(bucket):03d}"
+
+
+def part_key(hour_us: int, bucket: int, name: str) -> str:
+    """A part file of a bucket-hour; ``name`` is built by :class:`fleetscore.storage.parts.Part` (numbers only)."""
+    if not _PART_RE.match(name):
+        raise InputError(f"bad readings part name {name[:80]!r}")
+    return f"{bucket_dir(hour_us, bucket)}/{name}"
+
+
+def bucket_of_key(key: str) -> int | None:
+    """The bucket of a part key built by :func:`part_key`; None for any other key."""
+    m = re.fullmatch(r"readings/date=[0-9-]{10}/hour=\d{2}/bucket=(\d{3})/[^/]+", key)
+    return None if m is None else int(m.group(1))
 
 
 def windows_hour_dir(width_s: int, hour_us: int) -> str:
@@ -57,6 +80,27 @@ def window_part_key(width_s: int, hour_us: int, part: int) -> str:
 
 def window_key(from_us: int, to_us: int) -> str:
     return f"{_utc(from_us):%Y%m%dT%H%M%SZ}_{_utc(to_us):%Y%m%dT%H%M%SZ}"
+
+
+def window_bounds(name: str) -> tuple[int, int] | None:
+    """A window folder name ``window=20260101T000000Z_20260101T010000Z`` → (from_us, to_us); None if not one."""
+    try:
+        a, b = name.removeprefix("window=").split("_")
+        return _parse_stamp(a), _parse_stamp(b)
+    except ValueError:
+        return None
+
+
+def _parse_stamp(text: str) -> int:
+    return int(datetime.strptime(text, "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc).timestamp() * 1_000_000)
+
+
+def hour_of_key(key: str) -> int | None:
+    """The hour (µs) of a readings hour folder built by :func:`hour_key`; None for any other key."""
+    m = re.fullmatch(r"readings/date=(\d{4}-\d{2}-\d{2})/hour=(\d{2})", key)
+    if m is None:
+        return None
+    return _parse_stamp(m.group(1).replace("-", "") + f"T{m.group(2)}0000Z")
 
 
 def model_dir(version: str) -> str:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from fleetscore.core import ocsvm
+from fleetscore.core import kinds, ocsvm
 from fleetscore.errors import ModelFormatError, NotFoundError, StorageError
 from fleetscore.storage import layout
 from fleetscore.storage.fs import Storage
@@ -30,6 +30,8 @@ MANIFEST_SCHEMA = pa.schema(
         ("n_train", pa.int64()),
         ("n_sv", pa.int32()),
         ("trained_at", pa.string()),
+        ("kind", pa.string()),  # model kind of this key's model (ocsvm, robust)
+        ("fallback", pa.bool_()),  # a fallback model: too little history for the version's kind
     ]
 )
 SHARDS_SCHEMA = pa.schema(
@@ -73,11 +75,26 @@ class ModelStore:
         self.storage = storage
 
     def write_shard(self, version: str, shard: int, params: ocsvm.OcsvmParams, kind: str = "ocsvm") -> None:
+        self._write_arrays(version, shard, params.to_arrays())
+
+    def write_bundle(self, version: str, shard: int, bundle: kinds.Bundle) -> None:
+        """Write a shard holding models of one or more kinds (format 2)."""
+        self._write_arrays(version, shard, kinds.bundle_to_arrays(bundle))
+
+    def _write_arrays(self, version: str, shard: int, arrays: dict[str, np.ndarray]) -> None:
         buf = io.BytesIO()
-        np.savez(buf, **params.to_arrays())
+        np.savez(buf, **arrays)
         self.storage.write_bytes(layout.shard_key(version, shard), buf.getvalue())
 
     def read_shard(self, version: str, shard: int) -> ocsvm.OcsvmParams:
+        """The ocsvm models of a shard (empty when it holds none)."""
+        bundle = self.read_bundle(version, shard)
+        if "ocsvm" in bundle:
+            return bundle["ocsvm"]
+        return ocsvm.OcsvmParams.empty(next(iter(bundle.values())).n_features if bundle else 1)
+
+    def read_bundle(self, version: str, shard: int) -> kinds.Bundle:
+        """All models of a shard by kind; reads format 1 (ocsvm only) and 2 files."""
         key = layout.shard_key(version, shard)
         try:
             raw = self.storage.read_bytes(key)
@@ -89,7 +106,7 @@ class ModelStore:
         except (ValueError, OSError, EOFError) as exc:
             raise ModelFormatError(f"shard file {key} is not a readable model file: {exc}") from exc
         try:
-            return ocsvm.OcsvmParams.from_arrays(arrays)
+            return kinds.bundle_from_arrays(arrays)
         except ModelFormatError as exc:
             raise ModelFormatError(f"shard file {key}: {exc}") from exc
 
@@ -103,7 +120,7 @@ class ModelStore:
             b"fleetscore.format_version": str(info.format_version).encode(),
         }
         self.storage.write_parquet(layout.shards_key(info.version), shards.cast(SHARDS_SCHEMA))
-        table = manifest.cast(MANIFEST_SCHEMA).replace_schema_metadata(meta)
+        table = _with_kind(manifest, info.kind).cast(MANIFEST_SCHEMA).replace_schema_metadata(meta)
         self.storage.write_parquet(layout.manifest_key(info.version), table)
 
     def read_manifest(self, version: str) -> tuple[VersionInfo, pa.Table]:
@@ -124,12 +141,22 @@ class ModelStore:
             )
         except (KeyError, ValueError) as exc:
             raise ModelFormatError(f"manifest {key} lacks fleetscore metadata ({exc})") from exc
-        if info.format_version != ocsvm.FORMAT_VERSION:
+        if info.format_version not in kinds.READABLE_FORMATS:
             raise ModelFormatError(
                 f"model version {version} was written in format {info.format_version} by fleetscore "
-                f"{info.libraries.get('fleetscore')}; this fleetscore reads format {ocsvm.FORMAT_VERSION}"
+                f"{info.libraries.get('fleetscore')}; this fleetscore reads formats {kinds.READABLE_FORMATS}"
             )
-        return info, table.replace_schema_metadata(None)
+        return info, _with_kind(table.replace_schema_metadata(None), info.kind)
+
+    def read_shard_manifest(self, version: str, shard: int) -> pa.Table:
+        """The manifest rows of one shard (with ``kind`` and ``fallback``, also for older versions)."""
+        key = layout.manifest_key(version)
+        try:
+            table = self.storage.read_parquet(key, filters=[("shard", "=", shard)])
+        except FileNotFoundError:
+            raise NotFoundError(f"model version {version} has no manifest at {key}") from None
+        kind = (table.schema.metadata or {}).get(b"fleetscore.kind", b"ocsvm").decode()
+        return _with_kind(table.replace_schema_metadata(None), kind)
 
     def read_shards(self, version: str) -> pa.Table:
         try:
@@ -138,3 +165,12 @@ class ModelStore:
             raise NotFoundError(f"model version {version} has no shard table") from None
         except StorageError:
             raise
+
+
+def _with_kind(manifest: pa.Table, kind: str) -> pa.Table:
+    """Manifests written before model kinds were mixed: every model is of the version's kind, none a fallback."""
+    if "kind" not in manifest.column_names:
+        manifest = manifest.append_column("kind", pa.array([kind] * manifest.num_rows, pa.string()))
+    if "fallback" not in manifest.column_names:
+        manifest = manifest.append_column("fallback", pa.array([False] * manifest.num_rows, pa.bool_()))
+    return manifest

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
 from typing import Any
 
 import pyarrow as pa
@@ -14,16 +13,6 @@ from fleetscore.errors import NotFoundError
 from fleetscore.storage import layout
 from fleetscore.storage.fs import Storage
 from fleetscore.storage.readings import dedup_sorted
-
-
-def _window_bounds(name: str) -> tuple[int, int] | None:
-    """``window=20260101T000000Z_20260101T010000Z`` → (from_us, to_us)."""
-    try:
-        a, b = name.removeprefix("window=").split("_")
-        parse = lambda s: int(datetime.strptime(s, "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc).timestamp() * 1e6)  # noqa: E731
-        return parse(a), parse(b)
-    except ValueError:
-        return None
 
 
 class PredictionStore:
@@ -57,7 +46,7 @@ class PredictionStore:
             columns = list(dict.fromkeys(["ts", "device", "sensor", *columns]))
         found: list[tuple[str, pa.Table]] = []
         for name in self.storage.list_dirs("predictions"):
-            bounds = _window_bounds(name)
+            bounds = layout.window_bounds(name)
             if bounds is None or bounds[1] <= from_us or bounds[0] >= to_us:
                 continue
             pointer = self._pointer(*bounds)

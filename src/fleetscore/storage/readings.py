@@ -1,23 +1,32 @@
-"""Landed readings: hourly Parquet partitions, deduplicated by (device, sensor, ts), written atomically.
+"""Landed readings: hourly partitions of device-hash buckets, deduplicated by (device, sensor, ts).
 
-Each hour is one file sorted by (device, sensor, ts) with small row groups, so a task that scores
-one shard (a device range) reads only the row groups of its devices.
+    readings/date=YYYY-MM-DD/hour=HH/bucket=NNN/part-….parquet
+
+Each bucket-hour holds a few immutable parts, each sorted by (device, sensor, ts) with small row
+groups. Landing a batch writes one new part per bucket-hour it touches, deduplicated against only
+the keys already stored in that bucket-hour's overlapping parts and device range, and merges
+small parts (:mod:`fleetscore.storage.parts`): memory and work follow the batch, not the hour, so
+readings can arrive in any number of chunks. Shards are cut in the same (bucket, device, sensor)
+key order (:mod:`fleetscore.core.keys`), so a scoring or training task reads only the buckets and
+row groups of its own keys (:meth:`ReadingStore.read_range`), never the whole window.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from fleetscore.core.keys import BUCKETS, Key, bucket_of, device_bucket, key_bucket
+from fleetscore.core.plan import key_range_mask
 from fleetscore.core.schema import READING_SCHEMA
 from fleetscore.core.times import HOUR_US
 from fleetscore.storage import layout
+from fleetscore.storage.bucketparts import KEY_COLUMNS, SORT_KEYS, BucketParts, Scan, hours_between
 from fleetscore.storage.fs import Storage
-
-SORT_KEYS = [("device", "ascending"), ("sensor", "ascending"), ("ts", "ascending")]
 
 
 @dataclass(frozen=True)
@@ -45,49 +54,50 @@ def dedup_sorted(table: pa.Table) -> pa.Table:
 
 
 class ReadingStore:
-    """Land validated readings and read them back by time window and device range."""
+    """Land validated readings and read them back by time window, device range or shard key range."""
 
     def __init__(self, storage: Storage) -> None:
         self.storage = storage
+        self._parts = BucketParts(storage)
 
     def land(self, readings: pa.Table) -> LandResult:
-        """Merge canonical readings into their hour files; a key already stored is a duplicate."""
+        """Store canonical readings; a key already stored, or repeated in the batch, is a duplicate.
+
+        Each (hour, bucket) of the batch becomes one new part after deduplication against the keys
+        stored there, so landing in chunks costs each chunk's size, not the hour's.
+        """
         readings = readings.select(READING_SCHEMA.names).cast(READING_SCHEMA)
         if readings.num_rows == 0:
             return LandResult(0, 0, 0)
-        us = readings.column("ts").cast(pa.int64()).to_numpy()
-        hours = us - us % HOUR_US
-        duplicates = 0
-        unique_hours = np.unique(hours)
+        unique = dedup_sorted(readings)
+        added = 0
         with self.storage.lock("readings"):
-            for hour in unique_hours:
-                batch = readings.filter(pa.array(hours == hour))
-                key = layout.hour_key(int(hour))
-                existing = self._read_hour(key)
-                merged = dedup_sorted(pa.concat_tables([existing, batch]) if existing is not None else batch)
-                before = existing.num_rows if existing is not None else 0
-                added = merged.num_rows - before
-                duplicates += batch.num_rows - added
-                if added:
-                    self.storage.write_parquet(key, merged)
-        return LandResult(readings.num_rows - duplicates, duplicates, len(unique_hours))
+            for hour, bucket, rows in _bucket_hours(unique):
+                added += self._parts.add(hour, bucket, rows)
+        hours = np.unique(floor_hours(readings.column("ts")))
+        return LandResult(added, readings.num_rows - added, len(hours))
 
-    def _read_hour(self, key: str) -> pa.Table | None:
-        try:
-            return self.storage.read_parquet(key).cast(READING_SCHEMA)
-        except FileNotFoundError:
-            return None
+    def stored_mask(self, readings: pa.Table) -> np.ndarray:
+        """True for the rows whose (device, sensor, ts) is already stored (rows in any order)."""
+        readings = readings.select(KEY_COLUMNS).cast(pa.schema([READING_SCHEMA.field(c) for c in KEY_COLUMNS]))
+        hit = np.zeros(readings.num_rows, dtype=bool)
+        rows = readings.append_column("_row", pa.array(np.arange(readings.num_rows, dtype=np.int64)))
+        for hour, bucket, group in _bucket_hours(rows):
+            found = self._parts.stored(hour, bucket, group)
+            hit[group.column("_row").to_numpy()[found]] = True
+        return hit
 
     def hour_keys(self, from_us: int, to_us: int) -> list[str]:
-        """Keys of the existing hour files that overlap [from, to)."""
-        first = from_us - from_us % HOUR_US
-        keys = [layout.hour_key(h) for h in range(first, to_us, HOUR_US)]
-        if len(keys) > 24 * 366 * 5:
+        """Keys of the existing hour folders that overlap [from, to)."""
+        hours = hours_between(from_us, to_us)
+        if len(hours) > 24 * 366 * 5:
             from fleetscore.errors import InputError
 
             raise InputError("window longer than 5 years")
-        existing = set(self.storage.list("readings"))
-        return [k for k in keys if k in existing]
+        present: set[str] = set()
+        for day in sorted({layout.day_dir(h) for h in hours}):
+            present.update(f"{day}/{name}" for name in self.storage.list_dirs(day))
+        return [k for k in map(layout.hour_key, hours) if k in present]
 
     def read_window(
         self,
@@ -96,12 +106,12 @@ class ReadingStore:
         devices: tuple[str | None, str | None] = (None, None),
         columns: list[str] | None = None,
     ) -> pa.Table:
-        """Readings with from ≤ ts < to, optionally only devices in [lo, hi] (inclusive; None = open)."""
+        """Readings with from ≤ ts < to, optionally only devices in [lo, hi] (inclusive; None = open).
+
+        Hour by hour; within an hour bucket by bucket, each sorted by (device, sensor, ts).
+        """
         parts = [self.read_hour(k, from_us, to_us, devices, columns) for k in self.hour_keys(from_us, to_us)]
-        if not parts:
-            schema = READING_SCHEMA if columns is None else pa.schema([READING_SCHEMA.field(c) for c in columns])
-            return schema.empty_table()
-        return pa.concat_tables(parts)
+        return pa.concat_tables(parts) if parts else _empty(columns)
 
     def read_hour(
         self,
@@ -111,16 +121,99 @@ class ReadingStore:
         devices: tuple[str | None, str | None] = (None, None),
         columns: list[str] | None = None,
     ) -> pa.Table:
-        lo = pa.scalar(from_us, pa.int64()).cast(READING_SCHEMA.field("ts").type)
-        hi = pa.scalar(to_us, pa.int64()).cast(READING_SCHEMA.field("ts").type)
-        filters = [("ts", ">=", lo), ("ts", "<", hi)]
-        if devices[0] is not None:
-            filters.append(("device", ">=", devices[0]))
-        if devices[1] is not None:
-            filters.append(("device", "<=", devices[1]))
-        try:
-            table = self.storage.read_parquet(key, columns=columns, filters=filters)
-        except FileNotFoundError:
-            schema = READING_SCHEMA if columns is None else pa.schema([READING_SCHEMA.field(c) for c in columns])
-            return schema.empty_table()
-        return table
+        """Readings of the hour folder ``key`` (from :meth:`hour_keys`) in [from, to) and the device range."""
+        hour = layout.hour_of_key(key)
+        if hour is None:
+            from fleetscore.errors import InputError
+
+            raise InputError(f"{key!r} is not the key of a readings hour")
+        lo, hi = devices
+        only = None if lo is None or lo != hi else [device_bucket(lo)]  # one device lives in one bucket
+        scan = Scan(from_us, to_us, lo, hi)
+        cols = columns or READING_SCHEMA.names
+        pieces = [
+            _sorted(self._parts.read(hour, bucket, scan, cols, parts))
+            for bucket, parts in self._parts.listing(hour, only).items()
+        ]
+        pieces = [p for p in pieces if p is not None]
+        return pa.concat_tables(pieces) if pieces else _empty(columns)
+
+    def read_range(self, from_us: int, to_us: int, lo: Key | None, hi: Key | None,
+                   columns: list[str] | None = None) -> pa.Table:
+        """Readings with from ≤ ts < to of the keys in [lo, hi) in key order, sorted by key and time.
+
+        Key order is (bucket, device, sensor) (:mod:`fleetscore.core.keys`), the order shards are
+        cut in: a shard's range covers one bucket or a few neighbouring ones, and only their row
+        groups holding the shard's devices are read.
+        """
+        cols = columns or READING_SCHEMA.names
+        needed = list(dict.fromkeys([*cols, "device", "sensor"]))
+        first, last = key_bucket(lo, 0), key_bucket(hi, BUCKETS - 1)
+        buckets = range(first, last + 1)
+        listings = {h: self._parts.listing(h, buckets) for h in hours_between(from_us, to_us)}
+        out = []
+        for bucket in buckets:
+            low = lo if lo is not None and bucket == first else None
+            high = hi if hi is not None and bucket == last else None
+            scan = Scan(from_us, to_us, low[0] if low else None, high[0] if high else None)
+            pieces = [piece for hour, found in listings.items() if bucket in found
+                      for piece in self._parts.read(hour, bucket, scan, needed, found[bucket])]
+            table = _sorted(pieces)
+            if table is None:
+                continue
+            if low is not None or high is not None:
+                table = table.filter(pa.array(key_range_mask(table.column("device"), table.column("sensor"), low, high)))
+            out.append(table.select(cols))
+        return pa.concat_tables(out) if out else _empty(columns)
+
+    def key_counts(self, from_us: int, to_us: int) -> pa.Table:
+        """Rows per (device, sensor) in the window, in key order; one bucket-hour in memory at a time."""
+        hours = [layout.hour_of_key(k) for k in self.hour_keys(from_us, to_us)]
+        listings = {h: self._parts.listing(h) for h in hours if h is not None}
+        scan = Scan(from_us, to_us)
+        out = []
+        for bucket in range(BUCKETS):
+            counts = [
+                piece.group_by(["device", "sensor"]).aggregate([([], "count_all")])
+                for hour, found in listings.items() if bucket in found
+                for piece in self._parts.read(hour, bucket, scan, ["device", "sensor"], found[bucket])
+            ]
+            if counts:
+                summed = pa.concat_tables(counts).group_by(["device", "sensor"]).aggregate([("count_all", "sum")])
+                out.append(summed.rename_columns(["device", "sensor", "rows"]).sort_by(SORT_KEYS[:2]))
+        if not out:
+            return pa.table({"device": pa.array([], pa.string()), "sensor": pa.array([], pa.string()),
+                             "rows": pa.array([], pa.int64())})
+        return pa.concat_tables(out)
+
+
+def floor_hours(ts: pa.ChunkedArray) -> np.ndarray:
+    us = ts.cast(pa.int64()).to_numpy()
+    return us - us % HOUR_US
+
+
+def _bucket_hours(rows: pa.Table) -> Iterator[tuple[int, int, pa.Table]]:
+    """(hour, bucket, rows) groups, each keeping the rows' order (a stable partition)."""
+    hours = floor_hours(rows.column("ts"))
+    group = (hours // HOUR_US) * BUCKETS + bucket_of(rows.column("device"))
+    order = np.argsort(group, kind="stable")
+    group = group[order]
+    rows = rows.take(pa.array(order))
+    cuts = np.flatnonzero(np.diff(group)) + 1
+    for a, b in zip(np.concatenate([[0], cuts]), np.concatenate([cuts, [len(group)]])):
+        yield int(group[a] // BUCKETS * HOUR_US), int(group[a] % BUCKETS), rows.slice(a, b - a)
+
+
+def _sorted(pieces: list[pa.Table]) -> pa.Table | None:
+    """One table of pieces that are each sorted by key: sorted again only when there are several."""
+    if not pieces:
+        return None
+    if len(pieces) == 1:
+        return pieces[0]
+    table = pa.concat_tables(pieces)
+    return table.sort_by([k for k in SORT_KEYS if k[0] in table.column_names])
+
+
+def _empty(columns: list[str] | None) -> pa.Table:
+    schema = READING_SCHEMA if columns is None else pa.schema([READING_SCHEMA.field(c) for c in columns])
+    return schema.empty_table()

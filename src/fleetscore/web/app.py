@@ -19,10 +19,12 @@ def create_app(fleet: "Fleet", **settings: Any) -> "FastAPI":
     from fastapi import FastAPI
 
     from fleetscore import __version__
+    from fleetscore.ingest import http as ingest_http
 
-    app = FastAPI(title="fleetscore", version=__version__)
+    app = FastAPI(title="fleetscore", version=__version__, lifespan=ingest_http.lifespan)
     app.state.fleet = fleet
     app.state.settings = settings
+    ingest_http.install(app, fleet, settings)
 
     @app.get("/healthz", tags=["ops"])
     def healthz() -> dict[str, str]:

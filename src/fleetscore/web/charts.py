@@ -307,7 +307,7 @@ def heatmap(
     """Rows × hours of anomaly rate; a cell's tooltip gives rate, anomalies and predictions."""
     label_width = 150
     cell_h = 18
-    frame = Frame(WIDTH, MARGIN_TOP + 22 + cell_h * max(len(rows), 1) + 34, left=label_width, top=MARGIN_TOP + 22)
+    frame = Frame(WIDTH, 24 + cell_h * max(len(rows), 1) + 34, left=label_width, top=24)
     if not len(rows) or not len(hours_us):
         return _empty(frame, label, empty)
     finite = rates[np.isfinite(rates)]
@@ -315,7 +315,9 @@ def heatmap(
     cell_w = (frame.x1 - frame.x0) / len(hours_us)
     body = []
     for j, text in _time_labels(hours_us, _labelled_slots(hours_us, frame.x1 - frame.x0)).items():
-        body.append(f'<text x="{frame.x0 + j * cell_w:.1f}" y="{frame.y1 - 6}" fill="{TEXT}">{text}</text>')
+        x = frame.x0 + j * cell_w
+        if x + 7 * len(text) <= frame.width:  # a label that would run off the right edge is left out
+            body.append(f'<text x="{x:.1f}" y="{frame.y1 - 6}" fill="{TEXT}">{text}</text>')
     for i, name in enumerate(rows):
         y = frame.y1 + i * cell_h
         short = name if len(name) <= 22 else name[:21] + "…"

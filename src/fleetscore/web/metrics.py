@@ -12,7 +12,8 @@ ingest metrics come from ``app.state.ingest.stats()`` when the app runs ingest.
     fleetscore_failed_models_total                       models that could not be scored
     fleetscore_last_successful_run_timestamp_seconds     when the last succeeded run finished
     fleetscore_ingest_accepted_total / _rejected_total   readings accepted / rejected by ingest
-    fleetscore_ingest_<name>                             every other number ingest reports (gauges)
+    fleetscore_ingest_<name>                             every other number ingest reports (``*_total``
+                                                         as counters, the rest as gauges)
 
 Totals come from the catalog, so they go down if old runs are deleted by retention; Prometheus
 treats that as a counter reset.
@@ -29,7 +30,7 @@ from fleetscore.core.times import parse_time
 from fleetscore.web.auth import require_token
 from fleetscore.web.routing import ApiRoute
 
-#: Ingest counters exported as counters; other numeric ingest stats become gauges.
+#: Ingest stats exported as counters (also every ``*_total``); other numeric ingest stats become gauges.
 INGEST_COUNTERS = ("accepted", "rejected")
 
 
@@ -78,9 +79,11 @@ def _ingest_families(stats: dict[str, Any] | None) -> Iterator[Any]:
             continue
         name = re.sub(r"[^a-zA-Z0-9_]", "_", str(key)).strip("_").lower()
         base = name.removesuffix("_total")
-        if base in INGEST_COUNTERS:
-            yield CounterMetricFamily(f"fleetscore_ingest_{base}", f"Readings {base} by ingest.", value=value)
-        elif name:
+        if not base:
+            continue
+        if base in INGEST_COUNTERS or name.endswith("_total"):
+            yield CounterMetricFamily(f"fleetscore_ingest_{base}", f"Ingest counter {key!s}.", value=value)
+        else:
             yield GaugeMetricFamily(f"fleetscore_ingest_{name}", f"Ingest statistic {key!s}.", value=value)
 
 

@@ -36,6 +36,11 @@ STATUS_COLORS = {
 PHASES = (("load data", "load_data_s", "#60a5fa"), ("load models", "load_models_s", "#a78bfa"),
           ("score", "score_s", "#34d399"), ("write", "write_s", "#fbbf24"))
 STATIC_FILES = {"style.css": "text/css; charset=utf-8"}
+#: Ingest counters shown on the overview (all of them are one click away), with their labels.
+INGEST_FIELDS = (("accepted_total", "accepted"), ("rejected_total", "rejected"), ("accepted_per_s", "readings/s"),
+                 ("log_lag_bytes", "log lag (bytes)"), ("last_batch_at_us", "last batch"),
+                 ("last_compaction_at_us", "last compaction"), ("last_compaction_error", "compaction error"),
+                 ("error", "error"))
 
 
 def _short(text: str) -> str:
@@ -116,7 +121,7 @@ def build_router() -> APIRouter:
     @router.get("/")
     def overview_page(request: Request, hours: Hours = views.DEFAULT_HOURS, end: str | None = None) -> Response:
         view = views.overview(fleet_of(request), views.ingest_stats(request.app), hours, end)
-        return render(request, "overview.html", title="Overview", view=view, colors=STATUS_COLORS,
+        return render(request, "overview.html", title="Overview", view=view, colors=STATUS_COLORS, ingest_fields=INGEST_FIELDS,
                       duration_chart=duration_chart(request, view), anomalies_chart=anomalies_chart(view))
 
     @router.get("/runs/{run_id}")

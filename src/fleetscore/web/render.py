@@ -72,6 +72,13 @@ def when(text: str | None) -> str:
     return dt.strftime("%Y-%m-%d %H:%M:%S")
 
 
+def us_time(value: int | float | None) -> str:
+    """Microseconds since the epoch as 'YYYY-MM-DD HH:MM:SS' (UTC)."""
+    if value is None:
+        return "–"
+    return datetime.fromtimestamp(value / 1e6, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
 def url(request: Request, path: str) -> str:
     """A path on this app, under the root path it is mounted at."""
     return f"{request.scope.get('root_path', '')}{path}"
@@ -97,7 +104,7 @@ def environment() -> Any:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters.update(num=num, pct=pct, duration=duration, when=when)
+    env.filters.update(num=num, pct=pct, duration=duration, when=when, us_time=us_time)
     env.globals.update(sensor_path=sensor_path, query=query)
     return env
 

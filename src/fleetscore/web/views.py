@@ -11,7 +11,10 @@ fleetscore accepts) are answered with :class:`~fleetscore.errors.NotFoundError` 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -24,8 +27,9 @@ from fleetscore.core import anomalies as stats
 from fleetscore.core.runs import FINISHED_STATUSES, ModelFailure, RunRecord, TaskRecord
 from fleetscore.core.schema import MAX_ID_LENGTH
 from fleetscore.core.times import HOUR_US, iso, parse_time
-from fleetscore.errors import FleetscoreError, InputError, NotFoundError
+from fleetscore.errors import InputError, NotFoundError
 from fleetscore.storage import layout
+from fleetscore.storage.logs import AttemptLog, LogStore
 
 if TYPE_CHECKING:
     from fleetscore.api import Fleet
@@ -34,10 +38,17 @@ DEFAULT_HOURS = 48
 MAX_HOURS = 24 * 7
 #: Runs the overview lists and draws (newest first).
 RECENT_RUNS = 50
-#: Log files shown per run, and the bytes shown from the end of each.
-MAX_LOG_FILES = 50
-LOG_TAIL_BYTES = 64 * 1024
+#: Run-log lines shown (the last ones), task attempts shown, characters of stdout/stderr shown (the end).
+MAX_LOG_LINES = 1000
+MAX_ATTEMPTS = 50
+MAX_OUTPUT_CHARS = 32 * 1024
 DEFAULT_POINTS = 4000
+#: Hourly count cubes kept in memory (see :func:`anomaly_counts`).
+MAX_CUBES = 8
+_CUBES: OrderedDict[tuple[Any, ...], pa.Table] = OrderedDict()
+_CUBES_LOCK = threading.Lock()
+#: The ingest rate on the overview is measured over the dashboard's reads of the counters in this span.
+RATE_WINDOW_S = 300.0
 
 
 @dataclass(frozen=True)
@@ -73,13 +84,12 @@ class Overview:
 
 
 @dataclass(frozen=True)
-class LogFile:
-    """The end of one log file of a run (``truncated`` when the file is longer than what is shown)."""
+class RunLogs:
+    """The run's log (its last lines) and the logs of the task attempts that failed or were retried."""
 
-    name: str
-    size: int
-    text: str
-    truncated: bool
+    lines: list[dict[str, Any]]
+    total_lines: int
+    attempts: list[AttemptLog]
 
 
 @dataclass(frozen=True)
@@ -89,7 +99,7 @@ class RunDetail:
     run: RunRecord
     tasks: list[TaskRecord]
     failures: list[ModelFailure]
-    logs: list[LogFile]
+    logs: RunLogs
 
 
 @dataclass(frozen=True)
@@ -193,7 +203,11 @@ def window(fleet: "Fleet", hours: int, end: str | None) -> tuple[Window, int, in
 
 
 def ingest_stats(app: Any) -> dict[str, Any] | None:
-    """The ingest counters when the app runs ingest (``app.state.ingest.stats()``), else None."""
+    """The ingest counters when the app runs ingest (``app.state.ingest.stats()``), else None.
+
+    Adds ``accepted_per_s``: readings accepted per second between this call and the oldest call of
+    the last :data:`RATE_WINDOW_S` seconds (None on the first call).
+    """
     ingest = getattr(app.state, "ingest", None)
     if ingest is None or not callable(getattr(ingest, "stats", None)):
         return None
@@ -201,7 +215,46 @@ def ingest_stats(app: Any) -> dict[str, Any] | None:
         stats_ = ingest.stats()
     except Exception as exc:  # noqa: BLE001 - a broken counter must not take the dashboard down
         return {"error": f"ingest stats unavailable: {type(exc).__name__}"}
-    return dict(stats_) if isinstance(stats_, dict) else None
+    if not isinstance(stats_, dict):
+        return None
+    out = dict(stats_)
+    accepted = out.get("accepted_total", out.get("accepted"))
+    if isinstance(accepted, (int, float)) and not isinstance(accepted, bool):
+        out["accepted_per_s"] = _accepted_rate(app, float(accepted))
+    return out
+
+
+def _accepted_rate(app: Any, accepted: float) -> float | None:
+    samples = getattr(app.state, "ingest_samples", None)
+    if samples is None:
+        samples = app.state.ingest_samples = deque(maxlen=1024)
+    now = time.monotonic()
+    while samples and now - samples[0][0] > RATE_WINDOW_S:
+        samples.popleft()
+    samples.append((now, accepted))
+    first_t, first_n = samples[0]
+    return (accepted - first_n) / (now - first_t) if now - first_t >= 1.0 else None
+
+
+def anomaly_counts(fleet: "Fleet", span: Window) -> pa.Table:
+    """The hourly count cube of ``span``, computed once per state of the window's commits.
+
+    Predictions change only when a run commits a window, so the cube is kept (a few, most recent
+    first) under the set of committed runs overlapping the span: overview, fleet page and API share it.
+    """
+    commits = tuple(sorted((window, run) for window, run in fleet.catalog.committed_runs().items()
+                           if window[0] < span.end and window[1] > span.start))
+    key = (fleet.config.storage_url, span.start, span.end, commits)
+    with _CUBES_LOCK:
+        if key in _CUBES:
+            _CUBES.move_to_end(key)
+            return _CUBES[key]
+    cube = fleet.anomaly_counts(span.start, span.end)
+    with _CUBES_LOCK:
+        _CUBES[key] = cube
+        while len(_CUBES) > MAX_CUBES:
+            _CUBES.popitem(last=False)
+    return cube
 
 
 def _rows(table: pa.Table, keys: list[str]) -> list[AnomalyRow]:
@@ -224,7 +277,7 @@ def overview(fleet: "Fleet", ingest: dict[str, Any] | None, hours: int = DEFAULT
     for run in runs:
         counts[run.status.value] = counts.get(run.status.value, 0) + 1
     released = next((v for v in fleet.versions() if v.released), None)
-    cube = fleet.anomaly_counts(span.start, span.end)
+    cube = anomaly_counts(fleet, span)
     grid = stats.hour_grid(cube, None, None, lo, hi)
     return Overview(
         window=span,
@@ -243,28 +296,19 @@ def overview(fleet: "Fleet", ingest: dict[str, Any] | None, hours: int = DEFAULT
 
 def run_detail(fleet: "Fleet", run_id: str) -> RunDetail:
     run, tasks, failures = fleet.run(check_run(run_id))
-    return RunDetail(run, tasks, failures, run_logs(fleet, run.run_id))
+    troubled = [t.task for t in tasks if t.status != "succeeded" or t.attempts > 1]
+    return RunDetail(run, tasks, failures, run_logs(fleet, run.run_id, troubled))
 
 
-def run_logs(fleet: "Fleet", run_id: str) -> list[LogFile]:
-    """The tails of the run's log files in storage (``logs/run=<id>/``), oldest name first."""
-    storage = fleet.storage
-    prefix = layout.logs_dir(check_run(run_id))
-    out = []
-    for key in storage.list(prefix)[:MAX_LOG_FILES]:
-        path = storage.path(key)
-        try:
-            size = int(storage.fs.size(path))
-            start = max(0, size - LOG_TAIL_BYTES)
-            data = storage.fs.cat_file(path, start=start)
-        except (OSError, FleetscoreError) as exc:
-            out.append(LogFile(key[len(prefix) + 1:], 0, f"cannot read this log: {type(exc).__name__}", False))
-            continue
-        text = data.decode("utf-8", errors="replace")
-        if start:
-            text = text.split("\n", 1)[-1]
-        out.append(LogFile(key[len(prefix) + 1:], size, text, start > 0))
-    return out
+def run_logs(fleet: "Fleet", run_id: str, tasks: list[int]) -> RunLogs:
+    """The last lines of the run's log and every attempt of ``tasks`` (stdout/stderr: their ends)."""
+    store = LogStore(fleet.storage)
+    lines = store.run_lines(run_id)
+    attempts = [
+        replace(a, stdout=a.stdout[-MAX_OUTPUT_CHARS:], stderr=a.stderr[-MAX_OUTPUT_CHARS:])
+        for task in tasks[:MAX_ATTEMPTS] for a in store.task_attempts(run_id, task)
+    ]
+    return RunLogs(lines[-MAX_LOG_LINES:], len(lines), attempts[:MAX_ATTEMPTS])
 
 
 def fleet_view(fleet: "Fleet", hours: int = DEFAULT_HOURS, end: str | None = None, by: str = "device",
@@ -278,7 +322,7 @@ def fleet_view(fleet: "Fleet", hours: int = DEFAULT_HOURS, end: str | None = Non
     if order not in ("asc", "desc"):
         raise InputError(f"order must be asc or desc, got {order[:20]!r}")
     span, lo, hi = window(fleet, hours, end)
-    cube = fleet.anomaly_counts(span.start, span.end)
+    cube = anomaly_counts(fleet, span)
     if device is not None:
         cube = cube.filter(pc.equal(cube.column("device"), check_id(device, "device")))
         by = "sensor"

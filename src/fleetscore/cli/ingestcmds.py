@@ -1,0 +1,144 @@
+"""Streaming commands: serve (HTTP ingest + dashboard), ingest mqtt, compact, windows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from fleetscore.cli.output import HomeOpt, JsonOpt, console, emit, handle_errors, open_fleet, table
+
+IntervalOpt = Annotated[
+    Optional[str],
+    typer.Option("--compact-interval", help="Compact the log this often, e.g. 10s; 0 = never (default from [ingest])."),
+]
+
+
+def is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _settings(fleet, compact_interval: str | None):  # type: ignore[no-untyped-def]
+    from fleetscore.ingest.settings import IngestSettings
+
+    settings = IngestSettings.from_config(fleet.config)
+    if compact_interval is not None:
+        section = {"compact_interval": compact_interval}
+        settings = settings.with_overrides(
+            compact_interval_s=IngestSettings.from_mapping(section, "--compact-interval").compact_interval_s)
+    return settings
+
+
+def register(app: typer.Typer) -> None:
+    ingest_app = typer.Typer(help="Streaming ingest clients (MQTT).", no_args_is_help=True)
+    app.add_typer(ingest_app, name="ingest")
+
+    @app.command()
+    @handle_errors
+    def serve(
+        host: Annotated[str, typer.Option(help="Address to listen on (non-loopback needs FLEETSCORE_TOKEN).")] = "127.0.0.1",
+        port: Annotated[int, typer.Option(help="TCP port.", min=0, max=65535)] = 8000,
+        compact_interval: IntervalOpt = None,
+        home: HomeOpt = None,
+        json_out: JsonOpt = False,
+    ) -> None:
+        """Run the HTTP server: ingest (POST /v1/readings), dashboard, /metrics; compacts the log on its own."""
+        import os
+
+        from fleetscore.errors import InputError
+
+        if not is_loopback(host) and not os.environ.get("FLEETSCORE_TOKEN"):
+            raise InputError(f"refusing to listen on {host}: it is not a loopback address and FLEETSCORE_TOKEN is "
+                             "not set (set a token so that writes need Authorization: Bearer <token>)")
+        import uvicorn
+
+        from fleetscore.web.app import create_app
+
+        fleet = open_fleet(home)
+        settings = _settings(fleet, compact_interval)
+        application = create_app(fleet, compact_interval_s=settings.compact_interval_s)
+        url = f"http://{host}:{port}"
+        emit(json_out, {"url": url, "home": str(fleet.config.home), "pid": os.getpid()},
+             lambda c: c.print(f"fleetscore serving {fleet.config.home} on {url} (Ctrl-C to stop)"))
+        server = uvicorn.Server(uvicorn.Config(application, host=host, port=port, log_level="warning",
+                                               access_log=False, lifespan="on"))
+        server.run()
+        if not server.started:
+            raise typer.Exit(1)
+
+    @app.command()
+    @handle_errors
+    def compact(home: HomeOpt = None, json_out: JsonOpt = False) -> None:
+        """Compact the ingest log now: readings become visible, stream windows and quarantine are written."""
+        result = open_fleet(home).compact()
+        payload = result.as_dict()
+        emit(json_out, payload, lambda c: c.print(table("compaction", ["field", "value"], [[k, v] for k, v in payload.items()])))
+
+    @app.command()
+    @handle_errors
+    def windows(
+        start: Annotated[str, typer.Option("--from", help="First window start (ISO 8601, inclusive).")],
+        end: Annotated[str, typer.Option("--to", help="Window starts before this (ISO 8601, exclusive).")],
+        out: Annotated[Path, typer.Option("--out", help="Output file (.csv or .parquet).")],
+        width: Annotated[Optional[str], typer.Option(help="Window width, e.g. 1m (default from [ingest] window).")] = None,
+        home: HomeOpt = None,
+        json_out: JsonOpt = False,
+    ) -> None:
+        """Export closed stream windows (count, mean, std, min, max per device, sensor and window)."""
+        from fleetscore.cli.data import write_table
+
+        tbl = open_fleet(home).windows(start, end, width)
+        fmt = write_table(tbl, out)
+        emit(json_out, {"out": str(out), "format": fmt, "rows": tbl.num_rows},
+             lambda c: c.print(f"wrote {tbl.num_rows:,} windows to {out}"))
+
+    @ingest_app.command("mqtt")
+    @handle_errors
+    def mqtt(
+        broker: Annotated[str, typer.Option(help="Broker URL, mqtt://HOST:PORT.")],
+        topic: Annotated[str, typer.Option(help="Topic filter; the last two levels are device and sensor.")] = "fleet/+/+",
+        client_id: Annotated[str, typer.Option(help="MQTT client id (keeps the broker session across restarts).")] = "fleetscore-ingest",
+        compact_interval: IntervalOpt = None,
+        home: HomeOpt = None,
+        json_out: JsonOpt = False,
+    ) -> None:
+        """Subscribe with QoS 1 and acknowledge each message once its readings are durable; runs until stopped."""
+        import signal
+        import threading
+
+        from fleetscore.ingest.compact import CompactionLoop, Compactor
+        from fleetscore.ingest.mqtt import SOURCE, Broker, MqttIngest
+        from fleetscore.ingest.service import IngestService
+
+        target = Broker.parse(broker)
+        fleet = open_fleet(home)
+        settings = _settings(fleet, compact_interval)
+        service = IngestService(fleet.config.home, settings, SOURCE)
+        loop = CompactionLoop(Compactor(fleet.config.home, fleet.storage, settings), settings.compact_interval_s,
+                              before=service.log.rotate)
+        err = console(stderr=True)
+        subscriber = MqttIngest(service, target, topic, client_id,
+                                on_subscribed=lambda: err.print(f"subscribed to {topic} on mqtt://{target.host}:{target.port}"))
+        stop = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+        err.print(f"connecting to mqtt://{target.host}:{target.port} (Ctrl-C to stop)")
+        loop.start()
+        try:
+            subscriber.run(stop)
+        finally:
+            loop.stop()
+            service.close()
+        loop.before = None
+        loop.run_now()
+        payload = subscriber.stats() | service.stats() | loop.stats()
+        emit(json_out, payload, lambda c: c.print(f"received {subscriber.messages:,} messages, "
+                                                  f"accepted {payload['accepted_total']:,} readings"))

@@ -1,0 +1,127 @@
+"""The registry of model kinds, and the multi-kind shard ("bundle") array format.
+
+A kind is a family of per-(device, sensor) models stored as flat arrays and scored by one fused
+call per shard: ``ocsvm`` (StandardScaler + RBF OneClassSVM, `fleetscore.core.ocsvm`) and
+``robust`` (median / calibrated-spread z-scores, `fleetscore.core.robust`). A shard file holds a
+bundle: for each kind present, that kind's arrays under ``"<kind>.<array>"``, plus ``kinds`` (the
+names, so a shard can be checked on its own) and the bundle ``format_version``. Format 1 files
+(bare ``ocsvm`` arrays, written before bundles existed) are still read.
+
+Every kind keeps the rule "decision < 0 is an anomaly"; a calibrated threshold is folded into the
+model's intercept. Pure: arrays in, arrays out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from fleetscore.core import ocsvm, robust
+from fleetscore.errors import InputError, ModelFormatError
+
+#: Shard files written now; `READABLE_FORMATS` are the ones this fleetscore loads.
+FORMAT_VERSION = 2
+READABLE_FORMATS = (1, 2)
+
+Params = Any  # ocsvm.OcsvmParams | robust.RobustParams
+Bundle = dict[str, Params]
+
+
+@dataclass(frozen=True)
+class ModelKind:
+    """What fleetscore needs of a kind: its array type, scorer and how to shift its threshold."""
+
+    name: str
+    params_type: type
+    decision_function: Callable[[Params, np.ndarray, np.ndarray], np.ndarray]
+    intercept_of: Callable[[Params], np.ndarray]
+    with_intercept: Callable[[Params, np.ndarray], Params]
+    #: what one model costs to score per row, relative to other models of the kind (planning, manifest)
+    size_of: Callable[[Params], np.ndarray]
+
+    def from_arrays(self, arrays: Mapping[str, np.ndarray]) -> Params:
+        return self.params_type.from_arrays(arrays)
+
+    def empty(self, n_features: int) -> Params:
+        return self.params_type.empty(n_features)
+
+    def shift(self, params: Params, offsets: np.ndarray) -> Params:
+        """Fold thresholds into the intercepts: decision' = decision - offset (per model)."""
+        return self.with_intercept(params, self.intercept_of(params) - np.asarray(offsets, dtype=np.float64))
+
+
+def _ocsvm_decision(params: ocsvm.OcsvmParams, model_idx: np.ndarray, X: np.ndarray) -> np.ndarray:
+    """ocsvm scores; a feature without history (NaN) is taken at the model's training mean."""
+    X = np.asarray(X, dtype=np.float64)
+    missing = np.isnan(X)
+    if missing.any():
+        X = np.where(missing, params.mean[np.asarray(model_idx, dtype=np.int64)], X)
+    return ocsvm.decision_function(params, model_idx, X)
+
+
+def _ocsvm_with_intercept(p: ocsvm.OcsvmParams, intercept: np.ndarray) -> ocsvm.OcsvmParams:
+    return ocsvm.OcsvmParams(p.mean, p.scale, p.gamma, intercept, p.sv_offsets, p.sv, p.dual_coef)
+
+
+KINDS: dict[str, ModelKind] = {
+    "ocsvm": ModelKind("ocsvm", ocsvm.OcsvmParams, _ocsvm_decision, lambda p: p.intercept,
+                       _ocsvm_with_intercept, lambda p: p.n_sv),
+    "robust": ModelKind("robust", robust.RobustParams, robust.decision_function, lambda p: p.intercept,
+                        lambda p, i: p.with_intercept(i), lambda p: np.ones(p.n_models, dtype=np.int64)),
+}
+
+
+def get_kind(name: str) -> ModelKind:
+    try:
+        return KINDS[name]
+    except KeyError:
+        raise InputError(f"model kind {str(name)[:40]!r} is not supported; available: {', '.join(KINDS)}") from None
+
+
+def bundle_to_arrays(bundle: Mapping[str, Params]) -> dict[str, np.ndarray]:
+    """Arrays of a multi-kind shard for ``np.savez`` (no object arrays: loads with allow_pickle=False)."""
+    names = sorted(bundle)
+    for name in names:
+        get_kind(name)
+    arrays = {"format_version": np.array(FORMAT_VERSION, dtype=np.int64), "kinds": np.array(names, dtype=np.str_)}
+    for name in names:
+        arrays.update({f"{name}.{k}": v for k, v in bundle[name].to_arrays().items()})
+    return arrays
+
+
+def bundle_from_arrays(arrays: Mapping[str, np.ndarray]) -> Bundle:
+    """Validate a shard's arrays (bundle format 2, or format 1 = bare ocsvm); ModelFormatError if bad."""
+    if "kinds" not in arrays:
+        return {"ocsvm": ocsvm.OcsvmParams.from_arrays(arrays)}
+    version = np.asarray(arrays.get("format_version"))
+    if version.shape != () or version.dtype.kind not in "iu" or int(version) not in READABLE_FORMATS:
+        raise ModelFormatError(f"shard format_version {version!r} is not one this fleetscore reads {READABLE_FORMATS}")
+    names = np.asarray(arrays["kinds"])
+    if names.ndim != 1 or names.dtype.kind != "U":
+        raise ModelFormatError(f"shard 'kinds' must be a 1-D array of names, got {names.dtype} {names.shape}")
+    bundle: Bundle = {}
+    for name in names.tolist():
+        if name not in KINDS:
+            raise ModelFormatError(f"shard holds models of unknown kind {name[:40]!r}; known: {', '.join(KINDS)}")
+        prefix = f"{name}."
+        part = {k.removeprefix(prefix): v for k, v in arrays.items() if k.startswith(prefix)}
+        try:
+            bundle[name] = KINDS[name].from_arrays(part)
+        except ModelFormatError as exc:
+            raise ModelFormatError(f"{name} models: {exc}") from exc
+    return bundle
+
+
+def score_bundle(bundle: Mapping[str, Params], kinds: Sequence[str], slots: np.ndarray, X: np.ndarray) -> np.ndarray:
+    """Decision of row r by model ``slots[r]`` of kind ``kinds[r]``: one fused call per kind present."""
+    kinds_arr = np.asarray(kinds, dtype=object)
+    out = np.empty(len(slots), dtype=np.float64)
+    for name in np.unique(kinds_arr).tolist() if len(kinds_arr) else []:
+        rows = np.flatnonzero(kinds_arr == name)
+        if name not in bundle:
+            raise ModelFormatError(f"the manifest names {name} models that the shard file does not hold")
+        out[rows] = get_kind(name).decision_function(bundle[name], slots[rows], X[rows])
+    return out

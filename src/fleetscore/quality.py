@@ -1,0 +1,65 @@
+"""Detection quality of a run against a labels file (the simulator's output works as is).
+
+Reads the labels (CSV or Parquet with ts, device, sensor, label and optionally anomaly_kind), the
+run's committed predictions and its version's feature spec (window features predict per window),
+and hands them to the pure `fleetscore.core.evaluate.evaluate`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from fleetscore.core.evaluate import Evaluation, evaluate
+from fleetscore.core.features import parse_features
+from fleetscore.core.times import parse_time
+from fleetscore.errors import InputError
+
+LABEL_COLUMNS = ("ts", "device", "sensor", "label", "anomaly_kind")
+
+
+def read_labels(path: Path) -> pa.Table:
+    """The label columns of a CSV or Parquet file, ts as a UTC timestamp; InputError saying what is wrong."""
+    if not path.is_file():
+        raise InputError(f"--labels {path}: no such file")
+    try:
+        with open(path, "rb") as fh:
+            parquet = fh.read(4) == b"PAR1"
+        if parquet:
+            import pyarrow.parquet as pq
+
+            table = pq.read_table(path)
+        else:
+            import pyarrow.csv as pacsv
+
+            table = pacsv.read_csv(path)
+    except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"--labels {path}: not a readable CSV or Parquet file ({exc})") from exc
+    missing = [c for c in LABEL_COLUMNS[:4] if c not in table.column_names]
+    if missing:
+        raise InputError(f"--labels {path}: missing column(s) {', '.join(missing)}; need ts, device, sensor, label")
+    table = table.select([c for c in LABEL_COLUMNS if c in table.column_names])
+    ts = table.column("ts")
+    if not pa.types.is_timestamp(ts.type):
+        try:
+            ts = pc.cast(ts, pa.timestamp("us", tz="UTC"))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            raise InputError(f"--labels {path}: column ts is not an ISO 8601 time ({exc})") from exc
+    elif ts.type.tz is None:
+        ts = pc.assume_timezone(ts, "UTC")
+    return table.set_column(0, "ts", ts)
+
+
+def evaluate_run(fleet: Any, run_id: str, labels_path: Path) -> tuple[Any, Evaluation]:
+    """(the run record, its evaluation against the labels in ``labels_path``)."""
+    run, _, _ = fleet.run(run_id)
+    labels = read_labels(Path(labels_path))
+    ts = labels.column("ts").cast(pa.timestamp("us", tz="UTC"))
+    lo, hi = (pa.scalar(parse_time(t), pa.int64()).cast(ts.type) for t in (run.window_from, run.window_to))
+    labels = labels.filter(pc.and_(pc.greater_equal(ts, lo), pc.less(ts, hi)))  # the run's window only
+    spec = parse_features(fleet.version(run.version).features)
+    window_s = spec.width_s if spec.name == "window" else 0
+    return run, evaluate(fleet.predictions(run_id=run_id), labels, window_s)

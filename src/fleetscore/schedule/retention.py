@@ -1,0 +1,90 @@
+"""``fleetscore gc``: gather what exists, let :func:`~fleetscore.core.retention.plan_retention` decide, delete.
+
+Windows with a run in progress count as open, like the windows schedules still have to run, so gc
+never deletes under a live run. Model versions keep their catalog row (status ``deleted``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from fleetscore.catalog.purge import delete_commits, delete_runs, mark_versions_deleted
+from fleetscore.catalog.schedules import ScheduleStore
+from fleetscore.core.retention import RetentionFacts, RetentionPlan, VersionFact, plan_retention
+from fleetscore.core.times import SECOND_US, iso, parse_time
+from fleetscore.errors import InputError
+from fleetscore.schedule.plan import next_fire, window_of
+from fleetscore.storage import layout
+
+if TYPE_CHECKING:
+    from fleetscore.api import Fleet
+
+ALL = 10**9
+
+
+@dataclass(frozen=True)
+class GcResult:
+    cutoff_us: int
+    plan: RetentionPlan
+    dry_run: bool
+
+    def as_dict(self) -> dict[str, object]:
+        p = self.plan
+        return {"cutoff": iso(self.cutoff_us), "dry_run": self.dry_run, "deleted": p.counts(),
+                "versions": p.versions, "runs": p.runs,
+                "predictions": [f"{iso(lo)}..{iso(hi)}" for lo, hi in p.prediction_windows], "kept": p.kept}
+
+
+def collect_facts(fleet: "Fleet", cutoff_us: int, now_us: int, readings: bool) -> RetentionFacts:
+    catalog, storage = fleet.catalog, fleet.storage
+    store = ScheduleStore(catalog)
+    runs = catalog.runs(ALL)
+    specs = [s for s in store.all() if not s.paused]
+    open_rows = store.open_windows()
+    busy = {(parse_time(r.window_from), parse_time(r.window_to)) for r in runs if not r.status.finished}
+    busy |= {(parse_time(r.window_from), parse_time(r.window_to)) for r in open_rows}
+    needed = [window_of(s, next_fire(s, now_us)).from_us for s in specs] + [lo for lo, _ in busy]
+    log_runs = []
+    for name in storage.list_dirs("logs"):
+        try:
+            log_runs.append(layout.check_run_id(name.removeprefix("run=")))
+        except InputError:
+            continue  # not a folder fleetscore wrote
+    return RetentionFacts(
+        cutoff_us=cutoff_us,
+        runs=runs,
+        committed={(parse_time(lo), parse_time(hi)): run for (lo, hi), run in catalog.committed_runs().items()},
+        prediction_windows=[b for b in map(layout.window_bounds, storage.list_dirs("predictions")) if b],
+        log_runs=log_runs,
+        versions=[VersionFact(v.version, parse_time(v.created_at), v.status) for v in catalog.versions()],
+        released=catalog.released(),
+        pinned_versions=frozenset(s.version for s in store.all() if s.version),
+        open_windows=frozenset(busy),
+        schedule_rows=[(r.schedule, r.window_from, (parse_time(r.window_from), parse_time(r.window_to)), r.status)
+                       for r in store.windows(limit=ALL)],
+        reading_hours=[h for h in map(layout.hour_of_key, storage.list("readings")) if h is not None] if readings else [],
+        needed_from_us=min(needed) if needed else None,
+        readings=readings,
+    )
+
+
+def gc(fleet: "Fleet", keep_s: int, now_us: int, *, readings: bool = False, dry_run: bool = False) -> GcResult:
+    """Delete what is older than ``keep_s`` seconds before ``now_us`` by the retention policy."""
+    cutoff = now_us - keep_s * SECOND_US
+    plan = plan_retention(collect_facts(fleet, cutoff, now_us, readings))
+    if not dry_run:
+        storage, catalog = fleet.storage, fleet.catalog
+        for lo, hi in plan.prediction_windows:
+            storage.delete(layout.predictions_dir(lo, hi), recursive=True)
+        delete_commits(catalog, [(iso(lo), iso(hi)) for lo, hi in plan.prediction_windows])
+        delete_runs(catalog, plan.runs)
+        for run_id in plan.logs:
+            storage.delete(layout.logs_dir(run_id), recursive=True)
+        for version in plan.versions:
+            storage.delete(layout.model_dir(version), recursive=True)
+        mark_versions_deleted(catalog, plan.versions)
+        ScheduleStore(catalog).delete_windows(plan.schedule_rows)
+        for hour in plan.reading_hours:
+            storage.delete(layout.hour_key(hour).rsplit("/", 1)[0], recursive=True)
+    return GcResult(cutoff, plan, dry_run)

@@ -1,0 +1,249 @@
+"""Scoring a window under its lease: new runs, finishing failed runs (``runs retry``), cancel, backfill.
+
+Every scoring run (``fleetscore score``, the scheduler, ``backfill``, ``runs retry``) holds the
+lease ``score:<window>`` while it works, so one window is never scored by two runs at once, by any
+number of processes. A keeper thread renews the lease and reads its cancel flag; when the run is
+cancelled (or the lease was lost) it sets the run's stop flag, and the run stops between tasks. A
+holder that crashes stops renewing: its lease expires and the window can be taken over.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable, Iterator
+
+import sqlalchemy as sa
+
+from fleetscore.catalog.leases import LeaseInfo, Leases, LeaseState
+from fleetscore.catalog.schedules import OPEN_STATUSES, ScheduleStore
+from fleetscore.catalog.sql import now_iso
+from fleetscore.core.runs import RunRecord, RunStatus, needs_rerun
+from fleetscore.core.times import SECOND_US, iso, parse_time
+from fleetscore.errors import FleetscoreError, InputError
+from fleetscore.exec.base import Executor
+from fleetscore.exec.control import CANCELLED, RunControl, StopFlag
+from fleetscore.schedule.settings import OpsSettings, ops_settings
+from fleetscore.storage import layout
+
+if TYPE_CHECKING:
+    from fleetscore.api import Fleet
+
+Progress = Callable[[int, int], None]
+#: Stop reason when another process took the lease over (this one stalled longer than the lease).
+LEASE_LOST = "lease lost"
+MAX_BACKFILL_WINDOWS = 10_000
+
+
+class LeaseBusy(InputError):
+    """Someone else holds the lease (exit 2: wait, or cancel the run that holds it)."""
+
+    def __init__(self, key: str, holders: list[LeaseInfo]) -> None:
+        who = "; ".join(f"held by {h.holder}" + (f" for run {h.run_id}" if h.run_id else "") +
+                        f" since {h.acquired_at}" for h in holders) or "held by another process"
+        super().__init__(f"{key} is busy ({who}); wait for it or cancel that run")
+        self.key = key
+
+
+def score_lease_key(from_us: int, to_us: int) -> str:
+    return f"score:{layout.window_key(from_us, to_us)}"
+
+
+def new_holder() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+@dataclass
+class HeldLease:
+    """A lease this process holds; ``stop`` is set when the run must stop (cancel, lost lease)."""
+
+    leases: Leases
+    key: str
+    holder: str
+    stop: StopFlag = field(default_factory=StopFlag)
+
+    def set_run(self, run_id: str) -> None:
+        self.leases.set_run(self.key, self.holder, run_id)
+
+
+@contextmanager
+def hold_lease(fleet: "Fleet", key: str, settings: OpsSettings, *, wait_s: float = 0.0) -> Iterator[HeldLease]:
+    """Hold ``key`` (waiting up to ``wait_s`` for it) while the block runs; LeaseBusy if it stays taken."""
+    leases = Leases(fleet.catalog)
+    lease = HeldLease(leases, key, new_holder())
+    deadline = time.monotonic() + wait_s
+    while not leases.acquire(key, lease.holder, settings.lease_s):
+        if time.monotonic() >= deadline:
+            raise LeaseBusy(key, leases.live(key))
+        time.sleep(min(1.0, settings.lease_s / 4))
+    done = threading.Event()
+    keeper = threading.Thread(target=_keep, args=(lease, settings.lease_s, done), name=f"lease {key}", daemon=True)
+    keeper.start()
+    try:
+        yield lease
+    finally:
+        done.set()
+        keeper.join()
+        leases.release(key, lease.holder)
+
+
+def _keep(lease: HeldLease, ttl_s: float, done: threading.Event) -> None:
+    """Renew the lease about every second (at most a third of its length); turn cancel/loss into a stop."""
+    while not done.wait(min(1.0, ttl_s / 3)):
+        try:
+            state = lease.leases.renew(lease.key, lease.holder, ttl_s)
+        except sa.exc.SQLAlchemyError:
+            continue  # the catalog hiccuped; if it stays away the lease expires, as after a crash
+        if state is LeaseState.CANCEL:
+            lease.stop.set(CANCELLED)
+        elif state is LeaseState.LOST:
+            lease.stop.set(LEASE_LOST)
+            return
+
+
+def run_control(settings: OpsSettings, lease: HeldLease) -> RunControl:
+    return RunControl(retries=settings.retries, backoff_s=settings.backoff_s, stop=lease.stop)
+
+
+def score_window(fleet: "Fleet", executor: Executor, from_us: int, to_us: int, version: str, *,
+                 schedule: str | None = None, on_progress: Progress | None = None, wait_s: float = 0.0) -> RunRecord:
+    """A new run of the window [from, to) with ``version``, holding the window's lease."""
+    from fleetscore.score import score
+
+    settings = ops_settings(fleet.config)
+    with hold_lease(fleet, score_lease_key(from_us, to_us), settings, wait_s=wait_s) as lease:
+        run_id = uuid.uuid4().hex
+        lease.set_run(run_id)
+        return score(storage_url=fleet.config.storage_url, catalog=fleet.catalog, executor=executor,
+                     from_us=from_us, to_us=to_us, version=version, schedule=schedule, on_progress=on_progress,
+                     run_id=run_id, control=run_control(settings, lease))
+
+
+@dataclass(frozen=True)
+class RetryResult:
+    """The run after a retry and the tasks that ran again."""
+
+    run: RunRecord
+    retried: list[int]
+
+    def as_dict(self) -> dict[str, object]:
+        return self.run.as_dict() | {"retried_tasks": self.retried}
+
+
+def retry_run(fleet: "Fleet", run_id: str, executor: Executor, on_progress: Progress | None = None) -> RetryResult:
+    """Re-run only the tasks of ``run_id`` that did not succeed, into its own folder, and commit again."""
+    from fleetscore.score import resume
+
+    layout.check_run_id(run_id)
+    run = fleet.catalog.get_run(run_id)
+    from_us, to_us = parse_time(run.window_from), parse_time(run.window_to)
+    current = _committed_run(fleet, from_us, to_us)
+    if current not in (None, run_id):
+        raise InputError(f"window {run.window_from}..{run.window_to} now holds the predictions of run {current}; "
+                         f"score the window again instead of retrying the older run {run_id}")
+    settings = ops_settings(fleet.config)
+    with hold_lease(fleet, score_lease_key(from_us, to_us), settings) as lease:
+        run = fleet.catalog.get_run(run_id)  # read again under the lease
+        records = fleet.catalog.tasks(run_id)
+        before = {t.task: t.attempts for t in records}
+        if run.status is RunStatus.SUCCEEDED and not any(needs_rerun(t) for t in records):
+            return RetryResult(run, [])
+        lease.set_run(run_id)
+        run = resume(storage_url=fleet.config.storage_url, catalog=fleet.catalog, executor=executor, run_id=run_id,
+                     on_progress=on_progress, control=run_control(settings, lease))
+    retried = [t.task for t in fleet.catalog.tasks(run_id) if t.attempts > before.get(t.task, 0)]
+    _set_window_status(fleet, run)
+    return RetryResult(run, retried)
+
+
+def _committed_run(fleet: "Fleet", from_us: int, to_us: int) -> str | None:
+    try:
+        return json.loads(fleet.storage.read_bytes(layout.commit_key(from_us, to_us)))["run_id"]
+    except FileNotFoundError:
+        return None
+
+
+def _set_window_status(fleet: "Fleet", run: RunRecord) -> None:
+    """A schedule window scored by ``run`` takes the run's final status."""
+    store = ScheduleStore(fleet.catalog)
+    for row in store.windows_of_run(run.run_id):
+        store.update_window(row.schedule, row.window_from, status=run.status.value, error=run.error)
+
+
+def cancel_run(fleet: "Fleet", run_id: str, wait_s: float = 10.0) -> RunRecord:
+    """Cancel a queued or running run: its process stops it between tasks (waits up to ``wait_s`` for that).
+
+    A run that no live process holds (its process crashed, and its lease expired) is marked cancelled here.
+    """
+    layout.check_run_id(run_id)
+    run = fleet.catalog.get_run(run_id)
+    if run.status.finished:
+        raise InputError(f"run {run_id} already {run.status.value}; only a queued or running run can be cancelled")
+    leases = Leases(fleet.catalog)
+    if leases.request_cancel(run_id):
+        deadline = time.monotonic() + wait_s
+        while not run.status.finished and time.monotonic() < deadline and leases.live(run_id=run_id):
+            time.sleep(0.2)
+            run = fleet.catalog.get_run(run_id)
+        if run.status.finished or leases.live(run_id=run_id):
+            return run  # stopped, or still stopping (its holder is alive and will stop it)
+    run = run.with_status(RunStatus.CANCELLED, finished_at=now_iso(), error="cancelled (no live process was running it)")
+    fleet.catalog.save_run(run)
+    store = ScheduleStore(fleet.catalog)
+    for row in store.windows_of_run(run_id):
+        if row.status in OPEN_STATUSES:
+            store.update_window(row.schedule, row.window_from, status=RunStatus.CANCELLED.value)
+    return run
+
+
+@dataclass(frozen=True)
+class BackfillResult:
+    """One run per window (in window order) and the windows that could not be run, with why."""
+
+    runs: list[RunRecord]
+    errors: list[dict[str, str]]
+
+    def as_dict(self) -> dict[str, object]:
+        return {"runs": [r.run_id for r in self.runs], "windows": len(self.runs) + len(self.errors),
+                "statuses": [r.status.value for r in self.runs], "errors": self.errors,
+                "rows": sum(r.rows for r in self.runs), "anomalies": sum(r.anomalies for r in self.runs)}
+
+
+def backfill_windows(from_us: int, to_us: int, every_s: int) -> list[tuple[int, int]]:
+    """[from, to) cut into consecutive windows of ``every_s``; the span must be a whole number of them."""
+    step = every_s * SECOND_US
+    if to_us <= from_us:
+        raise InputError(f"--to ({iso(to_us)}) must be after --from ({iso(from_us)})")
+    if (to_us - from_us) % step:
+        raise InputError(f"--from {iso(from_us)} .. --to {iso(to_us)} is not a whole number of --every {every_s}s windows")
+    count = (to_us - from_us) // step
+    if count > MAX_BACKFILL_WINDOWS:
+        raise InputError(f"backfill of {count} windows is more than {MAX_BACKFILL_WINDOWS}; split it")
+    return [(lo, lo + step) for lo in range(from_us, to_us, step)]
+
+
+def backfill(fleet: "Fleet", executor: Executor, from_us: int, to_us: int, every_s: int, version: str,
+             on_run: Callable[[RunRecord], None] | None = None) -> BackfillResult:
+    """Score every window of [from, to) (one run each, oldest first); each run replaces its window's predictions.
+
+    A window being scored by another process is waited for (up to twice the lease), then scored again.
+    """
+    settings = ops_settings(fleet.config)
+    runs: list[RunRecord] = []
+    errors: list[dict[str, str]] = []
+    for lo, hi in backfill_windows(from_us, to_us, every_s):
+        try:
+            run = score_window(fleet, executor, lo, hi, version, wait_s=2 * settings.lease_s)
+        except FleetscoreError as exc:
+            errors.append({"window_from": iso(lo), "window_to": iso(hi), "error": str(exc)})
+            continue
+        runs.append(run)
+        if on_run:
+            on_run(run)
+    return BackfillResult(runs, errors)

@@ -1,0 +1,262 @@
+"""The scheduler: plans due windows of every schedule, then runs them oldest first, each under its lease.
+
+One :meth:`Scheduler.tick` does two things. It plans: for each active schedule, the windows due
+since its cursor (:func:`~fleetscore.schedule.plan.plan_due`) become ``pending`` rows, and the
+cursor moves by compare-and-set, so concurrent schedulers plan each fire once. Then it runs: every
+open window row, oldest first, is taken under its lease (a window held by another live scheduler is
+left to it), read again, and scored (or trained). A row left ``running`` by a scheduler that crashed
+is taken over once its lease expires and its run is resumed: only the tasks that did not succeed
+run again, into the same run, so the window completes once.
+
+``fleetscore scheduler`` loops over ticks; ``fleetscore serve`` can run the same loop in a thread
+(:func:`start_scheduler_thread`). ``clock`` is injectable (µs), so tests drive it with a fake clock.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Callable
+
+from fleetscore.catalog.schedules import OPEN_STATUSES, PENDING, RUNNING, ScheduleStore, WindowRow
+from fleetscore.core.runs import RunRecord, RunStatus
+from fleetscore.core.times import SECOND_US, iso, parse_time
+from fleetscore.errors import FleetscoreError, NotFoundError
+from fleetscore.exec.base import Executor
+from fleetscore.exec.control import CANCELLED, RunStopped
+from fleetscore.schedule.plan import ScheduleSpec, next_fire, plan_due
+from fleetscore.schedule.runner import HeldLease, LeaseBusy, hold_lease, run_control, score_lease_key
+from fleetscore.schedule.settings import OpsSettings, ops_settings
+
+if TYPE_CHECKING:
+    from fleetscore.api import Fleet
+
+Clock = Callable[[], int]
+Say = Callable[[str], None]
+
+
+def wall_clock() -> int:
+    """Now, in µs since the epoch (UTC)."""
+    return parse_time(datetime.now(timezone.utc))
+
+
+@dataclass
+class TickReport:
+    """What one tick planned and ran (window rows as they ended up), and spans skipped beyond catch-up."""
+
+    planned: list[dict[str, str]] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    ran: list[WindowRow] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, object]:
+        return {"planned": self.planned, "skipped": self.skipped, "ran": [r.as_dict() for r in self.ran]}
+
+    def add(self, other: "TickReport") -> None:
+        """Add another tick's report to this one (a daemon's running total)."""
+        self.planned += other.planned
+        self.skipped += other.skipped
+        self.ran += other.ran
+
+
+class Scheduler:
+    """Runs the schedules of one home. Not thread-safe: one scheduler per thread (many per catalog are fine)."""
+
+    def __init__(self, fleet: "Fleet", *, clock: Clock = wall_clock, settings: OpsSettings | None = None,
+                 workers: int | None = None, say: Say | None = None) -> None:
+        self.fleet = fleet
+        self.clock = clock
+        self.settings = settings or ops_settings(fleet.config)
+        self.workers = workers
+        self.say: Say = say or (lambda message: None)
+        self.store = ScheduleStore(fleet.catalog)
+        self._executor: Executor | None = None
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.close()
+            self._executor = None
+
+    # --- the loop ------------------------------------------------------------------------------
+    def tick(self) -> TickReport:
+        """Plan every active schedule at ``clock()``, then run every open window this process can lease."""
+        report = TickReport()
+        now = self.clock()
+        for spec in self.store.all():
+            if not spec.paused:
+                self._plan(spec, now, report)
+        for row in self.store.open_windows():
+            done = self._take(row)
+            if done is not None:
+                report.ran.append(done)
+        return report
+
+    def run(self, stop: threading.Event, on_tick: Callable[[TickReport], None] | None = None) -> None:
+        """Tick until ``stop`` is set; between ticks sleep until the next fire, at most ``poll``."""
+        while not stop.is_set():
+            try:
+                report = self.tick()
+            except FleetscoreError as exc:  # e.g. the catalog is unreachable for a while: say so, keep going
+                self.say(f"tick failed: {exc}")
+            else:
+                if on_tick:
+                    on_tick(report)
+            stop.wait(self._sleep_s())
+
+    def _sleep_s(self) -> float:
+        now = self.clock()
+        fires = [next_fire(s, now) for s in self.store.all() if not s.paused]
+        until = (min(fires) - now) / SECOND_US if fires else self.settings.poll_s
+        return max(0.05, min(self.settings.poll_s, until))
+
+    # --- planning ------------------------------------------------------------------------------
+    def _plan(self, spec: ScheduleSpec, now: int, report: TickReport) -> None:
+        for _ in range(5):  # another scheduler may move the cursor between our read and our write
+            plan = plan_due(spec, now, self.settings.max_catch_up)
+            if plan.cursor_us == spec.cursor_us or self.store.record_plan(spec, plan):
+                break
+            spec = self.store.get(spec.name)
+        else:
+            return
+        for d in plan.due:
+            report.planned.append({"schedule": spec.name, "window_from": iso(d.from_us), "window_to": iso(d.to_us)})
+        if plan.skipped:
+            lo, hi = plan.skipped
+            report.skipped.append({"schedule": spec.name, "from": iso(lo), "to": iso(hi)})
+            self.say(f"{spec.name}: skipped missed windows {iso(lo)}..{iso(hi)} (more than max_catch_up="
+                     f"{self.settings.max_catch_up}); run them with `fleetscore backfill` if needed")
+
+    # --- running -------------------------------------------------------------------------------
+    def _take(self, row: WindowRow) -> WindowRow | None:
+        """Run (or resume) one open window if its lease is free; the row as it ended, or None if not ours."""
+        try:
+            spec = self.store.get(row.schedule)
+        except NotFoundError:
+            return None
+        if spec.paused:
+            return None
+        lo, hi = parse_time(row.window_from), parse_time(row.window_to)
+        key = score_lease_key(lo, hi) if spec.kind == "score" else f"train:{spec.name}"
+        try:
+            with hold_lease(self.fleet, key, self.settings) as lease:
+                fresh = self.store.window(row.schedule, row.window_from)
+                if fresh is None or fresh.status not in OPEN_STATUSES:
+                    return None  # another scheduler finished it meanwhile
+                if spec.kind == "train":
+                    self._train(spec, fresh)
+                else:
+                    self._score(spec, fresh, lease, lo, hi)
+        except LeaseBusy:
+            return None
+        return self.store.window(row.schedule, row.window_from)
+
+    def _score(self, spec: ScheduleSpec, row: WindowRow, lease: HeldLease, lo: int, hi: int) -> None:
+        from fleetscore.score import resume, score
+
+        prior = self._run_record(row.run_id)
+        if prior is not None and prior.status.finished:  # its run ended after all (e.g. cancelled)
+            self.store.update_window(row.schedule, row.window_from, status=prior.status.value)
+            return
+        version = prior.version if prior else (spec.version or self.fleet.catalog.released())
+        if version is None:
+            self._failed(row, "no released model version: train one, or give the schedule --version")
+            return
+        run_id = row.run_id or uuid.uuid4().hex
+        self.store.update_window(row.schedule, row.window_from, status=RUNNING, run_id=run_id, version=version,
+                                 attempts=row.attempts + 1, error=None)
+        lease.set_run(run_id)
+        what = "resuming" if prior else "scoring"
+        self.say(f"{spec.name}: {what} {row.window_from}..{row.window_to} with {version} (run {run_id})")
+        common = dict(storage_url=self.fleet.config.storage_url, catalog=self.fleet.catalog,
+                      executor=self._ensure_executor(), control=run_control(self.settings, lease))
+        try:
+            if prior is not None:
+                run = resume(run_id=run_id, **common)
+            else:
+                run = score(from_us=lo, to_us=hi, version=version, schedule=spec.name, run_id=run_id, **common)
+        except RunStopped as exc:
+            if exc.reason == CANCELLED:
+                self.store.update_window(row.schedule, row.window_from, status=RunStatus.CANCELLED.value)
+            self.say(f"{spec.name}: run {run_id} stopped: {exc.reason}")
+            return  # a lost lease leaves the row to the scheduler that took it over
+        except FleetscoreError as exc:
+            self._failed(row, str(exc))
+            return
+        self.store.update_window(row.schedule, row.window_from, status=run.status.value, error=run.error)
+        self.say(f"{spec.name}: {row.window_from}..{row.window_to} {run.status.value}: {run.rows:,} rows, "
+                 f"{run.anomalies:,} anomalies, {run.failed_models} failed models (run {run_id})")
+
+    def _train(self, spec: ScheduleSpec, row: WindowRow) -> None:
+        self.store.update_window(row.schedule, row.window_from, status=RUNNING, attempts=row.attempts + 1, error=None)
+        self.say(f"{spec.name}: training on {row.window_from}..{row.window_to}")
+        try:
+            result = self.fleet.train(row.window_from, row.window_to, release=spec.release, workers=self.workers)
+        except FleetscoreError as exc:
+            self._failed(row, str(exc))
+            return
+        self.store.update_window(row.schedule, row.window_from, status=RunStatus.SUCCEEDED.value,
+                                 version=result.version)
+        self.say(f"{spec.name}: trained {result.version}: {result.models:,} models"
+                 + (" (released)" if result.released else ""))
+
+    def _failed(self, row: WindowRow, error: str) -> None:
+        """A window that failed before its run could finish: tried again next tick, up to ``retries`` times."""
+        attempts = row.attempts + 1
+        status = PENDING if attempts <= self.settings.retries else RunStatus.FAILED.value
+        self.store.update_window(row.schedule, row.window_from, status=status, attempts=attempts, error=error)
+        self.say(f"{row.schedule}: {row.window_from}..{row.window_to} failed ({error})"
+                 + (", will try again" if status == PENDING else ""))
+
+    def _run_record(self, run_id: str | None) -> RunRecord | None:
+        if run_id is None:
+            return None
+        try:
+            return self.fleet.catalog.get_run(run_id)
+        except NotFoundError:
+            return None
+
+    def _ensure_executor(self) -> Executor:
+        if self._executor is None:
+            self._executor = self.fleet.executor(workers=self.workers)
+        return self._executor
+
+
+class SchedulerThread:
+    """A scheduler looping in a daemon thread of this process; :meth:`stop` ends it after the current window."""
+
+    def __init__(self, scheduler: Scheduler) -> None:
+        self.scheduler = scheduler
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._main, name="fleetscore-scheduler", daemon=True)
+
+    def start(self) -> "SchedulerThread":
+        self._thread.start()
+        return self
+
+    def _main(self) -> None:
+        try:
+            self.scheduler.run(self._stop)
+        finally:
+            self.scheduler.close()
+            self.scheduler.fleet.close()  # the thread's own Fleet (see start_scheduler_thread)
+
+    def is_alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def stop(self, timeout: float | None = None) -> None:
+        self._stop.set()
+        self._thread.join(timeout)
+
+
+def start_scheduler_thread(fleet: "Fleet", *, settings: OpsSettings | None = None, workers: int | None = None,
+                           say: Say | None = None, clock: Clock = wall_clock) -> SchedulerThread:
+    """Run the scheduler of ``fleet``'s home in a background thread (for ``fleetscore serve``).
+
+    The thread opens its own :class:`~fleetscore.api.Fleet` (own catalog connections) from the same
+    config. Call ``.stop()`` on shutdown: the window being run finishes first.
+    """
+    from fleetscore.api import Fleet
+
+    own = Fleet(fleet.config)
+    return SchedulerThread(Scheduler(own, clock=clock, settings=settings, workers=workers, say=say)).start()
