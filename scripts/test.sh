@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install everything the test suite needs on a fresh machine, then run the whole suite.
 # Services (mosquitto, moto, Azurite, Ray, Chromium) are started by the tests themselves on free
-# loopback ports and stopped afterwards; PostgreSQL tests use localhost:5432 when it is reachable.
+# loopback ports and stopped afterwards; PostgreSQL tests use localhost:5432 when it is reachable
+# (tests/schedule starts its own PostgreSQL server on a free port).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,6 +10,8 @@ need_apt=()
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 command -v mosquitto >/dev/null 2>&1 || need_apt+=(mosquitto)
 command -v node >/dev/null 2>&1 || need_apt+=(nodejs npm)
+# PostgreSQL server binaries: tests/schedule starts a private server (initdb + postgres) on a free port
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || need_apt+=(postgresql)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if command -v apt-get >/dev/null 2>&1; then
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}") >/dev/null \

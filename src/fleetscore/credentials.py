@@ -2,14 +2,18 @@
 
 Storage backends (s3fs/boto, adlfs/azure) read their credentials from the variables in
 :data:`CREDENTIAL_ENV`; :func:`credential_env` picks the ones set, so an executor can hand them to its
-workers (the Ray executor passes them through the object store, never through ``runtime_env``, which
-Ray writes in plain text to its logs). Secret values are kept out of messages by :mod:`fleetscore.redact`.
+workers with each task (:func:`call_with_credentials`): a process pool's long-lived fork server has
+the environment of when it started, and the Ray executor passes them through the object store, never
+through ``runtime_env``, which Ray writes in plain text to its logs. Secret values are kept out of
+messages by :mod:`fleetscore.redact`.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Mapping
+from typing import Any, Callable, Mapping, TypeVar
+
+T = TypeVar("T")
 
 #: Variables the storage backends read; forwarded to workers as they are in the driver's environment.
 CREDENTIAL_ENV = (
@@ -33,3 +37,9 @@ def credential_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
     """The credential variables set (non-empty) in ``env`` (default: this process's environment)."""
     env = os.environ if env is None else env
     return {name: env[name] for name in CREDENTIAL_ENV if env.get(name)}
+
+
+def call_with_credentials(env: Mapping[str, str], fn: Callable[[Any], T], spec: Any) -> T:
+    """In a worker: take the driver's credential variables ``env``, then run ``fn(spec)``."""
+    os.environ.update(env)
+    return fn(spec)

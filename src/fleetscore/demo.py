@@ -34,7 +34,7 @@ def run_demo(home: Path, devices: int = 50, sensors: int = 4, train_hours: int =
              seed: int = 7, workers: int | None = None, step: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run the whole pipeline on a fresh home and return a summary (what the CLI prints)."""
     from fleetscore.api import Fleet
-    from fleetscore.core.evaluate import point_metrics
+    from fleetscore.core.evaluate import evaluate
     from fleetscore.core.simulate import simulate_fleet
     from fleetscore.cli.data import write_table
 
@@ -60,7 +60,7 @@ def run_demo(home: Path, devices: int = 50, sensors: int = 4, train_hours: int =
         runs.append(fleet.score(lo, lo + timedelta(hours=1), workers=workers))
     scored_end = train_end + timedelta(hours=score_hours)
     predictions = fleet.predictions(start=train_end, end=scored_end)
-    metrics = point_metrics(predictions, fleet_table)
+    metrics = evaluate(predictions, fleet_table)  # point metrics, event recall overall and per anomaly kind
     out = home / "demo-predictions.csv"
     write_table(predictions, out)
     fleet.close()

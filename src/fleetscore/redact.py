@@ -28,10 +28,16 @@ _BEARER = re.compile(r"\b(Bearer\s+)[A-Za-z0-9._~+/=-]+")
 
 
 def secret_values(env: Mapping[str, str] | None = None) -> list[str]:
-    """Values of the secret-named environment variables, longest first."""
+    """Secrets found in the environment, longest first: values of secret-named variables, the key parts
+    of connection strings among them, and passwords of URLs in any variable."""
     env = os.environ if env is None else env
-    values = {v for k, v in env.items() if _SECRET_NAME.search(k) and len(v) >= _MIN_SECRET_LEN}
-    return sorted(values, key=len, reverse=True)
+    values = set()
+    for name, value in env.items():
+        values.update(m.group(2) for m in _URL_PASSWORD.finditer(value))
+        if _SECRET_NAME.search(name):
+            values.add(value)
+            values.update(m.group(3) for m in _PAIR.finditer(value))
+    return sorted((v for v in values if len(v) >= _MIN_SECRET_LEN), key=len, reverse=True)
 
 
 def redact(text: str, secrets: list[str] | None = None) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Mapping
 
@@ -19,7 +20,7 @@ from fleetscore.storage.fs import open_storage
 
 pytestmark = pytest.mark.backend
 
-T0, T6, T7 = "2026-01-01T00:00:00Z", "2026-01-01T06:00:00Z", "2026-01-01T07:00:00Z"
+T0, T2, T3 = "2026-01-01T00:00:00Z", "2026-01-01T02:00:00Z", "2026-01-01T03:00:00Z"
 SECRET_VARS = ("AWS_SECRET_ACCESS_KEY", "AZURE_STORAGE_CONNECTION_STRING")
 
 
@@ -32,16 +33,29 @@ def store(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch):  # t
     return backend
 
 
+@pytest.fixture
+def small_csv(tmp_path: Path) -> Path:
+    """4 devices × 2 sensors × 3 h of minute readings (every object store request counts: keep it small)."""
+    from fleetscore.cli.data import write_table
+    from fleetscore.core.simulate import simulate_fleet
+
+    path = tmp_path / "fleet.csv"
+    write_table(simulate_fleet(4, 2, datetime(2026, 1, 1, tzinfo=timezone.utc), 3, 60.0, 0.02, 5), path)
+    return path
+
+
 def secrets_of(env: Mapping[str, str]) -> list[str]:
     """The secret values: the S3 secret key; the Azure connection string and the account key in it."""
     values = [env[v] for v in SECRET_VARS if env.get(v)]
     return values + [part.split("=", 1)[1] for v in values for part in v.split(";") if part.startswith("AccountKey=")]
 
 
-def test_whole_flow_on_object_storage(store, home: Path, cli, fleet_csv: Path, tmp_path: Path,  # type: ignore[no-untyped-def]
+def test_whole_flow_on_object_storage(store, home: Path, cli, small_csv: Path, tmp_path: Path,  # type: ignore[no-untyped-def]
                                       monkeypatch: pytest.MonkeyPatch) -> None:
     url = store.bucket() + "/fleet"
     monkeypatch.setenv("FLEETSCORE_STORAGE_URL", url)
+    home.mkdir()
+    (home / "fleetscore.toml").write_text("[schedule]\nretries = 0\n")  # a failed task fails at once
     outputs = []
 
     def run(*args: object) -> dict:
@@ -50,27 +64,27 @@ def test_whole_flow_on_object_storage(store, home: Path, cli, fleet_csv: Path, t
         assert r.exit_code == 0, r.stderr
         return r.json
 
-    imported = run("import", fleet_csv)
-    assert imported["accepted"] > 0 and imported["rejected"] == 0
-    assert run("import", fleet_csv)["duplicates"] == imported["accepted"]  # dedup reads back what is stored
+    imported = run("import", small_csv)
+    assert imported["accepted"] == 4 * 2 * 180 and imported["rejected"] == 0
+    assert run("import", small_csv)["duplicates"] == imported["accepted"]  # dedup reads back what is stored
     bad = tmp_path / "bad.csv"
     bad.write_text("ts,device,sensor,value\n2026-01-01T00:00:00Z,d1,s1,not-a-number\n")
     quarantined = run("import", bad)
     assert quarantined["rejected"] == 1 and quarantined["quarantine"]["paths"][0].startswith(url + "/quarantine/")
 
-    trained = run("train", "--from", T0, "--to", T6, "--workers", "2")
-    assert trained["models"] == 18 and trained["failed"] == 0 and trained["shards"] >= 2
-    first = run("score", "--from", T6, "--to", T7, "--workers", "2")
-    second = run("score", "--from", T6, "--to", T7, "--workers", "2")
-    assert first["status"] == second["status"] == "succeeded" and first["rows"] == second["rows"] == 18 * 60
+    trained = run("train", "--from", T0, "--to", T2, "--workers", "2")
+    assert trained["models"] == 8 and trained["failed"] == 0 and trained["shards"] >= 2
+    first = run("score", "--from", T2, "--to", T3, "--workers", "2")
+    second = run("score", "--from", T2, "--to", T3, "--workers", "2")
+    assert first["status"] == second["status"] == "succeeded" and first["rows"] == second["rows"] == 8 * 60
 
     # the window now holds only the second run: the first run's objects are gone, nothing is duplicated
     storage = open_storage(url)
-    window = layout.predictions_dir(parse_time(T6), parse_time(T7))
+    window = layout.predictions_dir(parse_time(T2), parse_time(T3))
     assert storage.list_dirs(window) == [f"run={second['run_id']}"]
     assert len(storage.list(f"{window}/run={second['run_id']}")) == second["tasks"]
     out = tmp_path / "range.parquet"
-    assert run("predictions", "--from", T6, "--to", T7, "--out", out)["rows"] == second["rows"]
+    assert run("predictions", "--from", T2, "--to", T3, "--out", out)["rows"] == second["rows"]
     table = pq.read_table(out)
     assert set(table.column("run_id").to_pylist()) == {second["run_id"]}
     assert table.group_by(["device", "sensor", "ts"]).aggregate([([], "count_all")]).num_rows == table.num_rows
@@ -80,7 +94,7 @@ def test_whole_flow_on_object_storage(store, home: Path, cli, fleet_csv: Path, t
 
     # a task that fails (its shard file is gone) is recorded with its error, still without secrets
     storage.delete(layout.shard_key(trained["version"], 0))
-    r = cli("score", "--from", T6, "--to", T7, "--workers", "2", "--json")
+    r = cli("score", "--from", T2, "--to", T3, "--workers", "2", "--json")
     outputs.extend([r.stdout, r.stderr])
     assert r.exit_code == 3 and r.json["status"] == "partial" and "shard file" in r.json["error"]
 
@@ -104,7 +118,7 @@ def assert_no_secret(secrets: list[str], home: Path, storage, outputs: list[str]
         assert [name for name, data in blobs.items() if secret.encode() in data] == []
 
 
-def test_storage_errors_name_the_place_not_the_credentials(store, home: Path, cli, fleet_csv: Path,  # type: ignore[no-untyped-def]
+def test_storage_errors_name_the_place_not_the_credentials(store, home: Path, cli, small_csv: Path,  # type: ignore[no-untyped-def]
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     if store.scheme == "az":  # a wrong account key: Azurite refuses every request
         wrong = "AccountKey=" + "V3JvbmdLZXk" * 8 + "=="
@@ -115,7 +129,7 @@ def test_storage_errors_name_the_place_not_the_credentials(store, home: Path, cl
     else:  # moto accepts any key: a bucket that does not exist
         url, expected = "s3://no-such-bucket-here/fleet", "does not exist"
     monkeypatch.setenv("FLEETSCORE_STORAGE_URL", url)
-    r = cli("import", fleet_csv, "--json")
+    r = cli("import", small_csv, "--json")
     assert r.exit_code == 1
     message = r.json["error"]
     assert expected in message and url.split("/")[2] in message

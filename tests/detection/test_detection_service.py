@@ -68,8 +68,9 @@ def test_evaluate_cli_reports_points_events_and_kinds(cli, fleet, small_fleet, t
     assert r.exit_code == 0, r.stderr
     ev = r.json
     preds = fleet.predictions(run_id=run.run_id)
-    truth = small_fleet.filter(pc.and_(pc.greater_equal(small_fleet.column("ts"), pa.scalar(preds.column("ts")[0])),
-                                       pc.equal(small_fleet.column("label"), 1)))
+    ts = small_fleet.column("ts")
+    in_run = pc.and_(pc.greater_equal(ts, preds.column("ts")[0]), pc.less_equal(ts, pc.max(preds.column("ts"))))
+    truth = small_fleet.filter(pc.and_(in_run, pc.equal(small_fleet.column("label"), 1)))
     assert ev["run_id"] == run.run_id and ev["matched"] == preds.num_rows
     assert ev["true_pos"] + ev["false_neg"] == truth.num_rows
     assert ev["true_pos"] + ev["false_pos"] == run.anomalies

@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from fleetscore.cli.evalcmds import KIND_COLUMNS, quality_rows
 from fleetscore.cli.output import HomeOpt, JsonOpt, console, emit, handle_errors, table
 
 
@@ -41,7 +42,9 @@ def register(app: typer.Typer) -> None:
             c.print(f"models trained     {summary['models']:,} (version {summary['version']}, {summary['train_failed']} failed)")
             c.print(f"rows scored        {summary['rows_scored']:,} in {len(summary['runs'])} runs")
             c.print(f"anomalies flagged  {summary['anomalies']:,}")
-            c.print(f"vs injected labels precision {fmt(ev['precision'])}  recall {fmt(ev['recall'])}  F1 {fmt(ev['f1'])}")
+            c.print(f"vs injected labels precision {fmt(ev['precision'])}  recall {fmt(ev['recall'])}  F1 {fmt(ev['f1'])}"
+                    f"  event recall {fmt(ev['event_recall'])}")
+            c.print(table("recall per anomaly kind", KIND_COLUMNS, quality_rows(ev)))
             c.print(f"predictions        {summary['outputs']['predictions_csv']}")
             c.print(f"data / catalog     {summary['outputs']['data']}  /  {summary['outputs']['catalog']}")
             c.print(f"done in {summary['elapsed_s']:.1f}s")

@@ -19,7 +19,7 @@ from fleetscore.cli.output import (
     table,
 )
 
-SCHEDULE_COLUMNS = ["name", "kind", "cron", "window", "lag", "version", "paused", "next_fire", "last_window", "last_status"]
+SCHEDULE_COLUMNS = ["name", "kind", "cron", "window", "version", "paused", "next_fire", "last_status"]
 WINDOW_COLUMNS = ["schedule", "window_from", "window_to", "status", "run_id", "version", "attempts", "error"]
 #: Longest schedule window (a training span) and retention period.
 MAX_WINDOW_S = 366 * 86_400

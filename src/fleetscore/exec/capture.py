@@ -3,16 +3,22 @@
 :func:`run_captured` wraps a task function in the worker (process pool or Ray), so a task's output
 is kept next to its results whichever executor ran it: ``logs/run=<run>/task-NNNNN/attempt-N.*``.
 Lines are redacted before they are written. The task's result or exception passes through unchanged.
+
+``sys.stdout``, ``sys.stderr`` and the warnings filters belong to the whole process, so they are
+captured only when the task runs in the main thread (always so in pool and Ray workers); a task
+run in-process from another thread (e.g. a scheduler thread inside ``serve``) keeps only its log
+records, which are picked by thread.
 """
 
 from __future__ import annotations
 
 import io
 import logging
+import threading
 import time
 import traceback
 import warnings
-from contextlib import redirect_stderr, redirect_stdout
+from contextlib import ExitStack, redirect_stderr, redirect_stdout
 from typing import Any, Callable, Protocol, TypeVar
 
 from fleetscore.errors import FleetscoreError
@@ -32,12 +38,16 @@ class LoggedTask(Protocol):
 
 
 class _Records(logging.Handler):
+    """Log records of one thread (the task's), as log lines."""
+
     def __init__(self) -> None:
         super().__init__(logging.INFO)
+        self.thread = threading.get_ident()
         self.lines: list[dict[str, Any]] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(log_line("log", record.levelname.lower(), logger=record.name, message=record.getMessage()))
+        if record.thread == self.thread:
+            self.lines.append(log_line("log", record.levelname.lower(), logger=record.name, message=record.getMessage()))
 
 
 def run_captured(fn: Callable[[Any], T], spec: LoggedTask) -> T:
@@ -50,9 +60,14 @@ def run_captured(fn: Callable[[Any], T], spec: LoggedTask) -> T:
     root.setLevel(min(level or logging.WARNING, logging.INFO))
     t0 = time.perf_counter()
     error: BaseException | None = None
+    caught: list[warnings.WarningMessage] = []
     try:
-        with redirect_stdout(out), redirect_stderr(err), warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("default")
+        with ExitStack() as stack:
+            if threading.current_thread() is threading.main_thread():
+                stack.enter_context(redirect_stdout(out))
+                stack.enter_context(redirect_stderr(err))
+                caught = stack.enter_context(warnings.catch_warnings(record=True))  # type: ignore[assignment]
+                warnings.simplefilter("default")
             try:
                 result = fn(spec)
             except BaseException as exc:  # noqa: BLE001 - recorded, then re-raised below

@@ -6,6 +6,7 @@ import multiprocessing
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import Any, Callable, Iterator, Sequence
 
+from fleetscore.credentials import call_with_credentials, credential_env
 from fleetscore.exec.base import TaskError
 
 
@@ -27,6 +28,7 @@ class LocalExecutor:
                     yield i, TaskError.from_exception(exc)
             return
         pool = self._ensure_pool()
+        env = credential_env()  # the fork server keeps the environment it started with
         pending: dict[Future[Any], int] = {}
         queue = list(enumerate(specs))
         queue.reverse()
@@ -34,7 +36,7 @@ class LocalExecutor:
         while queue or pending:
             while queue and len(pending) < 2 * self.workers:
                 i, spec = queue.pop()
-                pending[pool.submit(fn, spec)] = i
+                pending[pool.submit(call_with_credentials, env, fn, spec)] = i
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
             for fut in done:
                 i = pending.pop(fut)

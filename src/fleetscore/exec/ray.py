@@ -5,7 +5,8 @@ their outputs there (one atomic file per task, committed by the driver at the en
 task that is run again after its worker was killed simply rewrites its own file.
 
 Without an address the executor joins the Ray instance that ``RAY_ADDRESS`` or a local ``ray start``
-names, else starts a local one with ``workers`` CPUs. Storage credentials set in the driver's
+names, else starts a local one with ``workers`` CPUs; the process stays connected between runs, so
+a long-lived driver finds its Ray workers warm. Storage credentials set in the driver's
 environment are forwarded to the workers through the object store, never through ``runtime_env``
 (Ray writes runtime environments in plain text to its logs).
 """
@@ -18,7 +19,7 @@ import os
 import socket
 from typing import Any, Callable, Iterator, Sequence
 
-from fleetscore.credentials import credential_env
+from fleetscore.credentials import call_with_credentials, credential_env
 from fleetscore.errors import ConfigError, FleetscoreError
 from fleetscore.exec.base import TaskError
 from fleetscore.exec.place import placed, this_process
@@ -41,7 +42,6 @@ class RayExecutor:
         self.workers = max(1, int(workers))
         self.address = address
         self.max_retries = max(0, int(max_retries))
-        self._initialized_here = False
         self._task: Any = None
         self._env: Any = None
 
@@ -81,31 +81,49 @@ class RayExecutor:
         import ray
 
         if self._task is None:
-            if not ray.is_initialized():
-                options: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING,
-                                           "namespace": "fleetscore"}
-                if self.address is None and _starts_local_instance():
-                    options.update(num_cpus=self.workers, include_dashboard=False)
-                elif self.address is not None:
-                    _check_reachable(self.address)
-                try:
-                    ray.init(address=self.address, **options)
-                except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
-                    where = self.address or os.environ.get("RAY_ADDRESS") or "the local Ray instance"
-                    raise FleetscoreError(redact(f"cannot connect to Ray at {where}: {exc}")) from exc
-                self._initialized_here = True
+            connect(self.address, self.workers)
             self._task = ray.remote(num_cpus=TASK_CPUS, max_retries=self.max_retries, retry_exceptions=False)(
                 run_task
             )
             self._env = ray.put(credential_env())
 
     def close(self) -> None:
-        if self._initialized_here:
-            import ray
-
-            ray.shutdown()
-            self._initialized_here = False
+        """Forget this executor's tasks; the process stays connected to Ray (see :func:`connect`)."""
         self._task = self._env = None
+
+
+class _Connection:
+    """The Ray connection this process opened, and the address it was asked for."""
+
+    opened = False
+    address: str | None = None
+
+
+def connect(address: str | None, workers: int) -> None:
+    """Connect this process to Ray at ``address`` (None: ``RAY_ADDRESS``, a local ``ray start``, else a new
+    local instance of ``workers`` CPUs), unless it is connected already.
+
+    The connection outlives the executor: Ray starts worker processes per connection (per job), so
+    the next run of a long-lived process (scheduler, web app) finds its workers warm; Ray closes it
+    when the process exits. A connection the application opened itself is used as it is.
+    """
+    import ray
+
+    if ray.is_initialized() and (not _Connection.opened or _Connection.address == address):
+        return
+    if address is not None:
+        _check_reachable(address)
+    if ray.is_initialized():
+        ray.shutdown()  # ours, to another address
+    options: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING, "namespace": "fleetscore"}
+    if address is None and _starts_local_instance():
+        options.update(num_cpus=workers, include_dashboard=False)
+    try:
+        ray.init(address=address, **options)
+    except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
+        where = address or os.environ.get("RAY_ADDRESS") or "the local Ray instance"
+        raise FleetscoreError(redact(f"cannot connect to Ray at {where}: {exc}")) from exc
+    _Connection.opened, _Connection.address = True, address
 
 
 def _task_name(fn: Callable[[Any], Any]) -> str:
@@ -147,7 +165,6 @@ def run_task(fn: Callable[[Any], Any], spec: Any, env: dict[str, str], driver_ve
 
     from fleetscore import __version__
 
-    os.environ.update(env)
     node_id = ray.get_runtime_context().get_node_id()
     place = this_process(f"{ray.util.get_node_ip_address()}/{node_id[:12]}", _attempt_number())
     if __version__ != driver_version:
@@ -155,7 +172,7 @@ def run_task(fn: Callable[[Any], Any], spec: Any, env: dict[str, str], driver_ve
                          "install the same version everywhere (one image for driver and workers)", "", place.attempt)
     with placed(place):
         try:
-            return fn(spec)
+            return call_with_credentials(env, fn, spec)
         except Exception as exc:  # noqa: BLE001 - a task's failure is data for the run record
             return TaskError.from_exception(exc, attempts=place.attempt)
 

@@ -19,6 +19,7 @@ from fleetscore.storage import layout
 
 if TYPE_CHECKING:
     from fleetscore.api import Fleet
+    from fleetscore.storage.fs import Storage
 
 ALL = 10**9
 
@@ -63,10 +64,16 @@ def collect_facts(fleet: "Fleet", cutoff_us: int, now_us: int, readings: bool) -
         open_windows=frozenset(busy),
         schedule_rows=[(r.schedule, r.window_from, (parse_time(r.window_from), parse_time(r.window_to)), r.status)
                        for r in store.windows(limit=ALL)],
-        reading_hours=[h for h in map(layout.hour_of_key, storage.list("readings")) if h is not None] if readings else [],
+        reading_hours=_reading_hours(storage) if readings else [],
         needed_from_us=min(needed) if needed else None,
         readings=readings,
     )
+
+
+def _reading_hours(storage: "Storage") -> list[int]:
+    """The hours that have a readings folder."""
+    folders = (f"readings/{day}/{hour}" for day in storage.list_dirs("readings") for hour in storage.list_dirs(f"readings/{day}"))
+    return sorted(h for h in map(layout.hour_of_key, folders) if h is not None)
 
 
 def gc(fleet: "Fleet", keep_s: int, now_us: int, *, readings: bool = False, dry_run: bool = False) -> GcResult:
@@ -86,5 +93,5 @@ def gc(fleet: "Fleet", keep_s: int, now_us: int, *, readings: bool = False, dry_
         mark_versions_deleted(catalog, plan.versions)
         ScheduleStore(catalog).delete_windows(plan.schedule_rows)
         for hour in plan.reading_hours:
-            storage.delete(layout.hour_key(hour).rsplit("/", 1)[0], recursive=True)
+            storage.delete(layout.hour_key(hour), recursive=True)
     return GcResult(cutoff, plan, dry_run)

@@ -253,7 +253,8 @@ def timeline(
     finite = np.isfinite(values)
     if not finite.any():
         return _empty(frame, label, empty)
-    t0, t1 = int(ts_us[0]), int(ts_us[-1]) if len(ts_us) > 1 else int(ts_us[0]) + _US_PER_MIN
+    t0 = int(ts_us[0])
+    t1 = max(int(ts_us[-1]), t0 + _US_PER_MIN)
     lo, hi = float(values[finite].min()), float(values[finite].max())
     if reference is not None:
         lo, hi = min(lo, reference), max(hi, reference)
@@ -369,10 +370,11 @@ def stacked(
     x = _Scale(0.0, ticks[-1], frame.x0, frame.x1)
     body = []
     axis_y = frame.y1 + len(rows) * bar_h + 4
-    for t in ticks:
+    for k, t in enumerate(ticks):
         px = x(t)
+        anchor = "end" if k == len(ticks) - 1 else "middle"
         body.append(f'<line x1="{px:.1f}" x2="{px:.1f}" y1="{frame.y1}" y2="{axis_y}" stroke="{GRID}"/>')
-        body.append(f'<text x="{px:.1f}" y="{axis_y + 14}" text-anchor="middle" fill="{TEXT}">{_attr(_tick_label(t))} {unit}</text>')
+        body.append(f'<text x="{px:.1f}" y="{axis_y + 14}" text-anchor="{anchor}" fill="{TEXT}">{_attr(_tick_label(t))} {unit}</text>')
     for i, name in enumerate(rows):
         y = frame.y1 + i * bar_h
         body.append(f'<text x="{frame.x0 - 6}" y="{y + bar_h - 4}" text-anchor="end" fill="{TEXT}">{_attr(name)}</text>')

@@ -20,11 +20,11 @@ from fleetscore.core.runs import RunStatus
 from fleetscore.core.times import parse_time
 from fleetscore.errors import NotFoundError
 from fleetscore.web import charts, views
+from fleetscore.web.api import Hours
 from fleetscore.web.login import require_login
 from fleetscore.web.render import render, sensor_path, url, when
 from fleetscore.web.routing import PageRoute, fleet_of, id_segment, segment_id
 
-Hours = Annotated[int, Query(ge=1, le=views.MAX_HOURS)]
 STATUS_COLORS = {
     RunStatus.SUCCEEDED.value: "#16a34a",
     RunStatus.PARTIAL.value: "#d97706",

@@ -75,8 +75,14 @@ def safe_next(target: str | None) -> str:
     return "".join(ch for ch in target if ch.isprintable())
 
 
-class ApiRoute(APIRoute):
-    """API route: fleetscore errors become JSON ``{"detail": message}`` with their status code."""
+class _AnsweringRoute(APIRoute):
+    """A route that answers fleetscore errors (and, on pages, invalid parameters) itself."""
+
+    def answer_error(self, request: Request, status: int, message: str) -> Response:
+        raise NotImplementedError
+
+    def answer_invalid(self, request: Request, exc: RequestValidationError) -> Response:
+        raise exc
 
     def get_route_handler(self) -> Handler:
         handler = super().get_route_handler()
@@ -85,27 +91,29 @@ class ApiRoute(APIRoute):
             try:
                 return await handler(request)
             except FleetscoreError as exc:
-                return JSONResponse({"detail": str(exc)}, status_code=status_for(exc))
+                return self.answer_error(request, status_for(exc), str(exc))
+            except RequestValidationError as exc:
+                return self.answer_invalid(request, exc)
 
         return answer
 
 
-class PageRoute(APIRoute):
+class ApiRoute(_AnsweringRoute):
+    """API route: fleetscore errors become JSON ``{"detail": message}``; invalid parameters FastAPI's 422."""
+
+    def answer_error(self, request: Request, status: int, message: str) -> Response:
+        return JSONResponse({"detail": message}, status_code=status)
+
+
+class PageRoute(_AnsweringRoute):
     """Page route: fleetscore errors and invalid parameters become the HTML error page."""
 
-    def get_route_handler(self) -> Handler:
-        handler = super().get_route_handler()
+    def answer_error(self, request: Request, status: int, message: str) -> Response:
+        return error_page(request, status, message)
 
-        async def answer(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except FleetscoreError as exc:
-                return error_page(request, status_for(exc), str(exc))
-            except RequestValidationError as exc:
-                where = "; ".join(f"{'.'.join(map(str, e['loc'][1:]))}: {e['msg']}" for e in exc.errors())
-                return error_page(request, 400, where)
-
-        return answer
+    def answer_invalid(self, request: Request, exc: RequestValidationError) -> Response:
+        where = "; ".join(f"{'.'.join(map(str, e['loc'][1:]))}: {e['msg']}" for e in exc.errors())
+        return error_page(request, 400, where)
 
 
 def wants_html(request: Request) -> bool:

@@ -242,8 +242,8 @@ def anomaly_counts(fleet: "Fleet", span: Window) -> pa.Table:
     Predictions change only when a run commits a window, so the cube is kept (a few, most recent
     first) under the set of committed runs overlapping the span: overview, fleet page and API share it.
     """
-    commits = tuple(sorted((window, run) for window, run in fleet.catalog.committed_runs().items()
-                           if window[0] < span.end and window[1] > span.start))
+    commits = tuple(sorted((bounds, run) for bounds, run in fleet.catalog.committed_runs().items()
+                           if bounds[0] < span.end and bounds[1] > span.start))
     key = (fleet.config.storage_url, span.start, span.end, commits)
     with _CUBES_LOCK:
         if key in _CUBES:
