@@ -122,7 +122,7 @@ class RayCluster:
                     os.kill(pid, sig)
                 except ProcessLookupError:
                     pass
-            deadline = time.monotonic() + 10
+            deadline = time.monotonic() + 5
             while time.monotonic() < deadline and any(_alive(p) for p in pids):
                 time.sleep(0.2)
         shutil.rmtree(self.temp_dir, ignore_errors=True)

@@ -9,6 +9,7 @@ import sys
 import threading
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import sqlalchemy as sa
@@ -63,6 +64,26 @@ def test_catalog_records_round_trip(catalog_url: str) -> None:
     catalog.close()
 
 
+def at_once(threads: int, fn: Callable[[], object]) -> list[BaseException]:
+    """Run ``fn`` in ``threads`` threads at the same time (each with its own connections); their errors."""
+    errors: list[BaseException] = []
+    start = threading.Barrier(threads)
+
+    def run() -> None:
+        start.wait()
+        try:
+            fn()
+        except BaseException as exc:  # noqa: BLE001 - returned to the test
+            errors.append(exc)
+
+    started = [threading.Thread(target=run) for _ in range(threads)]
+    for t in started:
+        t.start()
+    for t in started:
+        t.join()
+    return errors
+
+
 def create_v1_catalog(url: str) -> None:
     """The schema as fleetscore 0.1 created it (no tasks.node), with one run and one task in it."""
     v1 = sa.MetaData()
@@ -97,20 +118,7 @@ def test_opening_a_v1_catalog_upgrades_it_and_keeps_its_rows(catalog_url: str) -
     assert version == "1" and "node" not in columns["tasks"]
 
     # several processes may open an old catalog at once: the upgrade runs once, the others wait for it
-    errors: list[BaseException] = []
-
-    def open_catalog() -> None:
-        try:
-            Catalog(catalog_url).close()
-        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=open_catalog) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
+    assert at_once(4, lambda: Catalog(catalog_url).close()) == []
 
     version, columns = schema_of(catalog_url)
     assert version == str(SCHEMA_VERSION)
@@ -137,24 +145,15 @@ def test_a_catalog_from_a_newer_fleetscore_is_refused(catalog_url: str) -> None:
 def test_version_ids_are_unique_when_allocated_concurrently(catalog_url: str) -> None:
     Catalog(catalog_url).close()
     allocated: list[str] = []
-    errors: list[BaseException] = []
 
     def train_some() -> None:
         catalog = Catalog(catalog_url)
         try:
-            for _ in range(3):
-                allocated.append(catalog.new_version("ocsvm", "raw", {}, "a", "b"))
-        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
-            errors.append(exc)
+            allocated.extend(catalog.new_version("ocsvm", "raw", {}, "a", "b") for _ in range(3))
         finally:
             catalog.close()
 
-    threads = [threading.Thread(target=train_some) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
+    assert at_once(8, train_some) == []
     assert sorted(allocated, key=lambda v: int(v[1:])) == [f"v{i}" for i in range(1, 25)]
 
 
@@ -186,3 +185,17 @@ def test_two_scoring_runs_of_different_windows_at_once(catalog_url: str, tmp_pat
     assert set(fleet.catalog.committed_runs().values()) == {r["run_id"] for r in runs}
     assert fleet.predictions(start=windows[0][0], end=windows[1][1]).num_rows == 2 * 8 * 60
     fleet.close()
+
+
+def test_catalog_status_and_upgrade_commands(catalog_url: str, home: Path, cli,  # type: ignore[no-untyped-def]
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLEETSCORE_CATALOG_URL", catalog_url)
+    create_v1_catalog(catalog_url)
+    before = cli("catalog", "status", "--json").json
+    assert (before["schema_version"], before["up_to_date"]) == (1, False)
+    assert before["supported_schema_version"] == SCHEMA_VERSION and before["database"] in catalog_url
+    assert schema_of(catalog_url)[0] == "1"  # status changes nothing
+    r = cli("catalog", "upgrade", "--json")
+    assert r.exit_code == 0, r.stderr
+    assert (r.json["upgraded_from"], r.json["schema_version"], r.json["up_to_date"]) == (1, SCHEMA_VERSION, True)
+    assert cli("catalog", "status", "--json").json["up_to_date"] is True

@@ -78,6 +78,22 @@ def test_ray_predictions_and_records_equal_local_ones(trained_home: Path, ray_cl
     fleet.close()
 
 
+def test_executor_yields_results_errors_and_refuses_another_fleetscore(ray_cluster,  # type: ignore[no-untyped-def]
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from fleetscore.exec.base import TaskError
+    from fleetscore.exec.ray import RayExecutor
+
+    executor = RayExecutor(2, address=ray_cluster.address)
+    results = dict(executor.map(len, ["a", "abc", 5, ""]))
+    assert {i: results[i] for i in (0, 1, 3)} == {0: 1, 1: 3, 3: 0}
+    assert isinstance(results[2], TaskError) and results[2].error.startswith("TypeError")
+    assert results[2].attempts == 1  # an exception is the task's result: Ray does not run it again
+    monkeypatch.setattr("fleetscore.__version__", "0.0.0-other")  # the driver now differs from the workers
+    [(_, refused)] = list(executor.map(len, ["abc"]))
+    assert isinstance(refused, TaskError) and "0.0.0-other on the driver" in refused.error
+    executor.close()
+
+
 def kill_a_busy_worker(cluster, run: threading.Thread) -> int | None:  # type: ignore[no-untyped-def]
     """SIGKILL a worker process while it runs a task; None when the run ended before one was caught.
 

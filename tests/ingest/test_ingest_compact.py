@@ -113,8 +113,7 @@ def test_late_readings_are_quarantined_not_landed(tmp_path: Path) -> None:
     settings = IngestSettings(window_s=60, lateness_s=60)
     start = recent_us()
     write_batches(home, [readings(start + 600_000_000, 10), readings(start, 10, seed=5)], settings)
-    compact(home, settings)  # one step: the late batch is judged against the first batch's watermark? no:
-    # both batches are in one step, so nothing is late yet; a later step sees the watermark
+    compact(home, settings)  # one step: readings of one step never make each other late
     write_batches(home, [readings(start + 60_000_000, 10, seed=6)], settings)
     result = compact(home, settings)
     assert result.late == 10 and result.landed == 0

@@ -52,6 +52,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Run the HTTP server: ingest (POST /v1/readings), dashboard, /metrics; compacts the log on its own."""
         import os
+        import signal
 
         from fleetscore.errors import InputError
 
@@ -70,6 +71,8 @@ def register(app: typer.Typer) -> None:
              lambda c: c.print(f"fleetscore serving {fleet.config.home} on {url} (Ctrl-C to stop)"))
         server = uvicorn.Server(uvicorn.Config(application, host=host, port=port, log_level="warning",
                                                access_log=False, lifespan="on"))
+        for sig in (signal.SIGTERM, signal.SIGINT):  # uvicorn re-raises the stop signal: end with exit 0
+            signal.signal(sig, lambda *_: None)
         server.run()
         if not server.started:
             raise typer.Exit(1)

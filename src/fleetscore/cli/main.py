@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from fleetscore.cli import data, demo, evalcmds, ingestcmds, modelcmds, runcmds, schedcmds
+from fleetscore.cli import catalogcmds, data, demo, evalcmds, ingestcmds, modelcmds, runcmds, schedcmds
 
 app = typer.Typer(
     name="fleetscore",
@@ -15,7 +15,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-for module in (data, modelcmds, runcmds, demo, ingestcmds, schedcmds, evalcmds):  # schedcmds after runcmds (adds to `runs`), evalcmds after modelcmds (`models`)
+for module in (data, modelcmds, runcmds, demo, ingestcmds, schedcmds, evalcmds, catalogcmds):  # schedcmds after runcmds (adds to `runs`), evalcmds after modelcmds (`models`)
     module.register(app)
 
 

@@ -11,7 +11,7 @@ from fleetscore.cli.output import EXIT_FAILURE, EXIT_PARTIAL, HomeOpt, JsonOpt, 
 
 RUN_COLUMNS = ["run_id", "status", "window_from", "window_to", "version", "models", "rows", "anomalies", "failed_models", "elapsed_s"]
 TASK_COLUMNS = ["task", "shard", "status", "models", "rows", "anomalies", "failed_models", "wall_s", "load_data_s",
-                "load_models_s", "score_s", "write_s", "worker", "attempts", "error"]
+                "load_models_s", "score_s", "write_s", "node", "worker", "attempts", "error"]
 
 
 def exit_for(status: str) -> None:
@@ -108,7 +108,8 @@ def register(app: typer.Typer) -> None:
         def human(c) -> None:  # type: ignore[no-untyped-def]
             c.print(table(f"run {run.run_id}", ["field", "value"],
                           [[k, v] for k, v in payload.items() if k not in ("tasks", "failures", "extra")]))
-            c.print(table("tasks", TASK_COLUMNS, [[t.as_dict()[k] for k in TASK_COLUMNS] for t in tasks]))
+            c.print(table("tasks", TASK_COLUMNS, [[t.as_dict()[k] for k in TASK_COLUMNS[:-1]] + [(t.error or "")[:60]]
+                                                  for t in tasks]))  # whole errors: failed models, `runs logs`
             if failures:
                 c.print(table("failed models", ["device", "sensor", "reason"], [[f.device, f.sensor, f.reason] for f in failures[:50]]))
             if run.extra.get("unmatched"):

@@ -144,7 +144,7 @@ def register(app: typer.Typer) -> None:
             store.get(name)
         rows = [w.as_dict() for w in store.windows(name, limit)]
         emit(json_out, {"windows": rows},
-             lambda c: c.print(table("schedule windows", WINDOW_COLUMNS, [[r[k] for k in WINDOW_COLUMNS] for r in rows])))
+             lambda c: c.print(table("schedule windows", WINDOW_COLUMNS, [_window_cells(r) for r in rows])))
 
     def _set_paused(name: str, paused: bool, home: Any, json_out: bool) -> None:
         from fleetscore.catalog.schedules import ScheduleStore
@@ -221,7 +221,7 @@ def register(app: typer.Typer) -> None:
             sched.close()
         payload = total.as_dict()
         emit(json_out, payload, lambda c: c.print(table(
-            "windows run", WINDOW_COLUMNS, [[r.as_dict()[k] for k in WINDOW_COLUMNS] for r in total.ran])))
+            "windows run", WINDOW_COLUMNS, [_window_cells(r.as_dict()) for r in total.ran])))
         if once:
             _exit_for_statuses([r.status for r in total.ran])
 
@@ -384,6 +384,11 @@ def _schedule_row(spec: Any, last: Any, now_us: int) -> dict[str, Any]:
             "version": spec.version or ("(new)" if spec.kind == "train" else "released"), "paused": spec.paused,
             "release": spec.release, "next_fire": iso(next_fire(spec, max(now_us, spec.cursor_us))),
             "last_window": last.window_from if last else None, "last_status": last.status if last else None}
+
+
+def _window_cells(row: dict[str, Any]) -> list[Any]:
+    """A window row for a table: the error cut short (the run's logs and `runs show` have it whole)."""
+    return [row[k] for k in WINDOW_COLUMNS[:-1]] + [(row["error"] or "")[:60]]
 
 
 _HIDDEN_FIELDS = ("ts", "level", "event", "run_id", "traceback")

@@ -21,8 +21,11 @@ class TaskError:
 
     @classmethod
     def from_exception(cls, exc: BaseException, attempts: int = 1) -> "TaskError":
+        """The exception as text for run records and logs, with secrets removed."""
+        from fleetscore.redact import redact
+
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        return cls(f"{type(exc).__name__}: {exc}", tb, attempts)
+        return cls(redact(f"{type(exc).__name__}: {exc}"), redact(tb), attempts)
 
 
 class Executor(Protocol):

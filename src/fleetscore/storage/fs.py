@@ -38,7 +38,7 @@ class Storage:
         try:
             self.fs, root = fsspec.core.url_to_fs(url, **storage_options)
         except (ImportError, ValueError) as exc:
-            raise StorageError(f"cannot open storage {url!r}: {exc}") from exc
+            raise StorageError(redact(f"cannot open storage {url!r}: {exc}")) from exc
         self.root = root.rstrip("/")
         self.local = self.fs.protocol in ("file", ("file", "local")) or "file" in tuple(self.fs.protocol)
         if self.local:

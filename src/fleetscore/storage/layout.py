@@ -68,9 +68,13 @@ def bucket_of_key(key: str) -> int | None:
     return None if m is None else int(m.group(1))
 
 
+def windows_dir(width_s: int) -> str:
+    return f"windows/width={int(width_s)}s"
+
+
 def windows_hour_dir(width_s: int, hour_us: int) -> str:
     dt = _utc(hour_us)
-    return f"windows/width={int(width_s)}s/date={dt:%Y-%m-%d}/hour={dt:%H}"
+    return f"{windows_dir(width_s)}/date={dt:%Y-%m-%d}/hour={dt:%H}"
 
 
 def window_part_key(width_s: int, hour_us: int, part: int) -> str:

@@ -6,6 +6,8 @@ compaction step that is re-applied after a crash rewrites its own parts with the
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -15,6 +17,7 @@ from fleetscore.core.windows import WINDOW_SCHEMA
 from fleetscore.storage import layout
 from fleetscore.storage.fs import Storage
 
+DAY_US = 24 * HOUR_US
 _ORDER = [("device", "ascending"), ("sensor", "ascending"), ("window_start", "ascending")]
 
 
@@ -40,9 +43,15 @@ class WindowStore:
     def read(self, width_s: int, from_us: int, to_us: int) -> pa.Table:
         """Windows of width ``width_s`` starting in [from, to), sorted by device, sensor, window_start."""
         parts = []
-        for hour in range(from_us - from_us % HOUR_US, to_us, HOUR_US):
-            for key in self.storage.list(layout.windows_hour_dir(width_s, hour)):
-                parts.append(self.storage.read_parquet(key).cast(WINDOW_SCHEMA))
+        base = layout.windows_dir(width_s)
+        for day in self.storage.list_dirs(base):
+            day_us = _day_us(day)
+            if day_us is None or day_us + DAY_US <= from_us or day_us >= to_us:
+                continue
+            for key in self.storage.list(f"{base}/{day}"):
+                hour = day_us + int(key.split("/hour=")[1][:2]) * HOUR_US
+                if from_us - HOUR_US < hour < to_us:
+                    parts.append(self.storage.read_parquet(key).cast(WINDOW_SCHEMA))
         if not parts:
             return WINDOW_SCHEMA.empty_table()
         table = pa.concat_tables(parts)
@@ -50,3 +59,12 @@ class WindowStore:
         lo = pa.scalar(from_us, pa.int64()).cast(start.type)
         hi = pa.scalar(to_us, pa.int64()).cast(start.type)
         return table.filter(pc.and_(pc.greater_equal(start, lo), pc.less(start, hi))).sort_by(_ORDER)
+
+
+def _day_us(folder: str) -> int | None:
+    """``date=YYYY-MM-DD`` → µs of that midnight (UTC); None for anything else."""
+    try:
+        day = datetime.strptime(folder.removeprefix("date="), "%Y-%m-%d").replace(tzinfo=timezone.utc)
+    except ValueError:
+        return None
+    return int(day.timestamp()) * 1_000_000
