@@ -72,9 +72,11 @@ class Fleet:
         lo, hi = parse_window(start, end)
         return ReadingStore(self.storage).read_window(lo, hi)
 
-    def quarantine(self, limit: int = 1000) -> pa.Table:
-        """The most recent quarantined rows (all sources), newest files first."""
+    def quarantine(self, limit: int = 1000, source: str | None = None) -> pa.Table:
+        """The most recent quarantined rows (of all sources, or of one: import, http, mqtt, late), newest files first."""
         keys = sorted(self.storage.list("quarantine"), reverse=True)
+        if source is not None:
+            keys = [k for k in keys if k.startswith(f"quarantine/source={source}/")]
         parts, rows = [], 0
         for key in keys:
             table = self.storage.read_parquet(key)

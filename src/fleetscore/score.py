@@ -12,6 +12,7 @@ that did not succeed. Every run and task writes its log to storage (:mod:`fleets
 
 from __future__ import annotations
 
+import heapq
 import json
 import time
 import uuid
@@ -28,9 +29,9 @@ from fleetscore.catalog.sql import now_iso
 from fleetscore.core import ocsvm
 from fleetscore.core.features import build_features, parse_features
 from fleetscore.core.health import MAX_LISTED as MAX_LISTED_UNHEALTHY
-from fleetscore.core.health import describe, expected_rate, unhealthy_models
+from fleetscore.core.health import describe, expected_rate, unhealthy_counts
 from fleetscore.core.kinds import score_bundle
-from fleetscore.core.plan import key_range_mask
+from fleetscore.core.matching import match_runs
 from fleetscore.core.runs import ModelFailure, RunRecord, RunStatus, TaskRecord, backoff_delay, needs_rerun, run_status
 from fleetscore.core.times import iso, parse_time
 from fleetscore.errors import FleetscoreError
@@ -83,12 +84,8 @@ def score_shard(task: ScoreTask) -> ScoreOutcome:
     storage = open_storage(task.storage_url)
     spec = parse_features(task.features)
 
-    readings = ReadingStore(storage).read_window(
-        task.from_us - spec.lookback_s * 1_000_000, task.to_us, devices=(task.lo[0] if task.lo else None, task.hi[0] if task.hi else None)
-    )
-    readings = readings.filter(
-        pa.array(key_range_mask(readings.column("device"), readings.column("sensor"), task.lo, task.hi))
-    )
+    # only the shard's keys (its buckets, and their row groups holding its devices), sorted by key and time
+    readings = ReadingStore(storage).read_range(task.from_us - spec.lookback_s * 1_000_000, task.to_us, task.lo, task.hi)
     meta, x = build_features(readings, spec)
     if spec.lookback_s:  # history read only for the features: score the window's own readings
         in_window = pc.greater_equal(meta.column("ts"), pa.scalar(task.from_us, pa.int64()).cast(meta.column("ts").type))
@@ -99,73 +96,85 @@ def score_shard(task: ScoreTask) -> ScoreOutcome:
     manifest = models.read_shard_manifest(task.version, task.shard).select(
         ["device", "sensor", "slot", "status", "reason", "kind", "fallback"]
     )
-    manifest = manifest.append_column("_model", pa.array(np.arange(manifest.num_rows, dtype=np.int64)))
     bundle = models.read_bundle(task.version, task.shard)
     t2 = time.perf_counter()
 
-    joined = _attach_slots(meta, manifest)
-    slot = joined.column("slot").to_numpy(zero_copy_only=False)
-    x = x[joined.column("_row").to_numpy()]
-    has_model = slot >= 0
-    unmatched = _unmatched(joined.filter(pa.array(~has_model)))
-    scored = joined.filter(pa.array(has_model))
-    scores = score_bundle(bundle, scored.column("kind").to_pylist(), slot[has_model].astype(np.int64), x[has_model])
-    slots = scored.column("_model").to_numpy()  # one id per model of the shard, whatever its kind
+    # rows come in key order: match each run of one (device, sensor) to its model, not each row
+    bounds, run_model = match_runs(meta.column("device"), meta.column("sensor"), manifest)
+    lengths = np.diff(bounds)
+    slot_of = manifest.column("slot").to_numpy(zero_copy_only=False)
+    run_slot = np.where(run_model >= 0, slot_of[np.maximum(run_model, 0)], -1) if len(manifest) else run_model
+    has_run = run_slot >= 0
+    unmatched = _unmatched(meta, bounds, run_model, ~has_run, manifest)
+    has_model = np.repeat(has_run, lengths)
+    kinds = pc.dictionary_encode(manifest.column("kind").combine_chunks())
+    scored = meta if has_model.all() else meta.filter(pa.array(has_model))
+    rows_model = np.repeat(run_model[has_run], lengths[has_run])  # manifest row of every scored row
+    kind = pa.DictionaryArray.from_arrays(pa.array(kinds.indices.to_numpy(zero_copy_only=False)[rows_model]),
+                                          kinds.dictionary)
+    scored = scored.append_column("kind", kind).append_column(
+        "fallback", pc.fill_null(manifest.column("fallback"), False).take(pa.array(rows_model)))
+    slots = rows_model  # one id per model of the shard, whatever its kind
+    scores = score_bundle(bundle, kind, slot_of[rows_model].astype(np.int64), x if has_model.all() else x[has_model])
     finite = np.isfinite(scores)
     failures: list[ModelFailure] = []
     if not finite.all():
         bad_slots = np.unique(slots[~finite])
         keep = ~np.isin(slots, bad_slots)
-        for row in _first_rows(scored, slots, bad_slots):
+        for row in manifest.select(["device", "sensor"]).take(pa.array(bad_slots)).to_pylist():
             failures.append(ModelFailure(row["device"], row["sensor"], "score is not finite (NaN or inf)", task.task))
         scored, slots, scores = scored.filter(pa.array(keep)), slots[keep], scores[keep]
     t3 = time.perf_counter()
 
-    out = _predictions(scored, scores, task).sort_by(
-        [("device", "ascending"), ("sensor", "ascending"), ("ts", "ascending")]
-    )
+    out = _predictions(scored, scores, task)  # in key order, as read
     key = layout.task_predictions_key(task.from_us, task.to_us, task.run_id, task.task)
     storage.write_parquet(key, out)
     t4 = time.perf_counter()
 
-    n_anom = int(pc.sum(out.column("is_anomaly")).as_py() or 0) if out.num_rows else 0
+    tally = _tally(slots, out.column("is_anomaly").to_numpy(zero_copy_only=False), manifest)
     place = current_place()
     record = TaskRecord(
         run_id=task.run_id, task=task.task, shard=task.shard, status="failed" if failures and not out.num_rows else "succeeded",
-        models=int(len(np.unique(slots))), rows=out.num_rows, anomalies=n_anom,
+        models=tally.num_rows, rows=out.num_rows, anomalies=int(pc.sum(tally.column("anomalies")).as_py() or 0),
         unmatched_rows=int((~has_model).sum()), failed_models=len(failures),
         wall_s=t4 - t0, cpu_s=time.process_time() - c0, load_data_s=t1 - t0, load_models_s=t2 - t1,
         score_s=t3 - t2, write_s=t4 - t3, worker=place.worker, node=place.node,
         attempts=task.attempt + place.attempt - 1,  # the executor's own retries (a dead Ray worker) count too
     )
-    return ScoreOutcome(record, failures, unmatched, key, unhealthy_models(out))
+    return ScoreOutcome(record, failures, unmatched, key, unhealthy_counts(tally))
 
 
-def _attach_slots(meta: pa.Table, manifest: pa.Table) -> pa.Table:
-    """Meta rows with the model slot (-1 when there is none) and reason; keeps ``_row`` (row in meta)."""
-    meta = meta.append_column("_row", pa.array(np.arange(meta.num_rows, dtype=np.int64)))
-    joined = meta.join(manifest, keys=["device", "sensor"], join_type="left outer")
-    slot = pc.fill_null(joined.column("slot"), -1)
-    joined = joined.set_column(joined.schema.get_field_index("slot"), "slot", slot)
-    return joined.sort_by("_row")
+def _tally(slots: np.ndarray, is_anomaly: np.ndarray, manifest: pa.Table) -> pa.Table:
+    """Rows and anomalies of each scored model (``slots``: its manifest row, per scored row)."""
+    rows = np.bincount(slots, minlength=manifest.num_rows)
+    flagged = np.bincount(slots, weights=is_anomaly, minlength=manifest.num_rows).astype(np.int64)
+    scored = np.flatnonzero(rows)
+    return manifest.select(["device", "sensor"]).take(pa.array(scored)).append_column(
+        "rows", pa.array(rows[scored])).append_column("anomalies", pa.array(flagged[scored]))
 
 
-def _unmatched(rows: pa.Table) -> list[dict[str, Any]]:
-    if rows.num_rows == 0:
+def _unmatched(meta: pa.Table, bounds: np.ndarray, run_model: np.ndarray, unscored: np.ndarray,
+               manifest: pa.Table) -> list[dict[str, Any]]:
+    """The first keys (in key order) whose rows were not scored, with their row counts and why."""
+    if not unscored.any():
         return []
-    reason = pc.fill_null(rows.column("reason"), "no model for this device and sensor in the version")
-    tbl = pa.table({"device": rows.column("device"), "sensor": rows.column("sensor"), "reason": reason})
-    grouped = tbl.group_by(["device", "sensor", "reason"]).aggregate([([], "count_all")])
+    runs = np.flatnonzero(unscored)
+    starts = pa.array(bounds[runs])
+    known = run_model[runs] >= 0
+    reasons = [None] * len(runs) if not len(manifest) else \
+        manifest.column("reason").take(pa.array(np.maximum(run_model[runs], 0))).to_pylist()
+    tbl = pa.table({
+        "device": meta.column("device").take(starts), "sensor": meta.column("sensor").take(starts),
+        "reason": pa.array([r if k and r else "no model for this device and sensor in the version"
+                            for r, k in zip(reasons, known)], pa.string()),
+        "rows": pa.array(np.diff(bounds)[runs]),
+    })
+    grouped = tbl.group_by(["device", "sensor", "reason"]).aggregate([("rows", "sum")])
     grouped = grouped.sort_by([("device", "ascending"), ("sensor", "ascending")]).slice(0, MAX_LISTED_UNMATCHED)
     return [
         {"device": d, "sensor": s, "reason": r, "rows": n}
-        for d, s, r, n in zip(*(grouped.column(c).to_pylist() for c in ("device", "sensor", "reason", "count_all")))
+        for d, s, r, n in zip(*(grouped.column(c).to_pylist() for c in ("device", "sensor", "reason", "rows_sum")))
     ]
-
-
-def _first_rows(table: pa.Table, slots: np.ndarray, wanted: np.ndarray) -> list[dict[str, Any]]:
-    idx = [int(np.flatnonzero(slots == s)[0]) for s in wanted]
-    return table.select(["device", "sensor"]).take(pa.array(idx)).to_pylist()
 
 
 def _predictions(scored: pa.Table, scores: np.ndarray, task: ScoreTask) -> pa.Table:
@@ -177,25 +186,28 @@ def _predictions(scored: pa.Table, scores: np.ndarray, task: ScoreTask) -> pa.Ta
         "value": scored.column("value"),
         "score": pa.array(scores, pa.float64()),
         "is_anomaly": pa.array(ocsvm.predict_is_anomaly(scores), pa.bool_()),
-        "model_version": pa.array([task.version] * n, pa.string()).dictionary_encode(),
-        "run_id": pa.array([task.run_id] * n, pa.string()).dictionary_encode(),
+        "model_version": _repeat(task.version, n),
+        "run_id": _repeat(task.run_id, n),
         "model_kind": scored.column("kind"),
         "fallback": pc.fill_null(scored.column("fallback"), False),
     }
     for name in ("window_start", "count", "mean", "std", "min", "max"):
         if name in scored.column_names:
             columns[name] = scored.column(name)
-    table = pa.table(columns)
-    return table.cast(
-        pa.schema([f.with_type(pa.string()) if f.name in ("model_version", "run_id") else f for f in table.schema])
-    )
+    return pa.table(columns)
+
+
+def _repeat(text: str, n: int) -> pa.Array:
+    """``n`` copies of ``text`` as a string array, built without ``n`` Python objects."""
+    return pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, dtype=np.int32)), pa.array([text]))
 
 
 def plan_tasks(storage: Storage, storage_url: str, run_id: str, version: str, features: str,
                from_us: int, to_us: int) -> list[ScoreTask]:
-    """One task per shard of the version (shards are cost-balanced when the version is trained)."""
+    """One task per shard of the version, the costliest first (shards are cost-balanced when trained,
+    and a costly shard started last would finish last: largest-first keeps the end of a run short)."""
     shards = ModelStore(storage).read_shards(version).to_pylist()
-    return [
+    tasks = [
         ScoreTask(
             storage_url, run_id, i, int(s["shard"]), version, features, from_us, to_us,
             None if s["lo_device"] is None else (s["lo_device"], s["lo_sensor"]),
@@ -203,6 +215,8 @@ def plan_tasks(storage: Storage, storage_url: str, run_id: str, version: str, fe
         )
         for i, s in enumerate(shards)
     ]
+    order = sorted(range(len(shards)), key=lambda i: -(shards[i]["cost"] or 0.0))
+    return [tasks[i] for i in order]
 
 
 def score(
@@ -220,7 +234,7 @@ def score(
 ) -> RunRecord:
     """Score [from, to) with ``version``; returns the finished run record (also in the catalog)."""
     storage = open_storage(storage_url)
-    ModelStore(storage).read_manifest(version)  # a missing or unreadable version fails before a run exists
+    ModelStore(storage).read_info(version)  # a missing or unreadable version fails before a run exists
     run = RunRecord(
         run_id=run_id or uuid.uuid4().hex, window_from=iso(from_us), window_to=iso(to_us), version=version,
         created_at=now_iso(), executor=executor.name, schedule=schedule,
@@ -252,7 +266,7 @@ def _execute(catalog: Catalog, storage_url: str, executor: Executor, run: RunRec
     from_us, to_us = parse_time(run.window_from), parse_time(run.window_to)
     log = RunLog(storage, run.run_id)
     try:
-        info, _ = ModelStore(storage).read_manifest(run.version)
+        info = ModelStore(storage).read_info(run.version)
         tasks = plan_tasks(storage, storage_url, run.run_id, run.version, info.features, from_us, to_us)
         records = {r.task: r for r in catalog.tasks(run.run_id)}
         todo = [replace(t, attempt=records[t.task].attempts + 1 if t.task in records else 1)
@@ -265,9 +279,9 @@ def _execute(catalog: Catalog, storage_url: str, executor: Executor, run: RunRec
         log.event("run.start", window_from=run.window_from, window_to=run.window_to, version=run.version,
                   schedule=run.schedule, executor=executor.name, worker=worker_name(), tasks=len(tasks),
                   to_run=len(todo), retries=control.retries, storage=storage_url, catalog=catalog.url)
-        unmatched, unhealthy = _run_tasks(catalog, storage, executor, todo, on_progress, control, log)
+        unmatched, unhealthy, sick = _run_tasks(catalog, storage, executor, todo, on_progress, control, log)
         run = _finish(catalog, storage, run, from_us, to_us, unmatched,
-                      [describe(m, expected_rate(info.params)) for m in unhealthy])
+                      [describe(m, expected_rate(info.params)) for m in unhealthy], sick)
     except RunStopped as exc:
         log.event("run.stopped", "warning", reason=exc.reason)
         if exc.reason == CANCELLED:  # a lost lease leaves the record to the process that took the run over
@@ -294,14 +308,16 @@ def _execute(catalog: Catalog, storage_url: str, executor: Executor, run: RunRec
 
 def _run_tasks(catalog: Catalog, storage: Storage, executor: Executor, tasks: list[ScoreTask],
                on_progress: Callable[[int, int], None] | None, control: RunControl,
-               log: RunLog) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+               log: RunLog) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int]:
     """Run ``tasks``; those that raise run again after a backoff, up to ``control.retries`` more times.
 
     Each task's final outcome is recorded as it arrives (so a crashed run can be resumed); returns
-    the sample of readings without a model and the unhealthy models.
+    the sample of readings without a model, the first unhealthy models (in key order: memory stays
+    flat however many a big fleet has) and how many there were.
     """
     unmatched: list[dict[str, Any]] = []
     unhealthy: list[dict[str, Any]] = []
+    sick = 0
     done, queue = 0, tasks
     retried: dict[int, int] = {}  # task -> retries so far in this execution
     while queue:
@@ -316,7 +332,10 @@ def _run_tasks(catalog: Catalog, storage: Storage, executor: Executor, tasks: li
                                                attempts=t.attempt, error=result.error)])
             else:
                 unmatched += _record(catalog, storage, t, result, log)
-                unhealthy += result.unhealthy if isinstance(result, ScoreOutcome) else []
+                if isinstance(result, ScoreOutcome):
+                    sick += len(result.unhealthy)
+                    unhealthy = heapq.nsmallest(MAX_LISTED_UNHEALTHY, unhealthy + result.unhealthy,
+                                                key=lambda u: (u["device"], u["sensor"]))
                 done += 1
                 if on_progress:
                     on_progress(done, len(tasks))
@@ -327,7 +346,7 @@ def _run_tasks(catalog: Catalog, storage: Storage, executor: Executor, tasks: li
             log.event("task.retry", tasks=[t.task for t in again], retry=retry, delay_s=delay)
             control.stop.sleep(again[0].run_id, delay)
         queue = again
-    return unmatched, unhealthy
+    return unmatched, unhealthy, sick
 
 
 def _record(catalog: Catalog, storage: Storage, task: ScoreTask, result: ScoreOutcome | TaskError,
@@ -351,7 +370,7 @@ def _record(catalog: Catalog, storage: Storage, task: ScoreTask, result: ScoreOu
 
 
 def _finish(catalog: Catalog, storage: Storage, run: RunRecord, from_us: int, to_us: int,
-            unmatched: list[dict[str, Any]], unhealthy: list[dict[str, Any]] = ()) -> RunRecord:
+            unmatched: list[dict[str, Any]], unhealthy: list[dict[str, Any]] = (), sick: int = 0) -> RunRecord:
     """Sum the run up from all its task records (those of earlier attempts too), then commit the window."""
     records = catalog.tasks(run.run_id)
     failed_models = sum(r.failed_models for r in records)
@@ -362,7 +381,8 @@ def _finish(catalog: Catalog, storage: Storage, run: RunRecord, from_us: int, to
     if files or status is not RunStatus.FAILED:
         _commit(catalog, storage, run, files, from_us, to_us)
     listed = {(u["device"], u["sensor"]): u for u in run.extra.get("unmatched", []) + unmatched}
-    sick = {(u["device"], u["sensor"]): u for u in run.extra.get("health", {}).get("unhealthy", []) + list(unhealthy)}
+    earlier = run.extra.get("health", {})  # a resumed run: tasks that succeeded before counted theirs then
+    listed_sick = {(u["device"], u["sensor"]): u for u in earlier.get("unhealthy", []) + list(unhealthy)}
     errors = [f"task {r.task}: {r.error}" for r in records if r.error]
     return run.with_status(
         status, finished_at=now_iso(), models=scored_models,
@@ -370,8 +390,8 @@ def _finish(catalog: Catalog, storage: Storage, run: RunRecord, from_us: int, to
         unmatched_rows=sum(r.unmatched_rows for r in records), failed_models=failed_models,
         error="; ".join(errors[:5]) or None,
         extra=run.extra | {"unmatched": [listed[k] for k in sorted(listed)][:MAX_LISTED_UNMATCHED],
-                           "health": {"unhealthy": [sick[k] for k in sorted(sick)][:MAX_LISTED_UNHEALTHY],
-                                      "unhealthy_models": len(sick)}},
+                           "health": {"unhealthy": [listed_sick[k] for k in sorted(listed_sick)][:MAX_LISTED_UNHEALTHY],
+                                      "unhealthy_models": earlier.get("unhealthy_models", 0) + sick}},
     )
 
 

@@ -20,7 +20,7 @@ from fleetscore.core import kinds
 from fleetscore.core.calibrate import check_alarm_rate
 from fleetscore.core.features import build_features, parse_features
 from fleetscore.core.fitting import FitSettings, ShardFit, fit_shard
-from fleetscore.core.plan import group_bounds, key_range_mask, plan_shards
+from fleetscore.core.plan import fit_cost, group_bounds, plan_shards, score_cost, target_shards
 from fleetscore.core.times import iso
 from fleetscore.errors import FleetscoreError, InputError
 from fleetscore.exec.base import Executor, TaskError
@@ -66,30 +66,11 @@ class TrainResult:
         return dict(self.__dict__)
 
 
-def key_counts(readings: ReadingStore, from_us: int, to_us: int) -> pa.Table:
-    """Rows per (device, sensor) in the window, sorted by key; reads two columns an hour at a time."""
-    parts = []
-    for key in readings.hour_keys(from_us, to_us):
-        hour = readings.read_hour(key, from_us, to_us, columns=["device", "sensor"])
-        if hour.num_rows:
-            parts.append(hour.group_by(["device", "sensor"]).aggregate([([], "count_all")]))
-    if not parts:
-        return pa.table({"device": pa.array([], pa.string()), "sensor": pa.array([], pa.string()),
-                         "rows": pa.array([], pa.int64())})
-    counts = pa.concat_tables(parts).group_by(["device", "sensor"]).aggregate([("count_all", "sum")])
-    counts = counts.rename_columns(["device", "sensor", "rows"])
-    return counts.sort_by([("device", "ascending"), ("sensor", "ascending")])
-
-
 def shard_bounds(keys: pa.Table, starts: np.ndarray) -> list[tuple[KeyBound, KeyBound]]:
     """[lo, hi) key ranges of the shards; the first starts open and the last ends open."""
-    dev, sen = keys.column("device").to_pylist(), keys.column("sensor").to_pylist()
-    bounds: list[tuple[KeyBound, KeyBound]] = []
-    for i, start in enumerate(starts):
-        lo = None if i == 0 else (dev[start], sen[start])
-        hi = None if i + 1 == len(starts) else (dev[starts[i + 1]], sen[starts[i + 1]])
-        bounds.append((lo, hi))
-    return bounds
+    firsts = [(r["device"], r["sensor"]) for r in keys.select(["device", "sensor"]).take(pa.array(starts)).to_pylist()]
+    return [(None if i == 0 else first, firsts[i + 1] if i + 1 < len(firsts) else None)
+            for i, first in enumerate(firsts)]
 
 
 def train_shard(task: TrainTask) -> pa.Table:
@@ -105,11 +86,7 @@ def load_groups(task: TrainTask) -> tuple[pa.Table, np.ndarray, list[np.ndarray]
     """The shard's training rows: meta, group bounds and one feature matrix per (device, sensor)."""
     readings = ReadingStore(open_storage(task.storage_url))
     spec = parse_features(task.features)
-    lo_dev = task.lo[0] if task.lo else None
-    hi_dev = task.hi[0] if task.hi else None
-    table = readings.read_window(task.from_us, task.to_us, devices=(lo_dev, hi_dev))
-    table = table.filter(pa.array(key_range_mask(table.column("device"), table.column("sensor"), task.lo, task.hi)))
-    table = table.sort_by([("device", "ascending"), ("sensor", "ascending"), ("ts", "ascending")])
+    table = readings.read_range(task.from_us, task.to_us, task.lo, task.hi)  # sorted by key and time
     meta, x = build_features(table, spec)
     bounds = group_bounds(meta.column("device"), meta.column("sensor"))
     return meta, bounds, [x[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
@@ -176,11 +153,11 @@ def train(
     if not 0 < nu <= 1:
         raise InputError(f"--nu must be in (0, 1], got {nu}")
     storage = open_storage(storage_url)
-    keys = key_counts(ReadingStore(storage), from_us, to_us)
+    keys = ReadingStore(storage).key_counts(from_us, to_us)  # in key order, one bucket at a time
     if keys.num_rows == 0:
         raise InputError(f"no readings between {iso(from_us)} and {iso(to_us)} to train on")
-    costs = keys.column("rows").to_numpy().astype(np.float64)
-    starts = plan_shards(costs, max_models=shard_models, target_shards=executor.workers)
+    costs = fit_cost(keys.column("rows").to_numpy(), nu)
+    starts = plan_shards(costs, max_models=shard_models, target_shards=target_shards(executor.workers))
     params = ({"nu": nu, "gamma": gamma} if kind == "ocsvm" else {}) | {
         "alarm_rate": alarm_rate, "min_history": min_history, "min_train_rows": MIN_TRAIN_ROWS, "fallback": "robust"}
     version = catalog.new_version(kind, spec.text, params, iso(from_us), iso(to_us))
@@ -190,7 +167,10 @@ def train(
     ]
     parts: list[pa.Table | None] = [None] * len(tasks)
     errors: list[str] = []
-    for done, (i, result) in enumerate(executor.map(train_shard, tasks), start=1):
+    # costliest shards first: one started last would finish last and hold up the whole version
+    order = np.argsort(-np.add.reduceat(costs, starts), kind="stable")
+    for done, (j, result) in enumerate(executor.map(train_shard, [tasks[k] for k in order]), start=1):
+        i = int(order[j])
         if isinstance(result, TaskError):
             errors.append(f"shard {i}: {result.error}")
         else:
@@ -202,7 +182,7 @@ def train(
         catalog.finish_version(version, "failed", 0, 0, len(tasks), elapsed)
         raise FleetscoreError(f"training {version} failed: " + "; ".join(errors[:5]))
     manifest = pa.concat_tables([p for p in parts if p is not None])
-    shards = _shard_table(tasks, manifest, costs, starts)
+    shards = _shard_table(tasks, manifest)
     info = VersionInfo(version, kind, spec.text, params, library_versions(), kinds.FORMAT_VERSION)
     ModelStore(storage).write_manifest(info, manifest, shards)
     failed_mask = pc.equal(manifest.column("status"), "failed")
@@ -234,16 +214,17 @@ def _check_gamma(gamma: float | str) -> float | str:
     return float(gamma)
 
 
-def _shard_table(tasks: list[TrainTask], manifest: pa.Table, costs: np.ndarray, starts: np.ndarray) -> pa.Table:
-    ends = np.append(starts[1:], len(costs))
+def _shard_table(tasks: list[TrainTask], manifest: pa.Table) -> pa.Table:
+    shard = manifest.column("shard").to_numpy()
+    cost = score_cost(manifest.column("n_train").to_numpy(), manifest.column("n_sv").to_numpy())
     return pa.table(
         {
             "shard": pa.array([t.shard for t in tasks], pa.int32()),
-            "models": pa.array(np.bincount(manifest.column("shard").to_numpy(), minlength=len(tasks)), pa.int32()),
+            "models": pa.array(np.bincount(shard, minlength=len(tasks)), pa.int32()),
             "lo_device": pa.array([t.lo[0] if t.lo else None for t in tasks], pa.string()),
             "lo_sensor": pa.array([t.lo[1] if t.lo else None for t in tasks], pa.string()),
             "hi_device": pa.array([t.hi[0] if t.hi else None for t in tasks], pa.string()),
             "hi_sensor": pa.array([t.hi[1] if t.hi else None for t in tasks], pa.string()),
-            "cost": pa.array([float(costs[a:b].sum()) for a, b in zip(starts, ends)], pa.float64()),
+            "cost": pa.array(np.bincount(shard, weights=cost, minlength=len(tasks)), pa.float64()),
         }
     )

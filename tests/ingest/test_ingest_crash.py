@@ -143,18 +143,23 @@ def test_compaction_killed_midway_loses_and_duplicates_nothing(tmp_path: Path) -
         service.append(service.admit(ParsedBody(table))).result()
     service.close()
 
+    from fleetscore.ingest.checkpoint import IngestPaths, load_checkpoint
+
+    paths = IngestPaths.of_home(home)
     rng = random.Random(7)
-    kills = 0
+    midway = 0  # kills that hit a compaction which had started but not finished
     for _ in range(8):
         proc = Proc(["compact", "--home", str(home), "--json"], log=tmp_path / "compact.log")
-        time.sleep(rng.uniform(0.8, 2.5))
+        before = load_checkpoint(paths).seq
+        wait_until(lambda: load_checkpoint(paths).seq > before or proc.proc.poll() is not None, 60, "a step")
+        time.sleep(rng.uniform(0.0, 0.3))
         if proc.proc.poll() is not None:
             break
         proc.kill()
-        kills += 1
+        midway += 1
     final = Proc(["compact", "--home", str(home), "--json"], log=tmp_path / "compact.log")
     assert final.proc.wait(120) == 0, final.stderr_text()[-2000:]
-    assert kills >= 1, "compaction finished before it could be killed: make the log bigger"
+    assert midway >= 2, "compaction finished before it could be killed twice: make the log bigger"
 
     acked = {b for b in sent if b % 10 != 9}
     assert_exactly_once(home, {b: sent[b] for b in acked}, acked)

@@ -87,7 +87,12 @@ def test_malformed_requests_get_4xx_and_the_server_stays_up(server: Server, body
             headers["Idempotency-Key"] = key.encode("latin-1").decode("ascii")
     except (UnicodeEncodeError, UnicodeDecodeError):
         pass  # a header httpx cannot send as it is: send the request without it
-    r = server.client.post("/v1/readings", content=body, headers=headers)  # type: ignore[attr-defined]
+    try:
+        r = server.client.post("/v1/readings", content=body, headers=headers)  # type: ignore[attr-defined]
+    except httpx.LocalProtocolError:
+        return  # httpx itself refuses to send such a header
+    if r.status_code == 400 and not r.headers.get("content-type", "").startswith("application/json"):
+        return  # the HTTP parser rejected the request line or a header before any route ran
     if not good_token:
         assert r.status_code == 401
         return

@@ -30,7 +30,7 @@ def trained_template(tmp_path_factory: pytest.TempPathFactory, small_fleet) -> P
     try:
         fleet.import_table(small_fleet.select(["ts", "device", "sensor", "value"]))
         result = fleet.train(T0, T4, workers=1)
-        assert result.shards == SHARDS and result.models == MODELS
+        assert result.shards >= SHARDS and result.models == MODELS  # several tasks per run
     finally:
         fleet.close()
     return home

@@ -14,7 +14,7 @@ T0 = "2026-01-01T00:00:00Z"
 T4 = "2026-01-01T04:00:00Z"
 MODELS = 18
 ROWS_PER_HOUR = MODELS * 60
-SHARDS = 3
+SHARDS = 3  # with shard_models = 6 below; tests read the actual shards with shard_sizes()
 SECRET_ENV = ("FLEETSCORE_TOKEN", "AWS_SECRET_ACCESS_KEY", "AZURE_STORAGE_CONNECTION_STRING")
 _EXECUTOR = "[executor]\nworkers = 1\nshard_models = 6\n"
 _SCHEDULE = {"retries": 1, "retry_backoff": 0.05, "lease": 2, "poll": 0.2}
@@ -32,6 +32,12 @@ def set_schedule_settings(home: Path, **values: object) -> None:
 
 def us(text: str) -> int:
     return int(datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(timezone.utc).timestamp() * 1_000_000)
+
+
+def shard_sizes(fleet: object, version: str = "v1") -> dict[int, int]:
+    """Models per shard of a version, from its manifest (``fleet`` is a Fleet)."""
+    shards = fleet.models(version).column("shard").to_pylist()  # type: ignore[attr-defined]
+    return {s: shards.count(s) for s in sorted(set(shards))}
 
 
 def shard_path(home: Path, shard: int, version: str = "v1") -> Path:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from sched_support import ROWS_PER_HOUR, SHARDS, set_schedule_settings, shard_path, wait_for
+from sched_support import ROWS_PER_HOUR, set_schedule_settings, shard_path, shard_sizes, wait_for
 
 T5, T6, T7, T8 = "2026-01-01T05:00:00Z", "2026-01-01T06:00:00Z", "2026-01-01T07:00:00Z", "2026-01-01T08:00:00Z"
 
@@ -68,29 +68,30 @@ def test_scheduler_once_runs_due_windows_and_says_what_it_did(cli, home7) -> Non
     assert [(w["window_from"], w["status"]) for w in windows] == [(T6, "succeeded"), (T5, "succeeded")]
 
 
-def test_a_failing_shard_is_retried_and_only_it_reruns(cli, home7) -> None:  # type: ignore[no-untyped-def]
+def test_a_failing_shard_is_retried_and_only_it_reruns(cli, home7, fleet7) -> None:  # type: ignore[no-untyped-def]
+    sizes = shard_sizes(fleet7)
     set_schedule_settings(home7, retries=2, retry_backoff=0.05)
     good = shard_path(home7, 1).read_bytes()
     shard_path(home7, 1).write_bytes(b"this is not a model file")
     r = cli("score", "--from", T6, "--to", T7, "--json")
     assert r.exit_code == 3, r.stderr  # partial
     run = r.json
-    assert run["status"] == "partial" and run["rows"] == ROWS_PER_HOUR * 2 // SHARDS
+    assert run["status"] == "partial" and run["rows"] == ROWS_PER_HOUR - 60 * sizes[1]
     shown = cli("runs", "show", run["run_id"], "--json").json
     failed = [t for t in shown["tasks"] if t["status"] == "failed"]
     assert [(t["task"], t["attempts"]) for t in failed] == [(1, 3)]  # first try + 2 retries
     assert "shard-00001.npz" in failed[0]["error"]
-    assert {f["reason"] for f in shown["failures"]} == {failed[0]["error"]} and len(shown["failures"]) == 6
+    assert {f["reason"] for f in shown["failures"]} == {failed[0]["error"]} and len(shown["failures"]) == sizes[1]
     before = {t["task"]: t for t in shown["tasks"]}
     files = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in run_dir(home7, run["run_id"]).iterdir()}
-    assert sorted(files) == ["task-00000.parquet", "task-00002.parquet"]
+    assert sorted(files) == [f"task-{t:05d}.parquet" for t in sizes if t != 1]
 
     shard_path(home7, 1).write_bytes(good)
     r = cli("runs", "retry", run["run_id"], "--json")
     assert r.exit_code == 0, r.stderr
     assert r.json["retried_tasks"] == [1] and r.json["status"] == "succeeded" and r.json["rows"] == ROWS_PER_HOUR
     after = {t["task"]: t for t in cli("runs", "show", run["run_id"], "--json").json["tasks"]}
-    for task in (0, 2):  # untouched: same record, same file
+    for task in (t for t in sizes if t != 1):  # untouched: same record, same file
         assert after[task] == before[task]
         path = run_dir(home7, run["run_id"]) / f"task-{task:05d}.parquet"
         assert (path.stat().st_mtime_ns, path.read_bytes()) == files[path.name]
@@ -168,14 +169,14 @@ def test_cancel_stops_a_run_waiting_to_retry(cli, home7) -> None:  # type: ignor
     fleet.close()
 
 
-def test_runs_logs_of_a_partial_run(cli, home7) -> None:  # type: ignore[no-untyped-def]
+def test_runs_logs_of_a_partial_run(cli, home7, fleet7) -> None:  # type: ignore[no-untyped-def]
     set_schedule_settings(home7, retries=1, retry_backoff=0.05)
     shard_path(home7, 1).write_bytes(b"broken")
     run = cli("score", "--from", T6, "--to", T7, "--json").json
     logs = cli("runs", "logs", run["run_id"], "--json").json["lines"]
     events = [line["event"] for line in logs]
     assert events[0] == "run.start" and events[-1] == "run.end" and logs[-1]["status"] == "partial"
-    assert events.count("task.end") == SHARDS and "task.retry" in events
+    assert events.count("task.end") == len(shard_sizes(fleet7)) and "task.retry" in events
     end = next(line for line in logs if line["event"] == "task.end" and line["task"] == 1)
     assert end["level"] == "error" and "shard-00001.npz" in end["error"] and "Traceback" in end["traceback"]
     ok = next(line for line in logs if line["event"] == "task.end" and line["task"] == 0)

@@ -8,8 +8,7 @@ import signal
 from collections import Counter
 from pathlib import Path
 
-import pytest
-from sched_support import ROWS_PER_HOUR, SHARDS, set_schedule_settings, shard_path, us, wait_for
+from sched_support import ROWS_PER_HOUR, set_schedule_settings, shard_path, shard_sizes, us, wait_for
 
 from fleetscore.catalog.schedules import ScheduleStore
 from fleetscore.schedule.plan import ScheduleSpec
@@ -69,7 +68,7 @@ def test_hourly_schedule_fires_each_window_once(fleet7) -> None:  # type: ignore
     for run in runs:  # one run folder per window, holding one file per shard
         pointer = committed(fleet7.config.home, run.window_from, run.window_to)
         folder = window_dir(fleet7.config.home, run.window_from, run.window_to)
-        assert pointer["run_id"] == run.run_id and len(pointer["files"]) == SHARDS
+        assert pointer["run_id"] == run.run_id and len(pointer["files"]) == len(shard_sizes(fleet7))
         assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == [f"run={run.run_id}"]
 
 
@@ -142,8 +141,8 @@ def test_kill_9_during_a_run_then_restart_completes_the_window_once(home7: Path,
     add_hourly(fleet7, "2026-01-01T06:00:00Z")
     proc = spawn("scheduler", "--now", "2026-01-01T06:06:00Z", "--lease", "2s")
     run_id = wait_for(lambda: next((r.run_id for r in fleet7.runs()), None), what="the run to start")
-    wait_for(lambda: {t.task: t.status for t in fleet7.run(run_id)[1]} == {0: "succeeded", 1: "retrying", 2: "succeeded"},
-             what="shard 1 to wait for its retry")
+    expected = {t: "retrying" if t == 1 else "succeeded" for t in shard_sizes(fleet7)}
+    wait_for(lambda: {t.task: t.status for t in fleet7.run(run_id)[1]} == expected, what="shard 1 to wait for its retry")
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
     killed = fleet7.run(run_id)
@@ -216,3 +215,40 @@ def test_paused_schedule_runs_nothing_until_resumed(fleet7) -> None:  # type: ig
         assert [r.window_from for r in sched.tick().ran] == hours(4, 6)  # missed while paused: caught up
     finally:
         sched.close()
+
+
+def test_an_abandoned_run_is_not_resumed_over_a_newer_one(fleet7) -> None:  # type: ignore[no-untyped-def]
+    """A run whose lease was lost stays 'running'; if the window was scored again meanwhile, the
+    scheduler records that newer run for the window instead of resuming the old one over it."""
+    from fleetscore.exec.control import RunControl, RunStopped, StopFlag
+    from fleetscore.schedule.plan import plan_due
+    from fleetscore.schedule.runner import LEASE_LOST
+    from fleetscore.score import score
+
+    spec = add_hourly(fleet7, "2026-01-01T05:30:00Z")
+    store = ScheduleStore(fleet7.catalog)
+    store.record_plan(spec, plan_due(spec, us("2026-01-01T06:06:00Z"), 24))
+    lost = StopFlag()
+    lost.set(LEASE_LOST)
+    store.update_window("hourly", "2026-01-01T05:00:00Z", status="running", run_id="ab" * 16)
+    executor = fleet7.executor(workers=1)
+    try:
+        try:
+            score(storage_url=fleet7.config.storage_url, catalog=fleet7.catalog, executor=executor,
+                  from_us=us("2026-01-01T05:00:00Z"), to_us=us("2026-01-01T06:00:00Z"), version="v1",
+                  schedule="hourly", run_id="ab" * 16, control=RunControl(stop=lost))
+        except RunStopped as exc:
+            assert exc.reason == LEASE_LOST
+    finally:
+        executor.close()
+    assert fleet7.run("ab" * 16)[0].status.value == "running"  # left to whoever took the lease over
+    newer = fleet7.score("2026-01-01T05:00:00Z", "2026-01-01T06:00:00Z")
+    sched = Scheduler(fleet7, clock=FakeClock("2026-01-01T06:06:00Z"))
+    try:
+        report = sched.tick()
+    finally:
+        sched.close()
+    assert [(r.run_id, r.status) for r in report.ran] == [(newer.run_id, "succeeded")]
+    old = fleet7.run("ab" * 16)[0]
+    assert old.status.value == "failed" and newer.run_id in old.error
+    assert runs_by_window(fleet7) == Counter({"2026-01-01T05:00:00Z": 2})  # no third run

@@ -131,11 +131,12 @@ def register(app: typer.Typer) -> None:
     @handle_errors
     def quarantine_list(
         limit: Annotated[int, typer.Option(help="At most this many rows.")] = 100,
+        source: Annotated[Optional[str], typer.Option(help="Only this source: import, http, mqtt or late.")] = None,
         home: HomeOpt = None,
         json_out: JsonOpt = False,
     ) -> None:
         """List quarantined readings, newest first, with the reason each was rejected."""
-        rows = open_fleet(home).quarantine(limit).to_pylist()
+        rows = open_fleet(home).quarantine(limit, source).to_pylist()
         cols = ["source", "row", "ts", "device", "sensor", "value", "reason"]
         emit(json_out, {"rows": rows, "count": len(rows)},
              lambda c: c.print(table(f"quarantine ({len(rows)} rows)", cols, [[r.get(k) for k in cols] for r in rows])))

@@ -11,7 +11,7 @@ from fleetscore.cli.output import HomeOpt, JsonOpt, console, emit, handle_errors
 
 IntervalOpt = Annotated[
     Optional[str],
-    typer.Option("--compact-interval", help="Compact the log this often, e.g. 10s; 0 = never (default from [ingest])."),
+    typer.Option("--compact-interval", help="Compact the log this often, e.g. 10s; 0 = never (default: ingest.compact_interval or 10s)."),
 ]
 
 
@@ -63,7 +63,13 @@ def register(app: typer.Typer) -> None:
 
         from fleetscore.web.app import create_app
 
+        from fleetscore.ingest.checkpoint import IngestPaths
+        from fleetscore.ingest.http import SOURCE
+        from fleetscore.ingest.log import writer_active
+
         fleet = open_fleet(home)
+        if writer_active(IngestPaths.of_home(fleet.config.home).log_dir(SOURCE)):
+            raise InputError(f"another `fleetscore serve` is already running on {fleet.config.home}")
         settings = _settings(fleet, compact_interval)
         application = create_app(fleet, compact_interval_s=settings.compact_interval_s)
         url = f"http://{host}:{port}"
@@ -91,7 +97,7 @@ def register(app: typer.Typer) -> None:
         start: Annotated[str, typer.Option("--from", help="First window start (ISO 8601, inclusive).")],
         end: Annotated[str, typer.Option("--to", help="Window starts before this (ISO 8601, exclusive).")],
         out: Annotated[Path, typer.Option("--out", help="Output file (.csv or .parquet).")],
-        width: Annotated[Optional[str], typer.Option(help="Window width, e.g. 1m (default from [ingest] window).")] = None,
+        width: Annotated[Optional[str], typer.Option(help="Window width, e.g. 1m (default: ingest.window or 1m).")] = None,
         home: HomeOpt = None,
         json_out: JsonOpt = False,
     ) -> None:

@@ -6,7 +6,7 @@ model that flags a large share of them (``UNHEALTHY_RATE``) has gone bad: its se
 normal (drift, recalibration, replaced hardware) or the model was trained on the wrong data. Such a
 model is listed in the run record and can be retrained on its own (``train --only-unhealthy``).
 
-Pure: the predictions of a task in, a list of unhealthy models out.
+Pure: a task's per-model counts in, a list of unhealthy models out.
 """
 
 from __future__ import annotations
@@ -24,21 +24,15 @@ MIN_ROWS = 20
 MAX_LISTED = 1000
 
 
-def unhealthy_models(predictions: pa.Table) -> list[dict[str, Any]]:
-    """Models (device, sensor) in a task's predictions (``device, sensor, is_anomaly``) that look broken."""
-    if predictions.num_rows == 0:
-        return []
-    counts = predictions.select(["device", "sensor", "is_anomaly"]).group_by(["device", "sensor"]).aggregate(
-        [([], "count_all"), ("is_anomaly", "sum")]
-    )
-    rows, flagged = counts.column("count_all"), pc.fill_null(counts.column("is_anomaly_sum"), 0)
+def unhealthy_counts(counts: pa.Table) -> list[dict[str, Any]]:
+    """Models that look broken, from a task's per-model counts (``device, sensor, rows, anomalies``)."""
+    rows, flagged = counts.column("rows"), pc.fill_null(counts.column("anomalies"), 0)
     bad = pc.and_(pc.greater_equal(rows, MIN_ROWS),
                   pc.greater_equal(pc.divide(pc.cast(flagged, pa.float64()), pc.cast(rows, pa.float64())), UNHEALTHY_RATE))
     counts = counts.filter(bad)
     return [
         {"device": d, "sensor": s, "rows": n, "anomalies": a}
-        for d, s, n, a in zip(counts.column("device").to_pylist(), counts.column("sensor").to_pylist(),
-                              counts.column("count_all").to_pylist(), counts.column("is_anomaly_sum").to_pylist())
+        for d, s, n, a in zip(*(counts.column(c).to_pylist() for c in ("device", "sensor", "rows", "anomalies")))
     ]
 
 

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from fleetscore.core import ocsvm, robust
 from fleetscore.errors import InputError, ModelFormatError
@@ -115,13 +117,27 @@ def bundle_from_arrays(arrays: Mapping[str, np.ndarray]) -> Bundle:
     return bundle
 
 
-def score_bundle(bundle: Mapping[str, Params], kinds: Sequence[str], slots: np.ndarray, X: np.ndarray) -> np.ndarray:
-    """Decision of row r by model ``slots[r]`` of kind ``kinds[r]``: one fused call per kind present."""
-    kinds_arr = np.asarray(kinds, dtype=object)
+def score_bundle(bundle: Mapping[str, Params], kinds: Sequence[str] | pa.DictionaryArray, slots: np.ndarray,
+                 X: np.ndarray) -> np.ndarray:
+    """Decision of row r by model ``slots[r]`` of kind ``kinds[r]``: one fused call per kind present.
+
+    ``kinds`` is a name per row, or (no per-row Python objects: the fast form for many rows) an
+    Arrow dictionary array of them. Rows keep their order within a kind, so rows grouped by model
+    stay grouped for the kernel.
+    """
+    if not isinstance(kinds, pa.DictionaryArray):
+        kinds = pc.dictionary_encode(pa.array(kinds, pa.string()))
+    if kinds.null_count:
+        raise InputError(f"{kinds.null_count} row(s) have no model kind to score them with")
+    codes = kinds.indices.to_numpy(zero_copy_only=False)
     out = np.empty(len(slots), dtype=np.float64)
-    for name in np.unique(kinds_arr).tolist() if len(kinds_arr) else []:
-        rows = np.flatnonzero(kinds_arr == name)
+    for code, name in enumerate(kinds.dictionary.to_pylist()):
+        rows = np.flatnonzero(codes == code)
+        if not rows.size:
+            continue
         if name not in bundle:
             raise ModelFormatError(f"the manifest names {name} models that the shard file does not hold")
-        out[rows] = get_kind(name).decision_function(bundle[name], slots[rows], X[rows])
+        every = rows.size == len(slots)  # one kind: no copies of X
+        out[rows] = get_kind(name).decision_function(bundle[name], slots if every else slots[rows],
+                                                     X if every else X[rows])
     return out

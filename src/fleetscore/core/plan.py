@@ -1,8 +1,9 @@
 """Run planning: cut a sorted list of (device, sensor) models into cost-balanced shards.
 
-Shards are contiguous ranges of the sorted keys, so a shard's readings are one device range in the
-sorted Parquet files (co-partitioning: a task reads only its part). The cost of a model is what
-scoring or training it costs (rows × support vectors, or rows), not just 1.
+Shards are contiguous ranges of the keys in key order (bucket, device, sensor; see
+:mod:`fleetscore.core.keys`), so a shard's readings lie in one bucket, or a few neighbouring ones,
+of the stored readings (co-partitioning: a task reads only its part). The cost of a model is what
+scoring or training it costs (rows × support vectors, plus a fixed cost per model), not just 1.
 """
 
 from __future__ import annotations
@@ -10,6 +11,29 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+
+
+#: Fixed cost of one model in units of (row × support vector): fitting one with scikit-learn costs about
+#: as much Python overhead as this many kernel evaluations of libsvm, whatever its size.
+MODEL_COST = 1000.0
+#: With several workers, this many shards per worker: the last tasks of a run then end close together.
+SHARDS_PER_WORKER = 4
+
+
+def fit_cost(rows: np.ndarray, nu: float) -> np.ndarray:
+    """Estimated cost of fitting each model: rows × expected support vectors (at least nu × rows)."""
+    rows = np.asarray(rows, dtype=np.float64)
+    return MODEL_COST + rows * np.maximum(1.0, nu * rows)
+
+
+def score_cost(rows: np.ndarray, n_sv: np.ndarray) -> np.ndarray:
+    """Cost of scoring each model: its rows × its support vectors (kernel evaluations)."""
+    return np.asarray(rows, dtype=np.float64) * np.maximum(np.asarray(n_sv, dtype=np.float64), 1.0)
+
+
+def target_shards(workers: int) -> int:
+    """Shards to make at least: one worker needs no split; several get a few shards each."""
+    return 1 if workers <= 1 else SHARDS_PER_WORKER * workers
 
 
 def plan_shards(costs: np.ndarray, max_models: int, target_shards: int = 1) -> np.ndarray:
@@ -25,11 +49,18 @@ def plan_shards(costs: np.ndarray, max_models: int, target_shards: int = 1) -> n
         return np.zeros(0, dtype=np.int64)
     costs = np.maximum(np.asarray(costs, dtype=np.float64), 1.0)
     n_shards = max(int(np.ceil(n / max_models)), min(target_shards, n))
-    cum = np.cumsum(costs)
-    share = cum[-1] / n_shards
-    cuts = np.searchsorted(cum, share * np.arange(1, n_shards), side="left") + 1
-    heavy = np.flatnonzero(costs >= share)
-    bounds = np.unique(np.concatenate([[0, n], cuts, heavy, heavy + 1]))
+    heavy = np.zeros(n, dtype=bool)
+    while True:  # what is left is shared out again, so isolating one heavy model can reveal another
+        share = costs[~heavy].sum() / max(1, n_shards - int(heavy.sum()))
+        more = ~heavy & (costs >= share)
+        if not more.any():
+            break
+        heavy |= more
+    light = max(1, n_shards - int(heavy.sum()))  # the other shards split the light models' cost evenly
+    cum = np.cumsum(np.where(heavy, 0.0, costs))
+    cuts = np.searchsorted(cum, cum[-1] / light * np.arange(1, light), side="left") + 1
+    alone = np.flatnonzero(heavy)
+    bounds = np.unique(np.concatenate([[0, n], cuts, alone, alone + 1]))
     bounds = bounds[(bounds >= 0) & (bounds <= n)]
     out: list[int] = []
     for lo, hi in zip(bounds[:-1], bounds[1:]):

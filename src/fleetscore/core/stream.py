@@ -40,19 +40,8 @@ _WIN_BITS = 35
 _WIN_MASK = (1 << _WIN_BITS) - 1
 _SEP = "\x1f"  # unit separator: validated ids never contain control characters
 
-#: Persisted form of the open windows (:meth:`StreamState.to_arrow`).
-STATE_SCHEMA = pa.schema(
-    [
-        pa.field("device", pa.string(), nullable=False),
-        pa.field("sensor", pa.string(), nullable=False),
-        pa.field("window_start", pa.timestamp("us", tz="UTC"), nullable=False),
-        pa.field("count", pa.int64(), nullable=False),
-        pa.field("mean", pa.float64(), nullable=False),
-        pa.field("m2", pa.float64(), nullable=False),
-        pa.field("min", pa.float64(), nullable=False),
-        pa.field("max", pa.float64(), nullable=False),
-    ]
-)
+#: Persisted form of the open windows (:meth:`StreamState.to_arrow`): the window schema with M2 for std.
+STATE_SCHEMA = pa.schema([pa.field("m2", pa.float64(), nullable=False) if f.name == "std" else f for f in WINDOW_SCHEMA])
 
 
 def _empty_f8() -> np.ndarray:

@@ -46,7 +46,7 @@ class LocalExecutor:
     def _ensure_pool(self) -> ProcessPoolExecutor:
         if self._pool is None:
             ctx = multiprocessing.get_context("forkserver")
-            ctx.set_forkserver_preload(["fleetscore.score", "fleetscore.train"])
+            ctx.set_forkserver_preload(["fleetscore.score", "fleetscore.train", "fleetscore.exec.warm"])
             self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx)
         return self._pool
 

@@ -16,7 +16,6 @@ which group commit needs for throughput (a v3.1.1 broker would cap it at its
 from __future__ import annotations
 
 import threading
-import time
 from dataclasses import dataclass
 from typing import Any, Callable
 from urllib.parse import urlsplit
@@ -162,4 +161,4 @@ class MqttIngest:
 
     def stats(self) -> dict[str, Any]:
         return {"messages_total": self.messages, "acked_total": self.acked, "connects_total": self.connects,
-                "pending_messages": len(self._pending), "at_us": time.time_ns() // 1000}
+                "pending_messages": len(self._pending)}

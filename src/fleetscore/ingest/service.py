@@ -77,16 +77,18 @@ class KeyCache:
             future = self._inflight.pop(key)
             if reply is not None:
                 self._done[key] = (received_at_us, reply)
+                if len(self._done) % 1024 == 0:  # forget keys past the TTL now and then
+                    self._expire(received_at_us)
         if error is not None:
             future.set_exception(error)
         else:
             future.set_result(reply)
 
-    def expire(self, now: int) -> None:
-        with self._lock:
-            old = [k for k, (t, _) in self._done.items() if t < now - self.ttl_us]
-            for k in old:
-                del self._done[k]
+    def _expire(self, now: int) -> None:
+        """Called with the lock held."""
+        old = [k for k, (t, _) in self._done.items() if t < now - self.ttl_us]
+        for k in old:
+            del self._done[k]
 
 
 class IngestService:
@@ -124,7 +126,7 @@ class IngestService:
         return future
 
     async def submit_async(self, parsed: ParsedBody, key: str | None = None) -> tuple[dict[str, Any], bool]:
-        """Admit, append and await the fsync; returns (answer, replayed). Never blocks the event loop."""
+        """Admit, append and await the fsync (without blocking the event loop); returns (answer, replayed)."""
         if key is None:
             batch = self.admit(parsed)
             await asyncio.wrap_future(self.append(batch))

@@ -143,7 +143,7 @@ def retry_run(fleet: "Fleet", run_id: str, executor: Executor, on_progress: Prog
     layout.check_run_id(run_id)
     run = fleet.catalog.get_run(run_id)
     from_us, to_us = parse_time(run.window_from), parse_time(run.window_to)
-    current = _committed_run(fleet, from_us, to_us)
+    current = committed_run(fleet, from_us, to_us)
     if current not in (None, run_id):
         raise InputError(f"window {run.window_from}..{run.window_to} now holds the predictions of run {current}; "
                          f"score the window again instead of retrying the older run {run_id}")
@@ -162,7 +162,8 @@ def retry_run(fleet: "Fleet", run_id: str, executor: Executor, on_progress: Prog
     return RetryResult(run, retried)
 
 
-def _committed_run(fleet: "Fleet", from_us: int, to_us: int) -> str | None:
+def committed_run(fleet: "Fleet", from_us: int, to_us: int) -> str | None:
+    """The run whose predictions the window holds now (its ``_COMMITTED.json``), or None."""
     try:
         return json.loads(fleet.storage.read_bytes(layout.commit_key(from_us, to_us)))["run_id"]
     except FileNotFoundError:

@@ -21,13 +21,14 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Callable
 
 from fleetscore.catalog.schedules import OPEN_STATUSES, PENDING, RUNNING, ScheduleStore, WindowRow
+from fleetscore.catalog.sql import now_iso
 from fleetscore.core.runs import RunRecord, RunStatus
 from fleetscore.core.times import SECOND_US, iso, parse_time
 from fleetscore.errors import FleetscoreError, NotFoundError
 from fleetscore.exec.base import Executor
 from fleetscore.exec.control import CANCELLED, RunStopped
 from fleetscore.schedule.plan import ScheduleSpec, next_fire, plan_due
-from fleetscore.schedule.runner import HeldLease, LeaseBusy, hold_lease, run_control, score_lease_key
+from fleetscore.schedule.runner import HeldLease, LeaseBusy, committed_run, hold_lease, run_control, score_lease_key
 from fleetscore.schedule.settings import OpsSettings, ops_settings
 
 if TYPE_CHECKING:
@@ -157,6 +158,14 @@ class Scheduler:
         prior = self._run_record(row.run_id)
         if prior is not None and prior.status.finished:  # its run ended after all (e.g. cancelled)
             self.store.update_window(row.schedule, row.window_from, status=prior.status.value)
+            return
+        current = committed_run(self.fleet, lo, hi)
+        if prior is not None and current not in (None, prior.run_id):  # scored again by hand meanwhile
+            self.fleet.catalog.save_run(prior.with_status(
+                RunStatus.FAILED, finished_at=now_iso(), error=f"abandoned: window scored again by run {current}"))
+            now_held = self._run_record(current)
+            self.store.update_window(row.schedule, row.window_from, run_id=current,
+                                     status=now_held.status.value if now_held else RunStatus.SUCCEEDED.value)
             return
         version = prior.version if prior else (spec.version or self.fleet.catalog.released())
         if version is None:

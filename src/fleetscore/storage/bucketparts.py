@@ -29,8 +29,8 @@ KEY_COLUMNS = ["device", "sensor", "ts"]
 SORT_KEYS = [("device", "ascending"), ("sensor", "ascending"), ("ts", "ascending")]
 #: Row groups of part files: small enough that a task's device range skips most of a bucket-hour.
 PART_ROW_GROUP = 32_768
-#: Above this many buckets of one hour, one listing of the hour beats one listing per bucket.
-_LIST_HOUR_OVER = 4
+#: Above this many buckets of one hour, one listing of the whole hour beats one listing per bucket.
+_LIST_HOUR_OVER = 16
 #: A merge may delete a part between a reader's listing and its read: the reader lists again.
 _READ_ATTEMPTS = 3
 _IDS = ["device", "sensor"]
@@ -60,6 +60,9 @@ class BucketParts:
             return {b: self._parse(self.storage.list(layout.bucket_dir(hour_us, b))) for b in wanted}
         found: dict[int, list[str]] = {}
         for key in self.storage.list(layout.hour_key(hour_us)):
+            if key.endswith("/data.parquet"):
+                raise StorageError(f"{self.storage.display(key)} holds readings in the layout of fleetscore 0.1 "
+                                   "(one file per hour); import them again into a new home")
             bucket = layout.bucket_of_key(key)
             if bucket is not None and (wanted is None or bucket in wanted):
                 found.setdefault(bucket, []).append(key)
@@ -72,12 +75,13 @@ class BucketParts:
     # --- reading -------------------------------------------------------------------------------
     def read(self, hour_us: int, bucket: int, scan: Scan, columns: list[str],
              parts: list[Part] | None = None) -> list[pa.Table]:
-        """The scan's rows of each visible part of a bucket-hour (each piece sorted by key); lists the
-        bucket's parts when ``parts`` is None or a part vanished (merged) since it was listed."""
+        """The scan's rows of each visible part of a bucket-hour (each piece sorted by key; ids
+        dictionary-encoded, see :func:`ids_as_text`); lists the bucket's parts when ``parts`` is None
+        or a part vanished (merged) since it was listed."""
         for _ in range(_READ_ATTEMPTS):
             if parts is None:
                 parts = self.listing(hour_us, [bucket]).get(bucket, [])
-            live, _stale = visible(parts)
+            live = visible(parts)[0]
             try:
                 pieces = [self._read_part(hour_us, bucket, p, scan, columns) for p in live]
             except FileNotFoundError:
@@ -99,7 +103,6 @@ class BucketParts:
             if not groups:
                 return None
             table = pf.read_row_groups(groups, columns=needed, use_threads=False)
-        table = _ids_as_text(table)
         mask = None
         if clip_ts:
             ts = table.column("ts")
@@ -131,7 +134,7 @@ class BucketParts:
         if not pieces:
             return hit
         probe = rows.select(KEY_COLUMNS).append_column("_row", pa.array(np.arange(rows.num_rows, dtype=np.int64)))
-        found = probe.join(pa.concat_tables(pieces), keys=KEY_COLUMNS, join_type="left semi")
+        found = probe.join(ids_as_text(pa.concat_tables(pieces)), keys=KEY_COLUMNS, join_type="left semi")
         hit[found.column("_row").to_numpy()] = True
         return hit
 
@@ -145,9 +148,8 @@ class BucketParts:
         rows = rows.filter(pa.array(~self.stored(hour_us, bucket, rows, parts)))
         live, stale = visible(parts)
         if rows.num_rows:
-            offsets = pc.min_max(rows.column("ts").cast(pa.int64())).as_py()
-            part = Part.new(next_seq(parts), next_seq(parts), offsets["min"] - hour_us, offsets["max"] - hour_us,
-                            rows.num_rows)
+            offsets, seq = pc.min_max(rows.column("ts").cast(pa.int64())).as_py(), next_seq(parts)
+            part = Part.new(seq, seq, offsets["min"] - hour_us, offsets["max"] - hour_us, rows.num_rows)
             self._write(hour_us, bucket, part, rows)
             live = sorted([*live, part])
         while group := to_merge(live):
@@ -191,8 +193,9 @@ def _row_groups(pf: pq.ParquetFile, scan: Scan) -> list[int]:
     return keep
 
 
-def _ids_as_text(table: pa.Table) -> pa.Table:
-    """Ids are read dictionary-encoded (several times faster than as text), then cast to text."""
+def ids_as_text(table: pa.Table) -> pa.Table:
+    """Ids are read dictionary-encoded (several times faster than as text, and comparable), then cast
+    to text once per table of pieces: sorting, joining and the canonical schema need text."""
     for name in _IDS:
         i = table.schema.get_field_index(name)
         if i >= 0 and pa.types.is_dictionary(table.schema.field(i).type):

@@ -13,7 +13,7 @@ import os
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -125,15 +125,17 @@ class Storage:
 
     # --- Parquet -------------------------------------------------------------------------------
     def write_parquet(self, key: str, table: pa.Table, row_group_size: int = ROW_GROUP_ROWS) -> None:
-        """Write a Parquet file atomically, with statistics (for pruning) and zstd compression.
-
-        Only text columns are dictionary-encoded: trying it on floats costs more than it saves.
-        """
+        """Write a Parquet file atomically, with statistics (for pruning) and zstd compression."""
         sink = io.BytesIO()
-        text = [f.name for f in table.schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)
-                or pa.types.is_dictionary(f.type)]
-        pq.write_table(table, sink, row_group_size=row_group_size, compression="zstd", write_statistics=True,
-                       use_dictionary=text)
+        pq.write_table(table, sink, row_group_size=row_group_size, **_parquet_options(table.schema))
+        self.write_bytes(key, sink.getvalue())
+
+    def write_parquet_groups(self, key: str, schema: pa.Schema, groups: Iterable[pa.Table]) -> None:
+        """Write one Parquet file atomically whose row groups are ``groups`` (one each, e.g. one per shard)."""
+        sink = io.BytesIO()
+        with pq.ParquetWriter(sink, schema, **_parquet_options(schema)) as writer:
+            for group in groups:
+                writer.write_table(group, row_group_size=max(group.num_rows, 1))
         self.write_bytes(key, sink.getvalue())
 
     def read_parquet(self, key: str, columns: list[str] | None = None, filters: Any = None) -> pa.Table:
@@ -144,8 +146,12 @@ class Storage:
     def open_parquet(self, key: str, read_dictionary: list[str] | None = None) -> Iterator[pq.ParquetFile]:
         """A Parquet file with only its footer read yet (row-group statistics), closed on exit."""
         with self._failing("read Parquet", key):
-            with self.fs.open(self.path(key), "rb") as fh:
-                yield pq.ParquetFile(fh, read_dictionary=read_dictionary)
+            if self.local:  # Arrow's own file reader: no Python call per read
+                with pq.ParquetFile(self.path(key), read_dictionary=read_dictionary) as pf:
+                    yield pf
+            else:
+                with self.fs.open(self.path(key), "rb") as fh:
+                    yield pq.ParquetFile(fh, read_dictionary=read_dictionary)
 
     def parquet_file(self, key: str) -> pq.ParquetFile:
         with self._failing("read Parquet", key):
@@ -187,6 +193,18 @@ def atomic_local_write(target: Path, data: bytes) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def _parquet_options(schema: pa.Schema) -> dict[str, Any]:
+    """zstd, statistics, and dictionary encoding for text columns only (on floats it costs more than it saves).
+
+    Dictionary columns are written as they are (no hashing of every value: a run id repeated on a
+    million rows costs nothing) and read back as plain text: the file then stores no Arrow schema.
+    """
+    text = [f.name for f in schema
+            if pa.types.is_string(f.type) or pa.types.is_large_string(f.type) or pa.types.is_dictionary(f.type)]
+    return {"compression": "zstd", "write_statistics": True, "use_dictionary": text,
+            "store_schema": not any(pa.types.is_dictionary(f.type) for f in schema)}
 
 
 @functools.cache

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from fleetscore.core import kinds, ocsvm
 from fleetscore.errors import ModelFormatError, NotFoundError, StorageError
@@ -121,15 +122,25 @@ class ModelStore:
         }
         self.storage.write_parquet(layout.shards_key(info.version), shards.cast(SHARDS_SCHEMA))
         table = _with_kind(manifest, info.kind).cast(MANIFEST_SCHEMA).replace_schema_metadata(meta)
-        self.storage.write_parquet(layout.manifest_key(info.version), table)
+        # one row group per shard (rows come in shard order): a task reads exactly its shard's rows
+        shard = table.column("shard").to_numpy()
+        bounds = np.concatenate([[0], np.flatnonzero(np.diff(shard)) + 1, [len(shard)]])
+        self.storage.write_parquet_groups(layout.manifest_key(info.version), table.schema,
+                                          (table.slice(a, b - a) for a, b in zip(bounds[:-1], bounds[1:])))
 
     def read_manifest(self, version: str) -> tuple[VersionInfo, pa.Table]:
+        info = self.read_info(version)
+        table = self.storage.read_parquet(layout.manifest_key(version))
+        return info, _with_kind(table.replace_schema_metadata(None), info.kind)
+
+    def read_info(self, version: str) -> VersionInfo:
+        """What a version's manifest says about itself, read from its footer only (not its rows)."""
         key = layout.manifest_key(version)
         try:
-            table = self.storage.read_parquet(key)
+            with self.storage.open_parquet(key) as pf:
+                meta = pf.schema_arrow.metadata or {}
         except FileNotFoundError:
             raise NotFoundError(f"model version {version} has no manifest at {key}") from None
-        meta = table.schema.metadata or {}
         try:
             info = VersionInfo(
                 version=meta[b"fleetscore.version"].decode(),
@@ -146,16 +157,22 @@ class ModelStore:
                 f"model version {version} was written in format {info.format_version} by fleetscore "
                 f"{info.libraries.get('fleetscore')}; this fleetscore reads formats {kinds.READABLE_FORMATS}"
             )
-        return info, _with_kind(table.replace_schema_metadata(None), info.kind)
+        return info
 
     def read_shard_manifest(self, version: str, shard: int) -> pa.Table:
         """The manifest rows of one shard (with ``kind`` and ``fallback``, also for older versions)."""
         key = layout.manifest_key(version)
         try:
-            table = self.storage.read_parquet(key, filters=[("shard", "=", shard)])
+            with self.storage.open_parquet(key) as pf:  # row groups whose statistics may hold the shard
+                col = pf.schema_arrow.get_field_index("shard")
+                stats = [pf.metadata.row_group(i).column(col).statistics for i in range(pf.metadata.num_row_groups)]
+                groups = [i for i, st in enumerate(stats) if st is None or not st.has_min_max or st.min <= shard <= st.max]
+                table = pf.read_row_groups(groups)
+                meta = pf.schema_arrow.metadata or {}
         except FileNotFoundError:
             raise NotFoundError(f"model version {version} has no manifest at {key}") from None
-        kind = (table.schema.metadata or {}).get(b"fleetscore.kind", b"ocsvm").decode()
+        table = table.filter(pc.equal(table.column("shard"), shard))
+        kind = meta.get(b"fleetscore.kind", b"ocsvm").decode()
         return _with_kind(table.replace_schema_metadata(None), kind)
 
     def read_shards(self, version: str) -> pa.Table:

@@ -25,7 +25,7 @@ from fleetscore.core.plan import key_range_mask
 from fleetscore.core.schema import READING_SCHEMA
 from fleetscore.core.times import HOUR_US
 from fleetscore.storage import layout
-from fleetscore.storage.bucketparts import KEY_COLUMNS, SORT_KEYS, BucketParts, Scan, hours_between
+from fleetscore.storage.bucketparts import KEY_COLUMNS, SORT_KEYS, BucketParts, Scan, hours_between, ids_as_text
 from fleetscore.storage.fs import Storage
 
 
@@ -74,7 +74,7 @@ class ReadingStore:
         with self.storage.lock("readings"):
             for hour, bucket, rows in _bucket_hours(unique):
                 added += self._parts.add(hour, bucket, rows)
-        hours = np.unique(floor_hours(readings.column("ts")))
+        hours = np.unique(_floor_hours(readings.column("ts")))
         return LandResult(added, readings.num_rows - added, len(hours))
 
     def stored_mask(self, readings: pa.Table) -> np.ndarray:
@@ -94,8 +94,9 @@ class ReadingStore:
             from fleetscore.errors import InputError
 
             raise InputError("window longer than 5 years")
+        days = {f"readings/{name}" for name in self.storage.list_dirs("readings")}
         present: set[str] = set()
-        for day in sorted({layout.day_dir(h) for h in hours}):
+        for day in sorted(days & {layout.day_dir(h) for h in hours}):
             present.update(f"{day}/{name}" for name in self.storage.list_dirs(day))
         return [k for k in map(layout.hour_key, hours) if k in present]
 
@@ -174,27 +175,28 @@ class ReadingStore:
         out = []
         for bucket in range(BUCKETS):
             counts = [
-                piece.group_by(["device", "sensor"]).aggregate([([], "count_all")])
+                ids_as_text(piece).group_by(["device", "sensor"]).aggregate([([], "count_all")])
                 for hour, found in listings.items() if bucket in found
                 for piece in self._parts.read(hour, bucket, scan, ["device", "sensor"], found[bucket])
             ]
             if counts:
                 summed = pa.concat_tables(counts).group_by(["device", "sensor"]).aggregate([("count_all", "sum")])
-                out.append(summed.rename_columns(["device", "sensor", "rows"]).sort_by(SORT_KEYS[:2]))
+                summed = summed.select(["device", "sensor", "count_all_sum"]).rename_columns(["device", "sensor", "rows"])
+                out.append(summed.sort_by(SORT_KEYS[:2]))
         if not out:
             return pa.table({"device": pa.array([], pa.string()), "sensor": pa.array([], pa.string()),
                              "rows": pa.array([], pa.int64())})
         return pa.concat_tables(out)
 
 
-def floor_hours(ts: pa.ChunkedArray) -> np.ndarray:
+def _floor_hours(ts: pa.ChunkedArray) -> np.ndarray:
     us = ts.cast(pa.int64()).to_numpy()
     return us - us % HOUR_US
 
 
 def _bucket_hours(rows: pa.Table) -> Iterator[tuple[int, int, pa.Table]]:
     """(hour, bucket, rows) groups, each keeping the rows' order (a stable partition)."""
-    hours = floor_hours(rows.column("ts"))
+    hours = _floor_hours(rows.column("ts"))
     group = (hours // HOUR_US) * BUCKETS + bucket_of(rows.column("device"))
     order = np.argsort(group, kind="stable")
     group = group[order]
@@ -205,13 +207,17 @@ def _bucket_hours(rows: pa.Table) -> Iterator[tuple[int, int, pa.Table]]:
 
 
 def _sorted(pieces: list[pa.Table]) -> pa.Table | None:
-    """One table of pieces that are each sorted by key: sorted again only when there are several."""
-    if not pieces:
-        return None
-    if len(pieces) == 1:
-        return pieces[0]
-    table = pa.concat_tables(pieces)
-    return table.sort_by([k for k in SORT_KEYS if k[0] in table.column_names])
+    """One table of pieces that are each sorted by key and time: concatenated in order when their key
+    ranges do not overlap (parts landed device range by device range), else sorted again."""
+    if len(pieces) <= 1:
+        return ids_as_text(pieces[0]) if pieces else None
+    keys = [k for k, _ in SORT_KEYS if k in pieces[0].column_names]
+    first = [tuple(p.column(k)[0].as_py() for k in keys) for p in pieces]
+    last = [tuple(p.column(k)[-1].as_py() for k in keys) for p in pieces]
+    order = sorted(range(len(pieces)), key=first.__getitem__)
+    if all(last[a] < first[b] for a, b in zip(order[:-1], order[1:])):
+        return ids_as_text(pa.concat_tables([pieces[i] for i in order]))
+    return ids_as_text(pa.concat_tables(pieces)).sort_by([(k, "ascending") for k in keys])
 
 
 def _empty(columns: list[str] | None) -> pa.Table:

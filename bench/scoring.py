@@ -1,0 +1,207 @@
+"""Per-model cost of scoring: fleetscore vs the scikit-learn loop vs the floor, at 1 worker and all cores.
+
+    python bench/scoring.py [--models 20000] [--sensors 4] [--sample 300] [--repeat 3] [--workers CORES]
+
+Simulates ``--models`` (device, sensor) series (minute readings: 60 per model and hour) into a
+fresh home, trains one ``ocsvm`` version (StandardScaler + OneClassSVM, nu 0.05, gamma "scale")
+on the first hour and scores the second. Every figure is measured in the same run:
+
+* scikit-learn loop: the classic one-job-per-model design at its best, one joblib file per model,
+  ``joblib.load`` + ``pipeline.predict`` of the model's 60 rows in a loop over ``--sample`` models
+  (data already in memory), per model;
+* fleetscore: a whole scoring run (``Fleet.score``: plan, read, score, write, commit; the run's own
+  ``elapsed_s``), best of ``--repeat``, divided by the models, at 1 worker and at ``--workers``;
+* floor, what no implementation can avoid: the exp-bound (numpy ``exp``, warm, over as many values
+  as the run's kernel evaluations: rows × support vectors) + reading the window's readings from
+  Parquet + writing as many prediction rows (same columns and writer); at N workers, floor / N;
+* kernel alone (``ocsvm.decision_function`` on the window's rows, grouped by model as a task
+  passes them, and shuffled) against the exp-bound.
+
+The 1-worker figures run with Arrow limited to one thread, so one worker means one core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from fleetbench import MODEL, SCORE, TRAIN, iso, land_fleet, machine, markdown, us
+
+from fleetscore.api import Fleet
+from fleetscore.core import ocsvm
+from fleetscore.core.matching import match_runs
+from fleetscore.core.times import parse_time
+from fleetscore.storage import layout
+from fleetscore.storage.fs import Storage
+from fleetscore.storage.models import ModelStore
+from fleetscore.storage.readings import ReadingStore
+
+
+def best(fn: Callable[[], object], repeat: int) -> float:
+    """Fastest of ``repeat`` timed calls (after the first call warmed caches, imports and the JIT)."""
+    fn()
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def sklearn_loop(train: pa.Table, score: pa.Table, keys: list[tuple[str, str]], folder: Path) -> float:
+    """Seconds per model of ``joblib.load`` + ``predict`` over one file per model (fitted here, as the
+    classic design's training job would have)."""
+    import joblib
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import OneClassSVM
+
+    def rows(table: pa.Table) -> list[np.ndarray]:
+        """Each sampled key's values (a key's rows are contiguous: landed hours come sorted by key)."""
+        wanted = pa.table({"device": [k[0] for k in keys], "sensor": [k[1] for k in keys]})
+        bounds, run_key = match_runs(table.column("device"), table.column("sensor"), wanted)
+        values = table.column("value").to_numpy()
+        found = {int(k): (a, b) for k, a, b in zip(run_key, bounds[:-1], bounds[1:]) if k >= 0}
+        return [values[found[i][0]:found[i][1]].reshape(-1, 1) for i in range(len(keys))]
+
+    data = []
+    for i, (x_train, x_score) in enumerate(zip(rows(train), rows(score))):
+        pipe = make_pipeline(StandardScaler(), OneClassSVM(kernel="rbf", nu=MODEL["nu"], gamma=MODEL["gamma"]))
+        pipe.fit(x_train)
+        path = folder / f"model-{i:05d}.joblib"
+        joblib.dump(pipe, path)
+        data.append((path, x_score))
+
+    def loop() -> None:
+        for path, x in data:
+            joblib.load(path).predict(x)
+
+    return best(loop, 1) / len(keys)
+
+
+def kernel_inputs(fleet: Fleet, version: str, score: pa.Table) -> tuple[ocsvm.OcsvmParams, np.ndarray, np.ndarray]:
+    """All models of the version as one array set, and the window's rows with their model, in key order."""
+    manifest = fleet.models(version)
+    store = ModelStore(fleet.storage)
+    shards = sorted(set(manifest.column("shard").to_pylist()))
+    parts = [store.read_shard(version, s) for s in shards]
+    offset = dict(zip(shards, np.cumsum([0] + [p.n_models for p in parts[:-1]])))
+    slot = manifest.column("slot").to_numpy()
+    model_of = np.where(slot >= 0, np.array([offset[s] for s in manifest.column("shard").to_pylist()]) + slot, -1)
+    bounds, run_model = match_runs(score.column("device"), score.column("sensor"), manifest)
+    idx = np.repeat(np.where(run_model >= 0, model_of[np.maximum(run_model, 0)], -1), np.diff(bounds))
+    keep = idx >= 0
+    return ocsvm.OcsvmParams.concat(parts), idx[keep], score.column("value").to_numpy()[keep].reshape(-1, 1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", type=int, default=20_000)
+    parser.add_argument("--sensors", type=int, default=4)
+    parser.add_argument("--sample", type=int, default=300, help="models in the scikit-learn loop")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--home", type=Path, default=None, help="keep the data here (default: a temp dir)")
+    args = parser.parse_args()
+
+    home = args.home or Path(tempfile.mkdtemp(prefix="fleetscore-bench-scoring-"))
+    try:
+        fleet = Fleet.open(home, workers=args.workers)
+        landed = land_fleet(fleet.config.storage_url, args.models, args.sensors)
+        trained = fleet.train(iso(TRAIN[0]), iso(TRAIN[1]), workers=args.workers, **MODEL)
+        models = trained.models
+        lo, hi = parse_time(SCORE[0]), parse_time(SCORE[1])
+        readings = ReadingStore(fleet.storage)
+        score_rows = readings.read_window(lo, hi)
+        rows = score_rows.num_rows
+
+        # fleetscore, 1 worker = 1 core (Arrow's own threads off), then all workers
+        pa.set_cpu_count(1)
+        pa.set_io_thread_count(1)
+        fleet.score(iso(SCORE[0]), iso(SCORE[1]), workers=1)  # warm: imports, compiled kernel
+        one = [fleet.score(iso(SCORE[0]), iso(SCORE[1]), workers=1) for _ in range(args.repeat)]
+        run_1 = min(r.elapsed_s for r in one)
+
+        # the floor's parts, on one core
+        params, idx, x = kernel_inputs(fleet, trained.version, score_rows)
+        evals = int(params.n_sv[idx].sum())
+        kernel = best(lambda: ocsvm.decision_function(params, idx, x), 5)
+        perm = np.random.default_rng(0).permutation(len(idx))
+        kernel_shuffled = best(lambda: ocsvm.decision_function(params, idx[perm], x[perm]), 5)
+        arg = -np.random.default_rng(1).uniform(0.0, 20.0, evals)
+        buf = np.empty_like(arg)
+        exp_bound = best(lambda: np.exp(arg, out=buf), 5)
+        files = [fleet.storage.path(k) for k in fleet.storage.list(layout.hour_key(lo))]
+        read = best(lambda: [pq.read_table(f, read_dictionary=["device", "sensor"], use_threads=False) for f in files],
+                    args.repeat)
+        predictions = fleet.predictions(run_id=one[-1].run_id)
+        for name in ("model_version", "run_id", "model_kind"):  # the run writes these as dictionaries: so does the floor
+            if name in predictions.column_names:
+                i = predictions.schema.get_field_index(name)
+                predictions = predictions.set_column(i, name, pc.dictionary_encode(predictions.column(i)))
+        sink = Storage(str(home / "floor"))
+        write = best(lambda: sink.write_parquet("predictions.parquet", predictions), args.repeat)
+        floor = exp_bound + read + write
+
+        sample = predictions.select(["device", "sensor"]).take(
+            pa.array(np.linspace(0, predictions.num_rows - 1, min(args.sample, models)).astype(np.int64))).to_pylist()
+        keys = list(dict.fromkeys((k["device"], k["sensor"]) for k in sample))
+        train_rows = readings.read_window(parse_time(TRAIN[0]), parse_time(TRAIN[1]))
+        folder = home / "sklearn-models"
+        folder.mkdir()
+        sk = sklearn_loop(train_rows, score_rows, keys, folder)
+
+        pa.set_cpu_count(os.cpu_count() or 1)
+        pa.set_io_thread_count(max(8, os.cpu_count() or 1))
+        fleet.score(iso(SCORE[0]), iso(SCORE[1]), workers=args.workers)
+        many = [fleet.score(iso(SCORE[0]), iso(SCORE[1]), workers=args.workers) for _ in range(args.repeat)]
+        run_n = min(r.elapsed_s for r in many)
+        n = args.workers
+
+        per = {k: v / models for k, v in dict(run_1=run_1, run_n=run_n, floor=floor, kernel=kernel,
+                                              shuffled=kernel_shuffled, exp=exp_bound, read=read, write=write).items()}
+        print(f"## bench/scoring.py: {models:,} models × 60 readings ({rows:,} rows scored, "
+              f"{evals / rows:.2f} support vectors per row on average)\n")
+        print(machine() + "\n")
+        print(markdown(["measured", "per model", "rows/s", "ratio"], [
+            [f"scikit-learn loop: joblib.load + predict, one file per model ({len(keys)} models)", us(sk),
+             f"{60 / sk:,.0f}", "1×"],
+            ["fleetscore whole run, 1 worker", us(per["run_1"]), f"{rows / run_1:,.0f}",
+             f"{sk / per['run_1']:.1f}× faster than scikit-learn; {per['run_1'] / per['floor']:.2f}× the floor"],
+            ["floor, 1 core: read + write + exp-bound", us(per["floor"]), f"{rows / floor:,.0f}",
+             f"read {us(per['read'])}, write {us(per['write'])}, exp {us(per['exp'])}"],
+            [f"fleetscore whole run, {n} workers", us(per["run_n"]), f"{rows / run_n:,.0f}",
+             f"{sk / per['run_n']:.1f}× faster than scikit-learn; {per['run_n'] / (per['floor'] / n):.2f}× the floor / {n}"],
+            [f"floor / {n}", us(per["floor"] / n), f"{rows * n / floor:,.0f}", ""],
+            ["kernel alone, rows grouped by model", us(per["kernel"]), f"{rows / kernel:,.0f}",
+             f"{kernel / exp_bound:.2f}× the exp-bound"],
+            ["kernel alone, rows shuffled", us(per["shuffled"]), f"{rows / kernel_shuffled:,.0f}",
+             f"{kernel_shuffled / exp_bound:.2f}× the exp-bound"],
+            [f"exp-bound: numpy exp over {evals:,} values", us(per["exp"]), f"{rows / exp_bound:,.0f}", ""],
+        ]))
+        print(f"\nlanded {landed.rows:,} readings in {landed.seconds:.1f} s; trained {models:,} models in "
+              f"{trained.elapsed_s:.1f} s ({trained.shards} shards, {args.workers} workers)")
+        print("\ntargets: " + "; ".join([
+            f"whole run ≥ 30× faster than the scikit-learn loop at 1 worker: {sk / per['run_1']:.1f}× "
+            f"({'met' if sk / per['run_1'] >= 30 else 'not met'})",
+            f"within 3× of the floor: {per['run_1'] / per['floor']:.2f}× ({'met' if per['run_1'] <= 3 * per['floor'] else 'not met'})",
+            f"kernel within 2× of the exp-bound: {kernel / exp_bound:.2f}× ({'met' if kernel <= 2 * exp_bound else 'not met'})",
+        ]))
+        fleet.close()
+    finally:
+        if args.home is None:
+            shutil.rmtree(home, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
