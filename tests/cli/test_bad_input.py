@@ -146,3 +146,8 @@ def test_corrupt_shard_fails_its_models_only(cli, home, fleet_csv, monkeypatch: 
     shown = cli("runs", "show", run["run_id"], "--json").json
     assert len(shown["failures"]) == 6 and all("not a readable model file" in f["reason"] for f in shown["failures"])
     assert [t["status"] for t in shown["tasks"]] == ["succeeded", "failed", "succeeded"]
+    monkeypatch.setenv("COLUMNS", "200")
+    human = cli("runs", "show", run["run_id"]).stdout
+    assert "task errors" in human and "times in ms" in human
+    error_rows = [line for line in human.split("task errors", 1)[1].splitlines() if "not a readable model file" in line]
+    assert error_rows and error_rows[0].split("│")[1].strip() == "1"  # the failed task's whole error, by its number

@@ -10,8 +10,17 @@ import typer
 from fleetscore.cli.output import EXIT_FAILURE, EXIT_PARTIAL, HomeOpt, JsonOpt, emit, handle_errors, open_fleet, progress_bar, table
 
 RUN_COLUMNS = ["run_id", "status", "window_from", "window_to", "version", "models", "rows", "anomalies", "failed_models", "elapsed_s"]
-TASK_COLUMNS = ["task", "shard", "status", "models", "rows", "anomalies", "failed_models", "wall_s", "load_data_s",
-                "load_models_s", "score_s", "write_s", "node", "worker", "attempts", "error"]
+#: The task table of ``runs show``: (header, record field); fields ending in ``_s`` are shown in ms.
+TASK_COLUMNS = [("task", "task"), ("shard", "shard"), ("status", "status"), ("models", "models"), ("rows", "rows"),
+                ("anom.", "anomalies"), ("failed", "failed_models"), ("wall", "wall_s"), ("data", "load_data_s"),
+                ("load", "load_models_s"), ("score", "score_s"), ("write", "write_s"), ("worker", "worker"),
+                ("tries", "attempts")]
+
+
+def _task_cell(record: dict[str, object], field: str) -> object:
+    """One cell of the task table: durations in milliseconds, one decimal."""
+    value = record[field]
+    return f"{value * 1000:.1f}" if field.endswith("_s") and isinstance(value, (int, float)) else value
 
 
 def exit_for(status: str) -> None:
@@ -108,8 +117,10 @@ def register(app: typer.Typer) -> None:
         def human(c) -> None:  # type: ignore[no-untyped-def]
             c.print(table(f"run {run.run_id}", ["field", "value"],
                           [[k, v] for k, v in payload.items() if k not in ("tasks", "failures", "extra")]))
-            c.print(table("tasks", TASK_COLUMNS, [[t.as_dict()[k] for k in TASK_COLUMNS[:-1]] + [(t.error or "")[:60]]
-                                                  for t in tasks]))  # whole errors: failed models, `runs logs`
+            records = [t.as_dict() for t in tasks]
+            c.print(table("tasks (times in ms: wall, load data, load models, score, write)", [h for h, _ in TASK_COLUMNS], [[_task_cell(r, f) for _, f in TASK_COLUMNS] for r in records]))
+            if any(t.error for t in tasks):  # tracebacks: `runs logs RUN --task T`
+                c.print(table("task errors", ["task", "error"], [[t.task, t.error] for t in tasks if t.error]))
             if failures:
                 c.print(table("failed models", ["device", "sensor", "reason"], [[f.device, f.sensor, f.reason] for f in failures[:50]]))
             if run.extra.get("unmatched"):

@@ -29,9 +29,10 @@ FLUSH_LINES = 500
 
 
 def log_line(event: str, level: str = "info", **fields: Any) -> dict[str, Any]:
-    """One structured log line: time, level, event name and fields."""
+    """One structured log line: time, level, event name and fields (durations and other floats to the µs)."""
     ts = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    return {"ts": ts, "level": level, "event": event, **fields}
+    return {"ts": ts, "level": level, "event": event,
+            **{k: round(v, 6) if isinstance(v, float) else v for k, v in fields.items()}}
 
 
 def encode_lines(lines: list[dict[str, Any]]) -> bytes:
