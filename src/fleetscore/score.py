@@ -334,8 +334,9 @@ def _run_tasks(catalog: Catalog, storage: Storage, executor: Executor, tasks: li
                 unmatched += _record(catalog, storage, t, result, log)
                 if isinstance(result, ScoreOutcome):
                     sick += len(result.unhealthy)
-                    unhealthy = heapq.nsmallest(MAX_LISTED_UNHEALTHY, unhealthy + result.unhealthy,
-                                                key=lambda u: (u["device"], u["sensor"]))
+                    unhealthy += result.unhealthy
+                    if len(unhealthy) > 2 * MAX_LISTED_UNHEALTHY:  # trimmed now and then, not sorted per task
+                        unhealthy = _first_keys(unhealthy)
                 done += 1
                 if on_progress:
                     on_progress(done, len(tasks))
@@ -346,7 +347,12 @@ def _run_tasks(catalog: Catalog, storage: Storage, executor: Executor, tasks: li
             log.event("task.retry", tasks=[t.task for t in again], retry=retry, delay_s=delay)
             control.stop.sleep(again[0].run_id, delay)
         queue = again
-    return unmatched, unhealthy, sick
+    return unmatched, _first_keys(unhealthy), sick
+
+
+def _first_keys(models: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The first ``MAX_LISTED_UNHEALTHY`` models in key order."""
+    return heapq.nsmallest(MAX_LISTED_UNHEALTHY, models, key=lambda u: (u["device"], u["sensor"]))
 
 
 def _record(catalog: Catalog, storage: Storage, task: ScoreTask, result: ScoreOutcome | TaskError,
