@@ -42,7 +42,7 @@ from fleetscore.core import ocsvm
 from fleetscore.core.matching import match_runs
 from fleetscore.core.times import parse_time
 from fleetscore.storage import layout
-from fleetscore.storage.fs import Storage
+from fleetscore.storage.fs import HOT_WRITE, Storage
 from fleetscore.storage.models import ModelStore
 from fleetscore.storage.readings import ReadingStore
 
@@ -150,7 +150,7 @@ def main() -> None:
                 i = predictions.schema.get_field_index(name)
                 predictions = predictions.set_column(i, name, pc.dictionary_encode(predictions.column(i)))
         sink = Storage(str(home / "floor"))
-        write = best(lambda: sink.write_parquet("predictions.parquet", predictions), args.repeat)
+        write = best(lambda: sink.write_parquet("predictions.parquet", predictions, **HOT_WRITE), args.repeat)
         floor = exp_bound + read + write
 
         sample = predictions.select(["device", "sensor"]).take(

@@ -40,7 +40,7 @@ from fleetscore.exec.capture import run_captured
 from fleetscore.exec.control import CANCELLED, RunControl, RunStopped
 from fleetscore.exec.place import current_place
 from fleetscore.storage import layout
-from fleetscore.storage.fs import Storage, open_storage
+from fleetscore.storage.fs import HOT_WRITE, Storage, open_storage
 from fleetscore.storage.logs import RunLog, worker_name
 from fleetscore.storage.models import ModelStore
 from fleetscore.storage.readings import ReadingStore
@@ -128,7 +128,7 @@ def score_shard(task: ScoreTask) -> ScoreOutcome:
 
     out = _predictions(scored, scores, task)  # in key order, as read
     key = layout.task_predictions_key(task.from_us, task.to_us, task.run_id, task.task)
-    storage.write_parquet(key, out)
+    storage.write_parquet(key, out, **HOT_WRITE)
     t4 = time.perf_counter()
 
     tally = _tally(slots, out.column("is_anomaly").to_numpy(zero_copy_only=False), manifest)

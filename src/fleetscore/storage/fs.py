@@ -13,7 +13,7 @@ import os
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -23,6 +23,10 @@ from fleetscore.redact import redact
 
 #: Row group size of landed files: small enough that statistics prune by device range.
 ROW_GROUP_ROWS = 65_536
+#: ``write_parquet`` options for files written on every run's hot path (predictions): lz4 writes
+#: about twice as fast as zstd for 10% larger files, and statistics only on the columns readers
+#: prune on (time and ids) halve the cost of the rest.
+HOT_WRITE: dict[str, Any] = {"compression": "lz4", "statistics": ("ts", "device", "sensor")}
 
 
 class Storage:
@@ -124,10 +128,15 @@ class Storage:
             pass
 
     # --- Parquet -------------------------------------------------------------------------------
-    def write_parquet(self, key: str, table: pa.Table, row_group_size: int = ROW_GROUP_ROWS) -> None:
-        """Write a Parquet file atomically, with statistics (for pruning) and zstd compression."""
+    def write_parquet(self, key: str, table: pa.Table, row_group_size: int = ROW_GROUP_ROWS, *,
+                      compression: str = "zstd", statistics: Sequence[str] | None = None) -> None:
+        """Write a Parquet file atomically, compressed, with statistics (for pruning) on ``statistics``
+        (default: every column). See :data:`HOT_WRITE` for files written on a run's hot path."""
         sink = io.BytesIO()
-        pq.write_table(table, sink, row_group_size=row_group_size, **_parquet_options(table.schema))
+        options = _parquet_options(table.schema) | {"compression": compression}
+        if statistics is not None:
+            options["write_statistics"] = list(statistics)
+        pq.write_table(table, sink, row_group_size=row_group_size, **options)
         self.write_bytes(key, sink.getvalue())
 
     def write_parquet_groups(self, key: str, schema: pa.Schema, groups: Iterable[pa.Table]) -> None:
