@@ -31,6 +31,8 @@ from fleetscore.storage.readings import ReadingStore
 KeyBound = tuple[str, str] | None
 #: A model needs at least this many feature rows to be trained.
 MIN_TRAIN_ROWS = 2
+#: A shard whose task raised (a dead worker, a storage error) is trained again, at most this often in all.
+TRAIN_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -166,21 +168,28 @@ def train(
         for i, (lo, hi) in enumerate(shard_bounds(keys, starts))
     ]
     parts: list[pa.Table | None] = [None] * len(tasks)
-    errors: list[str] = []
+    errors: dict[int, str] = {}
     # costliest shards first: one started last would finish last and hold up the whole version
-    order = np.argsort(-np.add.reduceat(costs, starts), kind="stable")
-    for done, (j, result) in enumerate(executor.map(train_shard, [tasks[k] for k in order]), start=1):
-        i = int(order[j])
-        if isinstance(result, TaskError):
-            errors.append(f"shard {i}: {result.error}")
-        else:
-            parts[i] = result
-        if on_progress:
-            on_progress(done, len(tasks))
+    pending = [int(k) for k in np.argsort(-np.add.reduceat(costs, starts), kind="stable")]
+    done = 0
+    for _ in range(TRAIN_ATTEMPTS):
+        errors = {}
+        for j, result in executor.map(train_shard, [tasks[k] for k in pending]):
+            if isinstance(result, TaskError):
+                errors[pending[j]] = result.error
+                continue
+            parts[pending[j]] = result
+            done += 1
+            if on_progress:
+                on_progress(done, len(tasks))
+        pending = [i for i in pending if i in errors]  # shard files are written atomically: a rerun replaces
+        if not pending:
+            break
     elapsed = time.perf_counter() - started
     if errors:
         catalog.finish_version(version, "failed", 0, 0, len(tasks), elapsed)
-        raise FleetscoreError(f"training {version} failed: " + "; ".join(errors[:5]))
+        raise FleetscoreError(f"training {version} failed after {TRAIN_ATTEMPTS} attempts: "
+                              + "; ".join(f"shard {i}: {e}" for i, e in sorted(errors.items())[:5]))
     manifest = pa.concat_tables([p for p in parts if p is not None])
     shards = _shard_table(tasks, manifest)
     info = VersionInfo(version, kind, spec.text, params, library_versions(), kinds.FORMAT_VERSION)

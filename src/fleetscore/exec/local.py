@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import multiprocessing
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, Iterator, Sequence
 
 from fleetscore.credentials import call_with_credentials, credential_env
 from fleetscore.exec.base import TaskError
+
+
+class WorkerDied(RuntimeError):
+    """A worker process ended while running a task: the task can run again in a new one."""
 
 
 class LocalExecutor:
@@ -27,7 +32,6 @@ class LocalExecutor:
                 except Exception as exc:  # noqa: BLE001 - a task's failure is data for the run record
                     yield i, TaskError.from_exception(exc)
             return
-        pool = self._ensure_pool()
         env = credential_env()  # the fork server keeps the environment it started with
         pending: dict[Future[Any], int] = {}
         queue = list(enumerate(specs))
@@ -36,12 +40,23 @@ class LocalExecutor:
         while queue or pending:
             while queue and len(pending) < 2 * self.workers:
                 i, spec = queue.pop()
-                pending[pool.submit(call_with_credentials, env, fn, spec)] = i
+                pending[self._submit(call_with_credentials, env, fn, spec)] = i
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
             for fut in done:
                 i = pending.pop(fut)
                 exc = fut.exception()
+                if isinstance(exc, BrokenProcessPool):  # every task in flight fails with it, not only the killed one
+                    exc = WorkerDied("a worker process died while this task was in flight (killed, or out of "
+                                     "memory); the pool was restarted")
                 yield i, (TaskError.from_exception(exc) if exc is not None else fut.result())
+
+    def _submit(self, *args: Any) -> Future[Any]:
+        """Submit to the pool; a pool broken by a dead worker is replaced first, so retries can run."""
+        try:
+            return self._ensure_pool().submit(*args)
+        except BrokenProcessPool:
+            self.close()
+            return self._ensure_pool().submit(*args)
 
     def _ensure_pool(self) -> ProcessPoolExecutor:
         if self._pool is None:
