@@ -35,9 +35,9 @@ def register(app: typer.Typer) -> None:
         def human(c) -> None:  # type: ignore[no-untyped-def]
             ev = summary["evaluation"]
             fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
-            c.print(table("hourly scoring runs", ["run", "window", "status", "rows", "anomalies", "seconds"],
-                          [[r["run_id"][:12], r["window_from"], r["status"], r["rows"], r["anomalies"], r["elapsed_s"]]
-                           for r in summary["runs"]]))
+            c.print(table("hourly scoring runs", ["run", "window (UTC)", "status", "rows", "anomalies", "seconds"],
+                          [[r["run_id"][:12], r["window_from"].replace("T", " ").removesuffix(":00Z"), r["status"],
+                            r["rows"], r["anomalies"], r["elapsed_s"]] for r in summary["runs"]]))
             c.print(f"readings imported  {summary['readings']:,}")
             c.print(f"models trained     {summary['models']:,} (version {summary['version']}, {summary['train_failed']} failed)")
             c.print(f"rows scored        {summary['rows_scored']:,} in {len(summary['runs'])} runs")
