@@ -67,5 +67,10 @@ class LocalExecutor:
 
     def close(self) -> None:
         if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+            pool, self._pool = self._pool, None
+            if pool._broken:  # noqa: SLF001
+                # CPython's broken-pool cleanup misses a worker it was still starting when another died:
+                # that one waits for work forever and shutdown() would wait for it. End them all first.
+                for process in list((pool._processes or {}).values()):  # noqa: SLF001
+                    process.kill()
+            pool.shutdown(wait=True, cancel_futures=True)
