@@ -127,6 +127,13 @@ def test_tail_threshold_is_robust_to_a_few_anomalies() -> None:
     assert tail_threshold(dirty, 1e-4) == pytest.approx(tail_threshold(clean, 1e-4), rel=0.3)
 
 
+def test_tail_threshold_stays_tight_with_3_percent_moderate_anomalies() -> None:
+    """A day with a few noise bursts (3% of readings, 3..10 sigmas) must not loosen the threshold 5-fold."""
+    u = np.abs(RNG.normal(size=1440))
+    u[:43] = RNG.uniform(3, 10, size=43)
+    assert tail_threshold(u, 2.5e-5) < 10
+
+
 def test_constant_series_flags_any_change() -> None:
     X = features(np.full(200, 7.0))
     params = robust.fit_one(X)

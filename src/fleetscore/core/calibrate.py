@@ -25,8 +25,8 @@ from fleetscore.errors import InputError
 
 #: Default target rate of false alarms per scored row (one reading or window).
 DEFAULT_ALARM_RATE = 1e-4
-#: Quantiles of the anomaly measure the tail is fitted through (robust to ~1% anomalies in training).
-BODY = (0.8, 0.98)
+#: Quantiles of the anomaly measure the tail is fitted through (below the top 5%: robust to a few % of anomalies).
+BODY = (0.8, 0.95)
 #: Fewer finite training values than this: Gaussian tail on the robust spread instead of a fitted tail.
 MIN_TAIL_ROWS = 100
 #: An empirical quantile is used when at least this many training values lie beyond it.
