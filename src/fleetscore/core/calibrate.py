@@ -71,6 +71,19 @@ def tail_threshold(u: np.ndarray, rate: float, heavy: bool = False) -> float:
     return median + small_sample_z(rate, n, heavy) * robust_spread(u, median)
 
 
+def deviation_threshold(dev: np.ndarray, rate: float, heavy: bool = False) -> float:
+    """Threshold t on absolute deviations in robust-sigma units (``|x - center| / spread``), P(dev > t) ≈ ``rate``.
+
+    With enough rows this is `tail_threshold`; with few, the two-sided normal (``heavy``: Laplace)
+    quantile widened for the small sample: the spread of so few deviations says little about their tail.
+    """
+    dev = np.asarray(dev, dtype=np.float64)
+    n = int(np.count_nonzero(np.isfinite(dev)))
+    if n >= MIN_TAIL_ROWS or n == 0:
+        return tail_threshold(dev, rate, heavy)
+    return small_sample_z(rate / 2.0, n, heavy)
+
+
 def small_sample_z(rate: float, n: int, heavy: bool = False) -> float:
     """Normal (``heavy``: Laplace) one-sided quantile for ``rate``, widened by (1 + 2/sqrt(n))."""
     z = -math.log(2.0 * rate) / math.sqrt(2.0) if heavy else NormalDist().inv_cdf(1.0 - rate)

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fleetscore.core.calibrate import DEFAULT_ALARM_RATE, robust_spread, tail_threshold
+from fleetscore.core.calibrate import DEFAULT_ALARM_RATE, deviation_threshold, robust_spread
 from fleetscore.errors import FleetscoreError, InputError, ModelFormatError
 
 #: Arrays written now; format 1 (no ``profile``, written before daily profiles) is still read.
@@ -201,7 +201,7 @@ def fit_one(X: np.ndarray, alarm_rate: float = DEFAULT_ALARM_RATE, heavy: Sequen
             col = col - basis @ profile[j]
         center[j] = np.median(col)
         spread = robust_spread(col, center[j])
-        distance = tail_threshold(np.abs(col - center[j]) / spread, per_feature, bool(heavy[j])) * spread
+        distance = deviation_threshold(np.abs(col - center[j]) / spread, per_feature, bool(heavy[j])) * spread
         if np.isfinite(distance) and distance > 0:
             weight[j] = 1.0 / distance
     return RobustParams(center[None], weight[None], np.ones(1), profile[None])
