@@ -2,7 +2,7 @@
 
 A kind is a family of per-(device, sensor) models stored as flat arrays and scored by one fused
 call per shard: ``ocsvm`` (StandardScaler + RBF OneClassSVM, `fleetscore.core.ocsvm`) and
-``robust`` (median / calibrated-spread z-scores, `fleetscore.core.robust`). A shard file holds a
+``robust`` (median / calibrated-spread z-scores with optional daily profiles, `fleetscore.core.robust`). A shard file holds a
 bundle: for each kind present, that kind's arrays under ``"<kind>.<array>"``, plus ``kinds`` (the
 names, so a shard can be checked on its own) and the bundle ``format_version``. Format 1 files
 (bare ``ocsvm`` arrays, written before bundles existed) are still read.
