@@ -143,8 +143,11 @@ class RobustParams:
 
 def daily_basis(phase: np.ndarray) -> np.ndarray:
     """(N, 2 * HARMONICS) cos/sin of each harmonic of the time of day ``phase`` (fraction of a day)."""
-    angle = 2.0 * np.pi * np.asarray(phase, dtype=np.float64)[:, None] * np.arange(1, HARMONICS + 1)
-    return np.concatenate([np.cos(angle), np.sin(angle)], axis=1)
+    angle = 2.0 * np.pi * np.asarray(phase, dtype=np.float64)
+    cos, sin = [np.cos(angle)], [np.sin(angle)]
+    for _ in range(1, HARMONICS):  # angle addition: two trigonometric calls whatever the harmonics
+        cos, sin = cos + [cos[-1] * cos[0] - sin[-1] * sin[0]], sin + [sin[-1] * cos[0] + cos[-1] * sin[0]]
+    return np.stack(cos + sin, axis=1)
 
 
 def covers_day(phase: np.ndarray) -> bool:
