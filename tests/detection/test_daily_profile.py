@@ -85,3 +85,10 @@ def test_models_with_a_profile_need_the_time_of_day() -> None:
     X = context_features(x, np.array([0]))[-5:]
     with pytest.raises(InputError, match="phase"):
         robust.decision_function(params, np.zeros(5, np.int64), X)
+
+
+def test_a_day_of_ten_minute_readings_gets_a_level_profile() -> None:
+    phase = (np.arange(144) * 10 % DAY) / DAY
+    x = 100.0 + 20.0 * np.sin(2 * np.pi * phase) + RNG.normal(size=144)
+    params = fit(x, phase)
+    assert np.abs(params.profile[0, 0, 3] - 20.0) < 1.0  # the sine of the first harmonic

@@ -37,8 +37,9 @@ FORMAT_VERSION = 2
 READABLE_FORMATS = (1, 2)
 #: Fourier harmonics of the time of day in a daily profile (1/day, 2/day, ...).
 HARMONICS = 3
-#: A daily profile is fitted only when every hour of the day has this many finite training values.
-MIN_PROFILE_ROWS_PER_HOUR = 10
+#: A daily profile is fitted only when every hour of the day has this many finite training values
+#: (a day of readings every 10 minutes gives 6).
+MIN_PROFILE_ROWS_PER_HOUR = 5
 #: Profile fit: rows farther than this many robust spreads from the fit are left out of the refit.
 PROFILE_CLIP = 3.5
 PROFILE_ITERATIONS = 3
