@@ -72,12 +72,12 @@ def retrain_shard(task: RetrainTask) -> pa.Table:
     t = task.train
     storage = open_storage(t.storage_url)
     store = ModelStore(storage)
-    meta, bounds, groups = load_groups(t)
+    meta, bounds, groups, phases = load_groups(t)
     keys = set(task.keys)
     dev, sen = meta.column("device").to_pylist(), meta.column("sensor").to_pylist()
     chosen = [i for i, start in enumerate(bounds[:-1]) if (dev[start], sen[start]) in keys]
     fresh_meta = meta.take(pa.array(bounds[:-1][chosen], pa.int64())) if chosen else meta.slice(0, 0)
-    fitted = fit_shard([groups[i] for i in chosen], task_settings(t))
+    fitted = fit_shard([groups[i] for i in chosen], task_settings(t), [phases[i] for i in chosen])
     fresh = manifest_rows(t, fresh_meta, np.append(np.arange(len(chosen)), len(chosen)), fitted)
     fresh = fresh.set_column(fresh.schema.get_field_index("n_train"), "n_train",
                              pa.array([len(groups[i]) for i in chosen], pa.int64()))

@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 from fleetscore.catalog import Catalog
 from fleetscore.catalog.sql import now_iso
 from fleetscore.core import ocsvm
-from fleetscore.core.features import build_features, parse_features
+from fleetscore.core.features import build_features, day_phase, parse_features
 from fleetscore.core.health import MAX_LISTED as MAX_LISTED_UNHEALTHY
 from fleetscore.core.health import describe, expected_rate, unhealthy_counts
 from fleetscore.core.kinds import score_bundle
@@ -115,7 +115,8 @@ def score_shard(task: ScoreTask) -> ScoreOutcome:
     scored = scored.append_column("kind", kind).append_column(
         "fallback", pc.fill_null(manifest.column("fallback"), False).take(pa.array(rows_model)))
     slots = rows_model  # one id per model of the shard, whatever its kind
-    scores = score_bundle(bundle, kind, slot_of[rows_model].astype(np.int64), x if has_model.all() else x[has_model])
+    scores = score_bundle(bundle, kind, slot_of[rows_model].astype(np.int64), x if has_model.all() else x[has_model],
+                          day_phase(scored.column("ts")))
     finite = np.isfinite(scores)
     failures: list[ModelFailure] = []
     if not finite.all():

@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 from fleetscore.catalog import Catalog
 from fleetscore.core import kinds
 from fleetscore.core.calibrate import check_alarm_rate
-from fleetscore.core.features import build_features, parse_features
+from fleetscore.core.features import build_features, day_phase, parse_features
 from fleetscore.core.fitting import FitSettings, ShardFit, fit_shard
 from fleetscore.core.plan import fit_cost, group_bounds, plan_shards, score_cost, target_shards
 from fleetscore.core.times import iso
@@ -78,26 +78,28 @@ def shard_bounds(keys: pa.Table, starts: np.ndarray) -> list[tuple[KeyBound, Key
 def train_shard(task: TrainTask) -> pa.Table:
     """Fit all models of one shard and write its shard file; returns the shard's manifest rows."""
     storage = open_storage(task.storage_url)
-    meta, bounds, groups = load_groups(task)
-    fitted = fit_shard(groups, task_settings(task))
+    meta, bounds, groups, phases = load_groups(task)
+    fitted = fit_shard(groups, task_settings(task), phases)
     ModelStore(storage).write_bundle(task.version, task.shard, fitted.bundle)
     return manifest_rows(task, meta, bounds, fitted)
 
 
-def load_groups(task: TrainTask) -> tuple[pa.Table, np.ndarray, list[np.ndarray]]:
-    """The shard's training rows: meta, group bounds and one feature matrix per (device, sensor)."""
+def load_groups(task: TrainTask) -> tuple[pa.Table, np.ndarray, list[np.ndarray], list[np.ndarray]]:
+    """The shard's training rows: meta, group bounds, and per (device, sensor) its features and times of day."""
     readings = ReadingStore(open_storage(task.storage_url))
     spec = parse_features(task.features)
     table = readings.read_range(task.from_us, task.to_us, task.lo, task.hi)  # sorted by key and time
     meta, x = build_features(table, spec)
     bounds = group_bounds(meta.column("device"), meta.column("sensor"))
-    return meta, bounds, [x[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+    phase = day_phase(meta.column("ts"))
+    pairs = list(zip(bounds[:-1], bounds[1:]))
+    return meta, bounds, [x[a:b] for a, b in pairs], [phase[a:b] for a, b in pairs]
 
 
 def task_settings(task: TrainTask) -> FitSettings:
     spec = parse_features(task.features)
     return FitSettings(task.kind, task.nu, task.gamma, task.alarm_rate, task.min_history,
-                       heavy_tails=spec.heavy_tailed, short_history=spec.short_history)
+                       heavy_tails=spec.heavy_tailed, short_history=spec.short_history, seasonal=spec.seasonal)
 
 
 def manifest_rows(task: TrainTask, meta: pa.Table, bounds: np.ndarray, fitted: ShardFit) -> pa.Table:

@@ -9,7 +9,7 @@ import pytest
 
 from fleetscore.core import ocsvm, robust
 from fleetscore.core.calibrate import decision_offset, tail_threshold
-from fleetscore.core.context import CONTEXT_FEATURES, context_features
+from fleetscore.core.context import CONTEXT_FEATURES, HEAVY_TAILED, SHORT_HISTORY, context_features
 from fleetscore.core.fitting import FitSettings, fit_shard
 from fleetscore.core.kinds import bundle_from_arrays, bundle_to_arrays, get_kind, score_bundle
 from fleetscore.errors import InputError, ModelFormatError
@@ -127,6 +127,13 @@ def test_tail_threshold_is_robust_to_a_few_anomalies() -> None:
     assert tail_threshold(dirty, 1e-4) == pytest.approx(tail_threshold(clean, 1e-4), rel=0.3)
 
 
+def test_tail_threshold_stays_tight_with_3_percent_moderate_anomalies() -> None:
+    """A day with a few noise bursts (3% of readings, 3..10 sigmas) must not loosen the threshold 5-fold."""
+    u = np.abs(RNG.normal(size=1440))
+    u[:43] = RNG.uniform(3, 10, size=43)
+    assert tail_threshold(u, 2.5e-5) < 10
+
+
 def test_constant_series_flags_any_change() -> None:
     X = features(np.full(200, 7.0))
     params = robust.fit_one(X)
@@ -165,3 +172,14 @@ def test_context_features_never_cross_series() -> None:
     both = context_features(np.r_[a, b], np.array([0, 40]))
     np.testing.assert_array_equal(both[40:], context_features(b, np.array([0])))
     assert np.isnan(both[40, 1:]).all() and both.shape == (80, len(CONTEXT_FEATURES))
+
+
+def test_fallback_fitted_on_45_readings_does_not_over_alarm() -> None:
+    """A model fitted on 45 readings alarms on fresh data within a small factor of its target rate."""
+    rate, models = 1e-3, 100
+    train = [features(series(45, 100 * k, 1 + k % 3)) for k in range(models)]
+    params, fitted, _ = robust.fit_many(train, rate, HEAVY_TAILED, SHORT_HISTORY)
+    assert len(fitted) == models
+    X = np.vstack([features(series(3000, 100 * k, 1 + k % 3)) for k in range(models)])
+    alarm = np.mean(robust.decision_function(params, np.repeat(np.arange(models), 3000), X) < 0)
+    assert alarm <= 3 * rate

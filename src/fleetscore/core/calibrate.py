@@ -25,8 +25,8 @@ from fleetscore.errors import InputError
 
 #: Default target rate of false alarms per scored row (one reading or window).
 DEFAULT_ALARM_RATE = 1e-4
-#: Quantiles of the anomaly measure the tail is fitted through (robust to ~1% anomalies in training).
-BODY = (0.8, 0.98)
+#: Quantiles of the anomaly measure the tail is fitted through (below the top 5%: robust to a few % of anomalies).
+BODY = (0.8, 0.95)
 #: Fewer finite training values than this: Gaussian tail on the robust spread instead of a fitted tail.
 MIN_TAIL_ROWS = 100
 #: An empirical quantile is used when at least this many training values lie beyond it.
@@ -69,6 +69,19 @@ def tail_threshold(u: np.ndarray, rate: float, heavy: bool = False) -> float:
             lam = x2 / (-math.log(s2)) ** (1.0 / k)
             return median + lam * (-math.log(min(2.0 * rate, 0.5))) ** (1.0 / k)
     return median + small_sample_z(rate, n, heavy) * robust_spread(u, median)
+
+
+def deviation_threshold(dev: np.ndarray, rate: float, heavy: bool = False) -> float:
+    """Threshold t on absolute deviations in robust-sigma units (``|x - center| / spread``), P(dev > t) ≈ ``rate``.
+
+    With enough rows this is `tail_threshold`; with few, the two-sided normal (``heavy``: Laplace)
+    quantile widened for the small sample: the spread of so few deviations says little about their tail.
+    """
+    dev = np.asarray(dev, dtype=np.float64)
+    n = int(np.count_nonzero(np.isfinite(dev)))
+    if n >= MIN_TAIL_ROWS or n == 0:
+        return tail_threshold(dev, rate, heavy)
+    return small_sample_z(rate / 2.0, n, heavy)
 
 
 def small_sample_z(rate: float, n: int, heavy: bool = False) -> float:

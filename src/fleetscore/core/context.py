@@ -26,6 +26,9 @@ HEAVY_TAILED = (False, False, False, True)
 #: Features a model can learn from a short history (an hour says little about the daily range of the
 #: level or of its slow changes, but enough about reading-to-reading noise): fallback models use these.
 SHORT_HISTORY = (False, True, False, True)
+#: Features whose center follows the sensor's daily cycle (a robust model's daily profile): the level
+#: and the changes the cycle's slope causes in the residual and the drift; not the noise-driven flat.
+SEASONAL = (True, True, True, False)
 BASE = 10
 SHORT = 3
 LONG = 15

@@ -11,13 +11,15 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from fleetscore.core.context import CONTEXT_FEATURES, HEAVY_TAILED, SHORT_HISTORY, context_features
+from fleetscore.core.context import CONTEXT_FEATURES, HEAVY_TAILED, SEASONAL, SHORT_HISTORY, context_features
 from fleetscore.core.plan import group_bounds
 from fleetscore.core.windows import WINDOW_FEATURES, parse_duration, tumbling_aggregate, window_feature_matrix
 from fleetscore.errors import InputError
 
 
+_DAY_US = 86_400_000_000
 #: History read before a scored window for ``context`` features (covers 30 readings a minute apart).
 DEFAULT_CONTEXT_LOOKBACK_S = 1800
 
@@ -42,6 +44,11 @@ class FeatureSpec:
     def short_history(self) -> tuple[bool, ...]:
         """Per feature: usable by a fallback model fitted on a short history."""
         return SHORT_HISTORY if self.name == "context" else (True,) * self.n_features
+
+    @property
+    def seasonal(self) -> tuple[bool, ...]:
+        """Per feature: its center may follow a daily profile (the value itself, and context's level changes)."""
+        return {"raw": (True,), "context": SEASONAL}.get(self.name, (False,) * self.n_features)
 
     @property
     def lookback_s(self) -> int:
@@ -77,6 +84,12 @@ def parse_features(text: str) -> FeatureSpec:
     raise InputError(
         f"--features must be 'raw', 'window:DURATION' (e.g. window:1m) or 'context[:LOOKBACK]', got {text[:40]!r}"
     )
+
+
+def day_phase(ts: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """Time of day of each timestamp as a fraction of a UTC day, in [0, 1)."""
+    us = pc.cast(ts, pa.int64()).to_numpy(zero_copy_only=False)
+    return (us % _DAY_US) / _DAY_US
 
 
 def build_features(readings: pa.Table, spec: FeatureSpec) -> tuple[pa.Table, np.ndarray]:

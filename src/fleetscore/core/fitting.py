@@ -34,6 +34,7 @@ class FitSettings:
     fallback: bool = True
     heavy_tails: tuple[bool, ...] = ()  # per feature, see robust.fit_one
     short_history: tuple[bool, ...] = ()  # features the fallback models use (all when empty)
+    seasonal: tuple[bool, ...] = ()  # features that get a daily profile (robust), see robust.fit_one
 
 
 @dataclass(frozen=True)
@@ -90,8 +91,12 @@ def _usable_rows(X: np.ndarray) -> int:
     return int(np.count_nonzero(np.isfinite(X[:, 0]))) if np.ndim(X) == 2 and np.shape(X)[1] else 0
 
 
-def fit_shard(groups: Sequence[np.ndarray], settings: FitSettings) -> ShardFit:
-    """Fit one model per group; see the module docstring for which kind each group gets."""
+def fit_shard(groups: Sequence[np.ndarray], settings: FitSettings,
+              phases: Sequence[np.ndarray] | None = None) -> ShardFit:
+    """Fit one model per group; see the module docstring for which kind each group gets.
+
+    ``phases[i]``: time of day of each row of group i (lets robust models fit daily profiles).
+    """
     n = len(groups)
     kinds: list[str | None] = [None] * n
     slots = np.full(n, -1, dtype=np.int32)
@@ -106,7 +111,9 @@ def fit_shard(groups: Sequence[np.ndarray], settings: FitSettings) -> ShardFit:
         reasons[i] = f"{_usable_rows(groups[i])} row(s) of history; {settings.kind} needs {settings.min_history}"
     if settings.kind == "robust":
         params, fitted, failures = robust.fit_many([groups[i] for i in enough], settings.alarm_rate or DEFAULT_ALARM_RATE,
-                                                   settings.heavy_tails)
+                                                   settings.heavy_tails, (),
+                                                   None if phases is None else [phases[i] for i in enough],
+                                                   settings.seasonal)
     else:
         params, fitted, failures = _fit_ocsvm([groups[i] for i in enough], settings)
     _place(bundle, settings.kind, params, [enough[k] for k in fitted], kinds, slots, sizes, reasons)

@@ -2,7 +2,7 @@
 
 A kind is a family of per-(device, sensor) models stored as flat arrays and scored by one fused
 call per shard: ``ocsvm`` (StandardScaler + RBF OneClassSVM, `fleetscore.core.ocsvm`) and
-``robust`` (median / calibrated-spread z-scores, `fleetscore.core.robust`). A shard file holds a
+``robust`` (median / calibrated-spread z-scores with optional daily profiles, `fleetscore.core.robust`). A shard file holds a
 bundle: for each kind present, that kind's arrays under ``"<kind>.<array>"``, plus ``kinds`` (the
 names, so a shard can be checked on its own) and the bundle ``format_version``. Format 1 files
 (bare ``ocsvm`` arrays, written before bundles existed) are still read.
@@ -38,7 +38,8 @@ class ModelKind:
 
     name: str
     params_type: type
-    decision_function: Callable[[Params, np.ndarray, np.ndarray], np.ndarray]
+    #: (params, model_idx, X, phase): ``phase`` is each row's time of day (kinds with daily profiles)
+    decision_function: Callable[[Params, np.ndarray, np.ndarray, np.ndarray | None], np.ndarray]
     intercept_of: Callable[[Params], np.ndarray]
     with_intercept: Callable[[Params, np.ndarray], Params]
     #: what one model costs to score per row, relative to other models of the kind (planning, manifest)
@@ -55,8 +56,9 @@ class ModelKind:
         return self.with_intercept(params, self.intercept_of(params) - np.asarray(offsets, dtype=np.float64))
 
 
-def _ocsvm_decision(params: ocsvm.OcsvmParams, model_idx: np.ndarray, X: np.ndarray) -> np.ndarray:
-    """ocsvm scores; a feature without history (NaN) is taken at the model's training mean."""
+def _ocsvm_decision(params: ocsvm.OcsvmParams, model_idx: np.ndarray, X: np.ndarray,
+                    phase: np.ndarray | None = None) -> np.ndarray:
+    """ocsvm scores (``phase`` unused); a feature without history (NaN) is taken at the model's training mean."""
     X = np.asarray(X, dtype=np.float64)
     missing = np.isnan(X)
     if missing.any():
@@ -118,9 +120,10 @@ def bundle_from_arrays(arrays: Mapping[str, np.ndarray]) -> Bundle:
 
 
 def score_bundle(bundle: Mapping[str, Params], kinds: Sequence[str] | pa.DictionaryArray, slots: np.ndarray,
-                 X: np.ndarray) -> np.ndarray:
+                 X: np.ndarray, phase: np.ndarray | None = None) -> np.ndarray:
     """Decision of row r by model ``slots[r]`` of kind ``kinds[r]``: one fused call per kind present.
 
+    ``phase`` is each row's time of day (fraction of a UTC day), needed by models with daily profiles.
     ``kinds`` is a name per row, or (no per-row Python objects: the fast form for many rows) an
     Arrow dictionary array of them. Rows keep their order within a kind, so rows grouped by model
     stay grouped for the kernel.
@@ -138,6 +141,7 @@ def score_bundle(bundle: Mapping[str, Params], kinds: Sequence[str] | pa.Diction
         if name not in bundle:
             raise ModelFormatError(f"the manifest names {name} models that the shard file does not hold")
         every = rows.size == len(slots)  # one kind: no copies of X
-        out[rows] = get_kind(name).decision_function(bundle[name], slots if every else slots[rows],
-                                                     X if every else X[rows])
+        out[rows] = get_kind(name).decision_function(
+            bundle[name], slots if every else slots[rows], X if every else X[rows],
+            phase if every or phase is None else phase[rows])
     return out

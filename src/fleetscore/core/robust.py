@@ -11,7 +11,15 @@ per model. The decision of a row is
 
 with intercept 1 after fitting, so decision < 0 (an anomaly) exactly when some feature is beyond
 its calibrated threshold, and -3 means "four times as far as the threshold". NaN features (no
-history yet) are skipped. Pure: arrays in, arrays out.
+history yet) are skipped.
+
+Daily profile: when the training rows cover every hour of the day, a *seasonal* feature's center
+follows the model's own daily cycle: ``center[m, j] + profile[m, j] · daily_basis(phase)``, a few
+Fourier harmonics of the reading's time of day (``phase`` in [0, 1)), fitted robustly on the
+training values; the threshold is then calibrated on the deviations from that profile. A strong
+daily cycle thus neither hides level shifts and drifts nor raises false alarms. Models without the
+history (or features not seasonal) keep a zero profile: the center is constant. Pure: arrays in,
+arrays out.
 """
 
 from __future__ import annotations
@@ -21,10 +29,20 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fleetscore.core.calibrate import DEFAULT_ALARM_RATE, robust_spread, tail_threshold
+from fleetscore.core.calibrate import DEFAULT_ALARM_RATE, deviation_threshold, robust_spread
 from fleetscore.errors import FleetscoreError, InputError, ModelFormatError
 
-FORMAT_VERSION = 1
+#: Arrays written now; format 1 (no ``profile``, written before daily profiles) is still read.
+FORMAT_VERSION = 2
+READABLE_FORMATS = (1, 2)
+#: Fourier harmonics of the time of day in a daily profile (1/day, 2/day, ...).
+HARMONICS = 3
+#: A daily profile is fitted only when every hour of the day has this many finite training values
+#: (a day of readings every 10 minutes gives 6).
+MIN_PROFILE_ROWS_PER_HOUR = 5
+#: Profile fit: rows farther than this many robust spreads from the fit are left out of the refit.
+PROFILE_CLIP = 3.5
+PROFILE_ITERATIONS = 3
 #: A model needs at least this many rows with a finite first feature (the reading's level).
 MIN_ROWS = 3
 #: A feature needs at least this many finite training values to be used by a model.
@@ -32,7 +50,7 @@ MIN_FEATURE_ROWS = 3
 #: Scores are clipped here so that absurd inputs give a very negative, never an infinite, decision.
 MAX_DEVIATION = 1e300
 
-_FIELDS = ("center", "weight", "intercept")
+_FIELDS = ("center", "weight", "intercept", "profile")
 
 
 def _bad(name: str, problem: str) -> ModelFormatError:
@@ -46,8 +64,11 @@ class RobustParams:
     center: np.ndarray  # (M, F) float64, finite
     weight: np.ndarray  # (M, F) float64, finite, >= 0 (0 = feature not used by the model)
     intercept: np.ndarray  # (M,) float64, finite
+    profile: np.ndarray | None = None  # (M, F, 2 * HARMONICS) float64, finite; None = all zero
 
     def __post_init__(self) -> None:
+        if self.profile is None:
+            object.__setattr__(self, "profile", np.zeros((*np.shape(self.center), 2 * HARMONICS)))
         for name in _FIELDS:
             a = np.asarray(getattr(self, name))
             if a.dtype.kind != "f":
@@ -63,8 +84,16 @@ class RobustParams:
             raise _bad("weight", f"shape {self.weight.shape}, expected {self.center.shape}")
         if self.intercept.shape != (self.center.shape[0],):
             raise _bad("intercept", f"shape {self.intercept.shape}, expected ({self.center.shape[0]},)")
+        if self.profile.shape != (*self.center.shape, 2 * HARMONICS):
+            raise _bad("profile", f"shape {self.profile.shape}, expected {(*self.center.shape, 2 * HARMONICS)}")
         if np.any(self.weight < 0):
             raise _bad("weight", "must be >= 0")
+        object.__setattr__(self, "_seasonal", bool(np.any(self.profile)))
+
+    @property
+    def seasonal(self) -> bool:
+        """Whether some model has a daily profile (scoring then needs each row's time of day)."""
+        return self._seasonal  # type: ignore[attr-defined]
 
     @property
     def n_models(self) -> int:
@@ -80,17 +109,21 @@ class RobustParams:
 
     @classmethod
     def from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> RobustParams:
-        missing = [k for k in ("format_version", *_FIELDS) if k not in arrays]
+        """Validate arrays written by `to_arrays` (format 1 or 2); ModelFormatError if bad."""
+        if "format_version" not in arrays:
+            raise ModelFormatError("robust model arrays missing: format_version")
+        version = np.asarray(arrays["format_version"])
+        if version.shape != () or version.dtype.kind not in "iu" or int(version) not in READABLE_FORMATS:
+            raise _bad("format_version", f"got {version!r}, this version reads {READABLE_FORMATS}")
+        fields = _FIELDS if int(version) >= 2 else _FIELDS[:-1]
+        missing = [k for k in fields if k not in arrays]
         if missing:
             raise ModelFormatError(f"robust model arrays missing: {', '.join(missing)}")
-        version = np.asarray(arrays["format_version"])
-        if version.shape != () or version.dtype.kind not in "iu" or int(version) != FORMAT_VERSION:
-            raise _bad("format_version", f"got {version!r}, this version reads {FORMAT_VERSION}")
-        return cls(*(np.asarray(arrays[k]) for k in _FIELDS))
+        return cls(*(np.asarray(arrays[k]) for k in fields))
 
     def take(self, indices: Sequence[int] | np.ndarray) -> RobustParams:
         idx = np.asarray(indices, dtype=np.int64)
-        return RobustParams(self.center[idx], self.weight[idx], self.intercept[idx])
+        return RobustParams(*(getattr(self, k)[idx] for k in _FIELDS))
 
     @classmethod
     def concat(cls, parts: Sequence[RobustParams]) -> RobustParams:
@@ -106,15 +139,42 @@ class RobustParams:
         return cls(np.empty((0, n_features)), np.empty((0, n_features)), np.empty(0))
 
     def with_intercept(self, intercept: np.ndarray) -> RobustParams:
-        return RobustParams(self.center, self.weight, intercept)
+        return RobustParams(self.center, self.weight, intercept, self.profile)
+
+
+def daily_basis(phase: np.ndarray) -> np.ndarray:
+    """(N, 2 * HARMONICS) cos/sin of each harmonic of the time of day ``phase`` (fraction of a day)."""
+    angle = 2.0 * np.pi * np.asarray(phase, dtype=np.float64)
+    cos, sin = [np.cos(angle)], [np.sin(angle)]
+    for _ in range(1, HARMONICS):  # angle addition: two trigonometric calls whatever the harmonics
+        cos, sin = cos + [cos[-1] * cos[0] - sin[-1] * sin[0]], sin + [sin[-1] * cos[0] + cos[-1] * sin[0]]
+    return np.stack(cos + sin, axis=1)
+
+
+def covers_day(phase: np.ndarray) -> bool:
+    """Whether every hour of the day holds at least `MIN_PROFILE_ROWS_PER_HOUR` of the times ``phase``."""
+    hours = np.bincount(np.clip((np.asarray(phase) * 24).astype(np.int64), 0, 23), minlength=24)
+    return bool(hours.min() >= MIN_PROFILE_ROWS_PER_HOUR)
+
+
+def fit_profile(col: np.ndarray, basis: np.ndarray) -> np.ndarray:
+    """Harmonic coefficients of a daily profile (plus a constant) fitted to ``col``, refitted without outliers."""
+    design = np.hstack([np.ones((len(col), 1)), basis])
+    keep = np.ones(len(col), dtype=bool)
+    for _ in range(PROFILE_ITERATIONS):
+        coef = np.linalg.lstsq(design[keep], col[keep], rcond=None)[0]
+        resid = col - design @ coef
+        keep = np.abs(resid) <= PROFILE_CLIP * robust_spread(resid, 0.0)
+    return coef[1:]
 
 
 def fit_one(X: np.ndarray, alarm_rate: float = DEFAULT_ALARM_RATE, heavy: Sequence[bool] = (),
-            use: Sequence[bool] = ()) -> RobustParams:
+            use: Sequence[bool] = (), phase: np.ndarray | None = None, seasonal: Sequence[bool] = ()) -> RobustParams:
     """Fit one model on X (rows, features); NaN means "feature not available for this row".
 
     ``heavy[j]``: feature j has a heavy far tail (see `tail_threshold`); ``use[j]`` False: the model
-    ignores feature j (weight 0). Both default to all False / all True.
+    ignores feature j (weight 0). Both default to all False / all True. ``phase`` (time of day of
+    each row) and ``seasonal[j]`` True: feature j gets a daily profile where its rows cover the day.
     """
     X = np.asarray(X, dtype=np.float64)
     if X.ndim != 2 or X.shape[1] == 0:
@@ -128,29 +188,39 @@ def fit_one(X: np.ndarray, alarm_rate: float = DEFAULT_ALARM_RATE, heavy: Sequen
     heavy = np.asarray(heavy, dtype=bool) if len(heavy) else np.zeros(X.shape[1], dtype=bool)
     used = max(1, int(np.sum(use & (np.count_nonzero(np.isfinite(X), axis=0) >= MIN_FEATURE_ROWS))))
     per_feature = alarm_rate / used  # each feature's share of the target rate
+    seasonal = np.asarray(seasonal, dtype=bool) if len(seasonal) else np.zeros(n_features, dtype=bool)
+    if phase is not None and np.shape(phase) != (X.shape[0],):
+        raise InputError(f"phase must have shape ({X.shape[0]},), got {np.shape(phase)}")
     center = np.zeros(n_features)
     weight = np.zeros(n_features)
+    profile = np.zeros((n_features, 2 * HARMONICS))
     for j in range(n_features):
-        col = X[:, j][np.isfinite(X[:, j])]
+        finite = np.isfinite(X[:, j])
+        col = X[:, j][finite]
         if col.size < MIN_FEATURE_ROWS or not use[j]:
             continue
+        if seasonal[j] and phase is not None and covers_day(phase[finite]):
+            basis = daily_basis(phase[finite])
+            profile[j] = fit_profile(col, basis)
+            col = col - basis @ profile[j]
         center[j] = np.median(col)
         spread = robust_spread(col, center[j])
-        distance = tail_threshold(np.abs(col - center[j]) / spread, per_feature, bool(heavy[j])) * spread
+        distance = deviation_threshold(np.abs(col - center[j]) / spread, per_feature, bool(heavy[j])) * spread
         if np.isfinite(distance) and distance > 0:
             weight[j] = 1.0 / distance
-    return RobustParams(center[None], weight[None], np.ones(1))
+    return RobustParams(center[None], weight[None], np.ones(1), profile[None])
 
 
 def fit_many(groups: Sequence[np.ndarray], alarm_rate: float = DEFAULT_ALARM_RATE, heavy: Sequence[bool] = (),
-             use: Sequence[bool] = ()) -> tuple[RobustParams, np.ndarray, dict[int, str]]:
+             use: Sequence[bool] = (), phases: Sequence[np.ndarray] | None = None,
+             seasonal: Sequence[bool] = ()) -> tuple[RobustParams, np.ndarray, dict[int, str]]:
     """Fit one model per group: (params of the fitted ones, their group indices, group -> failure reason)."""
     parts: list[RobustParams] = []
     fitted: list[int] = []
     failures: dict[int, str] = {}
     for i, X in enumerate(groups):
         try:
-            parts.append(fit_one(X, alarm_rate, heavy, use))
+            parts.append(fit_one(X, alarm_rate, heavy, use, None if phases is None else phases[i], seasonal))
         except FleetscoreError as exc:
             failures[i] = str(exc)
             continue
@@ -160,8 +230,12 @@ def fit_many(groups: Sequence[np.ndarray], alarm_rate: float = DEFAULT_ALARM_RAT
     return params, np.array(fitted, dtype=np.int64), failures
 
 
-def decision_function(params: RobustParams, model_idx: np.ndarray, X: np.ndarray) -> np.ndarray:
-    """Score row r of X (N, F) with model ``model_idx[r]``: intercept - max weighted |deviation|."""
+def decision_function(params: RobustParams, model_idx: np.ndarray, X: np.ndarray,
+                      phase: np.ndarray | None = None) -> np.ndarray:
+    """Score row r of X (N, F) with model ``model_idx[r]``: intercept - max weighted |deviation|.
+
+    ``phase`` (each row's time of day) is required when some model has a daily profile.
+    """
     X = np.asarray(X, dtype=np.float64)
     if X.ndim != 2 or X.shape[1] != params.n_features:
         raise InputError(f"input has shape {X.shape}, the robust models take {params.n_features} features")
@@ -170,8 +244,14 @@ def decision_function(params: RobustParams, model_idx: np.ndarray, X: np.ndarray
         raise InputError(f"model_idx must have shape ({X.shape[0]},), got {idx.shape}")
     if idx.size and (idx.min() < 0 or idx.max() >= params.n_models):
         raise InputError(f"model_idx out of range for {params.n_models} models")
+    center = params.center[idx]
+    if params.seasonal:
+        if phase is None or np.shape(phase) != (X.shape[0],):
+            raise InputError(f"models with a daily profile need phase of shape ({X.shape[0]},), got "
+                             f"{None if phase is None else np.shape(phase)}")
+        center = center + np.einsum("nfk,nk->nf", params.profile[idx], daily_basis(phase))
     with np.errstate(invalid="ignore", over="ignore"):
-        dev = np.abs(X - params.center[idx]) * params.weight[idx]
+        dev = np.abs(X - center) * params.weight[idx]
     dev[np.isnan(dev)] = 0.0  # missing feature, or an unused one (weight 0) with an infinite deviation
     worst = np.minimum(dev.max(axis=1, initial=0.0), MAX_DEVIATION)
     return params.intercept[idx] - worst
