@@ -16,7 +16,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from fleetscore.catalog import Catalog
-from fleetscore.core import ocsvm
+from fleetscore.core import kinds, ocsvm
 from fleetscore.core.features import parse_features
 from fleetscore.core.schema import validate_readings
 from fleetscore.errors import InputError, ModelFormatError
@@ -77,7 +77,7 @@ def import_sklearn(storage: Storage, catalog: Catalog, path: Path, device: str, 
         "hi_device": pa.array([None], pa.string()), "hi_sensor": pa.array([None], pa.string()),
         "cost": [1.0],
     })
-    store.write_manifest(VersionInfo(version, "ocsvm", spec.text, meta, library_versions(), ocsvm.FORMAT_VERSION),
+    store.write_manifest(VersionInfo(version, "ocsvm", spec.text, meta, library_versions(), kinds.FORMAT_VERSION),
                          manifest, shards)
     catalog.finish_version(version, "ready", 1, 0, 1, time.perf_counter() - started)
     return version

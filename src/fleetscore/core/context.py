@@ -5,8 +5,10 @@ For readings sorted by (device, sensor, ts), reading t of a series gets (``CONTE
 
 * ``level``: the value itself (gross level shifts; the model's own spread absorbs daily cycles);
 * ``resid``: value − median of the previous ``BASE`` readings (spikes, noise bursts);
-* ``drift``: median of the last 3 readings − median of ``LONG`` readings ending ``GAP`` readings
-  earlier (ramps that the short baseline follows);
+* ``drift``: the shift of the median of the last 3 readings from the median of ``LONG`` readings
+  ending ``GAP`` readings earlier (ramps that the short baseline follows), counted only as far as
+  the reading itself shares it (the smaller of the two shifts, 0 if their signs differ): right
+  after an anomaly ends, the short median still holds its readings but the reading is back;
 * ``flat``: log of the largest |first difference| over the last 3 readings (a stuck sensor repeats
   its value exactly: the log falls far below anything the sensor's noise produces).
 
@@ -48,6 +50,11 @@ def _lagged_median(x: np.ndarray, width: int, lag: int) -> np.ndarray:
     return out
 
 
+def _agreeing(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per element the one of ``a``, ``b`` nearer zero when both have the same sign, else 0."""
+    return np.where(np.sign(a) == np.sign(b), np.where(np.abs(a) <= np.abs(b), a, b), 0.0)
+
+
 def context_features(values: np.ndarray, series_start: np.ndarray) -> np.ndarray:
     """Feature matrix (n, 4) for ``values`` sorted by series then time.
 
@@ -67,8 +74,8 @@ def context_features(values: np.ndarray, series_start: np.ndarray) -> np.ndarray
     out[:, 0] = x
     with np.errstate(invalid="ignore", over="ignore"):
         out[:, 1] = np.where(pos >= BASE, x - _lagged_median(x, BASE, 1), np.nan)
-        short = _lagged_median(x, SHORT, 0)
-        out[:, 2] = np.where(pos >= GAP + LONG - 1, short - _lagged_median(x, LONG, GAP), np.nan)
+        base = _lagged_median(x, LONG, GAP)
+        out[:, 2] = np.where(pos >= GAP + LONG - 1, _agreeing(_lagged_median(x, SHORT, 0) - base, x - base), np.nan)
         step = np.abs(np.diff(x, prepend=np.nan))
         largest = np.full(n, np.nan)
         if n >= SHORT:

@@ -16,12 +16,16 @@ import pyarrow.compute as pc
 from fleetscore.core.context import CONTEXT_FEATURES, HEAVY_TAILED, SEASONAL, SHORT_HISTORY, context_features
 from fleetscore.core.plan import group_bounds
 from fleetscore.core.windows import WINDOW_FEATURES, parse_duration, tumbling_aggregate, window_feature_matrix
-from fleetscore.errors import InputError
+from fleetscore.errors import InputError, ModelFormatError
 
 
 _DAY_US = 86_400_000_000
 #: History read before a scored window for ``context`` features (covers 30 readings a minute apart).
 DEFAULT_CONTEXT_LOOKBACK_S = 1800
+#: First model format whose ``context`` features mean what `context_features` computes now (format 3:
+#: the drift feature counts only a shift the reading itself shares); older context models would score
+#: differently, so they are refused with a request to retrain.
+CONTEXT_FORMAT = 3
 
 
 @dataclass(frozen=True)
@@ -84,6 +88,14 @@ def parse_features(text: str) -> FeatureSpec:
     raise InputError(
         f"--features must be 'raw', 'window:DURATION' (e.g. window:1m) or 'context[:LOOKBACK]', got {text[:40]!r}"
     )
+
+
+def check_features_format(version: str, features: str, format_version: int) -> None:
+    """ModelFormatError if model ``version`` (format ``format_version``) was trained on older context features."""
+    if format_version < CONTEXT_FORMAT and parse_features(features).name == "context":
+        raise ModelFormatError(
+            f"model version {version} (format {format_version}) was trained on context features of an older "
+            f"fleetscore (its drift feature changed in format {CONTEXT_FORMAT}); retrain it with fleetscore train")
 
 
 def day_phase(ts: pa.ChunkedArray | pa.Array) -> np.ndarray:

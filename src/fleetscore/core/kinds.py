@@ -24,9 +24,11 @@ import pyarrow.compute as pc
 from fleetscore.core import ocsvm, robust
 from fleetscore.errors import InputError, ModelFormatError
 
-#: Shard files written now; `READABLE_FORMATS` are the ones this fleetscore loads.
-FORMAT_VERSION = 2
-READABLE_FORMATS = (1, 2)
+#: Shard files and manifests written now; `READABLE_FORMATS` are the ones this fleetscore loads. Format 3
+#: has format 2's arrays; it marks versions whose context features have the current drift feature
+#: (`fleetscore.core.features.CONTEXT_FORMAT`: older context versions are refused, see `check_features_format`).
+FORMAT_VERSION = 3
+READABLE_FORMATS = (1, 2, 3)
 
 Params = Any  # ocsvm.OcsvmParams | robust.RobustParams
 Bundle = dict[str, Params]

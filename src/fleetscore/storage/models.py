@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from fleetscore.core import kinds, ocsvm
+from fleetscore.core.features import check_features_format
 from fleetscore.errors import ModelFormatError, NotFoundError, StorageError
 from fleetscore.storage import layout
 from fleetscore.storage.fs import Storage
@@ -157,6 +158,7 @@ class ModelStore:
                 f"model version {version} was written in format {info.format_version} by fleetscore "
                 f"{info.libraries.get('fleetscore')}; this fleetscore reads formats {kinds.READABLE_FORMATS}"
             )
+        check_features_format(version, info.features, info.format_version)
         return info
 
     def read_shard_manifest(self, version: str, shard: int) -> pa.Table:
