@@ -7,8 +7,10 @@ For readings sorted by (device, sensor, ts), reading t of a series gets (``CONTE
 * ``resid``: value − median of the previous ``BASE`` readings (spikes, noise bursts);
 * ``drift``: the shift of the median of the last 3 readings from the median of ``LONG`` readings
   ending ``GAP`` readings earlier (ramps that the short baseline follows), counted only as far as
-  the reading itself shares it (the smaller of the two shifts, 0 if their signs differ): right
-  after an anomaly ends, the short median still holds its readings but the reading is back;
+  the reading itself shares it and as far as it shows against a nearer baseline too (``LONG``
+  readings ending ``NEAR_GAP`` back): of shifts that must agree, the smallest, 0 if their signs
+  differ. Right after an anomaly ends, the short median still holds its readings but the reading
+  is back; a dozen readings later, the anomaly fills one baseline's window but not the other's;
 * ``flat``: log of the largest |first difference| over the last 3 readings (a stuck sensor repeats
   its value exactly: the log falls far below anything the sensor's noise produces).
 
@@ -35,19 +37,28 @@ BASE = 10
 SHORT = 3
 LONG = 15
 GAP = 12
+#: The drift must also show against the ``LONG`` readings ending this many readings back (a second
+#: baseline: an anomaly that fills the first baseline's window has mostly left this one, or not yet reached it).
+NEAR_GAP = 6
 #: Readings of history the last feature needs; scoring reads a little more than this before a window.
 LOOKBACK = GAP + LONG - 1 + 1
 #: The flat feature adds this fraction of |value| so an exact repeat gives a finite, very low log.
 FLAT_EPS = 1e-9
 
 
-def _lagged_median(x: np.ndarray, width: int, lag: int) -> np.ndarray:
-    """out[t] = median(x[t - lag - width + 1 .. t - lag]); NaN for the first lag + width - 1 rows."""
-    out = np.full(x.shape, np.nan)
-    if x.size >= width + lag:
-        med = np.median(sliding_window_view(x, width), axis=-1)
-        out[width - 1 + lag:] = med[: x.size - width + 1 - lag]
-    return out
+def _lagged_medians(x: np.ndarray, width: int, lags: tuple[int, ...]) -> list[np.ndarray]:
+    """Per lag: out[t] = median(x[t - lag - width + 1 .. t - lag]), NaN for the first lag + width - 1 rows.
+
+    The sliding medians are computed once and shifted for each lag.
+    """
+    med = np.median(sliding_window_view(x, width), axis=-1) if x.size >= width else np.empty(0)
+    outs = []
+    for lag in lags:
+        out = np.full(x.shape, np.nan)
+        if med.size > lag:
+            out[width - 1 + lag:] = med[: med.size - lag]
+        outs.append(out)
+    return outs
 
 
 def _agreeing(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -73,9 +84,11 @@ def context_features(values: np.ndarray, series_start: np.ndarray) -> np.ndarray
 
     out[:, 0] = x
     with np.errstate(invalid="ignore", over="ignore"):
-        out[:, 1] = np.where(pos >= BASE, x - _lagged_median(x, BASE, 1), np.nan)
-        base = _lagged_median(x, LONG, GAP)
-        out[:, 2] = np.where(pos >= GAP + LONG - 1, _agreeing(_lagged_median(x, SHORT, 0) - base, x - base), np.nan)
+        out[:, 1] = np.where(pos >= BASE, x - _lagged_medians(x, BASE, (1,))[0], np.nan)
+        short = _lagged_medians(x, SHORT, (0,))[0]
+        base, near = _lagged_medians(x, LONG, (GAP, NEAR_GAP))
+        drift = _agreeing(_agreeing(short - base, x - base), short - near)
+        out[:, 2] = np.where(pos >= GAP + LONG - 1, drift, np.nan)
         step = np.abs(np.diff(x, prepend=np.nan))
         largest = np.full(n, np.nan)
         if n >= SHORT:
