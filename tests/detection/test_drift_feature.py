@@ -66,3 +66,16 @@ def test_a_context_version_of_an_older_format_is_refused(home, small_fleet) -> N
             fleet.score("2026-01-01T06:00:00Z", "2026-01-01T07:00:00Z", version=version)
     finally:
         fleet.close()
+
+
+def test_no_residual_alarms_when_readings_return_after_a_level_change() -> None:
+    """A 10-reading shift lifts the recent median; the normal readings after it still match the older baseline."""
+    clean = 50.0 + RNG.normal(size=1440)
+    params = robust.fit_one(context_features(clean, np.array([0])), use=(False, True, False, False))
+    x = 50.0 + RNG.normal(size=200)
+    x[100:110] += 8.0
+    x[150] += 10.0
+    X = context_features(x, np.array([0]))
+    alarms = robust.decision_function(params, np.zeros(len(x), dtype=np.int64), X) < 0
+    assert not alarms[111:150].any(), np.flatnonzero(alarms[111:150]) + 111
+    assert alarms[150]

@@ -4,7 +4,10 @@ recent past, so one small model can see spikes, level shifts and drifts, and stu
 For readings sorted by (device, sensor, ts), reading t of a series gets (``CONTEXT_FEATURES``):
 
 * ``level``: the value itself (gross level shifts; the model's own spread absorbs daily cycles);
-* ``resid``: value − median of the previous ``BASE`` readings (spikes, noise bursts);
+* ``resid``: value − median of the previous ``BASE`` readings (spikes, noise bursts), once the
+  drift's baseline exists only as far as the value departs from that too (the smaller departure, 0
+  if their signs differ): readings back to normal after a short level change, which still lifts
+  the recent median, are not spikes;
 * ``drift``: the shift of the median of the last 3 readings from the median of ``LONG`` readings
   ending ``GAP`` readings earlier (ramps that the short baseline follows), counted only as far as
   the reading itself shares it and as far as it shows against a nearer baseline too (``LONG``
@@ -84,9 +87,11 @@ def context_features(values: np.ndarray, series_start: np.ndarray) -> np.ndarray
 
     out[:, 0] = x
     with np.errstate(invalid="ignore", over="ignore"):
-        out[:, 1] = np.where(pos >= BASE, x - _lagged_medians(x, BASE, (1,))[0], np.nan)
         short = _lagged_medians(x, SHORT, (0,))[0]
         base, near = _lagged_medians(x, LONG, (GAP, NEAR_GAP))
+        resid = x - _lagged_medians(x, BASE, (1,))[0]
+        resid = np.where(pos >= GAP + LONG - 1, _agreeing(resid, x - base), resid)
+        out[:, 1] = np.where(pos >= BASE, resid, np.nan)
         drift = _agreeing(_agreeing(short - base, x - base), short - near)
         out[:, 2] = np.where(pos >= GAP + LONG - 1, drift, np.nan)
         step = np.abs(np.diff(x, prepend=np.nan))

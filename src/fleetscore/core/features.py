@@ -23,8 +23,9 @@ _DAY_US = 86_400_000_000
 #: History read before a scored window for ``context`` features (covers 30 readings a minute apart).
 DEFAULT_CONTEXT_LOOKBACK_S = 1800
 #: First model format whose ``context`` features mean what `context_features` computes now (format 3:
-#: the drift feature counts only a shift that the reading itself and a nearer baseline share); older
-#: context models would score differently, so they are refused with a request to retrain.
+#: the drift feature counts only a shift that the reading itself and a nearer baseline share, the
+#: residual only a departure from the drift's baseline too); older context models would score
+#: differently, so they are refused with a request to retrain.
 CONTEXT_FORMAT = 3
 
 
