@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import zipfile
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,8 +106,8 @@ class ModelStore:
         try:
             with np.load(io.BytesIO(raw), allow_pickle=False) as npz:
                 arrays = {name: npz[name] for name in npz.files}
-        except (ValueError, OSError, EOFError) as exc:
-            raise ModelFormatError(f"shard file {key} is not a readable model file: {exc}") from exc
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+            raise ModelFormatError(f"shard file {key} is not a readable model file: {_unreadable(raw, exc)}") from exc
         try:
             return kinds.bundle_from_arrays(arrays)
         except ModelFormatError as exc:
@@ -193,3 +194,12 @@ def _with_kind(manifest: pa.Table, kind: str) -> pa.Table:
     if "fallback" not in manifest.column_names:
         manifest = manifest.append_column("fallback", pa.array([False] * manifest.num_rows, pa.bool_()))
     return manifest
+
+
+def _unreadable(raw: bytes, exc: BaseException) -> str:
+    """Why a shard file could not be loaded, in fleetscore's terms (numpy's own text suggests unpickling)."""
+    if not raw.startswith(b"PK\x03\x04"):
+        return f"not an .npz archive ({len(raw)} bytes starting {raw[:8]!r})"
+    if "pickle" in str(exc) or "Object arrays" in str(exc):
+        return "it holds Python objects, and fleetscore never unpickles model files: train the version again"
+    return f"damaged .npz archive ({exc})"
