@@ -6,6 +6,7 @@ import html
 import re
 from urllib.parse import unquote, urlsplit
 
+import markupsafe
 import pytest
 from web_support import HOSTILE_IDS, PageFields, as_int
 
@@ -49,7 +50,7 @@ def test_run_page_shows_tasks_failures_and_logs(client, web_fleet, scored_home) 
     for name in ("models", "rows", "anomalies", "failed_models", "unmatched_rows"):
         assert as_int(fields.fields[name][0]) == getattr(run, name), name
     assert [as_int(v) for v in fields.fields["rows"][1:]] == [t.rows for t in tasks]
-    assert failures and all(html.escape(f.reason, quote=False) in page for f in failures)
+    assert failures and all(str(markupsafe.escape(f.reason)) in page for f in failures)
     failed_task = next(t for t in tasks if t.status == "failed")
     assert fields.one("error") == failed_task.error
     assert "Run log" in page and "task.failed" in page
