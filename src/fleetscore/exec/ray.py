@@ -17,6 +17,7 @@ import functools
 import logging
 import os
 import socket
+import time
 from typing import Any, Callable, Iterator, Sequence
 
 from fleetscore.credentials import call_with_credentials, credential_env
@@ -31,6 +32,11 @@ DEFAULT_MAX_RETRIES = 3
 TASK_CPUS = 1
 #: Seconds to wait for the cluster's address to answer before giving up.
 CONNECT_TIMEOUT_S = 10.0
+#: Ray Client's proxy sometimes fails to start the server for a new driver (the next free port taken by
+#: another cluster's proxy, or the previous driver's server not yet reaped): what it then says, and
+#: how often connecting is tried in all (1 s, then 2 s apart).
+CLIENT_STARTUP_RACES = ("Starting Ray client server failed", "Initialization failure from server")
+CONNECT_ATTEMPTS = 3
 
 
 class RayExecutor:
@@ -118,11 +124,18 @@ def connect(address: str | None, workers: int) -> None:
     options: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING, "namespace": "fleetscore"}
     if address is None and _starts_local_instance():
         options.update(num_cpus=workers, include_dashboard=False)
-    try:
-        ray.init(address=address, **options)
-    except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
-        where = address or os.environ.get("RAY_ADDRESS") or "the local Ray instance"
-        raise FleetscoreError(redact(f"cannot connect to Ray at {where}: {exc}")) from exc
+    for attempt in range(1, CONNECT_ATTEMPTS + 1):
+        try:
+            ray.init(address=address, **options)
+            break
+        except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
+            if attempt < CONNECT_ATTEMPTS and any(text in str(exc) for text in CLIENT_STARTUP_RACES):
+                if ray.is_initialized():
+                    ray.shutdown()
+                time.sleep(attempt)
+                continue
+            where = address or os.environ.get("RAY_ADDRESS") or "the local Ray instance"
+            raise FleetscoreError(redact(f"cannot connect to Ray at {where}: {exc}")) from exc
     _Connection.opened, _Connection.address = True, address
 
 
