@@ -30,7 +30,7 @@ from fleetscore.core import ocsvm
 from fleetscore.core.features import build_features, day_phase, parse_features
 from fleetscore.core.health import MAX_LISTED as MAX_LISTED_UNHEALTHY
 from fleetscore.core.health import describe, expected_rate, unhealthy_counts
-from fleetscore.core.kinds import score_bundle
+from fleetscore.core.kinds import needs_phase, score_bundle
 from fleetscore.core.matching import match_runs
 from fleetscore.core.runs import ModelFailure, RunRecord, RunStatus, TaskRecord, backoff_delay, needs_rerun, run_status
 from fleetscore.core.times import iso, parse_time
@@ -116,7 +116,7 @@ def score_shard(task: ScoreTask) -> ScoreOutcome:
         "fallback", pc.fill_null(manifest.column("fallback"), False).take(pa.array(rows_model)))
     slots = rows_model  # one id per model of the shard, whatever its kind
     scores = score_bundle(bundle, kind, slot_of[rows_model].astype(np.int64), x if has_model.all() else x[has_model],
-                          day_phase(scored.column("ts")))
+                          day_phase(scored.column("ts")) if needs_phase(bundle) else None)
     finite = np.isfinite(scores)
     failures: list[ModelFailure] = []
     if not finite.all():

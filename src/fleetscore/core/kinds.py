@@ -121,6 +121,11 @@ def bundle_from_arrays(arrays: Mapping[str, np.ndarray]) -> Bundle:
     return bundle
 
 
+def needs_phase(bundle: Mapping[str, Params]) -> bool:
+    """Whether some model of the bundle has a daily profile, so scoring needs each row's time of day."""
+    return any(getattr(params, "seasonal", False) for params in bundle.values())
+
+
 def score_bundle(bundle: Mapping[str, Params], kinds: Sequence[str] | pa.DictionaryArray, slots: np.ndarray,
                  X: np.ndarray, phase: np.ndarray | None = None) -> np.ndarray:
     """Decision of row r by model ``slots[r]`` of kind ``kinds[r]``: one fused call per kind present.
