@@ -25,7 +25,7 @@ from fleetscore.clock import Clock, wall_clock
 from fleetscore.config import Config, load_config
 from fleetscore.core.runs import ModelFailure, RunRecord, TaskRecord
 from fleetscore.core.schedule import ScheduleSpec
-from fleetscore.core.times import parse_time, parse_window
+from fleetscore.core.times import parse_window
 from fleetscore.errors import InputError, NotFoundError
 from fleetscore.exec.base import Executor
 from fleetscore.exec.factory import make_executor
@@ -264,7 +264,7 @@ class Fleet:
         if run_id is not None:
             layout.check_run_id(run_id)
             run = self.catalog.get_run(run_id)
-            return store.for_run(run_id, parse_time(run.window_from), parse_time(run.window_to))
+            return store.for_run(run_id, run.window_from, run.window_to)
         if start is None or end is None:
             raise InputError("give --run RUN or both --from and --to")
         lo, hi = parse_window(start, end)

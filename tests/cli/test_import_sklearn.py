@@ -7,7 +7,6 @@ from pathlib import Path
 
 import joblib
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler

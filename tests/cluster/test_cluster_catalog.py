@@ -16,6 +16,7 @@ import sqlalchemy as sa
 
 from fleetscore.api import Fleet
 from fleetscore.catalog import Catalog
+from fleetscore.core.times import iso, parse_time
 from fleetscore.catalog.sql import SCHEMA_VERSION, metadata, tasks_table
 from fleetscore.core.runs import ModelFailure, RunRecord, RunStatus, TaskRecord
 from fleetscore.core.simulate import simulate_fleet
@@ -29,8 +30,8 @@ V2_COLUMNS = {"tasks": "node"}
 
 
 def run_record(run_id: str, window_from: str = "2026-01-01T00:00:00Z") -> RunRecord:
-    return RunRecord(run_id=run_id, window_from=window_from, window_to="2026-01-01T01:00:00Z", version="v1",
-                     created_at="2026-01-01T01:00:00.000000Z", executor="ray")
+    return RunRecord(run_id=run_id, window_from=parse_time(window_from), window_to=parse_time("2026-01-01T01:00:00Z"),
+                     version="v1", created_at=parse_time("2026-01-01T01:00:00.000000Z"), executor="ray")
 
 
 def test_catalog_records_round_trip(catalog_url: str) -> None:
@@ -58,9 +59,10 @@ def test_catalog_records_round_trip(catalog_url: str) -> None:
     catalog.replace_failures(run.run_id, [0], [ModelFailure("d1", "s1", "bad", 0)])
     catalog.replace_failures(run.run_id, [0], [ModelFailure("d2", "s1", "worse", 0)])
     assert catalog.failures(run.run_id) == [ModelFailure("d2", "s1", "worse", 0)]
-    catalog.commit_window(run.window_from, run.window_to, run.run_id)
-    catalog.commit_window(run.window_from, run.window_to, "fedcba9876543210")
-    assert catalog.committed_runs() == {(run.window_from, run.window_to): "fedcba9876543210"}
+    lo, hi = iso(run.window_from), iso(run.window_to)
+    catalog.commit_window(lo, hi, run.run_id)
+    catalog.commit_window(lo, hi, "fedcba9876543210")
+    assert catalog.committed_runs() == {(lo, hi): "fedcba9876543210"}
     catalog.close()
 
 

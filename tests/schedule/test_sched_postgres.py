@@ -23,6 +23,7 @@ from sched_support import ROWS_PER_HOUR, check_lease_rules, check_one_winner, se
 from fleetscore.catalog.schedules import ScheduleStore
 from fleetscore.catalog.sql import Catalog
 from fleetscore.core.schedule import ScheduleSpec
+from fleetscore.core.times import iso
 from fleetscore.schedule.scheduler import start_scheduler_thread
 
 PASSWORD = "pg-s3cret-Pa55"
@@ -126,7 +127,7 @@ def test_two_schedulers_on_postgres_and_no_password_in_logs(home7: Path, pg_url:
         for t in threads:
             t.stop(timeout=60)
     runs = fleets[0].runs(100)
-    assert Counter(r.window_from for r in runs) == Counter({f"2026-01-01T0{h}:00:00Z": 1 for h in range(3, 7)})
+    assert Counter(iso(r.window_from) for r in runs) == Counter({f"2026-01-01T0{h}:00:00Z": 1 for h in range(3, 7)})
     assert all(r.rows == ROWS_PER_HOUR for r in runs)
     text = "".join(p.read_text() for p in (home7 / "data" / "logs").rglob("*") if p.is_file())
     assert PASSWORD not in text and "postgresql+psycopg://fleet:***@127.0.0.1" in text

@@ -22,7 +22,7 @@ NOW = us("2026-03-01T00:00:00Z")
 
 def run(run_id: str, window: str, created: str, status: RunStatus = RunStatus.SUCCEEDED, version: str = "v1") -> RunRecord:
     lo = us(window)
-    return RunRecord(run_id, iso(lo), iso(lo + HOUR_US), version, status, created_at=created)
+    return RunRecord(run_id, lo, lo + HOUR_US, version, status, created_at=us(created))
 
 
 def facts(**changes: object) -> RetentionFacts:

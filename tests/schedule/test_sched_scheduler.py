@@ -12,6 +12,7 @@ from sched_support import ROWS_PER_HOUR, set_schedule_settings, shard_path, shar
 
 from fleetscore.catalog.schedules import ScheduleStore
 from fleetscore.core.schedule import ScheduleSpec
+from fleetscore.core.times import iso
 from fleetscore.schedule.scheduler import Scheduler, start_scheduler_thread
 
 
@@ -33,7 +34,7 @@ def add_hourly(fleet, start: str, name: str = "hourly", **changes) -> ScheduleSp
 
 
 def runs_by_window(fleet) -> Counter:  # type: ignore[no-untyped-def]
-    return Counter(r.window_from for r in fleet.runs(1000))
+    return Counter(iso(r.window_from) for r in fleet.runs(1000))
 
 
 def window_dir(home: Path, lo: str, hi: str) -> Path:
@@ -61,13 +62,13 @@ def test_hourly_schedule_fires_each_window_once(fleet7) -> None:  # type: ignore
     finally:
         sched.close()
     runs = sorted(fleet7.runs(1000), key=lambda r: r.created_at)
-    assert [r.window_from for r in runs] == hours(3, 7)  # each window once, in order
+    assert [iso(r.window_from) for r in runs] == hours(3, 7)  # each window once, in order
     assert all(r.status.value == "succeeded" and r.rows == ROWS_PER_HOUR and r.schedule == "hourly" for r in runs)
     rows = ScheduleStore(fleet7.catalog).windows("hourly")
-    assert {(w.window_from, w.status, w.run_id) for w in rows} == {(r.window_from, "succeeded", r.run_id) for r in runs}
+    assert {(w.window_from, w.status, w.run_id) for w in rows} == {(iso(r.window_from), "succeeded", r.run_id) for r in runs}
     for run in runs:  # one run folder per window, holding one file per shard
-        pointer = committed(fleet7.config.home, run.window_from, run.window_to)
-        folder = window_dir(fleet7.config.home, run.window_from, run.window_to)
+        pointer = committed(fleet7.config.home, iso(run.window_from), iso(run.window_to))
+        folder = window_dir(fleet7.config.home, iso(run.window_from), iso(run.window_to))
         assert pointer["run_id"] == run.run_id and len(pointer["files"]) == len(shard_sizes(fleet7))
         assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == [f"run={run.run_id}"]
 
@@ -86,7 +87,7 @@ def test_downtime_of_five_hours_catches_up_five_windows_in_order(fleet7) -> None
     assert [p["window_from"] for p in report.planned] == hours(2, 7)
     assert [r.window_from for r in report.ran] == hours(2, 7) and {r.status for r in report.ran} == {"succeeded"}
     runs = sorted(fleet7.runs(1000), key=lambda r: r.created_at)
-    assert [r.window_from for r in runs] == hours(1, 7)
+    assert [iso(r.window_from) for r in runs] == hours(1, 7)
 
 
 def test_catch_up_is_capped_and_skipped_windows_are_recorded(fleet7) -> None:  # type: ignore[no-untyped-def]

@@ -6,6 +6,7 @@ import pyarrow.compute as pc
 import pytest
 from web_support import HOSTILE_IDS
 
+from fleetscore.core.times import iso
 from fleetscore.web.routing import id_segment
 
 
@@ -34,7 +35,7 @@ def test_overview_counts_add_up(client, web_fleet) -> None:  # type: ignore[no-u
     assert len(body["anomalies_per_hour"]) == body["window"]["hours"] == 48
     assert body["status_counts"] == {"succeeded": 2, "partial": 1}
     assert body["released"] == "v1"
-    assert body["window"]["end"] == max(r.window_to for r in runs)
+    assert body["window"]["end"] == iso(max(r.window_to for r in runs))
 
 
 def test_overview_reads_ingest_counters_defensively(make_client) -> None:  # type: ignore[no-untyped-def]
@@ -84,7 +85,7 @@ def test_fleet_device_filter_lists_its_sensors(client, web_fleet) -> None:  # ty
 @pytest.mark.parametrize("device, sensor", [("dev-00004", "vibration"), *HOSTILE_IDS])
 def test_sensor_series_matches_predictions(client, web_fleet, device: str, sensor: str) -> None:  # type: ignore[no-untyped-def]
     runs = web_fleet.runs()
-    lo, hi = min(r.window_from for r in runs), max(r.window_to for r in runs)
+    lo, hi = iso(min(r.window_from for r in runs)), iso(max(r.window_to for r in runs))
     body = client.get(f"/api/devices/{id_segment(device)}/sensors/{id_segment(sensor)}").json()
     preds = web_fleet.predictions(start=lo, end=hi)
     mine = preds.filter(pc.and_(pc.equal(preds.column("device"), device), pc.equal(preds.column("sensor"), sensor)))

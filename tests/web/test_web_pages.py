@@ -10,6 +10,7 @@ import markupsafe
 import pytest
 from web_support import HOSTILE_IDS, PageFields, as_int
 
+from fleetscore.core.times import iso
 from fleetscore.web.routing import id_segment, segment_id
 
 HTML = {"accept": "text/html"}
@@ -95,7 +96,7 @@ def test_sensor_page_matches_predictions(client, web_fleet) -> None:  # type: ig
     import pyarrow.compute as pc
 
     runs = web_fleet.runs()
-    preds = web_fleet.predictions(start=min(r.window_from for r in runs), end=max(r.window_to for r in runs))
+    preds = web_fleet.predictions(start=iso(min(r.window_from for r in runs)), end=iso(max(r.window_to for r in runs)))
     mine = preds.filter(pc.and_(pc.equal(preds.column("device"), "dev-00002"), pc.equal(preds.column("sensor"), "temperature")))
     fields = PageFields(get_page(client, "/devices/dev-00002/sensors/temperature?hours=24"))
     assert as_int(fields.one("scored")) == mine.num_rows > 0

@@ -18,7 +18,7 @@ from fleetscore.catalog.dialect import transaction_lock, upsert
 from fleetscore.catalog.migrate import upgrade
 from fleetscore.clock import Clock, wall_clock
 from fleetscore.core.runs import ModelFailure, RunRecord, RunStatus, TaskRecord
-from fleetscore.core.times import iso_us
+from fleetscore.core.times import iso_us, parse_time
 from fleetscore.errors import NotFoundError, StorageError
 
 #: Version of the tables' shape; :mod:`fleetscore.catalog.migrate` upgrades older catalogs to it.
@@ -315,7 +315,10 @@ def _version(row: Any, released: str | None) -> VersionRecord:
 
 
 def _run(row: Any) -> RunRecord:
+    """A runs row (ISO 8601 text columns) as a record (times in µs)."""
     data = dict(row)
     data["status"] = RunStatus(data["status"])
     data["extra"] = json.loads(data["extra"] or "{}")
+    for name in ("window_from", "window_to", "created_at", "started_at", "finished_at"):
+        data[name] = None if data[name] is None else parse_time(data[name], name)
     return RunRecord(**data)

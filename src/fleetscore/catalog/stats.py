@@ -13,6 +13,7 @@ import sqlalchemy as sa
 
 from fleetscore.catalog.sql import Catalog, runs_table
 from fleetscore.core.runs import RunStatus
+from fleetscore.core.times import parse_time
 from fleetscore.errors import StorageError
 
 #: Upper bounds (seconds) of the run duration histogram's buckets; +Inf is implied.
@@ -40,7 +41,7 @@ class RunStats:
     duration_counts: tuple[int, ...]
     duration_count: int
     duration_sum: float
-    last_success_at: str | None = None
+    last_success_at: int | None = None  # µs
     totals: StatusTotals = field(default_factory=StatusTotals)
 
 
@@ -74,6 +75,6 @@ def run_stats(catalog: Catalog, buckets: tuple[float, ...] = DURATION_BUCKETS) -
         duration_counts=tuple(int(v or 0) for v in hist[:n]),
         duration_count=int(hist[n] or 0),
         duration_sum=float(hist[n + 1] or 0.0),
-        last_success_at=hist[n + 2],
+        last_success_at=None if hist[n + 2] is None else parse_time(hist[n + 2]),
         totals=totals,
     )

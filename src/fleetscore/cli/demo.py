@@ -46,6 +46,7 @@ def run_demo(home: Path, devices: int = 50, sensors: int = 4, train_hours: int =
     from fleetscore.api import Fleet
     from fleetscore.core.evaluate import evaluate
     from fleetscore.core.simulate import simulate_fleet
+    from fleetscore.core.times import iso
     from fleetscore.storage.files import write_table
 
     say = step or (lambda _msg: None)
@@ -81,7 +82,7 @@ def run_demo(home: Path, devices: int = 50, sensors: int = 4, train_hours: int =
         "version": trained.version,
         "models": trained.models,
         "train_failed": trained.failed,
-        "runs": [{"run_id": r.run_id, "window_from": r.window_from, "status": r.status.value, "rows": r.rows,
+        "runs": [{"run_id": r.run_id, "window_from": iso(r.window_from), "status": r.status.value, "rows": r.rows,
                   "anomalies": r.anomalies, "elapsed_s": r.elapsed_s} for r in runs],
         "rows_scored": sum(r.rows for r in runs),
         "anomalies": sum(r.anomalies for r in runs),

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from fleetscore.core.runs import RunRecord
-from fleetscore.core.times import HOUR_US, iso, parse_time
+from fleetscore.core.times import HOUR_US, iso
 
 Window = tuple[int, int]
 
@@ -77,7 +77,7 @@ def plan_retention(f: RetentionFacts) -> RetentionPlan:
     dropped = set(drop_windows)
     holding = {run for w, run in f.committed.items() if w not in dropped}
     runs = [r.run_id for r in f.runs
-            if r.status.finished and parse_time(r.created_at) < f.cutoff_us and r.run_id not in holding]
+            if r.status.finished and r.created_at < f.cutoff_us and r.run_id not in holding]
     gone = set(runs)
     existing = {r.run_id for r in f.runs}
     logs = sorted(run for run in f.log_runs if run in gone or run not in existing)

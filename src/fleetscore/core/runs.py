@@ -9,6 +9,8 @@ import enum
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from fleetscore.core.times import iso, iso_us
+
 
 class RunStatus(str, enum.Enum):
     """Life cycle of a run: queued → running → succeeded | partial | failed | cancelled.
@@ -75,13 +77,13 @@ class RunRecord:
     """One scoring run of the window [window_from, window_to) with one model version."""
 
     run_id: str
-    window_from: str
-    window_to: str
+    window_from: int  # µs since the epoch, like every time below; ISO 8601 only in as_dict()
+    window_to: int
     version: str
     status: RunStatus = RunStatus.QUEUED
-    created_at: str = ""
-    started_at: str | None = None
-    finished_at: str | None = None
+    created_at: int = 0
+    started_at: int | None = None
+    finished_at: int | None = None
     elapsed_s: float | None = None
     models: int = 0
     rows: int = 0
@@ -98,8 +100,12 @@ class RunRecord:
         return replace(self, status=status, **changes)
 
     def as_dict(self) -> dict[str, Any]:
+        """The record with its times as ISO 8601 text (windows to the second, stamps to the µs)."""
         out = dict(self.__dict__)
         out["status"] = self.status.value
+        out["window_from"], out["window_to"] = iso(self.window_from), iso(self.window_to)
+        for name in ("created_at", "started_at", "finished_at"):
+            out[name] = None if out[name] is None else iso_us(out[name])
         return out
 
 

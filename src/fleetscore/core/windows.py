@@ -19,7 +19,6 @@ Pure: no I/O, no clock, no global state.
 
 from __future__ import annotations
 
-import re
 from numbers import Integral
 
 import numpy as np

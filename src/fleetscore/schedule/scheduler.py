@@ -25,7 +25,7 @@ from fleetscore.clock import Clock, wall_clock
 from fleetscore.config import ScheduleSettings
 from fleetscore.core.runs import RunRecord, RunStatus
 from fleetscore.core.schedule import ScheduleSpec, next_fire, plan_due
-from fleetscore.core.times import SECOND_US, iso, iso_us, parse_time
+from fleetscore.core.times import SECOND_US, iso, parse_time
 from fleetscore.errors import FleetscoreError, NotFoundError
 from fleetscore.exec.base import Executor
 from fleetscore.exec.control import CANCELLED, RunStopped
@@ -164,7 +164,7 @@ class Scheduler:
         current = committed_run(ctx, lo, hi)
         if prior is not None and current not in (None, prior.run_id):  # scored again by hand meanwhile
             ctx.catalog.save_run(prior.with_status(
-                RunStatus.FAILED, finished_at=iso_us(ctx.clock()), error=f"abandoned: window scored again by run {current}"))
+                RunStatus.FAILED, finished_at=ctx.clock(), error=f"abandoned: window scored again by run {current}"))
             now_held = self._run_record(current)
             self.store.update_window(row.schedule, row.window_from, run_id=current,
                                      status=now_held.status.value if now_held else RunStatus.SUCCEEDED.value)

@@ -40,7 +40,7 @@ def collect_facts(ctx: Context, cutoff_us: int, now_us: int, readings: bool) -> 
     runs = catalog.runs(ALL)
     specs = [s for s in store.all() if not s.paused]
     open_rows = store.open_windows()
-    busy = {(parse_time(r.window_from), parse_time(r.window_to)) for r in runs if not r.status.finished}
+    busy = {(r.window_from, r.window_to) for r in runs if not r.status.finished}
     busy |= {(parse_time(r.window_from), parse_time(r.window_to)) for r in open_rows}
     needed = [window_of(s, next_fire(s, now_us)).from_us for s in specs] + [lo for lo, _ in busy]
     log_runs = []

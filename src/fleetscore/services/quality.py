@@ -15,7 +15,6 @@ import pyarrow.compute as pc
 from fleetscore.core.evaluate import Evaluation, evaluate
 from fleetscore.core.runs import RunRecord
 from fleetscore.core.features import parse_features
-from fleetscore.core.times import parse_time
 from fleetscore.errors import InputError
 from fleetscore.services.context import Context
 from fleetscore.storage import layout
@@ -62,7 +61,7 @@ def evaluate_run(ctx: Context, run_id: str, labels_path: Path) -> tuple[RunRecor
     run = ctx.catalog.get_run(run_id)
     labels = read_labels(Path(labels_path))
     ts = labels.column("ts").cast(pa.timestamp("us", tz="UTC"))
-    from_us, to_us = parse_time(run.window_from), parse_time(run.window_to)
+    from_us, to_us = run.window_from, run.window_to
     lo, hi = (pa.scalar(t, pa.int64()).cast(ts.type) for t in (from_us, to_us))
     labels = labels.filter(pc.and_(pc.greater_equal(ts, lo), pc.less(ts, hi)))  # the run's window only
     spec = parse_features(ctx.catalog.get_version(run.version).features)

@@ -27,7 +27,7 @@ from fleetscore.catalog.leases import LeaseInfo, Leases, LeaseState
 from fleetscore.catalog.schedules import OPEN_STATUSES, ScheduleStore
 from fleetscore.config import ScheduleSettings
 from fleetscore.core.runs import RunRecord, RunStatus, needs_rerun
-from fleetscore.core.times import SECOND_US, iso, iso_us, parse_time
+from fleetscore.core.times import SECOND_US, iso
 from fleetscore.errors import FleetscoreError, InputError
 from fleetscore.exec.base import Executor
 from fleetscore.exec.control import CANCELLED, RunControl, StopFlag
@@ -137,7 +137,7 @@ def score_window(ctx: Context, executor: Executor, from_us: int, to_us: int, ver
 def resume_run(ctx: Context, executor: Executor, run: RunRecord, *, on_progress: Progress | None = None,
                lease: HeldLease | None = None) -> RunRecord:
     """Finish ``run`` under its window's lease: only its tasks that did not succeed run again."""
-    from_us, to_us = parse_time(run.window_from), parse_time(run.window_to)
+    from_us, to_us = run.window_from, run.window_to
     with _leased(ctx, from_us, to_us, lease, 0.0) as held:
         held.set_run(run.run_id)
         return scoring.resume(ctx, executor, run.run_id, control=run_control(ctx.config.schedule, held),
@@ -159,10 +159,10 @@ def retry_run(ctx: Context, executor: Executor, run_id: str, on_progress: Progre
     """Re-run only the tasks of ``run_id`` that did not succeed, into its own folder, and commit again."""
     layout.check_run_id(run_id)
     run = ctx.catalog.get_run(run_id)
-    from_us, to_us = parse_time(run.window_from), parse_time(run.window_to)
+    from_us, to_us = run.window_from, run.window_to
     current = committed_run(ctx, from_us, to_us)
     if current not in (None, run_id):
-        raise InputError(f"window {run.window_from}..{run.window_to} now holds the predictions of run {current}; "
+        raise InputError(f"window {iso(from_us)}..{iso(to_us)} now holds the predictions of run {current}; "
                          f"score the window again instead of retrying the older run {run_id}")
     with hold_lease(ctx, score_lease_key(from_us, to_us)) as lease:
         run = ctx.catalog.get_run(run_id)  # read again under the lease
@@ -208,7 +208,7 @@ def cancel_run(ctx: Context, run_id: str, wait_s: float = 10.0) -> RunRecord:
             run = ctx.catalog.get_run(run_id)
         if run.status.finished or leases.live(run_id=run_id):
             return run  # stopped, or still stopping (its holder is alive and will stop it)
-    run = run.with_status(RunStatus.CANCELLED, finished_at=iso_us(ctx.clock()),
+    run = run.with_status(RunStatus.CANCELLED, finished_at=ctx.clock(),
                           error="cancelled (no live process was running it)")
     ctx.catalog.save_run(run)
     store = ScheduleStore(ctx.catalog)

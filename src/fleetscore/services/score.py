@@ -31,7 +31,7 @@ from fleetscore.core.health import describe, expected_rate, unhealthy_counts
 from fleetscore.core.kinds import needs_phase, score_bundle
 from fleetscore.core.matching import match_runs
 from fleetscore.core.runs import ModelFailure, RunRecord, RunStatus, TaskRecord, backoff_delay, needs_rerun, run_status
-from fleetscore.core.times import iso, iso_us, parse_time
+from fleetscore.core.times import iso, iso_us
 from fleetscore.errors import FleetscoreError
 from fleetscore.exec.base import Executor, TaskError
 from fleetscore.exec.capture import run_captured
@@ -226,10 +226,8 @@ def score(ctx: Context, executor: Executor, from_us: int, to_us: int, version: s
     """Score [from, to) with ``version`` as run ``run_id``; returns the finished run record (also in the
     catalog). Called under the window's lease by `fleetscore.services.runs`, the one road into scoring."""
     ModelStore(ctx.storage).read_info(version)  # a missing or unreadable version fails before a run exists
-    run = RunRecord(
-        run_id=run_id, window_from=iso(from_us), window_to=iso(to_us), version=version,
-        created_at=iso_us(ctx.clock()), executor=executor.name, schedule=schedule,
-    )
+    run = RunRecord(run_id=run_id, window_from=from_us, window_to=to_us, version=version, created_at=ctx.clock(),
+                    executor=executor.name, schedule=schedule)
     ctx.catalog.save_run(run)
     return _execute(ctx, executor, run, control or RunControl(), on_progress)
 
@@ -247,8 +245,7 @@ def _execute(ctx: Context, executor: Executor, run: RunRecord, control: RunContr
     """Run the tasks of ``run`` that still need to run, record each one, then sum up and commit."""
     started, before = time.perf_counter(), run.elapsed_s or 0.0
     storage, catalog, storage_url = ctx.storage, ctx.catalog, ctx.storage_url
-    now = lambda: iso_us(ctx.clock())  # noqa: E731
-    from_us, to_us = parse_time(run.window_from), parse_time(run.window_to)
+    from_us, to_us = run.window_from, run.window_to
     log = RunLog(storage, run.run_id, clock=ctx.clock)
     try:
         info = ModelStore(storage).read_info(run.version)
@@ -259,10 +256,10 @@ def _execute(ctx: Context, executor: Executor, run: RunRecord, control: RunContr
                 for t in tasks if t.task not in records or needs_rerun(records[t.task])]  # attempts count on
         catalog.save_tasks([TaskRecord(run_id=run.run_id, task=t.task, shard=t.shard, attempts=t.attempt - 1)
                             for t in todo])
-        run = run.with_status(RunStatus.RUNNING, started_at=run.started_at or now(), finished_at=None,
+        run = run.with_status(RunStatus.RUNNING, started_at=run.started_at or ctx.clock(), finished_at=None,
                               tasks=len(tasks), error=None)
         catalog.save_run(run)
-        log.event("run.start", window_from=run.window_from, window_to=run.window_to, version=run.version,
+        log.event("run.start", window_from=iso(from_us), window_to=iso(to_us), version=run.version,
                   schedule=run.schedule, executor=executor.name, worker=worker_name(), tasks=len(tasks),
                   to_run=len(todo), retries=control.retries, storage=storage_url, catalog=catalog.url)
         unmatched, unhealthy, sick = _run_tasks(catalog, storage, executor, todo, on_progress, control, log)
@@ -271,13 +268,13 @@ def _execute(ctx: Context, executor: Executor, run: RunRecord, control: RunContr
     except RunStopped as exc:
         log.event("run.stopped", "warning", reason=exc.reason)
         if exc.reason == CANCELLED:  # a lost lease leaves the record to the process that took the run over
-            run = run.with_status(RunStatus.CANCELLED, finished_at=now(), error="cancelled",
+            run = run.with_status(RunStatus.CANCELLED, finished_at=ctx.clock(), error="cancelled",
                                   elapsed_s=round(before + time.perf_counter() - started, 3))
             catalog.save_run(run)
         log.close()
         raise
     except BaseException as exc:
-        run = run.with_status(RunStatus.FAILED, finished_at=now(), error=f"{type(exc).__name__}: {exc}",
+        run = run.with_status(RunStatus.FAILED, finished_at=ctx.clock(), error=f"{type(exc).__name__}: {exc}",
                               elapsed_s=round(before + time.perf_counter() - started, 3))
         catalog.save_run(run)
         log.event("run.end", "error", status=run.status.value, error=run.error)
@@ -378,7 +375,7 @@ def _finish(ctx: Context, run: RunRecord, from_us: int, to_us: int, unmatched: l
     listed_sick = {(u["device"], u["sensor"]): u for u in earlier.get("unhealthy", []) + list(unhealthy)}
     errors = [f"task {r.task}: {r.error}" for r in records if r.error]
     return run.with_status(
-        status, finished_at=iso_us(ctx.clock()), models=scored_models,
+        status, finished_at=ctx.clock(), models=scored_models,
         rows=sum(r.rows for r in records), anomalies=sum(r.anomalies for r in records),
         unmatched_rows=sum(r.unmatched_rows for r in records), failed_models=failed_models,
         error="; ".join(errors[:5]) or None,
@@ -407,7 +404,7 @@ def _commit(ctx: Context, run: RunRecord, files: list[str], from_us: int, to_us:
     pointer = {"run_id": run.run_id, "version": run.version, "files": sorted(files),
                "committed_at": iso_us(ctx.clock())}
     storage.write_bytes(layout.commit_key(from_us, to_us), json.dumps(pointer).encode())
-    ctx.catalog.commit_window(run.window_from, run.window_to, run.run_id)
+    ctx.catalog.commit_window(iso(from_us), iso(to_us), run.run_id)
     keep = f"run={run.run_id}"
     for name in storage.list_dirs(layout.predictions_dir(from_us, to_us)):
         if name.startswith("run=") and name != keep:

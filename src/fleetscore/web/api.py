@@ -12,7 +12,6 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 
-from fleetscore.core.runs import RunRecord
 from fleetscore.web import views
 from fleetscore.web.auth import require_token
 from fleetscore.web.routing import ApiRoute, fleet_of, segment_id
@@ -24,7 +23,7 @@ NOT_FOUND = {404: {"description": "Unknown or malformed id"}, 401: {"description
 
 @dataclass(frozen=True)
 class RunList:
-    runs: list[RunRecord]
+    runs: list[views.RunView]  # type: ignore[name-defined]
 
 
 def build_router() -> APIRouter:
@@ -40,7 +39,7 @@ def build_router() -> APIRouter:
     @router.get("/runs", response_model=RunList)
     def runs(request: Request, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> RunList:
         """Runs, newest first."""
-        return RunList(fleet_of(request).runs(limit))
+        return RunList([views.run_view(r) for r in fleet_of(request).runs(limit)])
 
     @router.get("/runs/{run_id}", response_model=views.RunDetail)
     def run(request: Request, run_id: str) -> views.RunDetail:

@@ -26,7 +26,6 @@ from typing import Any, Callable, Iterator
 
 from fastapi import APIRouter, Depends, Request, Response
 
-from fleetscore.core.times import parse_time
 from fleetscore.web.auth import require_token
 from fleetscore.web.routing import ApiRoute
 
@@ -65,7 +64,7 @@ class FleetCollector:
         if stats.last_success_at:
             yield GaugeMetricFamily("fleetscore_last_successful_run_timestamp_seconds",
                                     "Unix time the last succeeded run finished.",
-                                    value=parse_time(stats.last_success_at) / 1e6)
+                                    value=stats.last_success_at / 1e6)
         yield from _ingest_families(self.ingest())
 
 

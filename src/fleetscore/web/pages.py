@@ -43,8 +43,8 @@ INGEST_FIELDS = (("accepted_total", "accepted"), ("rejected_total", "rejected"),
                  ("error", "error"))
 
 
-def _short(text: str) -> str:
-    return when(text)[5:16]
+def _short(value: str | int) -> str:
+    return when(value)[5:16]
 
 
 def duration_chart(request: Request, overview: views.Overview) -> Markup:

@@ -61,14 +61,16 @@ def duration(seconds: float | None) -> str:
     return f"{hours} h {minutes:02d} m"
 
 
-def when(text: str | None) -> str:
-    """An ISO time as 'YYYY-MM-DD HH:MM:SS' (UTC), or the text unchanged when it is not one."""
-    if not text:
+def when(value: str | int | None) -> str:
+    """A time (µs, or ISO text) as 'YYYY-MM-DD HH:MM:SS' (UTC); text that is not a time comes back unchanged."""
+    if value is None or value == "":
         return "–"
+    if isinstance(value, int):
+        return us_time(value)
     try:
-        dt = datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(timezone.utc)
+        dt = datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(timezone.utc)
     except ValueError:
-        return text
+        return value
     return dt.strftime("%Y-%m-%d %H:%M:%S")
 
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict, deque
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from dataclasses import MISSING, dataclass, field, fields, make_dataclass, replace
+from typing import TYPE_CHECKING, Any, get_type_hints
 
 import numpy as np
 import pyarrow as pa
@@ -25,7 +25,7 @@ from fleetscore.catalog import VersionRecord
 from fleetscore.core import anomalies as stats
 from fleetscore.core.runs import FINISHED_STATUSES, ModelFailure, RunRecord, TaskRecord
 from fleetscore.core.schema import MAX_ID_LENGTH
-from fleetscore.core.times import HOUR_US, iso, parse_time
+from fleetscore.core.times import HOUR_US, iso, iso_us, parse_time
 from fleetscore.errors import InputError, NotFoundError
 from fleetscore.storage import layout
 from fleetscore.storage.logs import AttemptLog
@@ -59,6 +59,32 @@ class Window:
     hours: int
 
 
+#: Fields of a run record that hold times (µs inside the program, ISO 8601 text in pages and JSON).
+RUN_TIMES = ("window_from", "window_to", "created_at", "started_at", "finished_at")
+def _run_view_fields() -> list[tuple[str, Any, Any]]:
+    """`RunRecord`'s fields, with their defaults, the times typed as text."""
+    hints = get_type_hints(RunRecord)
+    out = []
+    for f in fields(RunRecord):
+        default = (field(default=f.default) if f.default is not MISSING else
+                   field(default_factory=f.default_factory) if f.default_factory is not MISSING else field())
+        out.append((f.name, str | None if f.name in RUN_TIMES else hints[f.name], default))
+    return out
+
+
+#: A run as pages and the JSON API show it: `RunRecord`'s fields, its times as ISO 8601 text (`RunRecord.as_dict`).
+RunView: Any = make_dataclass("RunView", _run_view_fields(), frozen=True, namespace={"__module__": __name__})
+
+
+def _iso_stamp(us: int | None) -> str | None:
+    return None if us is None else iso_us(us)
+
+
+def run_view(run: RunRecord) -> Any:
+    """``run`` as a `RunView`."""
+    return RunView(**(run.as_dict() | {"status": run.status}))
+
+
 @dataclass(frozen=True)
 class HourCount:
     hour: str
@@ -71,7 +97,7 @@ class Overview:
     """``/``: recent runs and their trend, anomalies per hour over the window, ingest counters."""
 
     window: Window
-    runs: list[RunRecord]
+    runs: list[RunView]  # type: ignore[valid-type]
     status_counts: dict[str, int]
     last_success_at: str | None
     released: str | None
@@ -95,7 +121,7 @@ class RunLogs:
 class RunDetail:
     """``/runs/{id}``: the run record, its tasks with timings, failed models with reasons, logs."""
 
-    run: RunRecord
+    run: RunView  # type: ignore[valid-type]
     tasks: list[TaskRecord]
     failures: list[ModelFailure]
     logs: RunLogs
@@ -194,7 +220,7 @@ def window(fleet: "Fleet", hours: int, end: str | None) -> tuple[Window, int, in
     if end:
         hi = parse_time(end, "end")
     else:
-        done = [parse_time(r.window_to) for r in fleet.runs(RECENT_RUNS) if r.status in FINISHED_STATUSES and r.rows]
+        done = [r.window_to for r in fleet.runs(RECENT_RUNS) if r.status in FINISHED_STATUSES and r.rows]
         hi = max(done) if done else fleet.clock()
     hi = -(-hi // HOUR_US) * HOUR_US
     lo = hi - hours * HOUR_US
@@ -280,9 +306,9 @@ def overview(fleet: "Fleet", ingest: dict[str, Any] | None, hours: int = DEFAULT
     grid = stats.hour_grid(cube, None, None, lo, hi)
     return Overview(
         window=span,
-        runs=runs,
+        runs=[run_view(r) for r in runs],
         status_counts=counts,
-        last_success_at=fleet.run_stats().last_success_at,
+        last_success_at=_iso_stamp(fleet.run_stats().last_success_at),
         released=released.version if released else None,
         released_models=released.models if released else 0,
         rows=int(grid.rows.sum()),
@@ -296,7 +322,7 @@ def overview(fleet: "Fleet", ingest: dict[str, Any] | None, hours: int = DEFAULT
 def run_detail(fleet: "Fleet", run_id: str) -> RunDetail:
     run, tasks, failures = fleet.run(check_run(run_id))
     troubled = [t.task for t in tasks if t.status != "succeeded" or t.attempts > 1]
-    return RunDetail(run, tasks, failures, run_logs(fleet, run.run_id, troubled))
+    return RunDetail(run_view(run), tasks, failures, run_logs(fleet, run.run_id, troubled))
 
 
 def run_logs(fleet: "Fleet", run_id: str, tasks: list[int]) -> RunLogs:
