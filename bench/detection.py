@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 import zlib
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +37,7 @@ from fleetscore.api import Fleet
 from fleetscore.core.evaluate import evaluate
 from fleetscore.core.simulate import _PROFILES, simulate_fleet
 
-START = datetime(2026, 1, 1, tzinfo=timezone.utc)
+START = datetime(2026, 1, 1, tzinfo=UTC)
 KINDS = ("spike", "drift", "stuck", "noise")
 SETTINGS = {
     "defaults": {},

@@ -10,9 +10,9 @@ import os
 import platform
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
-START = datetime(2026, 1, 1, tzinfo=timezone.utc)
+START = datetime(2026, 1, 1, tzinfo=UTC)
 TRAIN = (START, START + timedelta(hours=1))  # hour 0 trains the models ...
 SCORE = (START + timedelta(hours=1), START + timedelta(hours=2))  # ... hour 1 is scored
 #: The pinned settings of the benchmarked models: StandardScaler + OneClassSVM, scikit-learn's semantics.
@@ -68,7 +68,7 @@ def machine() -> str:
         jit = ", no numba"
     return (f"{cpu}, {os.cpu_count()} cores, {mem}; {platform.system()} {platform.release()}; "
             f"Python {platform.python_version()}, numpy {numpy.__version__}, pyarrow {pyarrow.__version__}, "
-            f"scikit-learn {sklearn.__version__}{jit}; {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC")
+            f"scikit-learn {sklearn.__version__}{jit}; {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
 
 
 def markdown(header: list[str], rows: list[list[str]]) -> str:

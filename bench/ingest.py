@@ -89,7 +89,7 @@ def body(table: pa.Table, fmt: str) -> tuple[bytes, str]:
 
 # --- HTTP load generator (runs in its own process) ---------------------------------------------
 
-def _http_client(port: int, requests: list[bytes], seconds: float, out: "mp.Queue[tuple[int, int]]") -> None:
+def _http_client(port: int, requests: list[bytes], seconds: float, out: mp.Queue[tuple[int, int]]) -> None:
     sock = socket.create_connection(("127.0.0.1", port))
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     done = bad = 0

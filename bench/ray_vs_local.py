@@ -15,7 +15,7 @@ import argparse
 import shutil
 import statistics
 import tempfile
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pyarrow as pa
@@ -23,7 +23,7 @@ import pyarrow as pa
 from fleetscore.api import Fleet
 from fleetscore.core.simulate import simulate_fleet
 
-START = datetime(2026, 1, 1, tzinfo=timezone.utc)
+START = datetime(2026, 1, 1, tzinfo=UTC)
 KEY = [("device", "ascending"), ("sensor", "ascending"), ("ts", "ascending")]
 
 

@@ -99,7 +99,6 @@ def run_phase(cmd: list[str]) -> Phase:
 
 def sklearn_fit_rate(sensors: int, models: int = 400) -> float:
     """Models per second of a plain scikit-learn fit loop on one core, on simulated hours like the fleet's."""
-    import numpy as np
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
     from sklearn.svm import OneClassSVM

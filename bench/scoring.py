@@ -27,8 +27,8 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -36,7 +36,6 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from fleetbench import MODEL, SCORE, TRAIN, iso, land_fleet, machine, markdown, us
-
 from fleetscore.api import Fleet
 from fleetscore.core import ocsvm
 from fleetscore.core.matching import match_runs
@@ -194,7 +193,8 @@ def main() -> None:
         print("\ntargets: " + "; ".join([
             f"whole run ≥ 30× faster than the scikit-learn loop at 1 worker: {sk / per['run_1']:.1f}× "
             f"({'met' if sk / per['run_1'] >= 30 else 'not met'})",
-            f"within 3× of the floor: {per['run_1'] / per['floor']:.2f}× ({'met' if per['run_1'] <= 3 * per['floor'] else 'not met'})",
+            f"within 3× of the floor: {per['run_1'] / per['floor']:.2f}× "
+            f"({'met' if per['run_1'] <= 3 * per['floor'] else 'not met'})",
             f"kernel within 2× of the exp-bound: {kernel / exp_bound:.2f}× ({'met' if kernel <= 2 * exp_bound else 'not met'})",
         ]))
         fleet.close()

@@ -28,7 +28,7 @@ def test_predictions_equal_sklearn_pipeline(home, small_fleet, features: str, nu
     test_rows = fleet.readings(T6, T8)
     checked = 0
     for device, sensor in {(r["device"], r["sensor"]) for r in preds.select(["device", "sensor"]).to_pylist()}:
-        def pick(t):  # type: ignore[no-untyped-def]
+        def pick(t, device=device, sensor=sensor):  # type: ignore[no-untyped-def]
             return t.filter(pc.and_(pc.equal(t.column("device"), device), pc.equal(t.column("sensor"), sensor)))
 
         _, x_train = build_features(pick(train_rows).sort_by("ts"), spec)

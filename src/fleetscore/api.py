@@ -143,7 +143,8 @@ class Fleet:
             t = self.config.train
             choice = resolve(kind or t.kind, t.nu if nu is None else nu, gamma or t.gamma, features or t.features,
                              t.alarm_rate if alarm_rate is None else alarm_rate)
-            return train(self.context, executor, lo, hi, **choice.as_kwargs(),
+            return train(self.context, executor, lo, hi, kind=choice.kind, features=choice.features, nu=choice.nu,
+                         gamma=choice.gamma, alarm_rate=choice.alarm_rate, min_history=choice.min_history,
                          shard_models=self.config.executor.shard_models, release=release, on_progress=on_progress)
         finally:
             executor.close()

@@ -11,7 +11,8 @@ messages by :mod:`fleetscore.redact`.
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Mapping, TypeVar
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 

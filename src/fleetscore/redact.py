@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 REDACTED = "***"
 #: Environment variable names whose values are secrets.
@@ -31,7 +32,7 @@ def secret_values(env: Mapping[str, str] | None = None) -> list[str]:
     """Secrets found in the environment, longest first: values of secret-named variables, the key parts
     of connection strings among them, and passwords of URLs in any variable."""
     env = os.environ if env is None else env
-    values = set()
+    values: set[str] = set()
     for name, value in env.items():
         values.update(m.group(2) for m in _URL_PASSWORD.finditer(value))
         if _SECRET_NAME.search(name):

@@ -65,7 +65,8 @@ def test_bad_rows_are_quarantined_with_reasons(cli, home, tmp_path: Path) -> Non
 
 
 def test_nul_in_ids_is_rejected(cli, home, tmp_path: Path) -> None:
-    table = pa.table({"ts": ["2026-01-01T00:00:00Z"] * 2, "device": ["ok", "bad\x00id"], "sensor": ["s", "s"], "value": [1.0, 2.0]})
+    table = pa.table({"ts": ["2026-01-01T00:00:00Z"] * 2, "device": ["ok", "bad\x00id"], "sensor": ["s", "s"],
+                      "value": [1.0, 2.0]})
     path = tmp_path / "nul.parquet"
     pq.write_table(table, path)
     r = cli("import", path, "--json")
@@ -123,7 +124,8 @@ def test_empty_window_and_readings_without_model(cli, home, fleet_csv, tmp_path:
     run = cli("score", "--from", T6, "--to", T7, "--workers", "1", "--json").json
     assert run["unmatched_rows"] == 1
     assert run["extra"]["unmatched"] == [
-        {"device": "new-device", "sensor": "temperature", "reason": "no model for this device and sensor in the version", "rows": 1}
+        {"device": "new-device", "sensor": "temperature", "reason": "no model for this device and sensor in the version",
+         "rows": 1}
     ]
 
 

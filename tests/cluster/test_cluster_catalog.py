@@ -7,19 +7,19 @@ import os
 import subprocess
 import sys
 import threading
-from datetime import datetime, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import sqlalchemy as sa
 
 from fleetscore.api import Fleet
 from fleetscore.catalog import Catalog
-from fleetscore.core.times import iso, parse_time
 from fleetscore.catalog.sql import SCHEMA_VERSION, metadata, tasks_table
 from fleetscore.core.runs import ModelFailure, RunRecord, RunStatus, TaskRecord
 from fleetscore.core.simulate import simulate_fleet
+from fleetscore.core.times import iso, parse_time
 from fleetscore.errors import StorageError
 
 pytestmark = pytest.mark.backend
@@ -162,7 +162,7 @@ def test_version_ids_are_unique_when_allocated_concurrently(catalog_url: str) ->
 def test_two_scoring_runs_of_different_windows_at_once(catalog_url: str, tmp_path: Path) -> None:
     """Two CLI processes score two windows at the same time against one catalog (and one storage)."""
     home = tmp_path / "home"
-    start = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    start = datetime(2026, 1, 1, tzinfo=UTC)
     fleet = Fleet.open(home, catalog_url=catalog_url, executor="local", workers=1, shard_models=2)
     fleet.import_table(simulate_fleet(4, 2, start, 4, 60.0, 0.02, 11).select(["ts", "device", "sensor", "value"]))
     assert fleet.train("2026-01-01T00:00:00Z", "2026-01-01T02:00:00Z").models == 8

@@ -7,9 +7,10 @@ import re
 import shlex
 import subprocess
 import tomllib
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import yaml

@@ -6,9 +6,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from datetime import datetime, timezone
+from collections.abc import Mapping
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Mapping
 
 import pyarrow.parquet as pq
 import pytest
@@ -36,11 +36,11 @@ def store(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch):  # t
 @pytest.fixture
 def small_csv(tmp_path: Path) -> Path:
     """4 devices × 2 sensors × 3 h of minute readings (every object store request counts: keep it small)."""
-    from fleetscore.storage.files import write_table
     from fleetscore.core.simulate import simulate_fleet
+    from fleetscore.storage.files import write_table
 
     path = tmp_path / "fleet.csv"
-    write_table(simulate_fleet(4, 2, datetime(2026, 1, 1, tzinfo=timezone.utc), 3, 60.0, 0.02, 5), path)
+    write_table(simulate_fleet(4, 2, datetime(2026, 1, 1, tzinfo=UTC), 3, 60.0, 0.02, 5), path)
     return path
 
 
@@ -143,7 +143,8 @@ def test_listings_see_what_other_processes_wrote(store) -> None:  # type: ignore
     storage = open_storage(url)
     storage.write_bytes("a/x", b"1")
     assert storage.list_dirs("") == ["a"] and not storage.exists("b/y")
-    code = f"from fleetscore.storage.fs import open_storage as o; s = o({url!r}); s.write_bytes('b/y', b'2'); s.write_bytes('a/z', b'3')"
+    code = (f"from fleetscore.storage.fs import open_storage as o; s = o({url!r}); "
+            "s.write_bytes('b/y', b'2'); s.write_bytes('a/z', b'3')")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
     assert storage.list_dirs("") == ["a", "b"] and storage.exists("b/y")
     assert storage.list("a") == ["a/x", "a/z"]

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from fleetscore.storage import layout
 
 pytestmark = pytest.mark.backend
 
-START = datetime(2026, 1, 1, tzinfo=timezone.utc)
+START = datetime(2026, 1, 1, tzinfo=UTC)
 T0, T2, T3, T4 = "2026-01-01T00:00:00Z", "2026-01-01T02:00:00Z", "2026-01-01T03:00:00Z", "2026-01-01T04:00:00Z"
 KEY = ["device", "sensor", "ts"]
 
@@ -88,7 +88,7 @@ def test_executor_yields_results_errors_and_refuses_another_fleetscore(ray_clust
     assert {i: results[i] for i in (0, 1, 3)} == {0: 1, 1: 3, 3: 0}
     assert isinstance(results[2], TaskError) and results[2].error.startswith("TypeError")
     assert results[2].attempts == 1  # an exception is the task's result: Ray does not run it again
-    monkeypatch.setattr("fleetscore.__version__", "0.0.0-other")  # the driver now differs from the workers
+    monkeypatch.setattr("fleetscore.version.__version__", "0.0.0-other")  # the driver now differs from the workers
     [(_, refused)] = list(executor.map(len, ["abc"]))
     assert isinstance(refused, TaskError) and "0.0.0-other on the driver" in refused.error
     executor.close()
@@ -119,7 +119,7 @@ def test_killed_worker_tasks_are_retried_and_scored_exactly_once(trained_home: P
     expected = sorted_predictions(fleet, fleet.score(T3, T4, executor="local"))
     for _ in range(3):  # a run on warm workers can end before a busy worker is caught: run again
         result: dict[str, RunRecord] = {}
-        run = threading.Thread(target=lambda: result.update(run=fleet.score(T3, T4, executor="ray")))
+        run = threading.Thread(target=lambda result=result: result.update(run=fleet.score(T3, T4, executor="ray")))
         run.start()
         killed = kill_a_busy_worker(ray_cluster, run)
         run.join(300)

@@ -17,6 +17,7 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import OneClassSVM
 
+from fleetscore.config import load_config
 from fleetscore.core import ocsvm
 from fleetscore.core.ocsvm import (
     FORMAT_VERSION,
@@ -28,7 +29,6 @@ from fleetscore.core.ocsvm import (
     from_sklearn,
     predict_is_anomaly,
 )
-from fleetscore.config import load_config
 from fleetscore.errors import ConfigError, InputError, ModelFormatError
 
 RNG = np.random.default_rng(20240601)

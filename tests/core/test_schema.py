@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 import pyarrow as pa
@@ -33,9 +33,9 @@ def test_string_times_with_and_without_zone_mixed() -> None:
 def test_typed_inputs() -> None:
     naive = pa.array([datetime(2026, 1, 1, 5)], pa.timestamp("ms"))
     v = check(pa.table({"ts": naive, "device": ["d"], "sensor": ["s"], "value": pa.array([3], pa.int32())}))
-    assert v.good.column("ts")[0].as_py() == datetime(2026, 1, 1, 5, tzinfo=timezone.utc)
+    assert v.good.column("ts")[0].as_py() == datetime(2026, 1, 1, 5, tzinfo=UTC)
     epoch = check(pa.table({"ts": [1767225600.25], "device": ["d"], "sensor": ["s"], "value": [1.0]}))
-    assert epoch.good.column("ts")[0].as_py() == datetime(2026, 1, 1, 0, 0, 0, 250000, tzinfo=timezone.utc)
+    assert epoch.good.column("ts")[0].as_py() == datetime(2026, 1, 1, 0, 0, 0, 250000, tzinfo=UTC)
 
 
 @pytest.mark.parametrize("row,reason", [

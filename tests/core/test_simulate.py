@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import numpy as np
 import pyarrow as pa
@@ -21,7 +21,7 @@ from fleetscore.core.simulate import (
 )
 from fleetscore.errors import InputError
 
-START = datetime(2026, 1, 1, tzinfo=timezone.utc)
+START = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 @pytest.fixture(scope="module")
@@ -210,7 +210,7 @@ def test_daily_cycle_amplitude_varies() -> None:
         ({"anomaly_rate": 0.6}, "anomaly_rate"),
         ({"anomaly_rate": "0.1"}, "anomaly_rate"),
         ({"start": "2026-01-01"}, "start"),
-        ({"start": datetime(1969, 12, 31, 23, tzinfo=timezone.utc)}, "start"),
+        ({"start": datetime(1969, 12, 31, 23, tzinfo=UTC)}, "start"),
         ({"start": datetime(2199, 12, 31, 23, 30), "hours": 1.0}, "outside 1970..2200"),
         ({"seed": -1}, "seed"),
         ({"devices_per_chunk": 0}, "devices_per_chunk"),

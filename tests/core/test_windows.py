@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 import pyarrow as pa
@@ -15,7 +15,7 @@ from fleetscore.core.windows import WINDOW_FEATURES, WINDOW_SCHEMA, tumbling_agg
 from fleetscore.errors import InputError
 
 TS = pa.timestamp("us", tz="UTC")
-T0_US = int(datetime(2026, 3, 1, tzinfo=timezone.utc).timestamp()) * 1_000_000
+T0_US = int(datetime(2026, 3, 1, tzinfo=UTC).timestamp()) * 1_000_000
 
 
 def _readings(ts_us, device, sensor, value, ts_type: pa.DataType = TS) -> pa.Table:
@@ -178,7 +178,7 @@ def test_input_variants_chunked_dictionary_units_and_extra_columns() -> None:
 
 
 def test_simulated_fleet_round_trip() -> None:
-    sim = simulate_fleet(7, 3, datetime(2026, 1, 1, 0, 2, tzinfo=timezone.utc), 1.0, anomaly_rate=0.05)
+    sim = simulate_fleet(7, 3, datetime(2026, 1, 1, 0, 2, tzinfo=UTC), 1.0, anomaly_rate=0.05)
     agg = tumbling_aggregate(sim, 300)
     assert sum(agg["count"].to_pylist()) == sim.num_rows
     # 60 readings from 00:02 → windows 00:00 (3 readings), 00:05 ... 00:55 (5 each), 01:00 (2)

@@ -10,8 +10,8 @@ import pyarrow.compute as pc
 import pytest
 
 from fleetscore.api import Fleet
-from fleetscore.storage.files import write_table
 from fleetscore.core.kinds import get_kind
+from fleetscore.storage.files import write_table
 from fleetscore.storage.models import ModelStore
 
 T0, T5, T6, T7 = "2026-01-01T00:00:00Z", "2026-01-01T05:00:00Z", "2026-01-01T06:00:00Z", "2026-01-01T07:00:00Z"

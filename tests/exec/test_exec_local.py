@@ -7,9 +7,10 @@ import os
 import signal
 import threading
 import time
-from datetime import datetime, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 from fleetscore.api import Fleet
 from fleetscore.core.simulate import simulate_fleet
@@ -62,7 +63,7 @@ def pool_workers(min_age_s: float = 0.05) -> list[int]:
     pool's workers can wedge the pool or its fork server: a CPython limitation, not tested here.)"""
     from multiprocessing import forkserver
 
-    server = forkserver._forkserver._forkserver_pid  # noqa: SLF001 - the fork server's pid, None before it starts
+    server = forkserver._forkserver._forkserver_pid
     if server is None:
         return []
     uptime = float(Path("/proc/uptime").read_text().split()[0])
@@ -86,7 +87,7 @@ T0, T2, T3 = "2026-01-01T00:00:00Z", "2026-01-01T02:00:00Z", "2026-01-01T03:00:0
 def small_fleet(home: Path) -> Fleet:
     """12 devices × 2 sensors × 3 h of minute readings, imported into a home with 2 workers, 1 model a shard."""
     fleet = Fleet.open(home, workers=2, shard_models=1)
-    fleet.import_table(simulate_fleet(12, 2, datetime(2026, 1, 1, tzinfo=timezone.utc), 3, 60.0, 0.02, 4)
+    fleet.import_table(simulate_fleet(12, 2, datetime(2026, 1, 1, tzinfo=UTC), 3, 60.0, 0.02, 4)
                        .select(["ts", "device", "sensor", "value"]))
     return fleet
 
@@ -95,7 +96,7 @@ def run_killing_a_worker(job: Callable[[], T]) -> T:
     """Run ``job`` in a thread and SIGKILL one pool worker while it goes; retried until a kill lands."""
     for _ in range(10):  # a job can end before a worker is caught: run again
         result: list[T] = []
-        thread = threading.Thread(target=lambda: result.append(job()))
+        thread = threading.Thread(target=lambda result=result: result.append(job()))
         thread.start()
         killed = None
         while thread.is_alive() and killed is None:

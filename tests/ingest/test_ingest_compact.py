@@ -11,13 +11,13 @@ import pytest
 from ingest_support import key_set, landed, readings, recent_us
 
 from fleetscore.api import Fleet
+from fleetscore.config.ingest import IngestSettings
 from fleetscore.core.windows import tumbling_aggregate
 from fleetscore.ingest.checkpoint import IngestPaths, load_checkpoint
 from fleetscore.ingest.compact import Compactor
 from fleetscore.ingest.log import list_segments
 from fleetscore.ingest.parse import ParsedBody
 from fleetscore.ingest.service import IngestService
-from fleetscore.config.ingest import IngestSettings
 
 
 def write_batches(home: Path, batches: list[pa.Table], settings: IngestSettings, source: str = "http") -> None:

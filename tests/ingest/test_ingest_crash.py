@@ -121,9 +121,9 @@ def test_server_killed_during_a_stream_loses_and_duplicates_nothing(tmp_path: Pa
 
 
 def test_compaction_killed_midway_loses_and_duplicates_nothing(tmp_path: Path) -> None:
+    from fleetscore.config.ingest import IngestSettings
     from fleetscore.ingest.parse import ParsedBody
     from fleetscore.ingest.service import IngestService
-    from fleetscore.config.ingest import IngestSettings
 
     home = tmp_path / "home"
     home.mkdir()
@@ -151,7 +151,8 @@ def test_compaction_killed_midway_loses_and_duplicates_nothing(tmp_path: Path) -
     for _ in range(8):
         proc = Proc(["compact", "--home", str(home), "--json"], log=tmp_path / "compact.log")
         before = load_checkpoint(paths).seq
-        wait_until(lambda: load_checkpoint(paths).seq > before or proc.proc.poll() is not None, 60, "a step")
+        wait_until(lambda before=before, proc=proc: load_checkpoint(paths).seq > before or proc.proc.poll() is not None,
+                   60, "a step")
         time.sleep(rng.uniform(0.0, 0.3))
         if proc.proc.poll() is not None:
             break

@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -28,8 +29,9 @@ scalars = st.one_of(
     st.sampled_from(["NaN", "inf", "-inf", "", " ", "../../x", "<script>", "2026-01-01T00:00:00Z",
                      "2026-13-45T99:00:00Z", "1e400", "\x00", "x" * 300, "🙂"]),
 )
-json_values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4),
-                           max_leaves=12)
+json_values = st.recursive(
+    scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4),
+    max_leaves=12)
 reading = st.fixed_dictionaries({}, optional={"ts": scalars, "device": scalars, "sensor": scalars, "value": scalars})
 
 

@@ -59,7 +59,7 @@ def test_torn_and_corrupt_tails_end_the_valid_data(tmp_path: Path) -> None:
 
 def test_rotation_seals_segments_and_a_restart_starts_a_new_one(tmp_path: Path) -> None:
     log = SegmentLog(tmp_path, segment_bytes=100)
-    for i in range(5):
+    for _ in range(5):
         log.append(b"x" * 60).result()
     assert writer_active(tmp_path)
     log.close()

@@ -12,8 +12,8 @@ import json
 import shutil
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 from ingest_support import Proc, free_port, key_set, landed, recent_us, wait_until

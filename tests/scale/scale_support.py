@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
-from typing import Any, Iterator
+from datetime import UTC, datetime
+from typing import Any
 
 import pyarrow as pa
 
@@ -12,7 +13,7 @@ from fleetscore.core.schema import READING_SCHEMA
 from fleetscore.core.simulate import simulate_fleet
 from fleetscore.storage.fs import Storage
 
-T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
 H0 = int(T0.timestamp()) * 1_000_000
 
 

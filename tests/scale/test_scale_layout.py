@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
+from scale_support import H0, RecordingStorage, keys_of, readings
 
 from fleetscore.core.keys import BUCKETS, bucket_of, device_bucket
 from fleetscore.core.times import HOUR_US
@@ -19,7 +20,6 @@ from fleetscore.storage.bucketparts import BucketParts
 from fleetscore.storage.fs import Storage
 from fleetscore.storage.parts import MERGE_PARTS, Part, visible
 from fleetscore.storage.readings import ReadingStore
-from scale_support import H0, RecordingStorage, keys_of, readings
 
 KEY = ["device", "sensor", "ts"]
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+from scale_support import H0, T0, RecordingStorage, keys_of
 
 from fleetscore.api import Fleet
 from fleetscore.core.keys import BUCKETS, bucket_of, key_bucket
@@ -18,17 +19,15 @@ from fleetscore.core.schema import READING_SCHEMA
 from fleetscore.core.simulate import simulate_fleet
 from fleetscore.core.times import HOUR_US
 from fleetscore.services.score import plan_tasks
+from fleetscore.services.train import shard_bounds
 from fleetscore.storage import layout
 from fleetscore.storage.readings import ReadingStore
-from fleetscore.services.train import shard_bounds
-
-from scale_support import H0, T0, RecordingStorage, keys_of
 
 OCSVM = {"kind": "ocsvm", "features": "raw", "nu": 0.05, "gamma": "scale"}
 
 
 def iso(us: int) -> str:
-    return datetime.fromtimestamp(us / 1e6, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.fromtimestamp(us / 1e6, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @pytest.fixture(scope="module")

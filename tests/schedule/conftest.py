@@ -12,8 +12,8 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
 from sched_support import MODELS, SECRET_ENV, SHARDS, T0, T4, settings_toml

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from fleetscore.catalog.sql import Catalog
@@ -31,7 +32,7 @@ def set_schedule_settings(home: Path, **values: object) -> None:
 
 
 def us(text: str) -> int:
-    return int(datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(timezone.utc).timestamp() * 1_000_000)
+    return int(datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC).timestamp() * 1_000_000)
 
 
 def shard_sizes(fleet: object, version: str = "v1") -> dict[int, int]:
@@ -55,7 +56,7 @@ def wait_for(condition: Callable[[], object], timeout: float = 60.0, what: str =
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def check_lease_rules(catalog: "Catalog") -> None:
+def check_lease_rules(catalog: Catalog) -> None:
     """The lease rules every catalog backend must keep (a fake clock drives expiry)."""
     from fleetscore.catalog.leases import Leases, LeaseState
 

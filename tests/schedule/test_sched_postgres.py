@@ -14,8 +14,8 @@ import subprocess
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 from sched_support import ROWS_PER_HOUR, check_lease_rules, check_one_winner, set_schedule_settings, us, wait_for

@@ -4,7 +4,6 @@ pinned, still needed by a schedule or held by a live run stays."""
 from __future__ import annotations
 
 from dataclasses import replace
-
 from pathlib import Path
 
 from sched_support import ROWS_PER_HOUR, T0, T4, us
@@ -12,8 +11,8 @@ from sched_support import ROWS_PER_HOUR, T0, T4, us
 from fleetscore.catalog.schedules import ScheduleStore
 from fleetscore.core.retention import RetentionFacts, VersionFact, plan_retention
 from fleetscore.core.runs import RunRecord, RunStatus
+from fleetscore.core.schedule import DueWindow, Plan, ScheduleSpec
 from fleetscore.core.times import HOUR_US, iso
-from fleetscore.core.schedule import Plan, DueWindow, ScheduleSpec
 from fleetscore.services.gc import gc
 
 DAY = 24 * HOUR_US

@@ -221,8 +221,8 @@ def test_paused_schedule_runs_nothing_until_resumed(fleet7) -> None:  # type: ig
 def test_an_abandoned_run_is_not_resumed_over_a_newer_one(fleet7) -> None:  # type: ignore[no-untyped-def]
     """A run whose lease was lost stays 'running'; if the window was scored again meanwhile, the
     scheduler records that newer run for the window instead of resuming the old one over it."""
-    from fleetscore.exec.control import RunControl, RunStopped, StopFlag
     from fleetscore.core.schedule import plan_due
+    from fleetscore.exec.control import RunControl, RunStopped, StopFlag
     from fleetscore.services.runs import LEASE_LOST
     from fleetscore.services.score import score
 

@@ -7,7 +7,7 @@ import pytest
 from web_support import HOSTILE_IDS
 
 from fleetscore.core.times import iso
-from fleetscore.web.routing import id_segment
+from fleetscore.web.ids import id_segment
 
 
 def test_runs_match_the_catalog(client, web_fleet) -> None:  # type: ignore[no-untyped-def]

@@ -11,8 +11,8 @@ import shutil
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 from web_support import HOSTILE_IDS, as_int

@@ -11,7 +11,7 @@ import pytest
 from web_support import HOSTILE_IDS, PageFields, as_int
 
 from fleetscore.core.times import iso
-from fleetscore.web.routing import id_segment, segment_id
+from fleetscore.web.ids import id_segment, segment_id
 
 HTML = {"accept": "text/html"}
 

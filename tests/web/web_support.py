@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from html.parser import HTMLParser
 
 #: Start of the simulated readings in the test fleets.
-T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
 #: (device, sensor) ids an attacker or a careless integrator could send; the dashboard must show them escaped.
 HOSTILE_IDS = (("<b>pump</b>/../7", "temp~/x"), ("..", "a b&c\"'"))
 VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}

@@ -26,10 +26,9 @@ def upsert(conn: sa.Connection, table: sa.Table, rows: list[dict[str, Any]]) -> 
     """Insert ``rows``, replacing the existing rows with the same primary key."""
     if not rows:
         return
-    if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    insert: Any = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
     keys = [c.name for c in table.primary_key]
     stmt = insert(table)
     update = {name: stmt.excluded[name] for name in rows[0] if name not in keys}

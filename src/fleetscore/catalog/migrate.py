@@ -15,8 +15,8 @@ SQLite ``BEGIN IMMEDIATE``), so processes that open the catalog at the same time
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator
 
 import sqlalchemy as sa
 

@@ -3,7 +3,7 @@ commits, and model versions (kept as rows marked ``deleted``, so a version id is
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import sqlalchemy as sa
 

@@ -8,15 +8,16 @@ only moves forward by a compare-and-set, so two schedulers planning at once plan
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, fields
-from typing import Any, Iterable
+from typing import Any
 
 import sqlalchemy as sa
 
 from fleetscore.catalog.sql import Catalog, metadata
+from fleetscore.core.schedule import Plan, ScheduleSpec
 from fleetscore.core.times import iso
 from fleetscore.errors import InputError, NotFoundError
-from fleetscore.core.schedule import Plan, ScheduleSpec
 
 PENDING, RUNNING, SKIPPED = "pending", "running", "skipped"
 #: Window rows a scheduler still has to run (or resume).

@@ -8,9 +8,10 @@ version) are upserts, so concurrent runs and workers update their own rows safel
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import sqlalchemy as sa
 

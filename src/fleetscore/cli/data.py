@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from datetime import UTC
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -27,15 +28,14 @@ def simulate(
     json_out: JsonOpt = False,
 ) -> None:
     """Simulate a fleet's readings with labelled anomalies (columns ts,device,sensor,value,label,anomaly_kind)."""
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from fleetscore.core.simulate import simulate_fleet
-    from fleetscore.core.times import iso
-    from fleetscore.core.times import parse_duration
+    from fleetscore.core.times import iso, parse_duration
     from fleetscore.storage.files import write_table
 
     start_us = parse_time_flag(start, "--start")
-    tbl = simulate_fleet(devices, sensors, datetime.fromtimestamp(start_us / 1e6, tz=timezone.utc), hours,
+    tbl = simulate_fleet(devices, sensors, datetime.fromtimestamp(start_us / 1e6, tz=UTC), hours,
                          float(parse_duration(interval)), anomaly_rate, seed)
     fmt = write_table(tbl, out)
     labels = int(sum(tbl.column("label").to_pylist())) if tbl.num_rows < 5_000_000 else None
@@ -48,7 +48,7 @@ def simulate(
 @handle_errors
 def import_(
     file: Annotated[Path, typer.Argument(help="CSV or Parquet file with readings.")],
-    columns: Annotated[Optional[str], typer.Option(help="Column names, e.g. ts=TS,device=Device,sensor=Tag,value=Value.")] = None,
+    columns: Annotated[str | None, typer.Option(help="Column names, e.g. ts=TS,device=Device,sensor=Tag,value=Value.")] = None,
     home: HomeOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -87,7 +87,7 @@ def readings(
 @handle_errors
 def quarantine_list(
     limit: Annotated[int, typer.Option(help="At most this many rows.")] = 100,
-    source: Annotated[Optional[str], typer.Option(help="Only this source: import, http, mqtt or late.")] = None,
+    source: Annotated[str | None, typer.Option(help="Only this source: import, http, mqtt or late.")] = None,
     home: HomeOpt = None,
     json_out: JsonOpt = False,
 ) -> None:

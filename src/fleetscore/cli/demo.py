@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import shutil
 import time
-from datetime import datetime, timedelta, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any, Callable
+from typing import Annotated, Any
 
 import typer
 
@@ -22,7 +23,7 @@ from fleetscore.errors import InputError
 commands = typer.Typer()
 
 DEMO_MARKER = ".fleetscore-demo"
-DEMO_START = datetime(2026, 1, 1, tzinfo=timezone.utc)
+DEMO_START = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def prepare_home(home: Path) -> None:
@@ -121,7 +122,8 @@ def demo(
         c.print(f"models trained     {summary['models']:,} (version {summary['version']}, {summary['train_failed']} failed)")
         c.print(f"rows scored        {summary['rows_scored']:,} in {len(summary['runs'])} runs")
         c.print(f"anomalies flagged  {summary['anomalies']:,}")
-        c.print(f"vs injected labels precision {fmt_ratio(ev['precision'])}  recall {fmt_ratio(ev['recall'])}  F1 {fmt_ratio(ev['f1'])}"
+        c.print(f"vs injected labels precision {fmt_ratio(ev['precision'])}  recall {fmt_ratio(ev['recall'])}  "
+                f"F1 {fmt_ratio(ev['f1'])}"
                 f"  event recall {fmt_ratio(ev['event_recall'])}")
         c.print(table("recall per anomaly kind", KIND_COLUMNS, quality_rows(ev)))
         c.print(f"predictions        {summary['outputs']['predictions_csv']}")

@@ -36,8 +36,8 @@ def evaluate(
 ) -> None:
     """Precision, recall, F1 and event recall of a run against labels, overall and per anomaly kind."""
     record, result = open_fleet(home).evaluate(run, labels)
-    run = record.as_dict()
-    payload = {k: run[k] for k in ("run_id", "version", "window_from", "window_to")} | result.as_dict()
+    info = record.as_dict()
+    payload = {k: info[k] for k in ("run_id", "version", "window_from", "window_to")} | result.as_dict()
 
     def human(c: Any) -> None:
         c.print(f"run {record.run_id} ({record.version}): {payload['matched']:,} labelled readings scored, "

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -13,8 +13,9 @@ commands = typer.Typer()
 ingest = typer.Typer(help="Streaming ingest clients (MQTT).", no_args_is_help=True)
 
 IntervalOpt = Annotated[
-    Optional[str],
-    typer.Option("--compact-interval", help="Compact the log this often, e.g. 10s; 0 = never (default: ingest.compact_interval or 10s)."),
+    str | None,
+    typer.Option(
+        "--compact-interval", help="Compact the log this often, e.g. 10s; 0 = never (default: ingest.compact_interval or 10s)."),
 ]
 
 
@@ -95,7 +96,7 @@ def windows(
     start: Annotated[str, typer.Option("--from", help="First window start (ISO 8601, inclusive).")],
     end: Annotated[str, typer.Option("--to", help="Window starts before this (ISO 8601, exclusive).")],
     out: Annotated[Path, typer.Option("--out", help="Output file (.csv or .parquet).")],
-    width: Annotated[Optional[str], typer.Option(help="Window width, e.g. 1m (default: ingest.window or 1m).")] = None,
+    width: Annotated[str | None, typer.Option(help="Window width, e.g. 1m (default: ingest.window or 1m).")] = None,
     home: HomeOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -113,7 +114,8 @@ def windows(
 def mqtt(
     broker: Annotated[str, typer.Option(help="Broker URL, mqtt://HOST:PORT.")],
     topic: Annotated[str, typer.Option(help="Topic filter; the last two levels are device and sensor.")] = "fleet/+/+",
-    client_id: Annotated[str, typer.Option(help="MQTT client id (keeps the broker session across restarts).")] = "fleetscore-ingest",
+    client_id: Annotated[str, typer.Option(
+        help="MQTT client id (keeps the broker session across restarts).")] = "fleetscore-ingest",
     compact_interval: IntervalOpt = None,
     home: HomeOpt = None,
     json_out: JsonOpt = False,

@@ -34,7 +34,7 @@ def _root(
     version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True),
 ) -> None:
     if version:
-        from fleetscore import __version__
+        from fleetscore.version import __version__
 
         typer.echo(__version__)
         raise typer.Exit(0)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -12,7 +12,8 @@ from fleetscore.cli.output import HomeOpt, JsonOpt, WorkersOpt, emit, handle_err
 commands = typer.Typer()
 models = typer.Typer(help="Model versions, the released version, and single models.", no_args_is_help=True)
 
-VERSION_COLUMNS = ["version", "status", "released", "kind", "features", "models", "failed", "shards", "created_at", "train_from", "train_to"]
+VERSION_COLUMNS = ["version", "status", "released", "kind", "features", "models", "failed", "shards", "created_at",
+                   "train_from", "train_to"]
 HEALTH_COLUMNS = ["device", "sensor", "run_id", "rows", "anomalies", "rate", "expected", "reason"]
 
 
@@ -21,12 +22,18 @@ HEALTH_COLUMNS = ["device", "sensor", "run_id", "rows", "anomalies", "rate", "ex
 def train(
     start: Annotated[str, typer.Option("--from", help="Training window start (ISO 8601).")],
     end: Annotated[str, typer.Option("--to", help="Training window end (ISO 8601, exclusive).")],
-    kind: Annotated[Optional[str], typer.Option(help="Model kind: auto (default: robust unless --nu/--gamma), robust or ocsvm.")] = None,
-    nu: Annotated[Optional[float], typer.Option(help="OneClassSVM nu; pinning it (or --gamma) keeps classic scikit-learn semantics.")] = None,
-    gamma: Annotated[Optional[str], typer.Option(help="RBF gamma: scale, auto, median (data-driven) or a number.")] = None,
-    features: Annotated[Optional[str], typer.Option(help="auto, raw, window:DURATION (e.g. window:1m) or context[:LOOKBACK].")] = None,
-    alarm_rate: Annotated[Optional[float], typer.Option("--alarm-rate", help="Target false-alarm rate each model is calibrated to (default 1e-4; none when --nu/--gamma are pinned).")] = None,
-    only_unhealthy: Annotated[bool, typer.Option("--only-unhealthy", help="Retrain only the models the latest run marked unhealthy; reuse all others.")] = False,
+    kind: Annotated[str | None, typer.Option(
+        help="Model kind: auto (default: robust unless --nu/--gamma), robust or ocsvm.")] = None,
+    nu: Annotated[float | None, typer.Option(
+        help="OneClassSVM nu; pinning it (or --gamma) keeps classic scikit-learn semantics.")] = None,
+    gamma: Annotated[str | None, typer.Option(help="RBF gamma: scale, auto, median (data-driven) or a number.")] = None,
+    features: Annotated[str | None, typer.Option(
+        help="auto, raw, window:DURATION (e.g. window:1m) or context[:LOOKBACK].")] = None,
+    alarm_rate: Annotated[float | None, typer.Option(
+        "--alarm-rate",
+        help="Target false-alarm rate each model is calibrated to (default 1e-4; none when --nu/--gamma are pinned).")] = None,
+    only_unhealthy: Annotated[bool, typer.Option(
+        "--only-unhealthy", help="Retrain only the models the latest run marked unhealthy; reuse all others.")] = False,
     no_release: Annotated[bool, typer.Option("--no-release", help="Do not release the new version.")] = False,
     workers: WorkersOpt = None,
     home: HomeOpt = None,
@@ -62,7 +69,7 @@ def versions(home: HomeOpt = None, json_out: JsonOpt = False) -> None:
 @models.command("list")
 @handle_errors
 def list_models(
-    version: Annotated[Optional[str], typer.Option(help="Version (default: the released one).")] = None,
+    version: Annotated[str | None, typer.Option(help="Version (default: the released one).")] = None,
     limit: Annotated[int, typer.Option(help="At most this many models.")] = 1000,
     home: HomeOpt = None,
     json_out: JsonOpt = False,
@@ -82,7 +89,7 @@ def list_models(
 def show(
     device: Annotated[str, typer.Argument(help="Device id.")],
     sensor: Annotated[str, typer.Argument(help="Sensor id.")],
-    version: Annotated[Optional[str], typer.Option(help="Version (default: the released one).")] = None,
+    version: Annotated[str | None, typer.Option(help="Version (default: the released one).")] = None,
     home: HomeOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -122,7 +129,7 @@ def import_sklearn(
 @models.command("health")
 @handle_errors
 def health(
-    run: Annotated[Optional[str], typer.Option("--run", help="Run id (default: the latest finished runs).")] = None,
+    run: Annotated[str | None, typer.Option("--run", help="Run id (default: the latest finished runs).")] = None,
     last: Annotated[int, typer.Option(help="Without --run: look at this many latest finished runs.", min=1, max=1000)] = 1,
     home: HomeOpt = None,
     json_out: JsonOpt = False,

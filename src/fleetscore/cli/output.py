@@ -11,16 +11,17 @@ import functools
 import json
 import math
 import sys
+from collections.abc import Callable
 from datetime import date, datetime
 from pathlib import Path
-from typing import Annotated, Any, Callable, Optional, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 HomeOpt = Annotated[
-    Optional[Path],
+    Path | None,
     typer.Option("--home", envvar="FLEETSCORE_HOME", help="Home directory (default ./fleetscore-home).", show_default=False),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print exactly one JSON object on stdout.")]
@@ -133,9 +134,9 @@ def progress_bar(json_mode: bool, description: str) -> Any:
     return bar()
 
 
-NowOpt = Annotated[Optional[str], typer.Option(
+NowOpt = Annotated[str | None, typer.Option(
     "--now", help="Act as if the time were T (ISO 8601), e.g. to replay a day; the clock then stands still.")]
-WorkersOpt = Annotated[Optional[int], typer.Option(help="Worker processes (default: cores).", min=1, max=1024)]
+WorkersOpt = Annotated[int | None, typer.Option(help="Worker processes (default: cores).", min=1, max=1024)]
 #: Longest window a flag takes (a training span) and longest retention period.
 MAX_WINDOW_S = 366 * 86_400
 MAX_KEEP_S = 100 * 366 * 86_400

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -25,7 +25,8 @@ commands = typer.Typer()
 runs = typer.Typer(help="Scoring runs: list them, show one with its tasks and failures, retry, cancel, logs.",
                    no_args_is_help=True)
 
-RUN_COLUMNS = ["run_id", "status", "window_from", "window_to", "version", "models", "rows", "anomalies", "failed_models", "elapsed_s"]
+RUN_COLUMNS = ["run_id", "status", "window_from", "window_to", "version", "models", "rows", "anomalies", "failed_models",
+               "elapsed_s"]
 #: The task table of ``runs show``: (header, record field); fields ending in ``_s`` are shown in ms.
 TASK_COLUMNS = [("task", "task"), ("shard", "shard"), ("status", "status"), ("models", "models"), ("rows", "rows"),
                 ("anom.", "anomalies"), ("failed", "failed_models"), ("wall", "wall_s"), ("data", "load_data_s"),
@@ -45,10 +46,10 @@ def _task_cell(record: dict[str, object], field: str) -> object:
 def score(
     start: Annotated[str, typer.Option("--from", help="Window start (ISO 8601, inclusive).")],
     end: Annotated[str, typer.Option("--to", help="Window end (ISO 8601, exclusive).")],
-    version: Annotated[Optional[str], typer.Option(help="Model version (default: the released one).")] = None,
-    executor: Annotated[Optional[str], typer.Option(help="local or ray.")] = None,
+    version: Annotated[str | None, typer.Option(help="Model version (default: the released one).")] = None,
+    executor: Annotated[str | None, typer.Option(help="local or ray.")] = None,
     workers: WorkersOpt = None,
-    ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="Ray cluster address (with --executor ray).")] = None,
+    ray_address: Annotated[str | None, typer.Option("--ray-address", help="Ray cluster address (with --executor ray).")] = None,
     home: HomeOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -59,7 +60,8 @@ def score(
     payload = run.as_dict()
 
     def human(c: Any) -> None:
-        c.print(table(f"run {run.run_id}", ["field", "value"], [[k, payload[k]] for k in RUN_COLUMNS + ["unmatched_rows", "error"]]))
+        fields = RUN_COLUMNS + ["unmatched_rows", "error"]
+        c.print(table(f"run {run.run_id}", ["field", "value"], [[k, payload[k]] for k in fields]))
         if run.unmatched_rows:
             c.print(f"{run.unmatched_rows:,} readings had no model (see `fleetscore runs show {run.run_id}`)")
 
@@ -73,7 +75,7 @@ def backfill(
     start: Annotated[str, typer.Option("--from", help="First window start (ISO 8601).")],
     end: Annotated[str, typer.Option("--to", help="Last window end (ISO 8601, exclusive).")],
     every: Annotated[str, typer.Option(help="Window length: one run per window.")] = "1h",
-    version: Annotated[Optional[str], typer.Option(help="Model version (default: the released one).")] = None,
+    version: Annotated[str | None, typer.Option(help="Model version (default: the released one).")] = None,
     workers: WorkersOpt = None,
     home: HomeOpt = None,
     json_out: JsonOpt = False,
@@ -106,10 +108,10 @@ def backfill(
 @handle_errors
 def predictions(
     out: Annotated[Path, typer.Option("--out", help="Output file.")],
-    run: Annotated[Optional[str], typer.Option("--run", help="Run id.")] = None,
-    start: Annotated[Optional[str], typer.Option("--from", help="Range start (ISO 8601).")] = None,
-    end: Annotated[Optional[str], typer.Option("--to", help="Range end (ISO 8601, exclusive).")] = None,
-    fmt: Annotated[Optional[str], typer.Option("--format", help="parquet, csv or reference (TS,Device,Tag,Val,Prediction).")] = None,
+    run: Annotated[str | None, typer.Option("--run", help="Run id.")] = None,
+    start: Annotated[str | None, typer.Option("--from", help="Range start (ISO 8601).")] = None,
+    end: Annotated[str | None, typer.Option("--to", help="Range end (ISO 8601, exclusive).")] = None,
+    fmt: Annotated[str | None, typer.Option("--format", help="parquet, csv or reference (TS,Device,Tag,Val,Prediction).")] = None,
     home: HomeOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -160,7 +162,8 @@ def show(
         if any(t.error for t in tasks):  # tracebacks: `runs logs RUN --task T`
             c.print(table("task errors", ["task", "error"], [[t.task, t.error] for t in tasks if t.error]))
         if failures:
-            c.print(table("failed models", ["device", "sensor", "reason"], [[f.device, f.sensor, f.reason] for f in failures[:50]]))
+            c.print(table("failed models", ["device", "sensor", "reason"],
+                          [[f.device, f.sensor, f.reason] for f in failures[:50]]))
         if run.extra.get("unmatched"):
             c.print(table("readings without a model", ["device", "sensor", "rows", "reason"],
                           [[u["device"], u["sensor"], u["rows"], u["reason"]] for u in run.extra["unmatched"]]))
@@ -206,7 +209,7 @@ def cancel(
 @handle_errors
 def logs(
     run_id: Annotated[str, typer.Argument(help="Run id.")],
-    task: Annotated[Optional[int], typer.Option(help="Show this task's attempts: log lines, stdout, stderr.", min=0)] = None,
+    task: Annotated[int | None, typer.Option(help="Show this task's attempts: log lines, stdout, stderr.", min=0)] = None,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines until the run ends.")] = False,
     home: HomeOpt = None,
     json_out: JsonOpt = False,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -35,11 +35,12 @@ def add(
     cron: Annotated[str, typer.Option(help="When it fires, 5-field cron in UTC, e.g. '5 * * * *' (or @hourly).")],
     window: Annotated[str, typer.Option(help="Window each fire runs: scoring window, or training span with --train.")] = "1h",
     lag: Annotated[str, typer.Option(help="Run the latest window that ended at least this long before the fire.")] = "0s",
-    version: Annotated[Optional[str], typer.Option(help="Score with this model version.")] = None,
+    version: Annotated[str | None, typer.Option(help="Score with this model version.")] = None,
     released: Annotated[bool, typer.Option("--released", help="Score with the version released at run time (default).")] = False,
     train: Annotated[bool, typer.Option("--train", help="Train a new version on the window instead of scoring.")] = False,
     no_release: Annotated[bool, typer.Option("--no-release", help="With --train: do not release the new version.")] = False,
-    start: Annotated[Optional[str], typer.Option(help="Fires after this time are due (default: now); missed ones are caught up.")] = None,
+    start: Annotated[str | None, typer.Option(
+        help="Fires after this time are due (default: now); missed ones are caught up.")] = None,
     home: HomeOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -72,7 +73,7 @@ def list_schedules(home: HomeOpt = None, json_out: JsonOpt = False) -> None:
 @schedule.command("windows")
 @handle_errors
 def windows(
-    name: Annotated[Optional[str], typer.Argument(help="Schedule (default: all).")] = None,
+    name: Annotated[str | None, typer.Argument(help="Schedule (default: all).")] = None,
     limit: Annotated[int, typer.Option(help="At most this many windows, newest first.")] = 50,
     home: HomeOpt = None,
     json_out: JsonOpt = False,
@@ -118,9 +119,12 @@ def remove(name: Annotated[str, typer.Argument(help="Schedule name.")], home: Ho
 @handle_errors
 def scheduler(
     once: Annotated[bool, typer.Option("--once", help="Run what is due now, then exit (for cron or CI).")] = False,
-    max_catch_up: Annotated[Optional[int], typer.Option("--max-catch-up", help="After downtime, run at most this many missed windows per schedule (default 24).", min=1, max=10_000)] = None,
-    poll: Annotated[Optional[str], typer.Option(help="Look at the schedules at least this often (default 30s).")] = None,
-    lease: Annotated[Optional[str], typer.Option(help="Lease on a running window; a crashed scheduler's windows are taken over after it (default 60s).")] = None,
+    max_catch_up: Annotated[int | None, typer.Option(
+        "--max-catch-up", help="After downtime, run at most this many missed windows per schedule (default 24).",
+        min=1, max=10_000)] = None,
+    poll: Annotated[str | None, typer.Option(help="Look at the schedules at least this often (default 30s).")] = None,
+    lease: Annotated[str | None, typer.Option(
+        help="Lease on a running window; a crashed scheduler's windows are taken over after it (default 60s).")] = None,
     workers: WorkersOpt = None,
     now: NowOpt = None,
     home: HomeOpt = None,
@@ -156,7 +160,8 @@ def scheduler(
 @handle_errors
 def gc(
     keep: Annotated[str, typer.Option(help="Keep this much history, e.g. 30d; older predictions, logs, runs and versions go.")],
-    readings: Annotated[bool, typer.Option("--readings", help="Also delete old readings (never those a schedule still needs).")] = False,
+    readings: Annotated[bool, typer.Option(
+        "--readings", help="Also delete old readings (never those a schedule still needs).")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only say what would be deleted.")] = False,
     now: NowOpt = None,
     home: HomeOpt = None,

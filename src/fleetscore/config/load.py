@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from fleetscore.config.ingest import IngestSettings
 from fleetscore.config.schedule import ScheduleSettings
@@ -103,7 +104,8 @@ def load_config(home: str | os.PathLike[str] | None = None, env: Mapping[str, st
     for name, (section, key, parse) in ENV_KEYS.items():
         if env.get(name):
             values.setdefault(section, {})[key] = parse(env[name], name)
-    config = Config(home=home_path, **{s: SECTIONS[s](**v) for s, v in values.items()})
+    sections: dict[str, Any] = {s: SECTIONS[s](**v) for s, v in values.items()}
+    config = Config(home=home_path, **sections)
     return _checked(config, str(toml_path) if toml_path.is_file() else "environment")
 
 

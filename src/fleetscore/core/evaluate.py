@@ -38,23 +38,6 @@ class PointMetrics:
                 "false_neg": self.false_neg, "precision": self.precision, "recall": self.recall, "f1": self.f1}
 
 
-def point_metrics(predictions: pa.Table, labels: pa.Table) -> PointMetrics:
-    """Join predictions (ts, device, sensor, is_anomaly) with labels (ts, device, sensor, label)."""
-    keys = ["ts", "device", "sensor"]
-    pred = predictions.select(keys + ["is_anomaly"])
-    lab = labels.select(keys + ["label"]).cast(pa.schema([pred.schema.field("ts"), pa.field("device", pa.string()),
-                                                          pa.field("sensor", pa.string()), pa.field("label", pa.int8())]))
-    joined = pred.join(lab, keys=keys, join_type="inner")
-    flagged = joined.column("is_anomaly").to_numpy(zero_copy_only=False).astype(bool)
-    truth = pc.fill_null(joined.column("label"), 0).to_numpy(zero_copy_only=False).astype(bool)
-    return PointMetrics(
-        matched=joined.num_rows,
-        true_pos=int(np.sum(flagged & truth)),
-        false_pos=int(np.sum(flagged & ~truth)),
-        false_neg=int(np.sum(~flagged & truth)),
-    )
-
-
 # ---- events and anomaly kinds ----------------------------------------------------------------
 
 LABEL_KEYS = ("ts", "device", "sensor")

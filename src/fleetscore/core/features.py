@@ -15,10 +15,9 @@ import pyarrow.compute as pc
 
 from fleetscore.core.context import CONTEXT_FEATURES, HEAVY_TAILED, SEASONAL, SHORT_HISTORY, context_features
 from fleetscore.core.plan import group_bounds
-from fleetscore.core.windows import WINDOW_FEATURES, tumbling_aggregate, window_feature_matrix
 from fleetscore.core.times import parse_duration
+from fleetscore.core.windows import WINDOW_FEATURES, tumbling_aggregate, window_feature_matrix
 from fleetscore.errors import InputError, ModelFormatError
-
 
 _DAY_US = 86_400_000_000
 #: History read before a scored window for ``context`` features (covers 30 readings a minute apart).

@@ -23,6 +23,8 @@ BUCKETS = 64
 _MIX = 0x9E3779B1  # 2**32 / golden ratio: spreads CRC-32's low-entropy differences over all bits
 
 Key = tuple[str, str]  # (device, sensor); its bucket follows from the device
+#: One end of a key range [lo, hi); None = open (before the first key, after the last).
+KeyBound = Key | None
 
 
 def _bucket_from_crc(crc: np.ndarray) -> np.ndarray:

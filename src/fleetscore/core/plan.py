@@ -12,7 +12,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-
 #: Fixed cost of one model in units of (row × support vector): fitting one with scikit-learn costs about
 #: as much Python overhead as this many kernel evaluations of libsvm, whatever its size.
 MODEL_COST = 1000.0

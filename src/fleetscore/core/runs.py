@@ -96,7 +96,7 @@ class RunRecord:
     error: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def with_status(self, status: RunStatus, **changes: Any) -> "RunRecord":
+    def with_status(self, status: RunStatus, **changes: Any) -> RunRecord:
         return replace(self, status=status, **changes)
 
     def as_dict(self) -> dict[str, Any]:

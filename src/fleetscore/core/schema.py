@@ -7,7 +7,7 @@ the rejected rows with a reason each, so that no input row is ever dropped silen
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 import pyarrow as pa
@@ -45,7 +45,7 @@ WINDOW_COLUMNS = ("window_start", "count", "mean", "std", "min", "max")
 MAX_ID_LENGTH = 256
 #: Readings must fall in [1970, 2200): anything else is a clock or unit error on the device.
 MIN_TS_US = 0
-MAX_TS_US = int(datetime(2200, 1, 1, tzinfo=timezone.utc).timestamp() * 1_000_000)
+MAX_TS_US = int(datetime(2200, 1, 1, tzinfo=UTC).timestamp() * 1_000_000)
 
 REQUIRED_COLUMNS = ("ts", "device", "sensor", "value")
 
@@ -60,10 +60,6 @@ class Validated:
     @property
     def accepted(self) -> int:
         return self.good.num_rows
-
-
-def empty_readings() -> pa.Table:
-    return READING_SCHEMA.empty_table()
 
 
 def empty_rejects() -> pa.Table:

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from numbers import Integral, Real
 
 import numpy as np
@@ -175,8 +175,8 @@ def iter_simulate(
         raise InputError(
             f"hours ({hours!r}) is shorter than one interval_s ({interval_s!r} s): no reading would be produced"
         )
-    start_utc = start if start.tzinfo is not None else start.replace(tzinfo=timezone.utc)
-    delta = start_utc - datetime(1970, 1, 1, tzinfo=timezone.utc)
+    start_utc = start if start.tzinfo is not None else start.replace(tzinfo=UTC)
+    delta = start_utc - datetime(1970, 1, 1, tzinfo=UTC)
     start_us = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
     offsets_us = np.round(np.arange(n, dtype=np.float64) * (interval_s * 1e6)).astype(np.int64)
     if start_us < MIN_TS_US or start_us + int(offsets_us[-1]) >= MAX_TS_US:

@@ -98,7 +98,7 @@ class StreamState:
         )
 
     @classmethod
-    def from_arrow(cls, table: pa.Table) -> "StreamState":
+    def from_arrow(cls, table: pa.Table) -> StreamState:
         """Rebuild a state saved by :meth:`to_arrow` (key ids are renumbered; results are the same)."""
         try:
             meta = json.loads((table.schema.metadata or {})[b"fleetscore.stream"])

@@ -7,7 +7,7 @@ Inside the program times are µs (int); these functions are the one place that t
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from fleetscore.errors import InputError
 
@@ -23,7 +23,7 @@ _DURATION_RE = re.compile(r"(?:([0-9]+)d)?(?:([0-9]+)h)?(?:([0-9]+)m)?(?:([0-9]+
 def parse_time(text: str | datetime, what: str = "time") -> int:
     """``2026-01-01T00:00:00Z`` (or without zone = UTC, or a datetime) → µs; InputError if bad."""
     if isinstance(text, datetime):
-        dt = text if text.tzinfo else text.replace(tzinfo=timezone.utc)
+        dt = text if text.tzinfo else text.replace(tzinfo=UTC)
         return int(round(dt.timestamp() * SECOND_US))
     us = parse_time_us(text) if isinstance(text, str) else None
     if us is None:
@@ -41,7 +41,7 @@ def parse_window(start: str | datetime, end: str | datetime) -> tuple[int, int]:
 
 def iso(us: int) -> str:
     """µs → ``2026-01-01T00:00:00Z`` (fractional seconds only when present)."""
-    dt = datetime.fromtimestamp(us // SECOND_US, tz=timezone.utc)
+    dt = datetime.fromtimestamp(us // SECOND_US, tz=UTC)
     frac = us % SECOND_US
     text = dt.strftime("%Y-%m-%dT%H:%M:%S")
     return f"{text}.{frac:06d}Z" if frac else f"{text}Z"
@@ -68,7 +68,7 @@ def day_text(us: int) -> str:
 
 
 def _utc(us: int) -> datetime:
-    return datetime.fromtimestamp(us // SECOND_US, tz=timezone.utc).replace(microsecond=us % SECOND_US)
+    return datetime.fromtimestamp(us // SECOND_US, tz=UTC).replace(microsecond=us % SECOND_US)
 
 
 def parse_time_us(text: str) -> int | None:
@@ -81,8 +81,8 @@ def parse_time_us(text: str) -> int | None:
     except ValueError:
         return None
     if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
-    delta = dt - datetime(1970, 1, 1, tzinfo=timezone.utc)
+        dt = dt.replace(tzinfo=UTC)
+    delta = dt - datetime(1970, 1, 1, tzinfo=UTC)
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 

@@ -7,8 +7,9 @@ storage (shared by all workers) and write their outputs there, so executors stay
 from __future__ import annotations
 
 import traceback
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Protocol, Sequence
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True)
@@ -20,7 +21,7 @@ class TaskError:
     attempts: int = 1
 
     @classmethod
-    def from_exception(cls, exc: BaseException, attempts: int = 1) -> "TaskError":
+    def from_exception(cls, exc: BaseException, attempts: int = 1) -> TaskError:
         """The exception as text for run records and logs, with secrets removed."""
         from fleetscore.redact import redact
 

@@ -18,8 +18,9 @@ import threading
 import time
 import traceback
 import warnings
+from collections.abc import Callable
 from contextlib import ExitStack, redirect_stderr, redirect_stdout
-from typing import Any, Callable, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from fleetscore.errors import FleetscoreError
 from fleetscore.storage.fs import open_storage
@@ -66,7 +67,7 @@ def run_captured(fn: Callable[[Any], T], spec: LoggedTask) -> T:
             if threading.current_thread() is threading.main_thread():
                 stack.enter_context(redirect_stdout(out))
                 stack.enter_context(redirect_stderr(err))
-                caught = stack.enter_context(warnings.catch_warnings(record=True))  # type: ignore[assignment]
+                caught = stack.enter_context(warnings.catch_warnings(record=True))
                 warnings.simplefilter("default")
             try:
                 result = fn(spec)
@@ -80,7 +81,7 @@ def run_captured(fn: Callable[[Any], T], spec: LoggedTask) -> T:
     wall_s = round(time.perf_counter() - t0, 6)
     if error is None:
         record = getattr(result, "record", None)
-        summary = {"wall_s": wall_s, **(record.as_dict() if hasattr(record, "as_dict") else {})}
+        summary = {"wall_s": wall_s, **(record.as_dict() if record is not None and hasattr(record, "as_dict") else {})}
         lines.append(log_line("task.end", **(summary | {"task": spec.task, "attempt": spec.attempt})))
     else:
         tb = "".join(traceback.format_exception(type(error), error, error.__traceback__))

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import multiprocessing
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 from fleetscore.credentials import call_with_credentials, credential_env
 from fleetscore.exec.base import TaskError
@@ -46,11 +47,11 @@ class LocalExecutor:
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
             for fut in done:
                 i = pending.pop(fut)
-                exc = fut.exception()
-                if isinstance(exc, BrokenProcessPool):  # every task in flight fails with it, not only the killed one
-                    exc = WorkerDied("a worker process died while this task was in flight (killed, or out of "
-                                     "memory); the pool was restarted")
-                yield i, (TaskError.from_exception(exc) if exc is not None else fut.result())
+                failure = fut.exception()
+                if isinstance(failure, BrokenProcessPool):  # every task in flight fails with it, not only the killed one
+                    failure = WorkerDied("a worker process died while this task was in flight (killed, or out of "
+                                         "memory); the pool was restarted")
+                yield i, (TaskError.from_exception(failure) if failure is not None else fut.result())
 
     def _submit(self, *args: Any) -> Future[Any]:
         """Submit to the pool; a pool broken by a dead worker is replaced first, so retries can run."""

@@ -17,7 +17,8 @@ import functools
 import logging
 import socket
 import time
-from typing import Any, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 from fleetscore.credentials import call_with_credentials, credential_env
 from fleetscore.errors import ConfigError, FleetscoreError
@@ -59,7 +60,7 @@ class RayExecutor:
         import ray
 
         self._connect()
-        from fleetscore import __version__
+        from fleetscore.version import __version__
 
         task = self._task.options(name=_task_name(fn))
         index = {task.remote(fn, spec, self._env, __version__): i for i, spec in enumerate(specs)}
@@ -167,7 +168,7 @@ def _starts_local_instance(env_address: str | None) -> bool:
         from ray._private.services import canonicalize_bootstrap_address
     except ImportError:  # a Ray without this helper: let ray.init decide, with its own defaults
         return False
-    return canonicalize_bootstrap_address(None) is None
+    return canonicalize_bootstrap_address(None) is None  # type: ignore[arg-type]  # None: no address given
 
 
 def run_task(fn: Callable[[Any], Any], spec: Any, env: dict[str, str], driver_version: str) -> Any:
@@ -178,7 +179,7 @@ def run_task(fn: Callable[[Any], Any], spec: Any, env: dict[str, str], driver_ve
     """
     import ray
 
-    from fleetscore import __version__
+    from fleetscore.version import __version__
 
     node_id = ray.get_runtime_context().get_node_id()
     place = this_process(f"{ray.util.get_node_ip_address()}/{node_id[:12]}", _attempt_number())
@@ -196,5 +197,5 @@ def _attempt_number() -> int:
     """1 for the first run of the current Ray task, 2 after one retry, ... (1 when Ray cannot tell)."""
     from ray._private.worker import global_worker
 
-    getter = getattr(global_worker.core_worker, "get_current_task_attempt_number", None)
+    getter = getattr(getattr(global_worker, "core_worker", None), "get_current_task_attempt_number", None)
     return int(getter()) + 1 if getter is not None else 1

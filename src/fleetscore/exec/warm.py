@@ -10,7 +10,7 @@ else imports this module: the import is the warm-up.
 from __future__ import annotations
 
 import numpy as np
-import pyarrow.compute  # noqa: F401  (imported for the workers)
+import pyarrow.compute
 import pyarrow.parquet  # noqa: F401
 
 from fleetscore.core import ocsvm

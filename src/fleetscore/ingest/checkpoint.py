@@ -33,7 +33,7 @@ class IngestPaths:
     root: Path
 
     @classmethod
-    def of_home(cls, home: Path) -> "IngestPaths":
+    def of_home(cls, home: Path) -> IngestPaths:
         return cls(Path(home) / "ingest")
 
     @property

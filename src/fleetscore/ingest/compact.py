@@ -25,14 +25,17 @@ import json
 import os
 import shutil
 import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
+from fleetscore.clock import Clock, wall_clock
+from fleetscore.config.ingest import IngestSettings
 from fleetscore.core.admission import as_rejects, later_duplicates
 from fleetscore.core.schema import READING_SCHEMA, REJECT_SCHEMA
 from fleetscore.core.stream import StreamState, advance, flush, new_state
@@ -41,8 +44,6 @@ from fleetscore.errors import StorageError
 from fleetscore.ingest.checkpoint import Checkpoint, IngestPaths, Position, load_checkpoint, save_checkpoint, write_atomic
 from fleetscore.ingest.log import list_segments, read_frames, segment_name, writer_active
 from fleetscore.ingest.records import IngestBatch, decode, ipc_file_bytes, read_ipc_file
-from fleetscore.clock import Clock, wall_clock
-from fleetscore.config.ingest import IngestSettings
 from fleetscore.storage.fs import Storage
 from fleetscore.storage.quarantine import QuarantineStore
 from fleetscore.storage.readings import ReadingStore

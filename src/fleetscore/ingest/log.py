@@ -28,6 +28,7 @@ import zlib
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
+
 from fleetscore.errors import StorageError
 
 FRAME = struct.Struct("<II")
@@ -137,7 +138,7 @@ class SegmentLog:
             raise StorageError(f"cannot create log segment {path}: {exc}") from exc
         return fd
 
-    def append(self, payload: bytes) -> "Future[None]":
+    def append(self, payload: bytes) -> Future[None]:
         """Write one record; the future resolves once it is fsynced (or fails with StorageError)."""
         if not payload or len(payload) > MAX_FRAME_BYTES:
             raise StorageError(f"log record of {len(payload)} bytes: must be 1..{MAX_FRAME_BYTES}")
@@ -225,7 +226,7 @@ class SegmentLog:
         for future in waiters:
             future.set_result(None)
 
-    def _fail(self, exc: BaseException, extra: list["Future[None]"] | None = None) -> None:
+    def _fail(self, exc: BaseException, extra: list[Future[None]] | None = None) -> None:
         """Called with the condition held: the log is unusable; every waiter gets the error."""
         self._error = exc
         error = StorageError(f"ingest log {self.directory} failed: {exc}")

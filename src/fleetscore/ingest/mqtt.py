@@ -16,8 +16,9 @@ which group commit needs for throughput (a v3.1.1 broker would cap it at its
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -40,7 +41,7 @@ class Broker:
     port: int
 
     @classmethod
-    def parse(cls, url: str) -> "Broker":
+    def parse(cls, url: str) -> Broker:
         """``mqtt://HOST[:PORT]`` (TLS, websockets and credentials in the URL are not supported)."""
         try:
             parts = urlsplit(url)

@@ -15,7 +15,7 @@ since a malformed IPC buffer must be rejected rather than trusted.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 import orjson
@@ -170,7 +170,7 @@ def _text(value: object, is_time: bool) -> str | None:
         return value
     if is_time and isinstance(value, (int, float)) and not isinstance(value, bool):
         try:
-            return datetime.fromtimestamp(value, tz=timezone.utc).isoformat()
+            return datetime.fromtimestamp(value, tz=UTC).isoformat()
         except (OverflowError, OSError, ValueError):
             pass
     return orjson.dumps(value).decode()[:_SNIPPET]

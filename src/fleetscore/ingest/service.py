@@ -21,14 +21,14 @@ from typing import Any
 
 import pyarrow as pa
 
+from fleetscore.clock import Clock, wall_clock
+from fleetscore.config.ingest import IngestSettings
 from fleetscore.core.admission import admit_readings
 from fleetscore.errors import InputError
 from fleetscore.ingest.checkpoint import IngestPaths, load_checkpoint
 from fleetscore.ingest.log import SegmentLog, list_segments, read_frames, segment_name
 from fleetscore.ingest.parse import ParsedBody
 from fleetscore.ingest.records import IngestBatch, decode, decode_header, read_ipc_file
-from fleetscore.clock import Clock, wall_clock
-from fleetscore.config.ingest import IngestSettings
 
 MAX_KEY_LENGTH = 200
 
@@ -58,7 +58,7 @@ class KeyCache:
         with self._lock:
             self._done[key] = (received_at_us, reply)
 
-    def claim(self, key: str) -> tuple[dict[str, Any] | None, "Future[dict[str, Any]] | None", bool]:
+    def claim(self, key: str) -> tuple[dict[str, Any] | None, Future[dict[str, Any]] | None, bool]:
         """(answer if done, future if in flight, True if the caller now owns the key)."""
         with self._lock:
             if key in self._done:
@@ -75,8 +75,8 @@ class KeyCache:
                 self._done[key] = (received_at_us, reply)
                 if len(self._done) % 1024 == 0:  # forget keys past the TTL now and then
                     self._expire(received_at_us)
-        if error is not None:
-            future.set_exception(error)
+        if error is not None or reply is None:
+            future.set_exception(error or RuntimeError("an idempotent batch ended with neither an answer nor an error"))
         else:
             future.set_result(reply)
 
@@ -115,7 +115,7 @@ class IngestService:
             rejected = pa.concat_tables([rejected, parsed.unparsed()]).sort_by("row")
         return IngestBatch(self.source, received, key, admitted.good, rejected)
 
-    def append(self, batch: IngestBatch) -> "Future[None]":
+    def append(self, batch: IngestBatch) -> Future[None]:
         """Start writing the record; the future resolves when it is durable."""
         payload = batch.encode()
         future = self.log.append(payload)

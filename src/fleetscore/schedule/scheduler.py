@@ -17,8 +17,9 @@ from __future__ import annotations
 import signal
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from fleetscore.catalog.schedules import OPEN_STATUSES, PENDING, RUNNING, ScheduleStore, WindowRow
 from fleetscore.clock import Clock, wall_clock
@@ -50,7 +51,7 @@ class TickReport:
     def as_dict(self) -> dict[str, object]:
         return {"planned": self.planned, "skipped": self.skipped, "ran": [r.as_dict() for r in self.ran]}
 
-    def add(self, other: "TickReport") -> None:
+    def add(self, other: TickReport) -> None:
         """Add another tick's report to this one (a daemon's running total)."""
         self.planned += other.planned
         self.skipped += other.skipped
@@ -60,7 +61,7 @@ class TickReport:
 class Scheduler:
     """Runs the schedules of one home. Not thread-safe: one scheduler per thread (many per catalog are fine)."""
 
-    def __init__(self, fleet: "Fleet", *, clock: Clock = wall_clock, settings: ScheduleSettings | None = None,
+    def __init__(self, fleet: Fleet, *, clock: Clock = wall_clock, settings: ScheduleSettings | None = None,
                  workers: int | None = None, say: Say | None = None) -> None:
         self.fleet = fleet
         self.clock = clock
@@ -251,7 +252,7 @@ class SchedulerThread:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._main, name="fleetscore-scheduler", daemon=True)
 
-    def start(self) -> "SchedulerThread":
+    def start(self) -> SchedulerThread:
         self._thread.start()
         return self
 
@@ -270,7 +271,7 @@ class SchedulerThread:
         self._thread.join(timeout)
 
 
-def start_scheduler_thread(fleet: "Fleet", *, settings: ScheduleSettings | None = None, workers: int | None = None,
+def start_scheduler_thread(fleet: Fleet, *, settings: ScheduleSettings | None = None, workers: int | None = None,
                            say: Say | None = None, clock: Clock = wall_clock) -> SchedulerThread:
     """Run the scheduler of ``fleet``'s home in a background thread (for ``fleetscore serve``).
 

@@ -7,6 +7,7 @@ never deletes under a live run. Model versions keep their catalog row (status ``
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 from fleetscore.catalog.purge import delete_commits, delete_runs, mark_versions_deleted
 from fleetscore.catalog.schedules import ScheduleStore
 from fleetscore.core.retention import RetentionFacts, RetentionPlan, VersionFact, plan_retention

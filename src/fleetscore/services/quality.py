@@ -13,8 +13,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from fleetscore.core.evaluate import Evaluation, evaluate
-from fleetscore.core.runs import RunRecord
 from fleetscore.core.features import parse_features
+from fleetscore.core.runs import RunRecord
 from fleetscore.errors import InputError
 from fleetscore.services.context import Context
 from fleetscore.storage import layout

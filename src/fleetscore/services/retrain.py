@@ -12,27 +12,28 @@ readings in the window keeps its old model and is reported as not retrained.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from fleetscore.core.fitting import fit_shard
-from fleetscore.core.kinds import FORMAT_VERSION, Bundle, get_kind
 from fleetscore.catalog import Catalog, VersionRecord
+from fleetscore.core.fitting import fit_shard
+from fleetscore.core.keys import Key
+from fleetscore.core.kinds import FORMAT_VERSION, Bundle, get_kind
 from fleetscore.core.runs import RunRecord, RunStatus
 from fleetscore.core.times import iso
 from fleetscore.errors import FleetscoreError, InputError
 from fleetscore.exec.base import Executor, TaskError
 from fleetscore.services.context import Context
+from fleetscore.services.train import MIN_TRAIN_ROWS, TrainResult, TrainTask, load_groups, manifest_rows, task_settings
 from fleetscore.storage import layout
 from fleetscore.storage.fs import open_storage
 from fleetscore.storage.models import ModelStore, library_versions
-from fleetscore.services.train import MIN_TRAIN_ROWS, TrainResult, TrainTask, load_groups, manifest_rows, task_settings
 
-Key = tuple[str, str]
 #: Start of the manifest reason of a model refitted by `retrain_unhealthy`.
 RETRAINED = "retrained: unhealthy"
 _FINISHED = (RunStatus.SUCCEEDED, RunStatus.PARTIAL)
@@ -144,7 +145,8 @@ def retrain_unhealthy(ctx: Context, executor: Executor, base: VersionRecord, fro
     for s in shards.to_pylist():
         mine = tuple(sorted(k for k in keys if shard_of.get(k) == s["shard"]))
         if not mine:
-            storage.write_bytes(layout.shard_key(version, s["shard"]), storage.read_bytes(layout.shard_key(base.version, s["shard"])))
+            copy = storage.read_bytes(layout.shard_key(base.version, s["shard"]))
+            storage.write_bytes(layout.shard_key(version, s["shard"]), copy)
             continue
         lo = None if s["lo_device"] is None else (s["lo_device"], s["lo_sensor"])
         hi = None if s["hi_device"] is None else (s["hi_device"], s["hi_sensor"])
@@ -165,8 +167,8 @@ def retrain_unhealthy(ctx: Context, executor: Executor, base: VersionRecord, fro
         catalog.finish_version(version, "failed", 0, 0, shards.num_rows, time.perf_counter() - started)
         raise FleetscoreError(f"retraining {version} failed: " + "; ".join(errors[:5]))
     untouched = manifest.filter(pc.invert(pc.is_in(manifest.column("shard"), pa.array(list(parts), pa.int32()))))
-    new_manifest = pa.concat_tables([untouched.select(manifest.column_names)] +
-                                    [t.select(manifest.column_names).cast(manifest.schema) for t in parts.values() if t is not None])
+    refitted = [t.select(manifest.column_names).cast(manifest.schema) for t in parts.values() if t is not None]
+    new_manifest = pa.concat_tables([untouched.select(manifest.column_names), *refitted])
     new_manifest = new_manifest.sort_by([("device", "ascending"), ("sensor", "ascending")])
     store.write_manifest(replace(info, version=version, params=params, libraries=library_versions(),
                                  format_version=FORMAT_VERSION), new_manifest, shards)

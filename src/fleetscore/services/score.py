@@ -15,9 +15,10 @@ from __future__ import annotations
 import heapq
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -28,6 +29,7 @@ from fleetscore.core import ocsvm
 from fleetscore.core.features import build_features, day_phase, parse_features
 from fleetscore.core.health import MAX_LISTED as MAX_LISTED_UNHEALTHY
 from fleetscore.core.health import describe, expected_rate, unhealthy_counts
+from fleetscore.core.keys import KeyBound
 from fleetscore.core.kinds import needs_phase, score_bundle
 from fleetscore.core.matching import match_runs
 from fleetscore.core.runs import ModelFailure, RunRecord, RunStatus, TaskRecord, backoff_delay, needs_rerun, run_status
@@ -44,7 +46,6 @@ from fleetscore.storage.logs import RunLog, worker_name
 from fleetscore.storage.models import ModelStore
 from fleetscore.storage.readings import ReadingStore
 
-KeyBound = tuple[str, str] | None
 #: At most this many unmatched (device, sensor) keys are listed per task (all are counted).
 MAX_LISTED_UNMATCHED = 50
 

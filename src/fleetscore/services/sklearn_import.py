@@ -39,12 +39,12 @@ def load_pickle(path: Path) -> object:
             return joblib.load(path)
         except ImportError:
             pass
-        except Exception as exc:  # noqa: BLE001 - any unpickling failure means the same to the user
+        except Exception as exc:  # any unpickling failure means the same to the user
             raise ModelFormatError(f"{path}: cannot unpickle: {type(exc).__name__}: {exc}") from exc
         try:
             with open(path, "rb") as fh:
                 return pickle.load(fh)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise ModelFormatError(f"{path}: cannot unpickle: {type(exc).__name__}: {exc}") from exc
 
 

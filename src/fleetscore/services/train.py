@@ -7,8 +7,8 @@ range and writes one shard file; the manifest is written last, so a version is v
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -18,6 +18,7 @@ from fleetscore.core import kinds
 from fleetscore.core.calibrate import check_alarm_rate
 from fleetscore.core.features import build_features, day_phase, parse_features
 from fleetscore.core.fitting import FitSettings, ShardFit, fit_shard
+from fleetscore.core.keys import KeyBound
 from fleetscore.core.plan import fit_cost, group_bounds, plan_shards, score_cost, target_shards
 from fleetscore.core.times import iso, iso_s
 from fleetscore.errors import FleetscoreError, InputError
@@ -27,7 +28,6 @@ from fleetscore.storage.fs import open_storage
 from fleetscore.storage.models import ModelStore, VersionInfo, library_versions
 from fleetscore.storage.readings import ReadingStore
 
-KeyBound = tuple[str, str] | None
 #: A model needs at least this many feature rows to be trained.
 MIN_TRAIN_ROWS = 2
 #: A shard whose task raised (a dead worker, a storage error) is trained again, at most this often in all.

@@ -8,8 +8,9 @@ atomic (a temporary file renamed into place).
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -77,7 +78,8 @@ def _csv_batches(path: Path, mapping: dict[str, str] | None, bad_rows: list[dict
     cols = resolve_columns(names, mapping)
 
     def on_bad_row(row: Any) -> str:
-        bad_rows.append({"row": row.number, "text": (row.text or "")[:1024], "reason": f"malformed CSV row: {row.actual_columns} columns, expected {row.expected_columns}"})
+        reason = f"malformed CSV row: {row.actual_columns} columns, expected {row.expected_columns}"
+        bad_rows.append({"row": row.number, "text": (row.text or "")[:1024], "reason": reason})
         return "skip"
 
     try:
@@ -158,7 +160,8 @@ def _csv_ready(table: pa.Table) -> pa.Table:
     cols = []
     for field, col in zip(table.schema, table.columns):
         if pa.types.is_timestamp(field.type):
-            col = pc.strftime(col, format="%Y-%m-%dT%H:%M:%S.%fZ") if _has_fraction(col) else pc.strftime(col, format="%Y-%m-%dT%H:%M:%SZ")
+            fmt = "%Y-%m-%dT%H:%M:%S.%fZ" if _has_fraction(col) else "%Y-%m-%dT%H:%M:%SZ"
+            col = pc.strftime(col, format=fmt)
         cols.append(col)
     return pa.table(cols, names=table.column_names)
 

@@ -7,13 +7,15 @@ a single PUT is already atomic (readers see the old or the new object, never a h
 
 from __future__ import annotations
 
+import builtins
 import functools
 import io
 import os
 import uuid
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -112,7 +114,7 @@ class Storage:
         cut = len(self.root) + 1
         return sorted(p[cut:] for p in found if "/.tmp-" not in p and not p.rsplit("/", 1)[-1].startswith(".tmp-"))
 
-    def list_dirs(self, prefix: str) -> list[str]:
+    def list_dirs(self, prefix: str) -> builtins.list[str]:
         """Names of the direct sub-folders of ``prefix``."""
         try:
             with self._failing("list", prefix):
@@ -148,12 +150,12 @@ class Storage:
                 writer.write_table(group, row_group_size=max(group.num_rows, 1))
         self.write_bytes(key, sink.getvalue())
 
-    def read_parquet(self, key: str, columns: list[str] | None = None, filters: Any = None) -> pa.Table:
+    def read_parquet(self, key: str, columns: builtins.list[str] | None = None, filters: Any = None) -> pa.Table:
         with self._failing("read Parquet", key):
             return pq.read_table(self.path(key), columns=columns, filters=filters, filesystem=self.fs)
 
     @contextmanager
-    def open_parquet(self, key: str, read_dictionary: list[str] | None = None) -> Iterator[pq.ParquetFile]:
+    def open_parquet(self, key: str, read_dictionary: builtins.list[str] | None = None) -> Iterator[pq.ParquetFile]:
         """A Parquet file with only its footer read yet (row-group statistics), closed on exit."""
         with self._failing("read Parquet", key):
             if self.local:  # Arrow's own file reader: no Python call per read
@@ -162,10 +164,6 @@ class Storage:
             else:
                 with self.fs.open(self.path(key), "rb") as fh:
                     yield pq.ParquetFile(fh, read_dictionary=read_dictionary)
-
-    def parquet_file(self, key: str) -> pq.ParquetFile:
-        with self._failing("read Parquet", key):
-            return pq.ParquetFile(self.fs.open(self.path(key), "rb"))
 
     @contextmanager
     def lock(self, name: str) -> Iterator[None]:

@@ -16,7 +16,7 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from fleetscore.core.times import day_text
 from fleetscore.errors import InputError
@@ -40,7 +40,7 @@ def check_run_id(run_id: str) -> str:
 
 
 def _utc(us: int) -> datetime:
-    return datetime.fromtimestamp(us / 1_000_000, tz=timezone.utc)
+    return datetime.fromtimestamp(us / 1_000_000, tz=UTC)
 
 
 def day_dir(hour_us: int) -> str:
@@ -97,7 +97,7 @@ def window_bounds(name: str) -> tuple[int, int] | None:
 
 
 def _parse_stamp(text: str) -> int:
-    return int(datetime.strptime(text, "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc).timestamp() * 1_000_000)
+    return int(datetime.strptime(text, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC).timestamp() * 1_000_000)
 
 
 def hour_of_key(key: str) -> int | None:

@@ -16,8 +16,9 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from fleetscore.clock import Clock, wall_clock
 from fleetscore.core.times import compact_stamp, iso_us

@@ -53,7 +53,7 @@ SHARDS_SCHEMA = pa.schema(
 def library_versions() -> dict[str, str]:
     import sklearn
 
-    from fleetscore import __version__
+    from fleetscore.version import __version__
 
     return {"fleetscore": __version__, "numpy": np.__version__, "scikit-learn": sklearn.__version__,
             "pyarrow": pa.__version__}
@@ -84,7 +84,7 @@ class ModelStore:
         """Write a shard holding models of one or more kinds (format 2)."""
         self._write_arrays(version, shard, kinds.bundle_to_arrays(bundle))
 
-    def _write_arrays(self, version: str, shard: int, arrays: dict[str, np.ndarray]) -> None:
+    def _write_arrays(self, version: str, shard: int, arrays: dict[str, Any]) -> None:
         buf = io.BytesIO()
         np.savez(buf, **arrays)
         self.storage.write_bytes(layout.shard_key(version, shard), buf.getvalue())

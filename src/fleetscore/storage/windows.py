@@ -6,7 +6,7 @@ compaction step that is re-applied after a crash rewrites its own parts with the
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 import pyarrow as pa
@@ -64,7 +64,7 @@ class WindowStore:
 def _day_us(folder: str) -> int | None:
     """``date=YYYY-MM-DD`` → µs of that midnight (UTC); None for anything else."""
     try:
-        day = datetime.strptime(folder.removeprefix("date="), "%Y-%m-%d").replace(tzinfo=timezone.utc)
+        day = datetime.strptime(folder.removeprefix("date="), "%Y-%m-%d").replace(tzinfo=UTC)
     except ValueError:
         return None
     return int(day.timestamp()) * 1_000_000

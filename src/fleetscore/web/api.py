@@ -8,22 +8,24 @@ Unknown or malformed ids answer 404 ``{"detail": ...}``; bad parameters 400 or 4
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 
 from fleetscore.web import views
 from fleetscore.web.auth import require_token
-from fleetscore.web.routing import ApiRoute, fleet_of, segment_id
+from fleetscore.web.ids import segment_id
+from fleetscore.web.routing import ApiRoute, fleet_of
 
 Hours = Annotated[int, Query(ge=1, le=views.MAX_HOURS, description="Length of the window in hours.")]
 End = Annotated[str | None, Query(description="End of the window (ISO 8601); default: end of the latest scored window.")]
-NOT_FOUND = {404: {"description": "Unknown or malformed id"}, 401: {"description": "Token missing or wrong"}}
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "Unknown or malformed id"},
+                                              401: {"description": "Token missing or wrong"}}
 
 
 @dataclass(frozen=True)
 class RunList:
-    runs: list[views.RunView]  # type: ignore[name-defined]
+    runs: list[views.RunView]
 
 
 def build_router() -> APIRouter:

@@ -14,11 +14,11 @@ if TYPE_CHECKING:
     from fleetscore.api import Fleet
 
 
-def create_app(fleet: "Fleet", **settings: Any) -> "FastAPI":
+def create_app(fleet: Fleet, **settings: Any) -> FastAPI:
     """Build the app for ``fleet``; ``settings`` are read by the routers (e.g. token, limits)."""
     from fastapi import FastAPI
 
-    from fleetscore import __version__
+    from fleetscore.version import __version__
     from fleetscore.web import ingest as ingest_http
 
     app = FastAPI(title="fleetscore", version=__version__, lifespan=ingest_http.lifespan)

@@ -10,10 +10,10 @@ CSP can forbid inline styles.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from html import escape
-from typing import Sequence
 
 import numpy as np
 from markupsafe import Markup
@@ -107,7 +107,7 @@ def _tick_label(value: float) -> str:
     return f"{value:g}"
 
 
-def _y_axis(frame: Frame, ticks: list[float], scale: "_Scale", unit: str) -> list[str]:
+def _y_axis(frame: Frame, ticks: list[float], scale: _Scale, unit: str) -> list[str]:
     out = []
     for t in ticks:
         y = scale(t)
@@ -154,8 +154,8 @@ def _labelled_slots(times_us: np.ndarray, width: float) -> list[int]:
 
 
 def _time_label(us: int, previous: int | None) -> str:
-    dt = datetime.fromtimestamp(us / 1e6, tz=timezone.utc)
-    new_day = previous is None or datetime.fromtimestamp(previous / 1e6, tz=timezone.utc).date() != dt.date()
+    dt = datetime.fromtimestamp(us / 1e6, tz=UTC)
+    new_day = previous is None or datetime.fromtimestamp(previous / 1e6, tz=UTC).date() != dt.date()
     return dt.strftime("%m-%d %H:%M") if new_day else dt.strftime("%H:%M")
 
 
@@ -181,8 +181,10 @@ def _x_time_axis(frame: Frame, t0: int, t1: int, scale: _Scale) -> list[str]:
 
 def _empty(frame: Frame, label: str, message: str) -> Markup:
     body = [
-        f'<rect x="{frame.x0}" y="{frame.y1}" width="{frame.x1 - frame.x0}" height="{frame.y0 - frame.y1}" fill="{EMPTY}" stroke="{GRID}"/>',
-        f'<text x="{(frame.x0 + frame.x1) / 2}" y="{(frame.y0 + frame.y1) / 2}" text-anchor="middle" fill="{TEXT}">{_attr(message)}</text>',
+        f'<rect x="{frame.x0}" y="{frame.y1}" width="{frame.x1 - frame.x0}" height="{frame.y0 - frame.y1}" '
+        f'fill="{EMPTY}" stroke="{GRID}"/>',
+        f'<text x="{(frame.x0 + frame.x1) / 2}" y="{(frame.y0 + frame.y1) / 2}" text-anchor="middle" '
+        f'fill="{TEXT}">{_attr(message)}</text>',
     ]
     return _svg(frame, body, label)
 
@@ -268,7 +270,8 @@ def timeline(
         ry = y(reference)
         body.append(f'<line x1="{frame.x0}" x2="{frame.x1}" y1="{ry:.1f}" y2="{ry:.1f}" stroke="{MARK}" stroke-dasharray="4 3"/>')
         if reference_label:
-            body.append(f'<text x="{frame.x1 - 4}" y="{ry - 4:.1f}" text-anchor="end" fill="{MARK}">{_attr(reference_label)}</text>')
+            body.append(f'<text x="{frame.x1 - 4}" y="{ry - 4:.1f}" text-anchor="end" fill="{MARK}">'
+                        f'{_attr(reference_label)}</text>')
     px, py = x.array(ts_us.astype(np.float64)), y.array(np.where(finite, values, 0.0))
     for run in np.split(np.arange(len(values)), np.flatnonzero(~finite)):
         run = run[finite[run]]
@@ -276,9 +279,10 @@ def timeline(
             points = " ".join(f"{a:.1f},{b:.1f}" for a, b in zip(px[run], py[run]))
             body.append(f'<polyline points="{points}" fill="none" stroke="{LINE}" stroke-width="1.2"/>')
     for i in np.flatnonzero(marked & finite):
-        when = datetime.fromtimestamp(ts_us[i] / 1e6, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+        when = datetime.fromtimestamp(ts_us[i] / 1e6, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
         body.append(
-            f'<circle cx="{px[i]:.1f}" cy="{py[i]:.1f}" r="3" fill="{MARK}"><title>anomaly at {when}: {values[i]:.4g}</title></circle>'
+            f'<circle cx="{px[i]:.1f}" cy="{py[i]:.1f}" r="3" fill="{MARK}">'
+            f'<title>anomaly at {when}: {values[i]:.4g}</title></circle>'
         )
     return _svg(frame, body, label)
 
@@ -322,11 +326,12 @@ def heatmap(
     for i, name in enumerate(rows):
         y = frame.y1 + i * cell_h
         short = name if len(name) <= 22 else name[:21] + "…"
-        text = f'<text x="{frame.x0 - 6}" y="{y + cell_h - 5}" text-anchor="end" fill="{TEXT}">{_attr(short)}<title>{_attr(name)}</title></text>'
+        text = (f'<text x="{frame.x0 - 6}" y="{y + cell_h - 5}" text-anchor="end" fill="{TEXT}">{_attr(short)}'
+                f'<title>{_attr(name)}</title></text>')
         body.append(f'<a href="{_attr(row_links[i])}">{text}</a>' if row_links else text)
         for j, hour in enumerate(hours_us):
             rate = rates[i, j]
-            when = datetime.fromtimestamp(int(hour) / 1e6, tz=timezone.utc).strftime("%Y-%m-%d %H:00")
+            when = datetime.fromtimestamp(int(hour) / 1e6, tz=UTC).strftime("%Y-%m-%d %H:00")
             if np.isfinite(rate):
                 color = heat_color(rate / top)
                 tip = f"{name} · {when}: {rate * 100:.1f} % ({int(anomalies[i, j])} of {int(counts[i, j])})"
@@ -374,7 +379,8 @@ def stacked(
         px = x(t)
         anchor = "end" if k == len(ticks) - 1 else "middle"
         body.append(f'<line x1="{px:.1f}" x2="{px:.1f}" y1="{frame.y1}" y2="{axis_y}" stroke="{GRID}"/>')
-        body.append(f'<text x="{px:.1f}" y="{axis_y + 14}" text-anchor="{anchor}" fill="{TEXT}">{_attr(_tick_label(t))} {unit}</text>')
+        body.append(f'<text x="{px:.1f}" y="{axis_y + 14}" text-anchor="{anchor}" fill="{TEXT}">'
+                    f'{_attr(_tick_label(t))} {unit}</text>')
     for i, name in enumerate(rows):
         y = frame.y1 + i * bar_h
         body.append(f'<text x="{frame.x0 - 6}" y="{y + bar_h - 4}" text-anchor="end" fill="{TEXT}">{_attr(name)}</text>')

@@ -22,8 +22,9 @@ ingest is not running or the log failed. ``Idempotency-Key`` makes a re-sent bat
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, AsyncIterator
+from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import JSONResponse
@@ -58,7 +59,7 @@ class ErrorReply(BaseModel):
     detail: str
 
 
-def install(app: "FastAPI", fleet: "Fleet", settings: dict[str, Any]) -> None:
+def install(app: FastAPI, fleet: Fleet, settings: dict[str, Any]) -> None:
     """Add the ingest route and ``app.state.ingest`` (started by :func:`lifespan`)."""
     overrides = {k: v for k, v in settings.items() if k in IngestSettings.__dataclass_fields__}
     app.state.ingest = fleet.ingest_runtime(SOURCE, fleet.config.ingest.with_overrides(**overrides))
@@ -66,7 +67,7 @@ def install(app: "FastAPI", fleet: "Fleet", settings: dict[str, Any]) -> None:
 
 
 @asynccontextmanager
-async def lifespan(app: "FastAPI") -> AsyncIterator[None]:
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Start the log writer and compaction with the server; stop them (and compact) at shutdown."""
     runtime: IngestRuntime | None = getattr(app.state, "ingest", None)
     if runtime is None or not app.state.settings.get("ingest", True):

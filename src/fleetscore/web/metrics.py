@@ -22,7 +22,8 @@ treats that as a counter reset.
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
 

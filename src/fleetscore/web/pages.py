@@ -21,9 +21,10 @@ from fleetscore.core.times import parse_time
 from fleetscore.errors import NotFoundError
 from fleetscore.web import charts, views
 from fleetscore.web.api import Hours
+from fleetscore.web.ids import id_segment, segment_id
 from fleetscore.web.login import require_login
 from fleetscore.web.render import render, sensor_path, url, when
-from fleetscore.web.routing import PageRoute, fleet_of, id_segment, segment_id
+from fleetscore.web.routing import PageRoute, fleet_of
 
 STATUS_COLORS = {
     RunStatus.SUCCEEDED.value: "#16a34a",

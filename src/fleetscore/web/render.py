@@ -7,7 +7,7 @@ Pages carry a strict Content-Security-Policy: no scripts at all, styles and imag
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 from urllib.parse import urlencode
@@ -15,7 +15,7 @@ from urllib.parse import urlencode
 from fastapi import Request
 from fastapi.responses import HTMLResponse
 
-from fleetscore.web.routing import id_segment
+from fleetscore.web.ids import id_segment
 
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
@@ -68,7 +68,7 @@ def when(value: str | int | None) -> str:
     if isinstance(value, int):
         return us_time(value)
     try:
-        dt = datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(timezone.utc)
+        dt = datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(UTC)
     except ValueError:
         return value
     return dt.strftime("%Y-%m-%d %H:%M:%S")
@@ -78,7 +78,7 @@ def us_time(value: int | float | None) -> str:
     """Microseconds since the epoch as 'YYYY-MM-DD HH:MM:SS' (UTC)."""
     if value is None:
         return "–"
-    return datetime.fromtimestamp(value / 1e6, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    return datetime.fromtimestamp(value / 1e6, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def url(request: Request, path: str) -> str:

@@ -14,8 +14,8 @@
 
 from __future__ import annotations
 
-import re
-from typing import TYPE_CHECKING, Any, Callable, Coroutine
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from fastapi import Request, Response
@@ -29,7 +29,6 @@ if TYPE_CHECKING:
     from fleetscore.api import Fleet
 
 Handler = Callable[[Request], Coroutine[Any, Any, Response]]
-_SEGMENT_ESCAPE = re.compile(r"~([0-9A-F]{2})")
 
 
 class LoginRequired(Exception):
@@ -40,22 +39,9 @@ class LoginRequired(Exception):
         self.next_url = next_url
 
 
-def fleet_of(request: Request) -> "Fleet":
+def fleet_of(request: Request) -> Fleet:
     """The fleet the app serves (``create_app(fleet)``)."""
     return request.app.state.fleet
-
-
-def id_segment(value: str) -> str:
-    """A device or sensor id as one percent-encoded URL path segment."""
-    text = value.replace("~", "~7E").replace("/", "~2F")
-    if text and set(text) == {"."}:
-        text = "~2E" * len(text)
-    return quote(text, safe="")
-
-
-def segment_id(segment: str) -> str:
-    """The id :func:`id_segment` encoded (the segment as the router decoded it)."""
-    return _SEGMENT_ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), segment)
 
 
 def status_for(exc: FleetscoreError) -> int:

@@ -51,7 +51,7 @@ RATE_WINDOW_S = 300.0
 
 
 @dataclass(frozen=True)
-class Window:
+class Span:
     """The time range a view covers: [start, end), whole hours."""
 
     start: str
@@ -96,8 +96,8 @@ class HourCount:
 class Overview:
     """``/``: recent runs and their trend, anomalies per hour over the window, ingest counters."""
 
-    window: Window
-    runs: list[RunView]  # type: ignore[valid-type]
+    window: Span
+    runs: list[RunView]
     status_counts: dict[str, int]
     last_success_at: str | None
     released: str | None
@@ -121,7 +121,7 @@ class RunLogs:
 class RunDetail:
     """``/runs/{id}``: the run record, its tasks with timings, failed models with reasons, logs."""
 
-    run: RunView  # type: ignore[valid-type]
+    run: RunView
     tasks: list[TaskRecord]
     failures: list[ModelFailure]
     logs: RunLogs
@@ -153,7 +153,7 @@ class Heatmap:
 class FleetView:
     """``/fleet``: heatmap of the most anomalous rows and the sorted list of devices or sensors."""
 
-    window: Window
+    window: Span
     by: str
     sort: str
     order: str
@@ -180,7 +180,7 @@ class SensorView:
 
     device: str
     sensor: str
-    window: Window
+    window: Span
     readings: int
     scored: int
     anomalies: int
@@ -213,7 +213,7 @@ def check_run(run_id: str) -> str:
         raise NotFoundError(f"no run {run_id[:60]!r}: run ids are 8-32 hex characters") from None
 
 
-def window(fleet: "Fleet", hours: int, end: str | None) -> tuple[Window, int, int]:
+def span_of(fleet: Fleet, hours: int, end: str | None) -> tuple[Span, int, int]:
     """[end - hours, end) in whole hours; ``end`` defaults to the end of the latest scored window."""
     if not 1 <= hours <= MAX_HOURS:
         raise InputError(f"hours must be between 1 and {MAX_HOURS}, got {hours}")
@@ -224,7 +224,7 @@ def window(fleet: "Fleet", hours: int, end: str | None) -> tuple[Window, int, in
         hi = max(done) if done else fleet.clock()
     hi = -(-hi // HOUR_US) * HOUR_US
     lo = hi - hours * HOUR_US
-    return Window(iso(lo), iso(hi), hours), lo, hi
+    return Span(iso(lo), iso(hi), hours), lo, hi
 
 
 def ingest_stats(app: Any) -> dict[str, Any] | None:
@@ -261,7 +261,7 @@ def _accepted_rate(app: Any, accepted: float) -> float | None:
     return (accepted - first_n) / (now - first_t) if now - first_t >= 1.0 else None
 
 
-def anomaly_counts(fleet: "Fleet", span: Window) -> pa.Table:
+def anomaly_counts(fleet: Fleet, span: Span) -> pa.Table:
     """The hourly count cube of ``span``, computed once per state of the window's commits.
 
     Predictions change only when a run commits a window, so the cube is kept (a few, most recent
@@ -294,9 +294,9 @@ def _hours(hours_us: np.ndarray) -> list[str]:
 
 
 # --- views --------------------------------------------------------------------------------------
-def overview(fleet: "Fleet", ingest: dict[str, Any] | None, hours: int = DEFAULT_HOURS,
+def overview(fleet: Fleet, ingest: dict[str, Any] | None, hours: int = DEFAULT_HOURS,
              end: str | None = None, limit: int = RECENT_RUNS) -> Overview:
-    span, lo, hi = window(fleet, hours, end)
+    span, lo, hi = span_of(fleet, hours, end)
     runs = fleet.runs(limit)
     counts: dict[str, int] = {}
     for run in runs:
@@ -319,13 +319,13 @@ def overview(fleet: "Fleet", ingest: dict[str, Any] | None, hours: int = DEFAULT
     )
 
 
-def run_detail(fleet: "Fleet", run_id: str) -> RunDetail:
+def run_detail(fleet: Fleet, run_id: str) -> RunDetail:
     run, tasks, failures = fleet.run(check_run(run_id))
     troubled = [t.task for t in tasks if t.status != "succeeded" or t.attempts > 1]
     return RunDetail(run_view(run), tasks, failures, run_logs(fleet, run.run_id, troubled))
 
 
-def run_logs(fleet: "Fleet", run_id: str, tasks: list[int]) -> RunLogs:
+def run_logs(fleet: Fleet, run_id: str, tasks: list[int]) -> RunLogs:
     """The last lines of the run's log and every attempt of ``tasks`` (stdout/stderr: their ends)."""
     lines = list(fleet.run_log(run_id))
     attempts = [
@@ -335,7 +335,7 @@ def run_logs(fleet: "Fleet", run_id: str, tasks: list[int]) -> RunLogs:
     return RunLogs(lines[-MAX_LOG_LINES:], len(lines), attempts[:MAX_ATTEMPTS])
 
 
-def fleet_view(fleet: "Fleet", hours: int = DEFAULT_HOURS, end: str | None = None, by: str = "device",
+def fleet_view(fleet: Fleet, hours: int = DEFAULT_HOURS, end: str | None = None, by: str = "device",
                sort: str = "rate", order: str = "desc", limit: int = 100, rows: int = 30,
                device: str | None = None) -> FleetView:
     """Most anomalous devices (``by="device"``) or sensors; with ``device``, only that device's sensors."""
@@ -345,7 +345,7 @@ def fleet_view(fleet: "Fleet", hours: int = DEFAULT_HOURS, end: str | None = Non
         raise InputError(f"sort must be one of rate, anomalies, rows, device{', sensor' if by == 'sensor' else ''}")
     if order not in ("asc", "desc"):
         raise InputError(f"order must be asc or desc, got {order[:20]!r}")
-    span, lo, hi = window(fleet, hours, end)
+    span, lo, hi = span_of(fleet, hours, end)
     cube = anomaly_counts(fleet, span)
     if device is not None:
         cube = cube.filter(pc.equal(cube.column("device"), check_id(device, "device")))
@@ -367,11 +367,11 @@ def fleet_view(fleet: "Fleet", hours: int = DEFAULT_HOURS, end: str | None = Non
     return FleetView(span, by, sort, order, device, rolled.num_rows, _rows(top, keys), heat)
 
 
-def sensor_view(fleet: "Fleet", device: str, sensor: str, hours: int = DEFAULT_HOURS, end: str | None = None,
+def sensor_view(fleet: Fleet, device: str, sensor: str, hours: int = DEFAULT_HOURS, end: str | None = None,
                 max_points: int = DEFAULT_POINTS) -> SensorView:
     check_id(device, "device")
     check_id(sensor, "sensor")
-    span, lo, hi = window(fleet, hours, end)
+    span, lo, hi = span_of(fleet, hours, end)
     model: dict[str, Any] | None = None
     note: str | None = None
     try:
@@ -400,7 +400,7 @@ def sensor_view(fleet: "Fleet", device: str, sensor: str, hours: int = DEFAULT_H
     )
 
 
-def models_view(fleet: "Fleet", max_failures: int = 200) -> ModelsView:
+def models_view(fleet: Fleet, max_failures: int = 200) -> ModelsView:
     versions = fleet.versions()
     released = next((v.version for v in versions if v.released), None)
     failures: list[dict[str, Any]] = []
