@@ -37,6 +37,12 @@ def test_toml_then_env_then_flags(tmp_path: Path) -> None:
     ("[executor]\nworkers = 0\n", "workers must be"),
     ("[storage]\npassword = 'x'\n", "unknown key 'storage.password'"),
     ("[train]\nnu = 3\n", "nu must be"),
+    ("[detection]\nthreshold = 3\n", "unknown section 'detection'"),
+    ("[web]\ntoken = 'x'\n", "unknown key 'web.token' (known: none"),
+    ("[schedule]\nretires = 3\n", "unknown key 'schedule.retires'"),
+    ("[ingest]\nwindow = '0s'\n", "window"),
+    ("[executor]\nkernel = 'cuda'\n", "kernel must be one of"),
+    ("storage = 'x'\n", "must be a [storage] section"),
 ])
 def test_bad_toml_names_file_and_key(tmp_path: Path, text: str, needle: str) -> None:
     (tmp_path / "fleetscore.toml").write_text(text)
@@ -54,3 +60,17 @@ def test_home_that_is_a_file(tmp_path: Path) -> None:
     (tmp_path / "f").write_text("")
     with pytest.raises(ConfigError, match="not a directory"):
         load_config(tmp_path / "f", env={})
+
+
+def test_secrets_and_ray_come_from_the_environment(tmp_path: Path) -> None:
+    cfg = load_config(tmp_path, env={"FLEETSCORE_TOKEN": "s3cret", "RAY_ADDRESS": "10.0.0.1:6379"})
+    assert cfg.web.token == "s3cret" and "s3cret" not in repr(cfg)
+    assert cfg.executor.ray_env_address == "10.0.0.1:6379" and cfg.executor.ray_address is None
+
+
+def test_flags_are_checked_and_unknown_flags_refused(tmp_path: Path) -> None:
+    cfg = load_config(tmp_path, env={})
+    with pytest.raises(ConfigError, match="workers must be"):
+        cfg.with_overrides(workers=0)
+    with pytest.raises(ConfigError, match="unknown setting 'wokers'"):
+        cfg.with_overrides(wokers=2)

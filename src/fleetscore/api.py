@@ -45,6 +45,8 @@ if TYPE_CHECKING:
 
 Progress = Callable[[int, int], None]
 Time = str | datetime
+#: Modules local workers import before their first task (the task functions), so every task starts warm.
+WORKER_PRELOAD = ("fleetscore.services.score", "fleetscore.services.train")
 
 
 class Fleet:
@@ -81,7 +83,7 @@ class Fleet:
     def executor(self, kind: str | None = None, workers: int | None = None) -> Executor:
         settings = self.config.executor
         return make_executor(kind or settings.kind, workers or settings.workers, settings.ray_address,
-                             env_address=settings.ray_env_address)
+                             env_address=settings.ray_env_address, preload=WORKER_PRELOAD)
 
     # --- data ----------------------------------------------------------------------------------
     def import_file(self, path: str | Path, columns: str | None = None) -> ImportResult:

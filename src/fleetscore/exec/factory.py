@@ -5,12 +5,9 @@ from __future__ import annotations
 from fleetscore.errors import ConfigError
 from fleetscore.exec.base import Executor
 
-#: Modules a local pool's fork server imports before forking workers, so tasks start warm.
-DEFAULT_PRELOAD = ("fleetscore.services.score", "fleetscore.services.train")
-
 
 def make_executor(kind: str, workers: int, ray_address: str | None = None, *, env_address: str | None = None,
-                  preload: tuple[str, ...] = DEFAULT_PRELOAD) -> Executor:
+                  preload: tuple[str, ...] = ()) -> Executor:
     """The executor named in the config (``local`` or ``ray``); ``preload``: modules local workers import first."""
     if kind == "local":
         from fleetscore.exec.local import LocalExecutor
