@@ -30,6 +30,10 @@ fi
 
 python -m pip install -q --disable-pip-version-check -e '.[all,test]'
 
+# the walls first: lint and types (configured in pyproject.toml) fail the run like a failing test
+python -m ruff check src tests bench
+python -m mypy
+
 # exit code 5 (no tests collected) must fail, never pass silently
 set +e
 python -m pytest "$@"
