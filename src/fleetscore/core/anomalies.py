@@ -165,4 +165,5 @@ def _argreduce(values: np.ndarray, starts: np.ndarray, ufunc: np.ufunc) -> np.nd
     hit = values == extreme[bucket_of]
     hit_idx = np.flatnonzero(hit)
     first_hit = hit_idx[np.r_[True, bucket_of[hit_idx][1:] != bucket_of[hit_idx][:-1]]]
-    return first_hit - starts
+    offsets: np.ndarray = first_hit - starts
+    return offsets

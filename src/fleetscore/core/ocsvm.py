@@ -16,6 +16,7 @@ import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from numbers import Real
+from typing import Any
 
 import numpy as np
 
@@ -84,11 +85,11 @@ class OcsvmParams:
 
     @property
     def n_models(self) -> int:
-        return self.mean.shape[0]
+        return int(self.mean.shape[0])
 
     @property
     def n_features(self) -> int:
-        return self.mean.shape[1]
+        return int(self.mean.shape[1])
 
     @property
     def n_sv(self) -> np.ndarray:
@@ -131,12 +132,10 @@ class OcsvmParams:
             raise InputError(f"cannot concat shards with different feature counts {sorted(n_features)}")
         shifts = np.cumsum([0] + [p.sv.shape[0] for p in parts[:-1]])
         offsets = np.concatenate([[0]] + [p.sv_offsets[1:] + k for p, k in zip(parts, shifts)])
-        return cls(
-            *(np.concatenate([getattr(p, k) for p in parts]) for k in ("mean", "scale", "gamma", "intercept")),
-            offsets,
-            np.concatenate([p.sv for p in parts]),
-            np.concatenate([p.dual_coef for p in parts]),
-        )
+        mean, scale, gamma, intercept = (np.concatenate([getattr(p, k) for p in parts])
+                                         for k in ("mean", "scale", "gamma", "intercept"))
+        return cls(mean, scale, gamma, intercept, offsets, np.concatenate([p.sv for p in parts]),
+                   np.concatenate([p.dual_coef for p in parts]))
 
     @classmethod
     def empty(cls, n_features: int) -> OcsvmParams:
@@ -243,7 +242,7 @@ def _dense(a: object) -> np.ndarray:
     return np.asarray(a.toarray() if hasattr(a, "toarray") else a, dtype=np.float64)
 
 
-def _svm_arrays(svm: object) -> tuple[float, float, np.ndarray, np.ndarray]:
+def _svm_arrays(svm: Any) -> tuple[float, float, np.ndarray, np.ndarray]:
     """(gamma, intercept, sv, dual_coef) of a fitted OneClassSVM, also one unpickled from an old sklearn."""
     kernel = getattr(svm, "kernel", "rbf")
     if kernel != "rbf":
@@ -262,7 +261,7 @@ def _svm_arrays(svm: object) -> tuple[float, float, np.ndarray, np.ndarray]:
             f"inconsistent OneClassSVM: support_vectors_ {sv.shape}, dual_coef_ {dual.shape}, "
             f"intercept_ {intercept.shape}"
         )
-    gamma = getattr(svm, "_gamma", None)
+    gamma: Any = getattr(svm, "_gamma", None)
     if gamma is None:  # pickled before the resolved gamma was stored: recover it from the parameter
         gamma = getattr(svm, "gamma", "scale")
         if gamma in ("auto", "auto_deprecated"):
@@ -275,7 +274,7 @@ def _svm_arrays(svm: object) -> tuple[float, float, np.ndarray, np.ndarray]:
     return float(gamma), float(intercept[0]), sv, dual
 
 
-def _scaler_arrays(scaler: object, n_features: int) -> tuple[np.ndarray, np.ndarray]:
+def _scaler_arrays(scaler: Any, n_features: int) -> tuple[np.ndarray, np.ndarray]:
     """(mean, scale) applied by a fitted StandardScaler's transform."""
     mean, scale = np.zeros(n_features), np.ones(n_features)
     if getattr(scaler, "with_mean", True):
@@ -339,7 +338,9 @@ _ROUND_BITS = 0x4338000000000000  # the bit pattern of _ROUND
 _LANES = 8  # vector loops run over a multiple of this many rows: no slow scalar remainder loop
 
 
-def _decision_loop(mean, scale, gamma, intercept, sv_offsets, sv, dual_coef, model_idx, X, out):
+def _decision_loop(mean: np.ndarray, scale: np.ndarray, gamma: np.ndarray, intercept: np.ndarray,
+                   sv_offsets: np.ndarray, sv: np.ndarray, dual_coef: np.ndarray, model_idx: np.ndarray,
+                   X: np.ndarray, out: np.ndarray) -> None:
     """Compiled by numba. Rows are grouped by model (counting sort); for each support vector the
     kernel terms of all the model's rows are computed in one vectorisable loop. Per row the sum runs
     over the support vectors in order, as in libsvm."""
@@ -408,7 +409,7 @@ def _decision_loop(mean, scale, gamma, intercept, sv_offsets, sv, dual_coef, mod
 
 
 @functools.cache
-def _numba_kernel() -> Callable | None:
+def _numba_kernel() -> Callable[..., None] | None:
     """`_decision_loop` compiled by numba (at its first call), or None when numba is missing."""
     try:
         import numba
@@ -421,7 +422,7 @@ def _numba_kernel() -> Callable | None:
 DEFAULT_KERNEL = "auto"
 
 
-def _select_kernel(choice: str | None) -> Callable | None:
+def _select_kernel(choice: str | None) -> Callable[..., None] | None:
     """numba kernel, or None for the numpy one: ``auto`` (numba if importable), ``numba`` or ``numpy``."""
     choice = DEFAULT_KERNEL if choice is None else choice
     if choice not in ("auto", "numba", "numpy"):

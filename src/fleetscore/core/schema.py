@@ -59,7 +59,7 @@ class Validated:
 
     @property
     def accepted(self) -> int:
-        return self.good.num_rows
+        return int(self.good.num_rows)
 
 
 def empty_rejects() -> pa.Table:

@@ -26,7 +26,8 @@ def severity_from_tail(p: np.ndarray) -> np.ndarray:
     """Severity in [0, 100] of tail probabilities ``p`` (clipped to [MIN_TAIL_PROBABILITY, 1]); NaN stays NaN."""
     p = np.clip(np.asarray(p, dtype=np.float64), MIN_TAIL_PROBABILITY, 1.0)
     decades = -np.log10(p)
-    return 100.0 * (1.0 - np.exp2(-decades / DECADES_PER_HALVING))
+    severity: np.ndarray = 100.0 * (1.0 - np.exp2(-decades / DECADES_PER_HALVING))
+    return severity
 
 
 def tail_from_severity(severity: np.ndarray) -> np.ndarray:

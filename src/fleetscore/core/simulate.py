@@ -388,7 +388,8 @@ def _mix(x: np.ndarray) -> np.ndarray:
         z ^= z >> np.uint64(27)
         z *= _MIX2
         z ^= z >> np.uint64(31)
-    return z
+    mixed: np.ndarray = z
+    return mixed
 
 
 def _pair_keys(seed: int, dev_idx: np.ndarray, sen_idx: np.ndarray) -> np.ndarray:
@@ -419,7 +420,8 @@ def _normal(x: np.ndarray, stream_a: int, stream_b: int) -> np.ndarray:
         u1 = _uniform(_mix(x ^ _stream(stream_a)))
         u2 = _uniform(_mix(x ^ _stream(stream_b)))
     r = np.sqrt(-2.0 * np.log(u1))
-    return r * np.cos(2.0 * np.pi * u2)
+    normal: np.ndarray = r * np.cos(2.0 * np.pi * u2)
+    return normal
 
 
 # ---- argument checks -------------------------------------------------------------------------

@@ -114,7 +114,10 @@ class StreamState:
         win = table.column("window_start").combine_chunks().cast(pa.int64()).to_numpy() // (width_s * 1_000_000)
         code = (ids << _WIN_BITS) | win
         order = np.argsort(code, kind="stable")
-        col = lambda name: table.column(name).to_numpy()[order]  # noqa: E731
+        def col(name: str) -> np.ndarray:
+            values: np.ndarray = table.column(name).to_numpy()[order]
+            return values
+
         return replace(state, code=code[order], count=col("count"), mean=col("mean"), m2=col("m2"),
                        vmin=col("min"), vmax=col("max"))
 
@@ -188,7 +191,8 @@ def _ts_us(readings: pa.Table) -> np.ndarray:
         raise InputError(f"readings: column ts must be a timestamp, got {col.type}")
     if col.type.unit != "us":
         col = pc.cast(col, pa.timestamp("us", tz=col.type.tz), safe=False)
-    return col.cast(pa.int64()).to_numpy()
+    us: np.ndarray = col.cast(pa.int64()).to_numpy()
+    return us
 
 
 def _key_ids(state: StreamState, devices: pa.Array, sensors: pa.Array) -> tuple[StreamState, np.ndarray]:
@@ -232,7 +236,9 @@ def _merge(state: StreamState, code: np.ndarray, count: np.ndarray, mean: np.nda
         return replace(state, count=s_count, mean=s_mean, m2=s_m2, vmin=s_min, vmax=s_max)
     all_code = np.concatenate([state.code, code[new]])
     order = np.argsort(all_code, kind="stable")
-    cat = lambda a, b: np.concatenate([a, b[new]])[order]  # noqa: E731
+    def cat(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return np.concatenate([a, b[new]])[order]
+
     return replace(state, code=all_code[order], count=cat(s_count, count), mean=cat(s_mean, mean),
                    m2=cat(s_m2, m2), vmin=cat(s_min, vmin), vmax=cat(s_max, vmax))
 

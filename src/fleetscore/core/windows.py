@@ -182,7 +182,8 @@ def _ts_us(col: pa.ChunkedArray) -> np.ndarray:
     if t.unit != "us":
         # ns → µs truncates sub-µs digits (never needed for windows of whole seconds)
         col = pc.cast(col, pa.timestamp("us", tz=t.tz), safe=False)
-    return col.cast(pa.int64()).to_numpy()
+    us: np.ndarray = col.cast(pa.int64()).to_numpy()
+    return us
 
 
 def _values(col: pa.ChunkedArray) -> np.ndarray:
@@ -191,7 +192,8 @@ def _values(col: pa.ChunkedArray) -> np.ndarray:
         raise InputError(f"readings: column value must be numeric, got {t}")
     if t != pa.float64():
         col = pc.cast(col, pa.float64())
-    return col.to_numpy()
+    values: np.ndarray = col.to_numpy()
+    return values
 
 
 def _encode(col: pa.ChunkedArray, name: str) -> tuple[np.ndarray, pa.Array, np.ndarray]:
