@@ -1,0 +1,740 @@
+"""Per-device models: one robust PCA model over all sensors of a device whose sensors move together.
+
+The other kinds give every (device, sensor) its own model; a device kind models a device-time (one
+timestamp, a reading of each of the device's ``p`` sensors) as one point, so a fault that shows as
+a *combination* of moderate departures (a closed valve: less flow, a warmer pump, a different
+vibration) alarms once, with the sensors that explain it. Per device-time the model computes
+
+* **features** (`device_features`): per sensor its ``level`` (the reading) and its ``recent``
+  level, the mean of its last `WINDOW` readings (this one included) without the `TRIM` highest and
+  `TRIM` lowest. Persistent shifts stand out of the noise by about ``sqrt(WINDOW)`` more in
+  ``recent``; trimming keeps a single spike from leaking into the next readings; ``level`` still
+  sees a spike at once. The features of a device-time depend only on the `HISTORY` device-times
+  before it, never on where a scoring window starts;
+* **standardised features** ``z = (x - center) / scale``: ``center`` the training median, ``scale``
+  the larger of the MAD and the 5%-winsorised standard deviation (both scaled to a normal sigma:
+  the MAD alone collapses on quantised sensors whose readings mostly repeat one value);
+* **distance** ``d² = z_o' Σ_oo⁻¹ z_o`` over the observed features ``o`` of the row, where ``Σ`` is a
+  probabilistic-PCA correlation model fitted on a reweighted (outlier-trimmed) robust correlation:
+  ``Σ = V_k Λ_k V_k' + σ² (I - V_k V_k')``. With all features observed this is Hotelling's T² on the
+  ``k`` retained components plus Q (the squared prediction error) over ``σ²``, the mean variance of
+  the discarded components. A missing sensor (NaN) leaves the row's distance on the sensors present,
+  exactly (the marginal of the model), with ``df = |o|``;
+* **tail probability** ``p``: ``d²`` is put on one scale whatever ``df`` (Wilson-Hilferty: ``u`` is
+  about N(0, 1) when ``d²`` is chi-square with ``df``), and ``p = P(u' > u)`` comes from the tail
+  fitted to the model's *own training* ``u`` (as `fleetscore.core.calibrate` does: a Weibull-type
+  tail through the body quantiles, robust to a few % of anomalies in training; a widened Gaussian
+  with few rows);
+* **decision** ``intercept - (-log10 p)``, ``intercept = -log10(alarm_rate)`` after fitting: < 0 is an
+  anomaly exactly when ``p`` is below the alarm rate, and the decision counts decades of rarity past
+  it. **severity** is `fleetscore.core.severity.severity_from_tail` of ``p``. **top_sensors**: up to
+  3 sensors, most contributing first, by reconstruction-based contribution (the drop of ``d²`` when
+  the sensor's features are reconstructed from the others, Alcala & Qin 2009); rows not flagged get -1.
+
+Short training windows: a slow sensor (a temperature) barely moves in a short window and then
+wanders far from it; its training spread understates where it will be. Each sensor's *effective*
+training sample size ``n_eff = n / tau`` (``tau`` its integrated autocorrelation time) sets how far
+its scale is widened for scoring: by the ratio of Student's t (``n_eff - 1`` degrees of freedom)
+to the normal quantile at the sensor's share of the alarm rate, times ``sqrt(1 + 1/n_eff)`` (the
+predictive interval of a new reading from ``n_eff`` independent ones). White-noise sensors keep their
+scale; a sensor seen only a few independent times in training counts that much less. The training
+``u`` the threshold is calibrated on uses the unwidened scale (the widening models what training
+could not show).
+
+Degenerate devices: a sensor constant in training (zero spread) must stay at its value (any change
+is far out, and named); a sensor with no training readings is not used; one sensor gives a
+univariate robust model of its level and recent level; fewer training rows than features shrink the
+correlation toward the identity (``n`` rows against ``q`` pseudo-rows of independence).
+
+Many models per shard as flat arrays (`DeviceParams`): sensors of device m are rows
+``sensor_offsets[m]:sensor_offsets[m + 1]`` of the per-sensor arrays, its correlation block the
+next ``(p_m F)²`` entries of ``cov`` (features sensor-major: sensor 0's F features, then sensor
+1's, ...). Scoring (`score`) is one vectorised pass over any mix of devices (no loop per device).
+Pure numpy: arrays in, arrays out.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from statistics import NormalDist
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from fleetscore.core.calibrate import BODY, DEFAULT_ALARM_RATE, MIN_TAIL_ROWS
+from fleetscore.core.severity import severity_from_tail
+from fleetscore.errors import FleetscoreError, InputError, ModelFormatError
+
+#: Arrays written now; the versions this fleetscore reads.
+FORMAT_VERSION = 1
+READABLE_FORMATS = (1,)
+
+#: Features per sensor, in this order.
+FEATURES = ("level", "recent")
+N_FEATURES = len(FEATURES)
+#: ``recent`` is the trimmed mean of the last WINDOW readings of the sensor (this one included) ...
+WINDOW = 15
+#: ... without its TRIM highest and TRIM lowest ...
+TRIM = 2
+#: ... and needs at least this many finite readings among them (else NaN: scored without it).
+MIN_RECENT = 10
+#: Device-times of history before a scored one that its features need.
+HISTORY = WINDOW - 1
+#: Up to this many sensors are named per flagged device-time.
+TOP_SENSORS = 3
+
+#: A device needs this many training rows with some finite reading.
+MIN_ROWS = 3
+#: A feature needs this many finite training values to be used by the model.
+MIN_FEATURE_ROWS = 3
+#: Retained components explain at least this share of the (robust) correlation's trace.
+EXPLAINED = 0.9
+#: Reweighting of the correlation: rows beyond this chi-square quantile are left out, this many times.
+TRIM_QUANTILE = 0.995
+REWEIGHTS = 3
+#: The scale: winsorised at these quantiles, divided by the winsorised sd of a standard normal.
+WINSOR = 0.05
+_WINSOR_SIGMA = 0.9114
+_MAD_TO_SIGMA = 1.4826
+#: Sokal's window for the integrated autocorrelation time: sum lags up to WINDOW_C * tau.
+_SOKAL_C = 5.0
+#: Fitted tail shapes are kept in [MIN_SHAPE, MAX_SHAPE]: no lighter-than-Gaussian extrapolation.
+MIN_SHAPE, MAX_SHAPE = 0.5, 2.0
+#: Cap on -log10 p (keeps the decision finite for absurd inputs).
+MAX_DECADES = 1e300
+#: Rows scored per vectorised block: about this many covariance entries gathered at once.
+_BLOCK_ENTRIES = 1 << 21
+
+_LN10 = math.log(10.0)
+_LN2 = math.log(2.0)
+_FLOAT_PER_SENSOR = ("center", "scale")
+_FLOAT_PER_DEVICE = ("tail_center", "tail_scale", "tail_shape", "intercept")
+
+
+def _bad(name: str, problem: str) -> ModelFormatError:
+    return ModelFormatError(f"invalid device model array {name!r}: {problem}")
+
+
+@dataclass(frozen=True, eq=False)
+class DeviceParams:
+    """Parameters of M device models over S sensors in all; construction validates (ModelFormatError)."""
+
+    sensor_offsets: np.ndarray  # (M + 1,) int64: device m's sensors are [off[m], off[m + 1]), >= 1 each
+    center: np.ndarray  # (S, F) float64, finite
+    scale: np.ndarray  # (S, F) float64, finite, > 0 (the widened scale used for scoring)
+    used: np.ndarray  # (S, F) bool: False = no training values, the feature is ignored
+    cov: np.ndarray  # (sum_m (p_m F)^2,) float64: each device's correlation model, row-major, SPD
+    n_components: np.ndarray  # (M,) int64: retained components k (informational)
+    tail_center: np.ndarray  # (M,) float64 finite
+    tail_scale: np.ndarray  # (M,) float64 finite > 0
+    tail_shape: np.ndarray  # (M,) float64 finite > 0
+    intercept: np.ndarray  # (M,) float64 finite
+    history: int = HISTORY  # device-times of history the features were built with
+
+    def __post_init__(self) -> None:
+        off = _int_array(self.sensor_offsets, "sensor_offsets")
+        if off.ndim != 1 or off.size == 0 or off[0] != 0 or np.any(np.diff(off) < 1):
+            raise _bad("sensor_offsets", "must be 1-D, start at 0 and increase (every device has >= 1 sensor)")
+        object.__setattr__(self, "sensor_offsets", _frozen(off))
+        m, s = off.size - 1, int(off[-1])
+        for name in (*_FLOAT_PER_SENSOR, "cov", *_FLOAT_PER_DEVICE):
+            a = np.asarray(getattr(self, name))
+            if a.dtype.kind != "f":
+                raise _bad(name, f"dtype {a.dtype} is not floating")
+            a = _frozen(np.array(a, dtype=np.float64, order="C"))
+            if not np.isfinite(a).all():
+                raise _bad(name, "contains NaN or inf")
+            object.__setattr__(self, name, a)
+        used = np.asarray(self.used)
+        if used.dtype != np.bool_:
+            raise _bad("used", f"dtype {used.dtype} is not bool")
+        object.__setattr__(self, "used", _frozen(np.array(used, order="C")))
+        k = _int_array(self.n_components, "n_components")
+        object.__setattr__(self, "n_components", _frozen(k))
+        for name in (*_FLOAT_PER_SENSOR, "used"):
+            if getattr(self, name).shape != (s, N_FEATURES):
+                raise _bad(name, f"shape {getattr(self, name).shape}, expected {(s, N_FEATURES)}")
+        for name in (*_FLOAT_PER_DEVICE, "n_components"):
+            if getattr(self, name).shape != (m,):
+                raise _bad(name, f"shape {getattr(self, name).shape}, expected ({m},)")
+        width = np.diff(off) * N_FEATURES
+        if self.cov.shape != (int(np.sum(width * width)),):
+            raise _bad("cov", f"shape {self.cov.shape}, expected ({int(np.sum(width * width))},) for these devices")
+        if np.any(self.scale <= 0):
+            raise _bad("scale", "must be > 0")
+        if np.any(self.tail_scale <= 0) or np.any(self.tail_shape <= 0):
+            raise _bad("tail_scale" if np.any(self.tail_scale <= 0) else "tail_shape", "must be > 0")
+        if np.any(k < 0) or np.any(k > width):
+            raise _bad("n_components", "must lie in [0, features of the device]")
+        if isinstance(self.history, bool) or not isinstance(self.history, (int, np.integer)) or self.history < 0:
+            raise _bad("history", f"must be an integer >= 0, got {self.history!r}")
+        object.__setattr__(self, "history", int(self.history))
+        for p in self.widths():
+            blocks = self.group(np.flatnonzero(self.n_sensors == p))[3]
+            if np.max(np.abs(blocks - np.swapaxes(blocks, 1, 2))) > 1e-9 * max(1.0, float(np.max(np.abs(blocks)))):
+                raise _bad("cov", "a device's block is not symmetric")
+            try:
+                np.linalg.cholesky(blocks)
+            except np.linalg.LinAlgError:
+                raise _bad("cov", "a device's block is not positive definite") from None
+
+    @property
+    def n_models(self) -> int:
+        return self.sensor_offsets.size - 1
+
+    @property
+    def n_sensors(self) -> np.ndarray:
+        """Sensors of each device, shape (M,)."""
+        return np.diff(self.sensor_offsets)
+
+    @property
+    def max_sensors(self) -> int:
+        return int(self.n_sensors.max(initial=0))
+
+    @property
+    def cov_offsets(self) -> np.ndarray:
+        """(M + 1,) offsets of each device's block in ``cov``."""
+        width = self.n_sensors * N_FEATURES
+        return np.concatenate([[0], np.cumsum(width * width)]).astype(np.int64)
+
+    def covariance(self, m: int) -> np.ndarray:
+        """Device m's correlation model (p_m F, p_m F)."""
+        off = self.cov_offsets
+        q = int(self.n_sensors[m]) * N_FEATURES
+        return self.cov[off[m]:off[m + 1]].reshape(q, q)
+
+    def group(self, devices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """center, scale, used (D, p F) and correlation blocks (D, p F, p F) of devices with p sensors each."""
+        devices = np.asarray(devices, dtype=np.int64)
+        p = int(self.n_sensors[devices[0]]) if devices.size else 0
+        rows = (self.sensor_offsets[devices][:, None] + np.arange(p)).ravel()
+        q = p * N_FEATURES
+        cells = (self.cov_offsets[devices][:, None] + np.arange(q * q)).ravel()
+        return (self.center[rows].reshape(-1, q), self.scale[rows].reshape(-1, q), self.used[rows].reshape(-1, q),
+                self.cov[cells].reshape(-1, q, q))
+
+    def widths(self) -> np.ndarray:
+        """The distinct sensor counts of the devices (one vectorised pass per width when scoring)."""
+        return np.unique(self.n_sensors)
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """Plain numeric arrays (no objects: loads with allow_pickle=False); inverse of `from_arrays`."""
+        arrays = {"format_version": np.array(FORMAT_VERSION, dtype=np.int64),
+                  "history": np.array(self.history, dtype=np.int64)}
+        return arrays | {k: getattr(self, k) for k in _FIELDS}
+
+    @classmethod
+    def from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> DeviceParams:
+        """Validate arrays written by `to_arrays`; ModelFormatError if missing, mistyped or inconsistent."""
+        missing = [k for k in ("format_version", "history", *_FIELDS) if k not in arrays]
+        if missing:
+            raise ModelFormatError(f"device model arrays missing: {', '.join(missing)}")
+        version = np.asarray(arrays["format_version"])
+        if version.shape != () or version.dtype.kind not in "iu" or int(version) not in READABLE_FORMATS:
+            raise _bad("format_version", f"got {version!r}, this version reads {READABLE_FORMATS}")
+        history = np.asarray(arrays["history"])
+        if history.shape != () or history.dtype.kind not in "iu":
+            raise _bad("history", f"must be an integer scalar, got {history.dtype} {history.shape}")
+        if int(history) != HISTORY:
+            raise ModelFormatError(f"device models were built on {int(history)} readings of history; this "
+                                   f"fleetscore's device features use {HISTORY}: retrain them")
+        return cls(**{k: np.asarray(arrays[k]) for k in _FIELDS}, history=int(history))
+
+    def take(self, indices: Sequence[int] | np.ndarray) -> DeviceParams:
+        """The devices at ``indices`` (in that order, repeats allowed) as a new shard."""
+        idx = _check_index(indices, self.n_models, "indices")
+        counts = self.n_sensors[idx]
+        rows = _ranges(self.sensor_offsets[idx], counts)
+        width = self.n_sensors * N_FEATURES
+        cov_off = np.concatenate([[0], np.cumsum(width * width)])
+        cov_rows = _ranges(cov_off[idx], (width * width)[idx])
+        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        return DeviceParams(offsets, self.center[rows], self.scale[rows], self.used[rows], self.cov[cov_rows],
+                            *(getattr(self, k)[idx] for k in ("n_components", *_FLOAT_PER_DEVICE)),
+                            history=self.history)
+
+    @classmethod
+    def concat(cls, parts: Sequence[DeviceParams]) -> DeviceParams:
+        """Stack shards into one, devices in order."""
+        if not parts:
+            raise InputError("concat needs at least one shard; use DeviceParams.empty()")
+        histories = {p.history for p in parts}
+        if len(histories) != 1:
+            raise InputError(f"cannot concat device shards built on different histories {sorted(histories)}")
+        counts = np.concatenate([p.n_sensors for p in parts])
+        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        return cls(offsets, *(np.concatenate([getattr(p, k) for p in parts]) for k in _FIELDS[1:]),
+                   history=parts[0].history)
+
+    @classmethod
+    def empty(cls, n_features: int = N_FEATURES) -> DeviceParams:
+        """A shard with no devices (``n_features`` per sensor, as other kinds' ``empty``: must be F)."""
+        if n_features != N_FEATURES:
+            raise InputError(f"device models have {N_FEATURES} features per sensor, not {n_features}")
+        f = np.empty((0, N_FEATURES))
+        z = np.empty(0)
+        return cls(np.zeros(1, dtype=np.int64), f, f, np.empty((0, N_FEATURES), dtype=bool), z,
+                   np.empty(0, dtype=np.int64), z, z, z, z)
+
+    def with_intercept(self, intercept: np.ndarray) -> DeviceParams:
+        """Same models with other intercepts (decision' = decision + intercept' - intercept)."""
+        return DeviceParams(*(getattr(self, k) for k in _FIELDS[:-1]), np.asarray(intercept, dtype=np.float64),
+                            history=self.history)
+
+    def size(self) -> np.ndarray:
+        """Scoring cost of each device per device-time, relative: its features squared."""
+        return (self.n_sensors * N_FEATURES) ** 2
+
+
+_FIELDS = ("sensor_offsets", *_FLOAT_PER_SENSOR, "used", "cov", "n_components", *_FLOAT_PER_DEVICE)
+
+
+@dataclass(frozen=True, eq=False)
+class DeviceScores:
+    """Per device-time: decision (< 0 anomaly), severity in [0, 100], up to 3 sensors (-1: none)."""
+
+    decision: np.ndarray  # (N,) float64
+    severity: np.ndarray  # (N,) float64
+    top_sensors: np.ndarray  # (N, TOP_SENSORS) int64: sensor index within its device, most contributing first
+
+    @property
+    def is_anomaly(self) -> np.ndarray:
+        return self.decision < 0
+
+
+def _frozen(a: np.ndarray) -> np.ndarray:
+    a.flags.writeable = False
+    return a
+
+
+def _int_array(a: object, name: str) -> np.ndarray:
+    a = np.asarray(a)
+    if a.dtype.kind not in "iu":
+        raise _bad(name, f"dtype {a.dtype} is not integer")
+    return np.array(a, dtype=np.int64, order="C")
+
+
+def _ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Concatenation of arange(start, start + count) for each pair."""
+    counts = np.asarray(counts, dtype=np.int64)
+    ends = np.cumsum(counts)
+    return np.repeat(np.asarray(starts, dtype=np.int64) - (ends - counts), counts) + np.arange(ends[-1] if ends.size else 0)
+
+
+def _check_index(indices: object, n: int, what: str) -> np.ndarray:
+    idx = np.asarray(indices)
+    if idx.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    if idx.ndim != 1 or idx.dtype.kind not in "iu":
+        raise InputError(f"{what} must be a 1-D integer array, got {idx.dtype} with shape {idx.shape}")
+    bad = np.flatnonzero((idx < 0) | (idx >= n))
+    if bad.size:
+        raise InputError(f"{what}[{bad[0]}] = {idx[bad[0]]} is out of range for {n} device models")
+    return idx.astype(np.int64)
+
+
+# ---------------------------------------------------------------------------------------------- features
+
+def device_features(values: np.ndarray, starts: Sequence[int] | np.ndarray = (0,)) -> np.ndarray:
+    """Features (N, P, F) of device-times ``values`` (N, P): rows sorted by device, then time.
+
+    ``starts``: the row where each device's run begins (ascending, first 0). NaN is a missing reading.
+    A row's ``recent`` feature reads only the `HISTORY` rows before it in its run (rows before the run
+    count as missing), so scoring a window with that much history before it gives the same features
+    as scoring the whole span.
+    """
+    x = np.asarray(values, dtype=np.float64)
+    if x.ndim != 2:
+        raise InputError(f"device readings must be 2-D (device-times, sensors), got shape {x.shape}")
+    n, p = x.shape
+    x = np.where(np.isinf(x), np.nan, x)
+    out = np.empty((n, p, N_FEATURES))
+    out[:, :, 0] = x
+    if n == 0:
+        return out
+    starts = np.asarray(starts, dtype=np.int64)
+    if starts.ndim != 1 or starts.size == 0 or starts[0] != 0 or np.any(np.diff(starts) <= 0) or starts[-1] >= n:
+        raise InputError("starts must be ascending row indices of the device runs, the first 0")
+    run = np.repeat(np.arange(starts.size), np.diff(np.append(starts, n)))
+    # each run gets WINDOW - 1 missing rows before it, so windows never reach into the previous run
+    padded_idx = np.arange(n) + (run + 1) * (WINDOW - 1)
+    padded = np.full((n + starts.size * (WINDOW - 1), p), np.nan)
+    padded[padded_idx] = x
+    block = max(1, (1 << 22) // max(1, p * WINDOW))
+    for lo in range(0, n, block):
+        hi = min(n, lo + block)
+        first = padded_idx[lo] - (WINDOW - 1)
+        view = sliding_window_view(padded[first:padded_idx[hi - 1] + 1], WINDOW, axis=0)  # (rows, P, W)
+        view = view[padded_idx[lo:hi] - padded_idx[lo]]
+        out[lo:hi, :, 1] = _trimmed_mean(view)
+    return out
+
+
+def _trimmed_mean(windows: np.ndarray) -> np.ndarray:
+    """Mean of each window's finite values without the TRIM lowest and highest; NaN below MIN_RECENT."""
+    s = np.sort(windows, axis=-1)  # NaN sorts last
+    count = np.count_nonzero(np.isfinite(s), axis=-1)
+    csum = np.cumsum(np.nan_to_num(s, nan=0.0), axis=-1)
+    hi = np.clip(count - TRIM - 1, 0, WINDOW - 1)
+    total = np.take_along_axis(csum, hi[..., None], axis=-1)[..., 0] - csum[..., TRIM - 1] if TRIM else \
+        np.take_along_axis(csum, hi[..., None], axis=-1)[..., 0]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = total / (count - 2 * TRIM)
+    return np.where(count >= MIN_RECENT, mean, np.nan)
+
+
+# ------------------------------------------------------------------------------------------- statistics
+
+def _scale(col: np.ndarray) -> tuple[float, float]:
+    """(median, spread): the larger of MAD and the WINSOR-winsorised sd, both as a normal sigma; 0 if constant."""
+    center = float(np.median(col))
+    mad = float(np.median(np.abs(col - center))) * _MAD_TO_SIGMA
+    lo, hi = np.quantile(col, (WINSOR, 1.0 - WINSOR))
+    wsd = float(np.std(np.clip(col, lo, hi))) / _WINSOR_SIGMA
+    spread = max(mad, wsd)
+    if spread <= 1e-12 * max(1.0, abs(center)):
+        spread = 0.0
+    return center, spread
+
+
+def autocorrelation_time(x: np.ndarray) -> float:
+    """Integrated autocorrelation time of a series (Sokal's adaptive window), >= 1; 1 with < 4 values."""
+    x = np.asarray(x, dtype=np.float64)
+    x = x[np.isfinite(x)]
+    n = x.size
+    if n < 4:
+        return 1.0
+    x = x - x.mean()
+    var = float(x @ x)
+    if var <= 0:
+        return 1.0
+    f = np.fft.rfft(x, 2 * n)
+    acf = np.fft.irfft(f * np.conj(f))[:n] / var
+    taus = 1.0 + 2.0 * np.cumsum(acf[1:])
+    lags = np.arange(1, n)
+    ok = np.flatnonzero(lags >= _SOKAL_C * taus)
+    tau = taus[ok[0]] if ok.size else taus[-1]
+    return float(min(max(tau, 1.0), n))
+
+
+def t_quantile(tail: float, dof: float) -> float:
+    """Upper quantile t of Student's t with ``dof`` degrees of freedom, P(T > t) = ``tail``.
+
+    Hill's approximation (CACM Algorithm 396), within 1e-4 relative of the exact quantile; exact for 1
+    and 2 degrees of freedom.
+    """
+    p = 2.0 * tail
+    n = float(dof)
+    if n <= 1.0:
+        return math.cos(p * math.pi / 2.0) / math.sin(p * math.pi / 2.0)
+    if n <= 2.0:
+        return math.sqrt(2.0 / (p * (2.0 - p)) - 2.0)
+    a = 1.0 / (n - 0.5)
+    b = 48.0 / (a * a)
+    c = ((20700.0 * a / b - 98.0) * a - 16.0) * a + 96.36
+    d = ((94.5 / (b + c) - 3.0) / b + 1.0) * math.sqrt(a * math.pi / 2.0) * n
+    x = d * p
+    y = x ** (2.0 / n)
+    if y > 0.05 + a:
+        x = NormalDist().inv_cdf(1.0 - p / 2.0)
+        y = x * x
+        if n < 5:
+            c += 0.3 * (n - 4.5) * (x + 0.6)
+        c = (((0.05 * d * x - 5.0) * x - 7.0) * x - 2.0) * x + b + c
+        y = (((((0.4 * y + 6.3) * y + 36.0) * y + 94.5) / c - y - 3.0) / b + 1.0) * x
+        y = math.expm1(a * y * y)
+    else:
+        y = ((1.0 / (((n + 6.0) / (n * y) - 0.089 * d - 0.822) * (n + 2.0) * 3.0) + 0.5 / (n + 4.0)) * y - 1.0) \
+            * (n + 1.0) / (n + 2.0) + 1.0 / y
+    return math.sqrt(n * y)
+
+
+def widening(n_eff: float, tail: float) -> float:
+    """Scale factor for a sensor seen ``n_eff`` independent times in training, at tail probability ``tail``."""
+    n_eff = max(1.0, float(n_eff))
+    dof = max(1.0, math.floor(n_eff - 1.0))
+    return t_quantile(tail, dof) / NormalDist().inv_cdf(1.0 - tail) * math.sqrt(1.0 + 1.0 / n_eff)
+
+
+def _chi2_quantile(df: float, prob: float) -> float:
+    """Wilson-Hilferty approximation of the chi-square quantile."""
+    a = 2.0 / (9.0 * df)
+    return df * max(0.0, 1.0 - a + NormalDist().inv_cdf(prob) * math.sqrt(a)) ** 3
+
+
+def wilson_hilferty(d2: np.ndarray, df: np.ndarray) -> np.ndarray:
+    """``d2`` on one scale whatever ``df``: about N(0, 1) when ``d2`` is chi-square with ``df`` degrees of freedom."""
+    df = np.maximum(np.asarray(df, dtype=np.float64), 1.0)
+    a = 2.0 / (9.0 * df)
+    return (np.cbrt(np.maximum(d2, 0.0) / df) - (1.0 - a)) / np.sqrt(a)
+
+
+def fit_tail(u: np.ndarray) -> tuple[float, float, float]:
+    """(center, scale, shape) of the tail model P(U > u) of a measure (higher = more anomalous).
+
+    Above the median ``c``: ``P(U > u) = exp(-((u - c) / scale) ** shape) / 2``, through the `BODY`
+    quantiles as `fleetscore.core.calibrate.tail_threshold` fits it (shape kept in [MIN_SHAPE,
+    MAX_SHAPE]); below it, mirrored. With fewer than `MIN_TAIL_ROWS` values, a Gaussian tail on the
+    robust spread (at least the nominal 1 of ``u``), widened by (1 + 2 / sqrt(n)).
+    """
+    u = np.asarray(u, dtype=np.float64)
+    u = u[np.isfinite(u)]
+    n = u.size
+    if n == 0:
+        return 0.0, 1.0, 2.0
+    center = float(np.median(u))
+    if n >= MIN_TAIL_ROWS:
+        x1, x2 = (float(q) - center for q in np.quantile(u, BODY))
+        if x1 > 0 and x2 > x1:
+            s1, s2 = 2.0 * (1.0 - BODY[0]), 2.0 * (1.0 - BODY[1])
+            shape = (math.log(-math.log(s2)) - math.log(-math.log(s1))) / math.log(x2 / x1)
+            shape = min(max(shape, MIN_SHAPE), MAX_SHAPE)
+            return center, x2 / (-math.log(s2)) ** (1.0 / shape), shape
+    mad = float(np.median(np.abs(u - center))) * _MAD_TO_SIGMA
+    sigma = max(mad, 1.0) * (1.0 + 2.0 / math.sqrt(n))
+    return center, sigma * math.sqrt(2.0), 2.0
+
+
+def tail_decades(u: np.ndarray, center: np.ndarray, scale: np.ndarray, shape: np.ndarray) -> np.ndarray:
+    """-log10 P(U > u) under the tail model (`fit_tail`), computed in logs (no underflow), >= 0."""
+    x = (np.asarray(u, dtype=np.float64) - center) / scale
+    with np.errstate(over="ignore", invalid="ignore"):
+        above = (np.power(np.maximum(x, 0.0), shape) + _LN2) / _LN10
+        below = -np.log1p(-0.5 * np.exp(-np.power(np.maximum(-x, 0.0), shape))) / _LN10
+    out = np.where(x >= 0, above, below)
+    return np.minimum(np.where(np.isnan(out), 0.0, out), MAX_DECADES)
+
+
+# ------------------------------------------------------------------------------------------------ fitting
+
+def _correlation(z: np.ndarray) -> tuple[np.ndarray, int]:
+    """Robust PPCA correlation model (q, q) of standardised rows ``z`` (NaN = missing), and its k."""
+    n, q = z.shape
+    zf = np.where(np.isfinite(z), z, 0.0)
+    keep = np.ones(n, dtype=bool)
+    cut = _chi2_quantile(q, TRIM_QUANTILE) / _chi2_quantile(q, 0.5)
+    for step in range(REWEIGHTS + 1):
+        rows = zf[keep]
+        cov = rows.T @ rows / max(rows.shape[0], 1)
+        sd = np.sqrt(np.diag(cov))
+        ok = sd > 1e-12
+        corr = np.eye(q)
+        corr[np.ix_(ok, ok)] = cov[np.ix_(ok, ok)] / np.outer(sd[ok], sd[ok])
+        corr = (rows.shape[0] * corr + q * np.eye(q)) / (rows.shape[0] + q)  # shrink: q pseudo-rows of independence
+        lam, vec = np.linalg.eigh(corr)
+        lam, vec = lam[::-1], vec[:, ::-1]
+        k = 0 if q == 1 else min(q - 1, int(np.searchsorted(np.cumsum(lam) / lam.sum(), EXPLAINED) + 1))
+        noise = max(float(lam[k:].mean()), 1e-6)
+        v = vec[:, :k]
+        model = (v * lam[:k]) @ v.T + noise * (np.eye(q) - v @ v.T)
+        model = (model + model.T) / 2.0
+        if step == REWEIGHTS:
+            return model, k
+        d2 = np.einsum("ij,jk,ik->i", zf, np.linalg.inv(model), zf)
+        median = float(np.median(d2[keep]))
+        new = d2 <= cut * median if median > 0 else keep
+        if new.sum() < max(MIN_ROWS, q + 1) or np.array_equal(new, keep):
+            return model, k
+        keep = new
+    raise AssertionError("unreachable")
+
+
+def fit_one(values: np.ndarray, alarm_rate: float = DEFAULT_ALARM_RATE) -> DeviceParams:
+    """Fit one device model on ``values`` (T, p): its device-times in time order, NaN = missing reading."""
+    x = np.asarray(values, dtype=np.float64)
+    if x.ndim != 2 or x.shape[1] == 0:
+        raise InputError(f"device training data must be 2-D (device-times, sensors >= 1), got shape {x.shape}")
+    if not 0 < alarm_rate < 0.5:
+        raise InputError(f"alarm_rate must be in (0, 0.5), got {alarm_rate!r}")
+    x = np.where(np.isinf(x), np.nan, x)
+    usable = int(np.count_nonzero(np.isfinite(x).any(axis=1)))
+    if usable < MIN_ROWS:
+        raise InputError(f"device training data has {usable} usable row(s); a device model needs at least {MIN_ROWS}")
+    t, p = x.shape
+    feats = device_features(x).reshape(t, p * N_FEATURES)
+    q = p * N_FEATURES
+    center, spread = np.zeros(q), np.zeros(q)
+    used = np.zeros(q, dtype=bool)
+    for j in range(q):
+        col = feats[:, j][np.isfinite(feats[:, j])]
+        if col.size >= MIN_FEATURE_ROWS:
+            used[j] = True
+            center[j], spread[j] = _scale(col)
+    if not used.any():
+        raise InputError("no sensor of the device has enough finite training readings")
+    constant = used & (spread == 0)
+    modelled = used & ~constant
+    scale = np.where(modelled, spread, np.maximum(np.abs(center) * 1e-9, 1e-12))
+    cov = np.eye(q)
+    k = 0
+    if modelled.any():
+        z = (feats[:, modelled] - center[modelled]) / scale[modelled]
+        block, k = _correlation(z)
+        cov[np.ix_(modelled, modelled)] = block
+
+    trial = DeviceParams(np.array([0, p]), center.reshape(p, N_FEATURES), scale.reshape(p, N_FEATURES),
+                         used.reshape(p, N_FEATURES), cov.ravel(), np.array([k]),
+                         np.zeros(1), np.ones(1), np.full(1, 2.0), np.zeros(1))
+    u = _measure(trial, np.zeros(t, dtype=np.int64), feats.reshape(t, p, N_FEATURES)).u
+    tail = fit_tail(u)
+
+    # widen each non-constant sensor's scale by what its effective training sample cannot show
+    sensors_used = max(1, int(np.count_nonzero(used.reshape(p, N_FEATURES).any(axis=1))))
+    share = alarm_rate / (2.0 * sensors_used)
+    factor = np.ones(q)
+    for s in range(p):
+        cols = slice(s * N_FEATURES, (s + 1) * N_FEATURES)
+        if not modelled[cols].any():
+            continue
+        level = x[:, s][np.isfinite(x[:, s])]
+        factor[cols] = widening(level.size / autocorrelation_time(level), share)
+    scale = np.where(modelled, scale * factor, scale)
+    return DeviceParams(np.array([0, p]), center.reshape(p, N_FEATURES), scale.reshape(p, N_FEATURES),
+                        used.reshape(p, N_FEATURES), cov.ravel(), np.array([k]),
+                        np.array([tail[0]]), np.array([tail[1]]), np.array([tail[2]]),
+                        np.array([-math.log10(alarm_rate)]))
+
+
+def fit_many(groups: Sequence[np.ndarray], alarm_rate: float = DEFAULT_ALARM_RATE
+             ) -> tuple[DeviceParams, np.ndarray, dict[int, str]]:
+    """Fit one model per device matrix: (params of the fitted ones, their group indices, group -> failure reason)."""
+    parts: list[DeviceParams] = []
+    fitted: list[int] = []
+    failures: dict[int, str] = {}
+    for i, x in enumerate(groups):
+        try:
+            parts.append(fit_one(x, alarm_rate))
+        except FleetscoreError as exc:
+            failures[i] = str(exc)
+            continue
+        fitted.append(i)
+    params = DeviceParams.concat(parts) if parts else DeviceParams.empty()
+    return params, np.array(fitted, dtype=np.int64), failures
+
+
+# ------------------------------------------------------------------------------------------------ scoring
+
+def _features_3d(params: DeviceParams, X: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    X = np.asarray(X, dtype=np.float64)
+    if X.ndim == 2 and X.shape[1] % N_FEATURES == 0:
+        X = X.reshape(X.shape[0], -1, N_FEATURES)
+    if X.ndim != 3 or X.shape[2] != N_FEATURES:
+        raise InputError(f"device features must have shape (rows, sensors, {N_FEATURES}), got {X.shape}")
+    need = int(params.n_sensors[idx].max(initial=0))
+    if X.shape[1] < need:
+        raise InputError(f"device features have {X.shape[1]} sensor column(s); the scored devices have up to {need}")
+    return X
+
+
+def _check_rows(params: DeviceParams, model_idx: np.ndarray, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    idx = np.asarray(model_idx)
+    n = np.shape(X)[0] if np.ndim(X) else -1
+    if idx.shape != (n,):
+        raise InputError(f"model_idx must have shape ({n},), got {idx.shape}")
+    idx = _check_index(idx, params.n_models, "model_idx")
+    return idx, _features_3d(params, X, idx)
+
+
+@dataclass(frozen=True, eq=False)
+class _Parts:
+    """Per scored row: the measure u, and (rows asked for) g = Σ_oo⁻¹ z with Σ_oo⁻¹ (identity where unobserved)."""
+
+    u: np.ndarray
+    g: list[np.ndarray]
+    prec: list[np.ndarray]
+    rows: list[np.ndarray]
+
+
+def _measure(params: DeviceParams, idx: np.ndarray, X: np.ndarray, parts: bool = False) -> _Parts:
+    """The measure u of every row (NaN where nothing is observed): one vectorised pass per sensor count."""
+    n = X.shape[0]
+    u = np.full(n, np.nan)
+    out = _Parts(u, [], [], [])
+    widths = params.n_sensors[idx]
+    local = np.zeros(params.n_models, dtype=np.int64)
+    for p in np.unique(widths):
+        rows = np.flatnonzero(widths == p)
+        devices = np.flatnonzero(params.n_sensors == p)
+        local[devices] = np.arange(devices.size)
+        center, scale, used, cov = params.group(devices)
+        prec = np.linalg.inv(cov)
+        q = int(p) * N_FEATURES
+        eye = np.eye(q, dtype=bool)
+        block = max(1, _BLOCK_ENTRIES // (q * q))
+        for lo in range(0, rows.size, block):
+            r = rows[lo:lo + block]
+            d = local[idx[r]]
+            with np.errstate(invalid="ignore", over="ignore"):
+                z = (X[r, :p].reshape(r.size, q) - center[d]) / scale[d]
+            seen = np.isfinite(z) & used[d]
+            z = np.where(seen, z, 0.0)
+            pr = prec[d]  # every used feature observed: the device's precision
+            part = np.flatnonzero((seen != used[d]).any(axis=1))
+            if part.size:  # some missing: the marginal of the observed features (identity elsewhere)
+                hide = ~seen[part]
+                pr[part] = np.linalg.inv(np.where(hide[:, :, None] | hide[:, None, :], eye, cov[d[part]]))
+            g = np.einsum("nij,nj->ni", pr, z)
+            d2 = np.minimum(np.einsum("ni,ni->n", z, g), 1e300)
+            df = seen.sum(axis=1)
+            with np.errstate(over="ignore", invalid="ignore"):
+                u[r] = np.where(df > 0, wilson_hilferty(d2, df), np.nan)
+            if parts:
+                out.g.append(g)
+                out.prec.append(pr)
+                out.rows.append(r)
+    return out
+
+
+def _decisions(params: DeviceParams, idx: np.ndarray, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(decision, -log10 p) of every row."""
+    u = _measure(params, idx, X).u
+    decades = tail_decades(u, params.tail_center[idx], params.tail_scale[idx], params.tail_shape[idx])
+    return params.intercept[idx] - decades, decades
+
+
+def score(params: DeviceParams, model_idx: np.ndarray, X: np.ndarray) -> DeviceScores:
+    """Score device-time r (features ``X[r]``, (P, F) or flattened) with device model ``model_idx[r]``.
+
+    ``X`` comes from `device_features` (P >= the scored devices' sensors; NaN = missing; columns
+    beyond a device's sensors are ignored). Vectorised over all rows, whatever their devices: one
+    pass per distinct sensor count, never one per device. Contributions are computed for the
+    flagged rows only.
+    """
+    idx, X = _check_rows(params, model_idx, X)
+    n = X.shape[0]
+    top = np.full((n, TOP_SENSORS), -1, dtype=np.int64)
+    decision, decades = _decisions(params, idx, X)
+    severity = severity_from_tail(np.power(10.0, -decades))
+    flagged = np.flatnonzero(decision < 0)
+    if flagged.size:
+        parts = _measure(params, idx[flagged], X[flagged], parts=True)
+        for r, g, prec in zip(parts.rows, parts.g, parts.prec):
+            top[flagged[r]] = _top_sensors(g, prec)
+    return DeviceScores(decision, severity, top)
+
+
+def _top_sensors(g: np.ndarray, prec: np.ndarray) -> np.ndarray:
+    """Sensors by reconstruction-based contribution g_s' (P_ss)⁻¹ g_s (n rows, p sensors), most first."""
+    n, q = g.shape
+    p = q // N_FEATURES
+    gs = g.reshape(n, p, N_FEATURES)
+    sensor = np.arange(p)
+    diag = prec.reshape(n, p, N_FEATURES, p, N_FEATURES)[:, sensor, :, sensor, :]  # (p, n, F, F)
+    diag = np.moveaxis(diag, 0, 1)
+    contrib = np.einsum("nsf,nsf->ns", gs, np.linalg.solve(diag, gs[..., None])[..., 0])
+    floor = 1e-12 * np.maximum(1.0, contrib.max(axis=1, keepdims=True))
+    contrib = np.where(contrib > floor, contrib, -np.inf)
+    order = np.argsort(-contrib, axis=1, kind="stable")[:, :TOP_SENSORS]
+    out = np.where(np.isfinite(np.take_along_axis(contrib, order, axis=1)), order, -1)
+    if out.shape[1] < TOP_SENSORS:
+        out = np.hstack([out, np.full((n, TOP_SENSORS - out.shape[1]), -1, dtype=out.dtype)])
+    return out
+
+
+def decision_function(params: DeviceParams, model_idx: np.ndarray, X: np.ndarray,
+                      phase: np.ndarray | None = None) -> np.ndarray:
+    """Decisions only (the `fleetscore.core.kinds.ModelKind` signature; ``phase`` unused)."""
+    idx, X = _check_rows(params, model_idx, X)
+    return _decisions(params, idx, X)[0]
