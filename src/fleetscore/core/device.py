@@ -31,6 +31,10 @@ vibration) alarms once, with the sensors that explain it. Per device-time the mo
   3 sensors, most contributing first, by reconstruction-based contribution (the drop of ``d²`` when
   the sensor's features are reconstructed from the others, Alcala & Qin 2009); rows not flagged get -1.
 
+A device-time with nothing observed (every reading and recent level missing) scores as normal:
+``p = 1``, severity 0, as the per-sensor kinds skip a missing feature. An infinite or absurd reading is
+far out (clipped, never NaN). A training reading that is infinite is left out, like a missing one.
+
 Short training windows: a slow sensor (a temperature) barely moves in a short window and then
 wanders far from it; its training spread understates where it will be. Each sensor's *effective*
 training sample size ``n_eff = n / tau`` (``tau`` its integrated autocorrelation time) sets how far
@@ -104,6 +108,8 @@ _SOKAL_C = 5.0
 MIN_SHAPE, MAX_SHAPE = 0.5, 2.0
 #: Cap on -log10 p (keeps the decision finite for absurd inputs).
 MAX_DECADES = 1e300
+#: Standardised features are clipped here: an absurd (even infinite) reading is far out, never NaN.
+_MAX_Z = 1e150
 #: Rows scored per vectorised block: about this many covariance entries gathered at once.
 _BLOCK_ENTRIES = 1 << 21
 
@@ -349,9 +355,9 @@ def device_features(values: np.ndarray, starts: Sequence[int] | np.ndarray = (0,
     if x.ndim != 2:
         raise InputError(f"device readings must be 2-D (device-times, sensors), got shape {x.shape}")
     n, p = x.shape
-    x = np.where(np.isinf(x), np.nan, x)
     out = np.empty((n, p, N_FEATURES))
-    out[:, :, 0] = x
+    out[:, :, 0] = x  # an infinite reading stays: it is scored as far out
+    x = np.where(np.isinf(x), np.nan, x)  # ... but left out of the recent level
     if n == 0:
         return out
     starts = np.asarray(starts, dtype=np.int64)
@@ -374,15 +380,25 @@ def device_features(values: np.ndarray, starts: Sequence[int] | np.ndarray = (0,
 
 def _trimmed_mean(windows: np.ndarray) -> np.ndarray:
     """Mean of each window's finite values without the TRIM lowest and highest; NaN below MIN_RECENT."""
-    s = np.sort(windows, axis=-1)  # NaN sorts last
-    count = np.count_nonzero(np.isfinite(s), axis=-1)
-    csum = np.cumsum(np.nan_to_num(s, nan=0.0), axis=-1)
-    hi = np.clip(count - TRIM - 1, 0, WINDOW - 1)
-    total = np.take_along_axis(csum, hi[..., None], axis=-1)[..., 0] - csum[..., TRIM - 1] if TRIM else \
-        np.take_along_axis(csum, hi[..., None], axis=-1)[..., 0]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = total / (count - 2 * TRIM)
-    return np.where(count >= MIN_RECENT, mean, np.nan)
+    width = windows.shape[-1]
+    count = np.count_nonzero(~np.isnan(windows), axis=-1)
+    out = np.full(count.shape, np.nan)
+    full = count == width
+    if full.any():  # the common case: a partial sort finds the extremes
+        w = windows[full]
+        if TRIM:
+            w = np.partition(w, (TRIM - 1, width - TRIM), axis=-1)
+        out[full] = w[:, TRIM:width - TRIM].mean(axis=-1)
+    gappy = (count >= MIN_RECENT) & ~full
+    if gappy.any():
+        s = np.sort(windows[gappy], axis=-1)  # NaN sorts last
+        c = count[gappy]
+        csum = np.cumsum(np.nan_to_num(s, nan=0.0), axis=-1)
+        total = np.take_along_axis(csum, (c - TRIM - 1)[:, None], axis=-1)[:, 0]
+        if TRIM:
+            total = total - csum[:, TRIM - 1]
+        out[gappy] = total / (c - 2 * TRIM)
+    return out
 
 
 # ------------------------------------------------------------------------------------------- statistics
@@ -548,7 +564,7 @@ def fit_one(values: np.ndarray, alarm_rate: float = DEFAULT_ALARM_RATE) -> Devic
         raise InputError(f"device training data must be 2-D (device-times, sensors >= 1), got shape {x.shape}")
     if not 0 < alarm_rate < 0.5:
         raise InputError(f"alarm_rate must be in (0, 0.5), got {alarm_rate!r}")
-    x = np.where(np.isinf(x), np.nan, x)
+    x = np.where(np.isinf(x), np.nan, x)  # an absurd training reading is left out, like a missing one
     usable = int(np.count_nonzero(np.isfinite(x).any(axis=1)))
     if usable < MIN_ROWS:
         raise InputError(f"device training data has {usable} usable row(s); a device model needs at least {MIN_ROWS}")
@@ -667,8 +683,8 @@ def _measure(params: DeviceParams, idx: np.ndarray, X: np.ndarray, parts: bool =
             r = rows[lo:lo + block]
             d = local[idx[r]]
             with np.errstate(invalid="ignore", over="ignore"):
-                z = (X[r, :p].reshape(r.size, q) - center[d]) / scale[d]
-            seen = np.isfinite(z) & used[d]
+                z = np.clip((X[r, :p].reshape(r.size, q) - center[d]) / scale[d], -_MAX_Z, _MAX_Z)
+            seen = ~np.isnan(z) & used[d]
             z = np.where(seen, z, 0.0)
             pr = prec[d]  # every used feature observed: the device's precision
             part = np.flatnonzero((seen != used[d]).any(axis=1))
