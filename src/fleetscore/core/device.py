@@ -1,60 +1,66 @@
 """Per-device models: one robust PCA model over all sensors of a device whose sensors move together.
 
-The other kinds give every (device, sensor) its own model; a device kind models a device-time (one
+The other kinds give every (device, sensor) its own model; the device kind models a device-time (one
 timestamp, a reading of each of the device's ``p`` sensors) as one point, so a fault that shows as
 a *combination* of moderate departures (a closed valve: less flow, a warmer pump, a different
-vibration) alarms once, with the sensors that explain it. Per device-time the model computes
+vibration) alarms once, with the sensors that explain it. Per device-time:
 
-* **features** (`device_features`): per sensor its ``level`` (the reading) and its ``recent``
-  level, the mean of its last `WINDOW` readings (this one included) without the `TRIM` highest and
-  `TRIM` lowest. Persistent shifts stand out of the noise by about ``sqrt(WINDOW)`` more in
-  ``recent``; trimming keeps a single spike from leaking into the next readings; ``level`` still
-  sees a spike at once. The features of a device-time depend only on the `HISTORY` device-times
+* **features** (`device_features`), scored per sensor: its ``level`` (the reading) and its
+  ``recent`` level, the mean of its last `WINDOW` readings (this one included) without the `TRIM`
+  highest and `TRIM` lowest. A persistent shift stands out of the noise about ``sqrt(WINDOW)`` times
+  more in ``recent``; trimming keeps a single spike from leaking into the next readings, which
+  ``level`` flags at once. A device-time's features depend only on the `HISTORY` device-times
   before it, never on where a scoring window starts;
-* **standardised features** ``z = (x - center) / scale``: ``center`` the training median, ``scale``
-  the larger of the MAD and the 5%-winsorised standard deviation (both scaled to a normal sigma:
+* **model features**: a sensor with a recent level is modelled as (``recent``, ``level - recent``):
+  a slow component and a fast one (a departure from the recent level), each standardised by its
+  training median and spread (the larger of the MAD and the 5%-winsorised sd, both as a normal sigma:
   the MAD alone collapses on quantised sensors whose readings mostly repeat one value);
-* **distance** ``d² = z_o' Σ_oo⁻¹ z_o`` over the observed features ``o`` of the row, where ``Σ`` is a
-  probabilistic-PCA correlation model fitted on a reweighted (outlier-trimmed) robust correlation:
-  ``Σ = V_k Λ_k V_k' + σ² (I - V_k V_k')``. With all features observed this is Hotelling's T² on the
-  ``k`` retained components plus Q (the squared prediction error) over ``σ²``, the mean variance of
-  the discarded components. A missing sensor (NaN) leaves the row's distance on the sensors present,
-  exactly (the marginal of the model), with ``df = |o|``;
-* **tail probability** ``p``: ``d²`` is put on one scale whatever ``df`` (Wilson-Hilferty: ``u`` is
-  about N(0, 1) when ``d²`` is chi-square with ``df``), and ``p = P(u' > u)`` comes from the tail
-  fitted to the model's *own training* ``u`` (as `fleetscore.core.calibrate` does: a Weibull-type
-  tail through the body quantiles, robust to a few % of anomalies in training; a widened Gaussian
-  with few rows);
-* **decision** ``intercept - (-log10 p)``, ``intercept = -log10(alarm_rate)`` after fitting: < 0 is an
-  anomaly exactly when ``p`` is below the alarm rate, and the decision counts decades of rarity past
-  it. **severity** is `fleetscore.core.severity.severity_from_tail` of ``p``. **top_sensors**: up to
-  3 sensors, most contributing first, by reconstruction-based contribution (the drop of ``d²`` when
-  the sensor's features are reconstructed from the others, Alcala & Qin 2009); rows not flagged get -1.
+* **correlation** ``R`` of the standardised model features: reweighted (rows beyond the chi-square
+  99.5% quantile left out, `REWEIGHTS` times), shrunk toward independence (``n`` rows against ``q``
+  pseudo-rows), then probabilistic PCA: ``R = V_k Λ_k V_k' + σ² (I - V_k V_k')`` with ``k`` components
+  explaining `EXPLAINED` of the trace and ``σ²`` the mean variance of the others. The distance
+  ``d² = z' R⁻¹ z`` is then Hotelling's T² on the ``k`` components plus Q (the squared prediction
+  error) over ``σ²``. The model is stored mapped back to the scored features (``center``, ``scale``
+  and the correlation ``cov`` of (level, recent) per sensor), so a missing reading leaves the exact
+  marginal of the observed features: ``d² = z_o' Σ_oo⁻¹ z_o``, ``df = |o|``;
+* **per-sensor contributions** ``c_s = g_s' (P_ss)⁻¹ g_s`` (``g = Σ_oo⁻¹ z_o``, ``P = Σ_oo⁻¹``): the drop
+  of ``d²`` when sensor s is reconstructed from the others (Alcala & Qin 2009), chi-square with the
+  sensor's observed features under the model. The omnibus ``d²`` is the strongest test against
+  departures spread over the sensors but dilutes one sensor's departure among all the features; the
+  largest contribution does not. ``v`` = -log10 of twice the smaller of the omnibus tail probability
+  and (sensors observed) × the smallest per-sensor one (Bonferroni; `combined_decades`);
+* **calibration**: the tail of ``v`` over the model's *own training rows* (`fit_tail`: as
+  `fleetscore.core.calibrate` fits tails, through the body quantiles, so anomalies in training make
+  the model alarm less, never more) gives ``p``, the probability that a normal device-time is this
+  far out;
+* **decision** ``intercept - (-log10 p)`` with ``intercept = -log10(alarm_rate)`` after fitting: < 0 (an
+  anomaly) exactly when ``p`` is below the alarm rate, counting decades of rarity past it (`shift`
+  of the kinds moves the intercept). **severity** is `fleetscore.core.severity.severity_from_tail`
+  of ``p``. **top_sensors**: up to `TOP_SENSORS` sensors by contribution, most first, on flagged rows
+  (-1 elsewhere and past the sensors with a positive contribution).
 
-A device-time with nothing observed (every reading and recent level missing) scores as normal:
-``p = 1``, severity 0, as the per-sensor kinds skip a missing feature. An infinite or absurd reading is
-far out (clipped, never NaN). A training reading that is infinite is left out, like a missing one.
+Short training windows: a slow sensor (a temperature) barely moves in a short training window and
+then wanders far from it; its training spread understates where it will be. Each model feature's
+*effective* training sample size ``n_eff = n / tau`` (``tau`` the integrated autocorrelation time of
+the sensor's readings for the slow component, of the departure itself for the fast one) widens
+its scale for scoring by the ratio of Student's t (``n_eff - 1`` degrees of freedom) to the normal
+quantile at the sensor's share of the alarm rate, times ``sqrt(1 + 1/n_eff)`` (the predictive interval
+of a new value from ``n_eff`` independent ones). White-noise sensors keep their scale, a sensor seen
+a few independent times in training counts that much less, and a slow sensor's departures (spikes)
+stay as sharp as its noise allows. The calibration uses the unwidened scale: the widening stands for
+what the training window could not show.
 
-Short training windows: a slow sensor (a temperature) barely moves in a short window and then
-wanders far from it; its training spread understates where it will be. Each sensor's *effective*
-training sample size ``n_eff = n / tau`` (``tau`` its integrated autocorrelation time) sets how far
-its scale is widened for scoring: by the ratio of Student's t (``n_eff - 1`` degrees of freedom)
-to the normal quantile at the sensor's share of the alarm rate, times ``sqrt(1 + 1/n_eff)`` (the
-predictive interval of a new reading from ``n_eff`` independent ones). White-noise sensors keep their
-scale; a sensor seen only a few independent times in training counts that much less. The training
-``u`` the threshold is calibrated on uses the unwidened scale (the widening models what training
-could not show).
+Degenerate devices: a sensor constant in training must stay at its value (any change is far out, and
+named); a sensor without training readings is not used; a sensor without enough history for a recent
+level is modelled by its level alone; one sensor gives a univariate robust model of its level and
+departures; fewer training rows than features lean on the shrinkage. A device-time with nothing
+observed scores as normal (``p = 1``, severity 0), as the per-sensor kinds skip a missing feature; an
+infinite or absurd reading is far out (clipped, never NaN); an infinite training reading is left out.
 
-Degenerate devices: a sensor constant in training (zero spread) must stay at its value (any change
-is far out, and named); a sensor with no training readings is not used; one sensor gives a
-univariate robust model of its level and recent level; fewer training rows than features shrink the
-correlation toward the identity (``n`` rows against ``q`` pseudo-rows of independence).
-
-Many models per shard as flat arrays (`DeviceParams`): sensors of device m are rows
-``sensor_offsets[m]:sensor_offsets[m + 1]`` of the per-sensor arrays, its correlation block the
-next ``(p_m F)²`` entries of ``cov`` (features sensor-major: sensor 0's F features, then sensor
-1's, ...). Scoring (`score`) is one vectorised pass over any mix of devices (no loop per device).
-Pure numpy: arrays in, arrays out.
+Many models per shard as flat arrays (`DeviceParams`): device m's sensors are rows
+``sensor_offsets[m]:sensor_offsets[m + 1]`` of the per-sensor arrays, its correlation block the next
+``(p_m F)²`` entries of ``cov`` (features sensor-major). Scoring (`score`) is vectorised over any mix
+of devices: one pass per distinct sensor count, never one per device. Pure numpy: arrays in, arrays out.
 """
 
 from __future__ import annotations
@@ -68,6 +74,8 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from fleetscore.core.calibrate import BODY, DEFAULT_ALARM_RATE, MIN_TAIL_ROWS
+
+TAIL_BODY = BODY
 from fleetscore.core.severity import severity_from_tail
 from fleetscore.errors import FleetscoreError, InputError, ModelFormatError
 
@@ -86,6 +94,8 @@ TRIM = 2
 MIN_RECENT = 10
 #: Device-times of history before a scored one that its features need.
 HISTORY = WINDOW - 1
+#: Model each sensor as (recent level, departure from it) where it has a recent level (see `fit_one`).
+SPLIT = True
 #: Up to this many sensors are named per flagged device-time.
 TOP_SENSORS = 3
 
@@ -102,10 +112,12 @@ REWEIGHTS = 3
 WINSOR = 0.05
 _WINSOR_SIGMA = 0.9114
 _MAD_TO_SIGMA = 1.4826
-#: Sokal's window for the integrated autocorrelation time: sum lags up to WINDOW_C * tau.
+#: Sokal's window for the integrated autocorrelation time: sum lags up to _SOKAL_C * tau.
 _SOKAL_C = 5.0
-#: Fitted tail shapes are kept in [MIN_SHAPE, MAX_SHAPE]: no lighter-than-Gaussian extrapolation.
-MIN_SHAPE, MAX_SHAPE = 0.5, 2.0
+#: Fitted tail shapes of ``v`` are kept in [MIN_SHAPE, MAX_SHAPE]: the nominal shape is 1 (``p`` uniform); a
+#: shape read off two quantiles of a few hundred autocorrelated rows is noisy, so extrapolation neither
+#: much heavier (a model that never alarms) nor lighter than Gaussian (one that alarms too often).
+MIN_SHAPE, MAX_SHAPE = 0.8, 2.0
 #: Cap on -log10 p (keeps the decision finite for absurd inputs).
 MAX_DECADES = 1e300
 #: Standardised features are clipped here: an absurd (even infinite) reading is far out, never NaN.
@@ -256,10 +268,10 @@ class DeviceParams:
         width = self.n_sensors * N_FEATURES
         cov_off = np.concatenate([[0], np.cumsum(width * width)])
         cov_rows = _ranges(cov_off[idx], (width * width)[idx])
+        fields = {k: getattr(self, k)[rows] for k in (*_FLOAT_PER_SENSOR, "used")}
+        fields |= {k: getattr(self, k)[idx] for k in ("n_components", *_FLOAT_PER_DEVICE)}
         offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        return DeviceParams(offsets, self.center[rows], self.scale[rows], self.used[rows], self.cov[cov_rows],
-                            *(getattr(self, k)[idx] for k in ("n_components", *_FLOAT_PER_DEVICE)),
-                            history=self.history)
+        return DeviceParams(sensor_offsets=offsets, cov=self.cov[cov_rows], history=self.history, **fields)
 
     @classmethod
     def concat(cls, parts: Sequence[DeviceParams]) -> DeviceParams:
@@ -271,8 +283,8 @@ class DeviceParams:
             raise InputError(f"cannot concat device shards built on different histories {sorted(histories)}")
         counts = np.concatenate([p.n_sensors for p in parts])
         offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        return cls(offsets, *(np.concatenate([getattr(p, k) for p in parts]) for k in _FIELDS[1:]),
-                   history=parts[0].history)
+        fields = {k: np.concatenate([getattr(p, k) for p in parts]) for k in _FIELDS[1:]}
+        return cls(sensor_offsets=offsets, history=parts[0].history, **fields)
 
     @classmethod
     def empty(cls, n_features: int = N_FEATURES) -> DeviceParams:
@@ -286,8 +298,8 @@ class DeviceParams:
 
     def with_intercept(self, intercept: np.ndarray) -> DeviceParams:
         """Same models with other intercepts (decision' = decision + intercept' - intercept)."""
-        return DeviceParams(*(getattr(self, k) for k in _FIELDS[:-1]), np.asarray(intercept, dtype=np.float64),
-                            history=self.history)
+        fields = {k: getattr(self, k) for k in _FIELDS[:-1]}
+        return DeviceParams(intercept=np.asarray(intercept, dtype=np.float64), history=self.history, **fields)
 
     def size(self) -> np.ndarray:
         """Scoring cost of each device per device-time, relative: its features squared."""
@@ -326,7 +338,8 @@ def _ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """Concatenation of arange(start, start + count) for each pair."""
     counts = np.asarray(counts, dtype=np.int64)
     ends = np.cumsum(counts)
-    return np.repeat(np.asarray(starts, dtype=np.int64) - (ends - counts), counts) + np.arange(ends[-1] if ends.size else 0)
+    total = int(ends[-1]) if ends.size else 0
+    return np.repeat(np.asarray(starts, dtype=np.int64) - (ends - counts), counts) + np.arange(total)
 
 
 def _check_index(indices: object, n: int, what: str) -> np.ndarray:
@@ -487,30 +500,36 @@ def wilson_hilferty(d2: np.ndarray, df: np.ndarray) -> np.ndarray:
     return (np.cbrt(np.maximum(d2, 0.0) / df) - (1.0 - a)) / np.sqrt(a)
 
 
-def fit_tail(u: np.ndarray) -> tuple[float, float, float]:
-    """(center, scale, shape) of the tail model P(U > u) of a measure (higher = more anomalous).
+def _weibull_tail(v: np.ndarray) -> tuple[float, float, float] | None:
+    """(center, scale, shape) through the `TAIL_BODY` quantiles, or None when the body is degenerate."""
+    center = float(np.median(v))
+    x1, x2 = (float(q) - center for q in np.quantile(v, TAIL_BODY))
+    if not 0 < x1 < x2:
+        return None
+    s1, s2 = 2.0 * (1.0 - TAIL_BODY[0]), 2.0 * (1.0 - TAIL_BODY[1])
+    shape = (math.log(-math.log(s2)) - math.log(-math.log(s1))) / math.log(x2 / x1)
+    shape = min(max(shape, MIN_SHAPE), MAX_SHAPE)
+    return center, x2 / (-math.log(s2)) ** (1.0 / shape), shape
 
-    Above the median ``c``: ``P(U > u) = exp(-((u - c) / scale) ** shape) / 2``, through the `BODY`
-    quantiles as `fleetscore.core.calibrate.tail_threshold` fits it (shape kept in [MIN_SHAPE,
-    MAX_SHAPE]); below it, mirrored. With fewer than `MIN_TAIL_ROWS` values, a Gaussian tail on the
-    robust spread (at least the nominal 1 of ``u``), widened by (1 + 2 / sqrt(n)).
+
+def fit_tail(v: np.ndarray) -> tuple[float, float, float]:
+    """(center, scale, shape) of the tail model P(V > v) of the training rows' decades ``v``.
+
+    Above the median ``c``: ``P(V > v) = exp(-((v - c) / scale) ** shape) / 2`` (below it, mirrored),
+    through the `TAIL_BODY` quantiles as `fleetscore.core.calibrate.tail_threshold` fits its tail,
+    the shape kept in [MIN_SHAPE, MAX_SHAPE]. Anomalies in the training rows (a device's rows hold
+    those of all its sensors: 1% per sensor is 8% of an 8-sensor device's rows) can only make the fitted
+    tail heavier: the model then alarms less, never more. With fewer than
+    `MIN_TAIL_ROWS` rows (or a degenerate body): the nominal tail (``p`` uniform: ``v`` exponential,
+    scale 1 / ln 10) widened by (1 + 2 / sqrt(n)).
     """
-    u = np.asarray(u, dtype=np.float64)
-    u = u[np.isfinite(u)]
-    n = u.size
-    if n == 0:
-        return 0.0, 1.0, 2.0
-    center = float(np.median(u))
-    if n >= MIN_TAIL_ROWS:
-        x1, x2 = (float(q) - center for q in np.quantile(u, BODY))
-        if x1 > 0 and x2 > x1:
-            s1, s2 = 2.0 * (1.0 - BODY[0]), 2.0 * (1.0 - BODY[1])
-            shape = (math.log(-math.log(s2)) - math.log(-math.log(s1))) / math.log(x2 / x1)
-            shape = min(max(shape, MIN_SHAPE), MAX_SHAPE)
-            return center, x2 / (-math.log(s2)) ** (1.0 / shape), shape
-    mad = float(np.median(np.abs(u - center))) * _MAD_TO_SIGMA
-    sigma = max(mad, 1.0) * (1.0 + 2.0 / math.sqrt(n))
-    return center, sigma * math.sqrt(2.0), 2.0
+    v = np.asarray(v, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    fit = _weibull_tail(v) if v.size >= MIN_TAIL_ROWS else None
+    if fit is not None:
+        return fit
+    center = max(float(np.median(v)) if v.size else 0.0, math.log10(2.0))
+    return center, (1.0 + 2.0 / math.sqrt(max(v.size, 1))) / _LN10, 1.0
 
 
 def tail_decades(u: np.ndarray, center: np.ndarray, scale: np.ndarray, shape: np.ndarray) -> np.ndarray:
@@ -557,6 +576,32 @@ def _correlation(z: np.ndarray) -> tuple[np.ndarray, int]:
     raise AssertionError("unreachable")
 
 
+def _split_basis(split: np.ndarray) -> np.ndarray:
+    """(q, q) block-diagonal map from model features y to the scored ones x = (level, recent) per sensor.
+
+    A split sensor is modelled as y = (recent, level - recent): x = [[1, 1], [1, 0]] y; the others as
+    y = x (identity).
+    """
+    p = split.size
+    basis = np.zeros((p * N_FEATURES, p * N_FEATURES))
+    for s_, on in enumerate(split):
+        block = np.array([[1.0, 1.0], [1.0, 0.0]]) if on else np.eye(N_FEATURES)
+        basis[s_ * N_FEATURES:(s_ + 1) * N_FEATURES, s_ * N_FEATURES:(s_ + 1) * N_FEATURES] = block
+    return basis
+
+
+def _in_readings(basis: np.ndarray, center: np.ndarray, scale: np.ndarray, corr: np.ndarray,
+                 used: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(center, scale, correlation) of x = basis @ y where y = center + scale * w, w ~ corr; unused x: identity."""
+    cov = basis @ (corr * np.outer(scale, scale)) @ basis.T
+    sd = np.sqrt(np.diag(cov))
+    out = cov / np.outer(sd, sd)
+    out[~used] = 0.0
+    out[:, ~used] = 0.0
+    out[np.diag_indices_from(out)] = 1.0
+    return basis @ center, np.where(used, sd, 1.0), (out + out.T) / 2.0
+
+
 def fit_one(values: np.ndarray, alarm_rate: float = DEFAULT_ALARM_RATE) -> DeviceParams:
     """Fit one device model on ``values`` (T, p): its device-times in time order, NaN = missing reading."""
     x = np.asarray(values, dtype=np.float64)
@@ -569,12 +614,18 @@ def fit_one(values: np.ndarray, alarm_rate: float = DEFAULT_ALARM_RATE) -> Devic
     if usable < MIN_ROWS:
         raise InputError(f"device training data has {usable} usable row(s); a device model needs at least {MIN_ROWS}")
     t, p = x.shape
-    feats = device_features(x).reshape(t, p * N_FEATURES)
     q = p * N_FEATURES
+    feats = device_features(x)
+    level, recent = feats[..., 0], feats[..., 1]
+    # sensors with a recent level are modelled as (recent level, departure from it): a slow component
+    # and a fast one, each widened by its own effective sample size
+    split = (np.count_nonzero(np.isfinite(level - recent), axis=0) >= MIN_FEATURE_ROWS) & SPLIT
+    y = np.stack([np.where(split, recent, level), np.where(split, level - recent, recent)], axis=-1).reshape(t, q)
+
     center, spread = np.zeros(q), np.zeros(q)
     used = np.zeros(q, dtype=bool)
     for j in range(q):
-        col = feats[:, j][np.isfinite(feats[:, j])]
+        col = y[:, j][np.isfinite(y[:, j])]
         if col.size >= MIN_FEATURE_ROWS:
             used[j] = True
             center[j], spread[j] = _scale(col)
@@ -582,35 +633,36 @@ def fit_one(values: np.ndarray, alarm_rate: float = DEFAULT_ALARM_RATE) -> Devic
         raise InputError("no sensor of the device has enough finite training readings")
     constant = used & (spread == 0)
     modelled = used & ~constant
-    scale = np.where(modelled, spread, np.maximum(np.abs(center) * 1e-9, 1e-12))
-    cov = np.eye(q)
+    scale = np.where(modelled, spread, np.where(used, np.maximum(np.abs(center) * 1e-9, 1e-12), 1.0))
+    corr = np.eye(q)
     k = 0
     if modelled.any():
-        z = (feats[:, modelled] - center[modelled]) / scale[modelled]
-        block, k = _correlation(z)
-        cov[np.ix_(modelled, modelled)] = block
+        block, k = _correlation((y[:, modelled] - center[modelled]) / scale[modelled])
+        corr[np.ix_(modelled, modelled)] = block
+    basis = _split_basis(split)
+    x_used = used.copy()
+    x_used.reshape(p, N_FEATURES)[split] = True  # both readings' features exist where the sensor is split
 
-    trial = DeviceParams(np.array([0, p]), center.reshape(p, N_FEATURES), scale.reshape(p, N_FEATURES),
-                         used.reshape(p, N_FEATURES), cov.ravel(), np.array([k]),
-                         np.zeros(1), np.ones(1), np.full(1, 2.0), np.zeros(1))
-    u = _measure(trial, np.zeros(t, dtype=np.int64), feats.reshape(t, p, N_FEATURES)).u
-    tail = fit_tail(u)
+    def build(y_scale: np.ndarray, tail: tuple[float, float, float], intercept: float) -> DeviceParams:
+        cx, sx, rx = _in_readings(basis, center, y_scale, corr, x_used)
+        return DeviceParams(np.array([0, p]), cx.reshape(p, N_FEATURES), sx.reshape(p, N_FEATURES),
+                            x_used.reshape(p, N_FEATURES), rx.ravel(), np.array([k]),
+                            np.array([tail[0]]), np.array([tail[1]]), np.array([tail[2]]), np.array([intercept]))
 
-    # widen each non-constant sensor's scale by what its effective training sample cannot show
+    v = _measure(build(scale, (0.0, 1.0, 2.0), 0.0), np.zeros(t, dtype=np.int64), feats)[0]
+    tail = fit_tail(v)
+
+    # widen each non-constant feature's scale by what its effective training sample cannot show:
+    # a (recent) level by the level's autocorrelation, a departure from the recent level by its own
     sensors_used = max(1, int(np.count_nonzero(used.reshape(p, N_FEATURES).any(axis=1))))
     share = alarm_rate / (2.0 * sensors_used)
     factor = np.ones(q)
-    for s in range(p):
-        cols = slice(s * N_FEATURES, (s + 1) * N_FEATURES)
-        if not modelled[cols].any():
-            continue
-        level = x[:, s][np.isfinite(x[:, s])]
-        factor[cols] = widening(level.size / autocorrelation_time(level), share)
-    scale = np.where(modelled, scale * factor, scale)
-    return DeviceParams(np.array([0, p]), center.reshape(p, N_FEATURES), scale.reshape(p, N_FEATURES),
-                        used.reshape(p, N_FEATURES), cov.ravel(), np.array([k]),
-                        np.array([tail[0]]), np.array([tail[1]]), np.array([tail[2]]),
-                        np.array([-math.log10(alarm_rate)]))
+    for j in np.flatnonzero(modelled).tolist():
+        sensor, slot = divmod(j, N_FEATURES)
+        series = y[:, j] if split[sensor] and slot == 1 else x[:, sensor]
+        series = series[np.isfinite(series)]
+        factor[j] = widening(series.size / autocorrelation_time(series), share)
+    return build(scale * factor, tail, -math.log10(alarm_rate))
 
 
 def fit_many(groups: Sequence[np.ndarray], alarm_rate: float = DEFAULT_ALARM_RATE
@@ -653,30 +705,26 @@ def _check_rows(params: DeviceParams, model_idx: np.ndarray, X: np.ndarray) -> t
     return idx, _features_3d(params, X, idx)
 
 
-@dataclass(frozen=True, eq=False)
-class _Parts:
-    """Per scored row: the measure u, and (rows asked for) g = Σ_oo⁻¹ z with Σ_oo⁻¹ (identity where unobserved)."""
+def _measure(params: DeviceParams, idx: np.ndarray, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(v, contributions) of every row: one vectorised pass per sensor count.
 
-    u: np.ndarray
-    g: list[np.ndarray]
-    prec: list[np.ndarray]
-    rows: list[np.ndarray]
-
-
-def _measure(params: DeviceParams, idx: np.ndarray, X: np.ndarray, parts: bool = False) -> _Parts:
-    """The measure u of every row (NaN where nothing is observed): one vectorised pass per sensor count."""
+    ``v`` is -log10 of the nominal tail probability of the row (`combined_decades`; NaN where nothing
+    is observed); contributions (N, P) the reconstruction-based contribution of each sensor (-inf
+    past a device's sensors or where the sensor has nothing observed).
+    """
     n = X.shape[0]
-    u = np.full(n, np.nan)
-    out = _Parts(u, [], [], [])
+    v = np.full(n, np.nan)
     widths = params.n_sensors[idx]
+    contrib = np.full((n, int(widths.max(initial=0))), -np.inf)
     local = np.zeros(params.n_models, dtype=np.int64)
-    for p in np.unique(widths):
+    for width in np.unique(widths):
+        p = int(width)
         rows = np.flatnonzero(widths == p)
         devices = np.flatnonzero(params.n_sensors == p)
         local[devices] = np.arange(devices.size)
         center, scale, used, cov = params.group(devices)
         prec = np.linalg.inv(cov)
-        q = int(p) * N_FEATURES
+        q = p * N_FEATURES
         eye = np.eye(q, dtype=bool)
         block = max(1, _BLOCK_ENTRIES // (q * q))
         for lo in range(0, rows.size, block):
@@ -693,21 +741,75 @@ def _measure(params: DeviceParams, idx: np.ndarray, X: np.ndarray, parts: bool =
                 pr[part] = np.linalg.inv(np.where(hide[:, :, None] | hide[:, None, :], eye, cov[d[part]]))
             g = np.einsum("nij,nj->ni", pr, z)
             d2 = np.minimum(np.einsum("ni,ni->n", z, g), 1e300)
-            df = seen.sum(axis=1)
-            with np.errstate(over="ignore", invalid="ignore"):
-                u[r] = np.where(df > 0, wilson_hilferty(d2, df), np.nan)
-            if parts:
-                out.g.append(g)
-                out.prec.append(pr)
-                out.rows.append(r)
-    return out
+            rbc = _contributions(g, pr)
+            sensor_df = seen.reshape(r.size, p, N_FEATURES).sum(axis=2)
+            v[r] = combined_decades(d2, seen.sum(axis=1), rbc, sensor_df)
+            contrib[r, :p] = np.where(sensor_df > 0, rbc, -np.inf)
+    return v, contrib
 
 
-def _decisions(params: DeviceParams, idx: np.ndarray, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(decision, -log10 p) of every row."""
-    u = _measure(params, idx, X).u
-    decades = tail_decades(u, params.tail_center[idx], params.tail_scale[idx], params.tail_shape[idx])
-    return params.intercept[idx] - decades, decades
+def _contributions(g: np.ndarray, prec: np.ndarray) -> np.ndarray:
+    """Per sensor s: g_s' (P_ss)⁻¹ g_s, the drop of d² when s is reconstructed from the others (n, p).
+
+    Under the model it is chi-square with the sensor's observed features as degrees of freedom (the
+    squared distance of the sensor from its conditional expectation given the other sensors).
+    """
+    n, q = g.shape
+    p = q // N_FEATURES
+    gs = g.reshape(n, p, N_FEATURES)
+    blocks = prec.reshape(n, p, N_FEATURES, p, N_FEATURES)
+    s = np.arange(p)
+    a, b, c = blocks[:, s, 0, s, 0], blocks[:, s, 0, s, 1], blocks[:, s, 1, s, 1]  # (n, p) each
+    g0, g1 = gs[..., 0], gs[..., 1]
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = (c * g0 * g0 - 2.0 * b * g0 * g1 + a * g1 * g1) / (a * c - b * b)
+    return np.minimum(np.where(np.isnan(out), np.inf, out), 1e300)
+
+
+def _log_erfc(x: np.ndarray) -> np.ndarray:
+    """log erfc(x) without underflow (Numerical Recipes' erfcc: relative error < 1.2e-7 everywhere)."""
+    x = np.asarray(x, dtype=np.float64)
+    ax = np.abs(x)
+    t = 1.0 / (1.0 + 0.5 * ax)
+    poly = -1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418 + t * (-0.18628806 + t * (
+        0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277))))))))
+    log_pos = np.log(t) - ax * ax + poly  # log erfc(|x|)
+    return np.where(x >= 0, log_pos, np.log(2.0 - np.exp(log_pos)))
+
+
+def chi2_log10_sf(x: np.ndarray, df: np.ndarray) -> np.ndarray:
+    """log10 P(chi2_df > x): exact for 1 and 2 degrees of freedom, Wilson-Hilferty otherwise."""
+    x = np.maximum(np.asarray(x, dtype=np.float64), 0.0)
+    df = np.asarray(df)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        one = _log_erfc(np.sqrt(x / 2.0))
+        two = -x / 2.0
+        many = np.log(0.5) + _log_erfc(wilson_hilferty(x, df) / math.sqrt(2.0))
+    return np.minimum(np.where(df == 1, one, np.where(df == 2, two, many)), 0.0) / _LN10
+
+
+def combined_decades(d2: np.ndarray, df: np.ndarray, contrib: np.ndarray, sensor_df: np.ndarray) -> np.ndarray:
+    """-log10 of the nominal tail probability of a device-time: the omnibus and the per-sensor tests.
+
+    The omnibus ``d2`` (all observed features, ``df``) is the most powerful test against departures
+    spread over the sensors; it dilutes a departure of one sensor among all the features, which the
+    largest per-sensor contribution (chi-square with the sensor's observed features) does not. The
+    row's probability is twice the smaller of the omnibus one and the per-sensor one times the
+    sensors observed (Bonferroni); the model's own training rows then calibrate it (`fit_tail`).
+    NaN where nothing is observed.
+    """
+    observed = sensor_df > 0
+    per_sensor = np.where(observed, chi2_log10_sf(contrib, np.maximum(sensor_df, 1)), 0.0).min(axis=1, initial=0.0)
+    per_sensor = per_sensor + np.log10(np.maximum(observed.sum(axis=1), 1))
+    log10_p = math.log10(2.0) + np.minimum(chi2_log10_sf(d2, np.maximum(df, 1)), per_sensor)
+    return np.where(np.asarray(df) > 0, np.minimum(-np.minimum(log10_p, 0.0), MAX_DECADES), np.nan)
+
+
+def _decisions(params: DeviceParams, idx: np.ndarray, X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(decision, -log10 p, contributions) of every row."""
+    v, contrib = _measure(params, idx, X)
+    decades = tail_decades(v, params.tail_center[idx], params.tail_scale[idx], params.tail_shape[idx])
+    return params.intercept[idx] - decades, decades, contrib
 
 
 def score(params: DeviceParams, model_idx: np.ndarray, X: np.ndarray) -> DeviceScores:
@@ -715,32 +817,22 @@ def score(params: DeviceParams, model_idx: np.ndarray, X: np.ndarray) -> DeviceS
 
     ``X`` comes from `device_features` (P >= the scored devices' sensors; NaN = missing; columns
     beyond a device's sensors are ignored). Vectorised over all rows, whatever their devices: one
-    pass per distinct sensor count, never one per device. Contributions are computed for the
-    flagged rows only.
+    pass per distinct sensor count, never one per device.
     """
     idx, X = _check_rows(params, model_idx, X)
-    n = X.shape[0]
-    top = np.full((n, TOP_SENSORS), -1, dtype=np.int64)
-    decision, decades = _decisions(params, idx, X)
+    decision, decades, contrib = _decisions(params, idx, X)
     severity = severity_from_tail(np.power(10.0, -decades))
+    top = np.full((X.shape[0], TOP_SENSORS), -1, dtype=np.int64)
     flagged = np.flatnonzero(decision < 0)
     if flagged.size:
-        parts = _measure(params, idx[flagged], X[flagged], parts=True)
-        for r, g, prec in zip(parts.rows, parts.g, parts.prec):
-            top[flagged[r]] = _top_sensors(g, prec)
+        top[flagged] = _top_sensors(contrib[flagged])
     return DeviceScores(decision, severity, top)
 
 
-def _top_sensors(g: np.ndarray, prec: np.ndarray) -> np.ndarray:
-    """Sensors by reconstruction-based contribution g_s' (P_ss)⁻¹ g_s (n rows, p sensors), most first."""
-    n, q = g.shape
-    p = q // N_FEATURES
-    gs = g.reshape(n, p, N_FEATURES)
-    sensor = np.arange(p)
-    diag = prec.reshape(n, p, N_FEATURES, p, N_FEATURES)[:, sensor, :, sensor, :]  # (p, n, F, F)
-    diag = np.moveaxis(diag, 0, 1)
-    contrib = np.einsum("nsf,nsf->ns", gs, np.linalg.solve(diag, gs[..., None])[..., 0])
-    floor = 1e-12 * np.maximum(1.0, contrib.max(axis=1, keepdims=True))
+def _top_sensors(contrib: np.ndarray) -> np.ndarray:
+    """Up to TOP_SENSORS sensors with a positive contribution, most first; -1 fills."""
+    n = contrib.shape[0]
+    floor = 1e-12 * np.maximum(1.0, contrib.max(axis=1, keepdims=True, initial=0.0))
     contrib = np.where(contrib > floor, contrib, -np.inf)
     order = np.argsort(-contrib, axis=1, kind="stable")[:, :TOP_SENSORS]
     out = np.where(np.isfinite(np.take_along_axis(contrib, order, axis=1)), order, -1)
