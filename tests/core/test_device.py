@@ -20,7 +20,7 @@ from fleetscore.core.device import (
     fit_one,
     score,
 )
-from fleetscore.core.kinds import ModelKind
+from fleetscore.core.kinds import KINDS, ModelKind
 from fleetscore.core.severity import severity_from_tail
 from fleetscore.errors import InputError, ModelFormatError
 
@@ -183,10 +183,10 @@ def test_take_concat_empty_and_intercept(fleet: tuple[DeviceParams, list[np.ndar
 
 
 def test_fits_the_model_kind_contract(fleet: tuple[DeviceParams, list[np.ndarray]]) -> None:
-    """What `fleetscore.core.kinds.ModelKind` needs: registering the kind in phase 2 is one entry."""
+    """The registered kind (`fleetscore.core.kinds.KINDS`): arrays, empty shard, shifted intercepts, severity."""
     params, groups = fleet
-    kind = ModelKind("device", DeviceParams, decision_function, lambda p: p.intercept,
-                     lambda p, i: p.with_intercept(i), lambda p: p.size())
+    kind = KINDS["device"]
+    assert isinstance(kind, ModelKind) and kind.per_device and kind.decision_function is decision_function
     x = device_features(groups[1])
     idx = np.full(len(x), 1)
     assert kind.from_arrays(params.to_arrays()).n_models == params.n_models
@@ -195,6 +195,8 @@ def test_fits_the_model_kind_contract(fleet: tuple[DeviceParams, list[np.ndarray
     np.testing.assert_allclose(kind.decision_function(shifted, idx, x.reshape(len(x), -1), None),
                                score(params, idx, x).decision - 0.5)
     assert kind.size_of(params).tolist() == [4, 36, 100, 36]
+    np.testing.assert_array_equal(kind.severity(params, idx, x.reshape(len(x), -1), None, None),
+                                  score(params, idx, x).severity)
 
 
 # ------------------------------------------------------------------------------------- the fused scorer

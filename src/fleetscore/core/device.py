@@ -79,9 +79,13 @@ TAIL_BODY = BODY
 from fleetscore.core.severity import severity_from_tail
 from fleetscore.errors import FleetscoreError, InputError, ModelFormatError
 
-#: Arrays written now; the versions this fleetscore reads.
-FORMAT_VERSION = 1
-READABLE_FORMATS = (1,)
+#: Arrays written now; the versions this fleetscore reads. Format 2 adds each device's tick (``tick_us``,
+#: see `fleetscore.core.devicegrid`); format 1 (written before device models could be trained through the
+#: pipeline, without a tick) is refused with a request to retrain.
+FORMAT_VERSION = 2
+READABLE_FORMATS = (2,)
+#: The tick of a device model built without one (`fit_one` on bare arrays): a second.
+DEFAULT_TICK_US = 1_000_000
 
 #: Features per sensor, in this order.
 FEATURES = ("level", "recent")
@@ -149,6 +153,7 @@ class DeviceParams:
     tail_scale: np.ndarray  # (M,) float64 finite > 0
     tail_shape: np.ndarray  # (M,) float64 finite > 0
     intercept: np.ndarray  # (M,) float64 finite
+    tick_us: np.ndarray | None = None  # (M,) int64 > 0: width of a device-time (`fleetscore.core.devicegrid`)
     history: int = HISTORY  # device-times of history the features were built with
 
     def __post_init__(self) -> None:
@@ -171,6 +176,10 @@ class DeviceParams:
         object.__setattr__(self, "used", _frozen(np.array(used, order="C")))
         k = _int_array(self.n_components, "n_components")
         object.__setattr__(self, "n_components", _frozen(k))
+        tick = _int_array(np.full(m, DEFAULT_TICK_US) if self.tick_us is None else self.tick_us, "tick_us")
+        object.__setattr__(self, "tick_us", _frozen(tick))
+        if tick.shape != (m,) or np.any(tick <= 0):
+            raise _bad("tick_us", f"must be positive with shape ({m},), got shape {tick.shape}")
         for name in (*_FLOAT_PER_SENSOR, "used"):
             if getattr(self, name).shape != (s, N_FEATURES):
                 raise _bad(name, f"shape {getattr(self, name).shape}, expected {(s, N_FEATURES)}")
@@ -246,17 +255,20 @@ class DeviceParams:
     @classmethod
     def from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> DeviceParams:
         """Validate arrays written by `to_arrays`; ModelFormatError if missing, mistyped or inconsistent."""
+        version = np.asarray(arrays.get("format_version"))
+        if version.shape == () and version.dtype.kind in "iu" and int(version) == 1:
+            raise ModelFormatError("device models of format 1 have no tick (the width of a device-time); retrain "
+                                   "them with fleetscore train")
         missing = [k for k in ("format_version", "history", *_FIELDS) if k not in arrays]
         if missing:
             raise ModelFormatError(f"device model arrays missing: {', '.join(missing)}")
-        version = np.asarray(arrays["format_version"])
         if version.shape != () or version.dtype.kind not in "iu" or int(version) not in READABLE_FORMATS:
             raise _bad("format_version", f"got {version!r}, this version reads {READABLE_FORMATS}")
         history = np.asarray(arrays["history"])
         if history.shape != () or history.dtype.kind not in "iu":
             raise _bad("history", f"must be an integer scalar, got {history.dtype} {history.shape}")
         if int(history) != HISTORY:
-            raise ModelFormatError(f"device models were built on {int(history)} readings of history; this "
+            raise ModelFormatError(f"device models were built on {int(history)} device-times of history; this "
                                    f"fleetscore's device features use {HISTORY}: retrain them")
         return cls(**{k: np.asarray(arrays[k]) for k in _FIELDS}, history=int(history))
 
@@ -269,7 +281,7 @@ class DeviceParams:
         cov_off = np.concatenate([[0], np.cumsum(width * width)])
         cov_rows = _ranges(cov_off[idx], (width * width)[idx])
         fields = {k: getattr(self, k)[rows] for k in (*_FLOAT_PER_SENSOR, "used")}
-        fields |= {k: getattr(self, k)[idx] for k in ("n_components", *_FLOAT_PER_DEVICE)}
+        fields |= {k: getattr(self, k)[idx] for k in ("n_components", *_FLOAT_PER_DEVICE, "tick_us")}
         offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         return DeviceParams(sensor_offsets=offsets, cov=self.cov[cov_rows], history=self.history, **fields)
 
@@ -294,11 +306,11 @@ class DeviceParams:
         f = np.empty((0, N_FEATURES))
         z = np.empty(0)
         return cls(np.zeros(1, dtype=np.int64), f, f, np.empty((0, N_FEATURES), dtype=bool), z,
-                   np.empty(0, dtype=np.int64), z, z, z, z)
+                   np.empty(0, dtype=np.int64), z, z, z, z, np.empty(0, dtype=np.int64))
 
     def with_intercept(self, intercept: np.ndarray) -> DeviceParams:
         """Same models with other intercepts (decision' = decision + intercept' - intercept)."""
-        fields = {k: getattr(self, k) for k in _FIELDS[:-1]}
+        fields = {k: getattr(self, k) for k in _FIELDS if k != "intercept"}
         return DeviceParams(intercept=np.asarray(intercept, dtype=np.float64), history=self.history, **fields)
 
     def size(self) -> np.ndarray:
@@ -306,7 +318,7 @@ class DeviceParams:
         return (self.n_sensors * N_FEATURES) ** 2
 
 
-_FIELDS = ("sensor_offsets", *_FLOAT_PER_SENSOR, "used", "cov", "n_components", *_FLOAT_PER_DEVICE)
+_FIELDS = ("sensor_offsets", *_FLOAT_PER_SENSOR, "used", "cov", "n_components", *_FLOAT_PER_DEVICE, "tick_us")
 
 
 @dataclass(frozen=True, eq=False)
@@ -602,8 +614,11 @@ def _in_readings(basis: np.ndarray, center: np.ndarray, scale: np.ndarray, corr:
     return basis @ center, np.where(used, sd, 1.0), (out + out.T) / 2.0
 
 
-def fit_one(values: np.ndarray, alarm_rate: float = DEFAULT_ALARM_RATE) -> DeviceParams:
-    """Fit one device model on ``values`` (T, p): its device-times in time order, NaN = missing reading."""
+def fit_one(values: np.ndarray, alarm_rate: float = DEFAULT_ALARM_RATE, tick_us: int = DEFAULT_TICK_US) -> DeviceParams:
+    """Fit one device model on ``values`` (T, p): its device-times in time order, NaN = missing reading.
+
+    ``tick_us``: the width of the device's device-times (stored with the model, `fleetscore.core.devicegrid`).
+    """
     x = np.asarray(values, dtype=np.float64)
     if x.ndim != 2 or x.shape[1] == 0:
         raise InputError(f"device training data must be 2-D (device-times, sensors >= 1), got shape {x.shape}")
@@ -647,7 +662,8 @@ def fit_one(values: np.ndarray, alarm_rate: float = DEFAULT_ALARM_RATE) -> Devic
         cx, sx, rx = _in_readings(basis, center, y_scale, corr, x_used)
         return DeviceParams(np.array([0, p]), cx.reshape(p, N_FEATURES), sx.reshape(p, N_FEATURES),
                             x_used.reshape(p, N_FEATURES), rx.ravel(), np.array([k]),
-                            np.array([tail[0]]), np.array([tail[1]]), np.array([tail[2]]), np.array([intercept]))
+                            np.array([tail[0]]), np.array([tail[1]]), np.array([tail[2]]), np.array([intercept]),
+                            np.array([tick_us], dtype=np.int64))
 
     v = _measure(build(scale, (0.0, 1.0, 2.0), 0.0), np.zeros(t, dtype=np.int64), feats)[0]
     tail = fit_tail(v)
@@ -665,21 +681,98 @@ def fit_one(values: np.ndarray, alarm_rate: float = DEFAULT_ALARM_RATE) -> Devic
     return build(scale * factor, tail, -math.log10(alarm_rate))
 
 
-def fit_many(groups: Sequence[np.ndarray], alarm_rate: float = DEFAULT_ALARM_RATE
-             ) -> tuple[DeviceParams, np.ndarray, dict[int, str]]:
-    """Fit one model per device matrix: (params of the fitted ones, their group indices, group -> failure reason)."""
+def fit_many(groups: Sequence[np.ndarray], alarm_rate: float = DEFAULT_ALARM_RATE,
+             ticks_us: Sequence[int] | None = None) -> tuple[DeviceParams, np.ndarray, dict[int, str]]:
+    """Fit one model per device matrix: (params of the fitted ones, their group indices, group -> failure reason).
+
+    ``ticks_us[i]``: the tick of device i (default: `DEFAULT_TICK_US`).
+    """
     parts: list[DeviceParams] = []
     fitted: list[int] = []
     failures: dict[int, str] = {}
     for i, x in enumerate(groups):
         try:
-            parts.append(fit_one(x, alarm_rate))
+            parts.append(fit_one(x, alarm_rate, DEFAULT_TICK_US if ticks_us is None else int(ticks_us[i])))
         except FleetscoreError as exc:
             failures[i] = str(exc)
             continue
         fitted.append(i)
     params = DeviceParams.concat(parts) if parts else DeviceParams.empty()
     return params, np.array(fitted, dtype=np.int64), failures
+
+
+# ---------------------------------------------------------------------------------------- co-movement
+
+@dataclass(frozen=True)
+class CoMovement:
+    """How much a device's sensors move together in its training data (`co_movement`)."""
+
+    z: float  # Bartlett's test of independence of the sensors' changes, standardised: (T - df) / sqrt(2 df)
+    r2: float  # mean adjusted R² of one sensor's changes explained by the others' changes
+    sensors: int  # sensors that change at all
+    rows: int  # device-times with a change of every such sensor
+
+    @property
+    def together(self) -> bool:
+        """Both significant and large enough to matter: what ``auto`` picks the device kind on."""
+        return self.sensors >= 2 and self.z >= COMOVE_Z and self.r2 >= COMOVE_R2
+
+
+#: ``auto`` picks the device kind where the sensors' changes are dependent beyond doubt (z >= COMOVE_Z:
+#: p < 1e-9; sensors of the simulator, independent with a few % anomalies, reach 4) ...
+COMOVE_Z = 6.0
+#: ... and predict each other enough to matter: on average this share of a sensor's changes is explained
+#: by the other sensors' (adjusted R²; SKAB's pump: 0.03 to 0.17; the simulator: below 0.006).
+COMOVE_R2 = 0.02
+#: Fewer complete device-times than this: no evidence either way (the sensors are taken as independent).
+COMOVE_MIN_ROWS = 30
+
+
+def _ranks(col: np.ndarray) -> np.ndarray:
+    """Ranks of ``col`` (ties share their mean rank)."""
+    order = np.argsort(col, kind="stable")
+    s = col[order]
+    new = np.ones(s.size, dtype=bool)
+    new[1:] = s[1:] != s[:-1]
+    group = np.cumsum(new) - 1
+    first = np.flatnonzero(new)
+    last = np.append(first[1:], s.size) - 1
+    out = np.empty(s.size)
+    out[order] = ((first + last) / 2.0)[group]
+    return out
+
+
+def co_movement(values: np.ndarray) -> CoMovement:
+    """Whether a device's sensors move together, from its training device-times ``values`` (T, p), label-free.
+
+    The device kind pays off where a fault shows as a departure from how the sensors move together;
+    a shared slow cycle (the time of day) is no such structure, so the test looks at the sensors'
+    *changes* from one device-time to the next. On their rank correlation (robust to heavy tails and
+    spikes) it computes Bartlett's test of sphericity with the effective sample size of the changes
+    (their autocorrelation time, `autocorrelation_time`), and the mean adjusted R² of each sensor's
+    changes regressed on the others'. Sensors that never change are left out; device-times missing a
+    change of some sensor are skipped.
+    """
+    x = np.asarray(values, dtype=np.float64)
+    if x.ndim != 2 or x.shape[1] < 2 or x.shape[0] < 2:
+        return CoMovement(0.0, 0.0, int(x.shape[1]) if x.ndim == 2 else 0, 0)
+    d = np.diff(np.where(np.isfinite(x), x, np.nan), axis=0)
+    moving = np.array([np.nanstd(col) > 0 if np.isfinite(col).sum() > 1 else False for col in d.T])
+    d = d[:, moving]
+    d = d[np.isfinite(d).all(axis=1)]
+    n, p = d.shape
+    if p < 2 or n < COMOVE_MIN_ROWS:
+        return CoMovement(0.0, 0.0, p, n)
+    ranks = np.stack([_ranks(col) for col in d.T], axis=1)
+    corr = np.corrcoef(ranks, rowvar=False)
+    corr = (n * corr + p * np.eye(p)) / (n + p)  # shrunk: always invertible
+    tau = float(np.mean([autocorrelation_time(col) for col in d.T]))
+    n_eff = max(n / tau, p + 2.0)
+    df = p * (p - 1) / 2.0
+    stat = -(n_eff - 1.0 - (2.0 * p + 5.0) / 6.0) * float(np.linalg.slogdet(corr)[1])
+    r2 = 1.0 - 1.0 / np.diag(np.linalg.inv(corr))
+    adjusted = 1.0 - (1.0 - r2) * (n_eff - 1.0) / max(n_eff - p, 1.0)
+    return CoMovement((stat - df) / math.sqrt(2.0 * df), float(np.mean(adjusted)), p, n)
 
 
 # ------------------------------------------------------------------------------------------------ scoring
