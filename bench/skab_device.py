@@ -1,6 +1,6 @@
 """SKAB: the per-device model kind beside the two per-sensor baselines, measured in one run.
 
-    python bench/skab_device.py [--datasets ../shared/datasets] [--ablations] [--simulated]
+    python bench/skab_device.py [--datasets ../shared/datasets] [--pipeline] [--ablations] [--simulated]
 
 Protocol (SKAB's own, as ``../shared/datasets/README.md`` states it): ``valve1/`` holds 16
 experiments, each one device with 8 sensors; train on an experiment's first 400 rows, score the
@@ -16,7 +16,11 @@ The device kind's features of a scored row read the ``HISTORY`` rows before it (
 rows for the first scored ones), as a deployment scoring the readings after training would. Also
 printed: the share of rows flagged on SKAB's ``anomaly-free`` run (trained on its first 400 rows;
 also on its first half, to show what a training window that has seen the run's drift does), and
-which sensor the device kind names first during the valve closures. ``--ablations`` adds the
+which sensor the device kind names first during the valve closures. ``--pipeline`` also runs SKAB
+through fleetscore's real pipeline (`fleetscore.api.Fleet`: import each experiment's first 400 rows,
+train with nothing pinned, so ``auto`` decides per experiment whether its sensors move together
+enough for a device model; import the rest, score it as one span and as hourly windows, read the
+predictions back), same protocol, beside the core-level figure. ``--ablations`` adds the
 device kind with its choices undone one at a time, and at other alarm rates (same protocol), for
 the record of what helps and how much the figure depends on the calibration's target; ``--simulated``
 the kind on fleetscore's simulator, whose sensors do not move together (what it costs there).
@@ -72,6 +76,95 @@ def flag_device(values: np.ndarray, train: int,
     feats = device.device_features(values)[train:]
     scores = device.score(params, np.zeros(len(feats), dtype=np.int64), feats)
     return scores.is_anomaly, scores.top_sensors[:, 0]
+
+
+def pipeline(root: Path, data: list[tuple[str, np.ndarray, np.ndarray]], free: np.ndarray
+             ) -> tuple[dict[str, list[np.ndarray]], np.ndarray, dict[str, object]]:
+    """Each experiment's flags (rows TRAIN_ROWS..) through `Fleet` with the defaults, per window mode, and the
+    anomaly-free run's; plus what ``auto`` chose and the runs' timings."""
+    import shutil
+    import tempfile
+
+    import pyarrow as pa
+
+    from fleetscore.api import Fleet
+
+    sensors = load(root / "skab" / "valve1" / f"{data[0][0]}.csv")[0]
+    files = {name: root / "skab" / "valve1" / f"{name}.csv" for name, _, _ in data}
+    times = {name: np.array([r.split(";")[0].replace(" ", "T") for r in path.read_text().splitlines()[1:]],
+                            dtype="datetime64[us]") for name, path in files.items()}
+    free_path = root / "skab" / "anomaly-free" / "anomaly-free.csv"
+    times["free"] = np.array([r.split(";")[0].replace(" ", "T") for r in free_path.read_text().splitlines()[1:]],
+                             dtype="datetime64[us]")
+    values = {name: v for name, v, _ in data} | {"free": free}
+
+    def table(part: slice) -> pa.Table:
+        ts, dev, sen, val = [], [], [], []
+        for name, v in values.items():
+            for j, sensor in enumerate(sensors):
+                ts.append(times[name][part].astype(np.int64))
+                val.append(v[part, j])
+                dev += [f"valve1-{name}" if name != "free" else "anomaly-free"] * len(val[-1])
+                sen += [sensor] * len(val[-1])
+        return pa.table({"ts": pa.array(np.concatenate(ts), pa.int64()).cast(pa.timestamp("us", tz="UTC")),
+                         "device": pa.array(dev, pa.string()), "sensor": pa.array(sen, pa.string()),
+                         "value": pa.array(np.concatenate(val), pa.float64())})
+
+    def iso(t: np.datetime64) -> str:
+        return str(t.astype("datetime64[us]")) + "Z"
+
+    home = Path(tempfile.mkdtemp(prefix="fleetscore-skab-"))
+    info: dict[str, object] = {}
+    out: dict[str, list[np.ndarray]] = {}
+    free_flags = np.zeros(0, dtype=bool)
+    try:
+        fleet = Fleet.open(home / "home", workers=1)
+        fleet.import_table(table(slice(0, TRAIN_ROWS)))
+        lo = min(t[0] for t in times.values())
+        hi = max(t[TRAIN_ROWS - 1] for t in times.values()) + np.timedelta64(1, "us")
+        started = time.perf_counter()
+        version = fleet.train(iso(lo), iso(hi), workers=1).version
+        info["train_s"] = time.perf_counter() - started
+        manifest = fleet.models(version)
+        kinds = dict(zip(manifest.column("device").to_pylist(), manifest.column("kind").to_pylist()))
+        info["device_kind"] = sorted(d for d, k in kinds.items() if k == "device")
+        info["per_sensor"] = sorted(d for d, k in kinds.items() if k != "device")
+        fleet.import_table(table(slice(TRAIN_ROWS, None)))
+        first = min(t[TRAIN_ROWS] for t in times.values())
+        end = max(t[-1] for t in times.values()) + np.timedelta64(1, "us")
+        hours = np.unique(np.concatenate([t[TRAIN_ROWS:].astype("datetime64[h]") for t in times.values()]))
+        for mode, windows in (("span", [(first, end)]),
+                              ("hourly", [(h.astype("datetime64[us]"), (h + 1).astype("datetime64[us]")) for h in hours])):
+            started = time.perf_counter()
+            preds = pa.concat_tables([fleet.predictions(run_id=fleet.score(iso(a), iso(b), version=version, workers=1).run_id)
+                                      for a, b in windows])
+            info[f"{mode}_s"] = time.perf_counter() - started
+            flagged = preds.filter(preds.column("is_anomaly")).select(["ts", "device"]).to_pylist()
+            hit = {(r["device"], np.datetime64(r["ts"].replace(tzinfo=None), "us")) for r in flagged}
+            out[mode] = [np.array([(f"valve1-{name}", t) in hit for t in times[name][TRAIN_ROWS:]]) for name, _, _ in data]
+            scored = _scored_rows(preds, {(f"valve1-{n}" if n != "free" else "anomaly-free"): t[TRAIN_ROWS]
+                                          for n, t in times.items()})
+            if mode == "span":
+                free_flags = np.array([("anomaly-free", t) in hit for t in times["free"][TRAIN_ROWS:]])
+                info["scores"] = scored
+            else:  # both modes also score the training rows their windows hold: compare the rows after training
+                info["windows_equal"] = all(info["scores"].column(c).equals(scored.column(c))
+                                            for c in ("ts", "device", "sensor", "score", "severity"))
+        fleet.close()
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+    return out, free_flags, info
+
+
+def _scored_rows(preds: "pa.Table", first: dict[str, np.datetime64]) -> "pa.Table":
+    """Predictions of each device's readings from its first scored one on, sorted by key and time."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    ts = pc.cast(preds.column("ts"), pa.int64()).to_numpy()
+    cut = np.array([first[d].astype(np.int64) for d in preds.column("device").to_pylist()])
+    keep = preds.filter(pa.array(ts >= cut))
+    return keep.sort_by([("device", "ascending"), ("sensor", "ascending"), ("ts", "ascending")])
 
 
 def flag_ocsvm(values: np.ndarray, train: int) -> np.ndarray:
@@ -199,6 +292,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--datasets", type=Path, default=DEFAULT_DATASETS)
     parser.add_argument("--ablations", action="store_true", help="also run the device kind with its choices undone")
     parser.add_argument("--simulated", action="store_true", help="also run it on the simulator (independent sensors)")
+    parser.add_argument("--pipeline", action="store_true", help="also run SKAB through Fleet with the defaults (auto)")
     args = parser.parse_args(argv)
     data = experiments(args.datasets)
     _, free, _ = load(args.datasets / "skab" / "anomaly-free" / "anomaly-free.csv")
@@ -232,6 +326,26 @@ def main(argv: list[str] | None = None) -> None:
     named = ", ".join(f"{names[s] if s >= 0 else 'none'} {n / total:.0%}" for s, n in tops.most_common(4))
     print(f"\nDevice kind, first of top_sensors on the flagged rows inside valve1's anomaly segments: {named}")
     print(f"Device features need {device.HISTORY} readings of history (device-times) before a scored one.")
+    if args.pipeline:
+        flags, free_flags, info = pipeline(args.datasets, data, free)
+        labels = [lab[TRAIN_ROWS:] for _, _, lab in data]
+        print(f"\nThrough the pipeline (Fleet: import, train with nothing pinned, score, predictions); auto chose the "
+              f"device kind for {len([d for d in info['device_kind'] if d != 'anomaly-free'])} of {len(data)} experiments"
+              + (f" (per-sensor robust models for {', '.join(d for d in info['per_sensor'] if d != 'anomaly-free')})"
+                 if [d for d in info["per_sensor"] if d != "anomaly-free"] else "")
+              + f"; anomaly-free run: {'device kind' if 'anomaly-free' in info['device_kind'] else 'per sensor'}\n")
+        print("| | point F1 | precision | recall | event recall | event F1 | anomaly-free: flagged share | seconds |")
+        print("|---|---|---|---|---|---|---|---|")
+        core = rows[0][1]
+        print(f"| core level (device kind on every experiment) | {core['f1']:.3f} | {core['precision']:.3f} | "
+              f"{core['recall']:.3f} | {core['event_recall']:.3f} | {core['event_f1']:.3f} | {rows[0][2]:.3f} | "
+              f"{core['seconds']:.1f} |")
+        for mode in ("span", "hourly"):
+            r = evaluate(flags[mode], labels)
+            print(f"| pipeline, defaults (auto), {'one span' if mode == 'span' else 'hourly windows'} | {r['f1']:.3f} | "
+                  f"{r['precision']:.3f} | {r['recall']:.3f} | {r['event_recall']:.3f} | {r['event_f1']:.3f} | "
+                  f"{float(np.mean(free_flags)):.3f} | {info['train_s'] + info[f'{mode}_s']:.1f} |")
+        print(f"\nHourly windows score exactly as one span: {info['windows_equal']}")
     if args.simulated:
         simulated()
 
