@@ -468,3 +468,22 @@ def test_log_erfc_and_chi2_tail() -> None:
     assert np.isfinite(far).all() and far[0] == pytest.approx(-1087.68, rel=1e-4)  # no underflow
     approx = device.chi2_log10_sf(np.array([30.0, 60.0]), np.array([16, 16]))
     np.testing.assert_allclose(approx, stats.chi2.logsf([30.0, 60.0], 16) / np.log(10), rtol=0.05)
+
+
+# ------------------------------------------------------------------------------------------ co-movement
+
+def test_co_movement_tells_sensors_that_move_together_from_independent_ones() -> None:
+    rng = np.random.default_rng(5)
+    together = machine(600, 4, rng, mix=2.0)
+    assert device.co_movement(together).together
+    day = np.sin(2 * np.pi * np.arange(1440) / 1440)[:, None]  # a shared daily cycle is not co-movement
+    independent = 10 * day + rng.standard_normal((1440, 4))
+    cm = device.co_movement(independent)
+    assert not cm.together and cm.rows == 1439 and cm.sensors == 4
+    assert not device.co_movement(together[:100]).together  # too few device-times to decide
+    assert not device.co_movement(together[:, :1]).together  # one sensor
+    with_constant = np.hstack([together, np.full((600, 1), 3.0)])
+    assert device.co_movement(with_constant).sensors == 4  # a sensor that never changes is left out
+    gappy = together.copy()
+    gappy[rng.random(gappy.shape) < 0.05] = np.nan
+    assert device.co_movement(gappy).together

@@ -707,25 +707,29 @@ def fit_many(groups: Sequence[np.ndarray], alarm_rate: float = DEFAULT_ALARM_RAT
 class CoMovement:
     """How much a device's sensors move together in its training data (`co_movement`)."""
 
-    z: float  # Bartlett's test of independence of the sensors' changes, standardised: (T - df) / sqrt(2 df)
+    log10_p: float  # Bartlett's test of independence of the sensors' changes: log10 of its p-value
     r2: float  # mean adjusted R² of one sensor's changes explained by the others' changes
     sensors: int  # sensors that change at all
     rows: int  # device-times with a change of every such sensor
 
     @property
     def together(self) -> bool:
-        """Both significant and large enough to matter: what ``auto`` picks the device kind on."""
-        return self.sensors >= 2 and self.z >= COMOVE_Z and self.r2 >= COMOVE_R2
+        """Significant, large enough to matter, on enough rows: what ``auto`` picks the device kind on."""
+        return (self.sensors >= 2 and self.rows >= COMOVE_MIN_ROWS and self.log10_p <= COMOVE_LOG10_P
+                and self.r2 >= COMOVE_R2)
 
 
-#: ``auto`` picks the device kind where the sensors' changes are dependent beyond doubt (z >= COMOVE_Z:
-#: p < 1e-9; sensors of the simulator, independent with a few % anomalies, reach 4) ...
-COMOVE_Z = 6.0
+#: ``auto`` picks the device kind where the sensors' changes are dependent beyond doubt (p < 1e-5; SKAB's
+#: pump experiments give 2e-6 to 1e-52 on 400 rows; of 2,000 simulated devices of independent sensors
+#: with 1% anomalies the most dependent-looking give 2e-5 on 200 rows, but 1e-8 on a day of minute
+#: readings: shared anomalies are dependence too, though a small one) ...
+COMOVE_LOG10_P = -5.0
 #: ... and predict each other enough to matter: on average this share of a sensor's changes is explained
-#: by the other sensors' (adjusted R²; SKAB's pump: 0.03 to 0.17; the simulator: below 0.006).
+#: by the other sensors' (adjusted R²; SKAB's pump: 0.03 to 0.17; those simulated devices: 0.011 at most) ...
 COMOVE_R2 = 0.02
-#: Fewer complete device-times than this: no evidence either way (the sensors are taken as independent).
-COMOVE_MIN_ROWS = 30
+#: ... on at least this many complete device-times (fewer are too little evidence: the sensors are taken
+#: as independent; a few hundred chance correlations are neither significant nor large).
+COMOVE_MIN_ROWS = 200
 
 
 def _ranks(col: np.ndarray) -> np.ndarray:
@@ -761,7 +765,7 @@ def co_movement(values: np.ndarray) -> CoMovement:
     d = d[:, moving]
     d = d[np.isfinite(d).all(axis=1)]
     n, p = d.shape
-    if p < 2 or n < COMOVE_MIN_ROWS:
+    if p < 2 or n < max(COMOVE_MIN_ROWS // 4, p + 3):  # too few to say anything (together needs more still)
         return CoMovement(0.0, 0.0, p, n)
     ranks = np.stack([_ranks(col) for col in d.T], axis=1)
     corr = np.corrcoef(ranks, rowvar=False)
@@ -772,7 +776,8 @@ def co_movement(values: np.ndarray) -> CoMovement:
     stat = -(n_eff - 1.0 - (2.0 * p + 5.0) / 6.0) * float(np.linalg.slogdet(corr)[1])
     r2 = 1.0 - 1.0 / np.diag(np.linalg.inv(corr))
     adjusted = 1.0 - (1.0 - r2) * (n_eff - 1.0) / max(n_eff - p, 1.0)
-    return CoMovement((stat - df) / math.sqrt(2.0 * df), float(np.mean(adjusted)), p, n)
+    log10_p = float(chi2_log10_sf(np.array([max(stat, 0.0)]), np.array([df]))[0])
+    return CoMovement(log10_p, float(np.mean(adjusted)), p, n)
 
 
 # ------------------------------------------------------------------------------------------------ scoring
