@@ -41,7 +41,7 @@ MAX_LOOKBACK_S = 7 * 86_400
 #: An interval longer than this many times the series' median interval is a gap, not a sampling interval.
 GAP_FACTOR = 10.0
 #: The first read covers this many times the readings a model needs (irregular series vary around their rate).
-SLACK = 1.25
+SLACK = 1.1
 _US = 1_000_000
 
 
