@@ -92,7 +92,7 @@ def by_key(manifest: pa.Table) -> dict[tuple[str, str], dict]:
     return {(r["device"], r["sensor"]): r for r in manifest.to_pylist()}
 
 
-def test_device_models_train_score_and_name_sensors(fleet: Fleet, series) -> None:  # type: ignore[no-untyped-def]
+def test_device_models_train_score_and_name_sensors(fleet: Fleet, series, cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     trained = fleet.train(iso(0), iso(TRAIN_H * 60), kind="device")
     assert trained.failed == 0
     models = by_key(fleet.models())
@@ -132,6 +132,11 @@ def test_device_models_train_score_and_name_sensors(fleet: Fleet, series) -> Non
     assert calm["is_anomaly"].mean() < 0.02
     const = device[(device["device"] == "odd") & device["is_anomaly"]]
     assert "const" in {list(t)[0] for t in const["top_sensors"]}
+
+    out = tmp_path / "preds.csv"  # CSV has no lists: top sensors joined by |
+    assert cli("predictions", "--run", run.run_id, "--out", out, "--home", fleet.config.home).exit_code == 0
+    text = out.read_text()
+    assert text.splitlines()[0].endswith('"severity","top_sensors"') and '"s1|' in text
 
     # misaligned clocks: the three sensors of a minute form one device-time, scored together
     skew = device[device["device"] == "skew"]
