@@ -70,20 +70,31 @@ def test_short_units_counts_history_before_the_window_of_models_scored_in_it() -
     needs = HistoryNeeds(unit=np.array([0, 0, 2]), need=np.array([3, 0, 2]), step_us=np.array([60 * S, 0, 0]),
                          known=np.array([True, True, True]))
     start = 1000 * 60 * S
-    # unit 0 (a device, two sensors): device-times at -3, -2 (both sensors), -1 min -> 3 distinct: enough
-    t0 = start + np.array([-3, -2, -2, -1, 0]) * 60 * S + np.array([0, 0, 5, 0, 0]) * S
-    # unit 2: one reading before the window, needs 2
-    t2 = start + np.array([-5, 1]) * 60 * S
-    row_unit = np.array([0, 0, 0, 0, 0, 2, 2])
-    ts = np.concatenate([t0, t2])
-    assert short_units(needs, row_unit, ts, start).tolist() == [2]
-    # a unit without readings in the window needs nothing; -1 rows belong to no model
-    assert short_units(needs, np.array([2, -1]), np.array([start - 1, start + 1]), start).tolist() == []
-    # the device with only two distinct device-times (two sensors in one tick count once) is short
-    assert short_units(needs, np.array([0, 0, 0]), start + np.array([-60 * S, -59 * S, 0]), start).tolist() == [0]
+    # unit 0, a device model of two sensors (runs 0 and 1): device-times -3, -2 (both sensors) and -1 min: 3
+    s0 = start + np.array([-3, -2, 0]) * 60 * S
+    s1 = start + np.array([-2, -1]) * 60 * S + 5 * S
+    # unit 2: one reading before the window, needs 2; read in two parts (two runs)
+    old, new = start + np.array([-5]) * 60 * S, start + np.array([1]) * 60 * S
+    ts = np.concatenate([s0, s1, old, new])
+    bounds = np.cumsum([0, 3, 2, 1, 1])
+    assert short_units(needs, np.array([0, 0, 2, 2]), bounds, ts, start).tolist() == [2]
+    # a unit without readings in the window needs nothing; -1 runs belong to no model
+    assert short_units(needs, np.array([2, -1]), np.array([0, 1, 2]), np.array([start - 1, start + 1]), start).tolist() == []
+    # two sensors' readings in one tick count once: the device has 2 device-times, needs 3
+    ts = start + np.array([-60 * S, 0, -59 * S])
+    assert short_units(needs, np.array([0, 0]), np.array([0, 2, 3]), ts, start).tolist() == [0]
 
 
 def test_widening_doubles_with_a_floor_and_stops_at_the_maximum() -> None:
     assert widened(10.0, MAX_LOOKBACK_S) == 3610.0
     assert widened(10_000.0, MAX_LOOKBACK_S) == 20_000.0
     assert widened(500_000.0, MAX_LOOKBACK_S) == MAX_LOOKBACK_S
+
+
+def test_the_maximum_is_the_features_own_width() -> None:
+    from fleetscore.core.history import max_lookback_s
+
+    assert max_lookback_s("context", MAX_LOOKBACK_S, False) == MAX_LOOKBACK_S
+    assert max_lookback_s("context", 1800, True) == 1800  # context:30m caps device models' history too
+    assert max_lookback_s("window", 300, False) == 300
+    assert max_lookback_s("raw", 0, False) == 0 and max_lookback_s("raw", 0, True) == MAX_LOOKBACK_S

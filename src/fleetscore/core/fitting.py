@@ -178,6 +178,8 @@ def _fit_devices(groups: Sequence[np.ndarray], settings: FitSettings, devices: S
         keep = [k for k, g in enumerate(dev.members) if _usable_rows(groups[g]) >= settings.min_history]
         if not keep or (not pinned and len(keep) < 2):
             continue
+        if not pinned and min(dev.ts_us[k].size for k in keep) <= device.COMOVE_MIN_ROWS:
+            continue  # too few device-times for co-movement to show: no grid to build
         intervals = [series_intervals(dev.ts_us[k], np.array([0, dev.ts_us[k].size]))[0] for k in keep]
         tick = device_tick_us(np.array(intervals))
         ts = np.concatenate([dev.ts_us[k] for k in keep])

@@ -81,6 +81,14 @@ def series_intervals(ts_us: np.ndarray, bounds: np.ndarray) -> np.ndarray:
     return out
 
 
+def max_lookback_s(features: str, width_s: int, device_models: bool) -> float:
+    """The most history scoring reads: ``context:LOOKBACK``'s (and ``window:D``'s) own width; for ``raw``
+    features none, unless device models need their device-times (then `MAX_LOOKBACK_S`)."""
+    if features in ("context", "window"):
+        return float(width_s)
+    return float(MAX_LOOKBACK_S) if device_models else 0.0
+
+
 def first_lookback_s(need: np.ndarray, interval_s: np.ndarray, fixed_s: float, max_s: float) -> float:
     """Seconds of history the first read of a shard covers: enough for every model at its learned rate.
 
@@ -139,7 +147,8 @@ def history_needs(kinds: Sequence[str | None], slots: np.ndarray, interval_s: np
     slots = np.asarray(slots, dtype=np.int64)
     interval = np.asarray(interval_s, dtype=np.float64)
     unit = np.arange(n, dtype=np.int64)
-    need = np.array([readings_needed(features, k) if k is not None else 0 for k in kinds], dtype=np.int64)
+    by_kind = {k: readings_needed(features, k) for k in set(kinds) if k is not None}
+    need = np.array([by_kind.get(k, 0) if k is not None else 0 for k in kinds], dtype=np.int64)
     step = np.zeros(n, dtype=np.int64)
     known = np.isfinite(interval) & (interval > 0)
     first_of: dict[int, int] = {}
@@ -154,26 +163,35 @@ def history_needs(kinds: Sequence[str | None], slots: np.ndarray, interval_s: np
     return HistoryNeeds(unit, need, step, known)
 
 
-def short_units(needs: HistoryNeeds, row_unit: np.ndarray, ts_us: np.ndarray, from_us: int) -> np.ndarray:
+def short_units(needs: HistoryNeeds, run_unit: np.ndarray, bounds: np.ndarray, ts_us: np.ndarray,
+                from_us: int) -> np.ndarray:
     """Units with readings at or after ``from_us`` that have fewer steps of history before it than they need.
 
-    ``row_unit[i]``: the unit of row i (-1: a row no model scores), ``ts_us[i]`` its time.
+    Rows come in runs (``bounds``: offsets of the runs, plus the end), each of one key and sorted by
+    time, ``ts_us`` per row; ``run_unit[k]``: the unit of run k (-1: a key no model scores). A unit may
+    have several runs (readings read in two parts). Counted per run, except for device models'
+    units, whose readings in one device-time count once.
     """
-    row_unit = np.asarray(row_unit, dtype=np.int64)
+    run_unit = np.asarray(run_unit, dtype=np.int64)
+    bounds = np.asarray(bounds, dtype=np.int64)
     ts = np.asarray(ts_us, dtype=np.int64)
     n_units = needs.need.size
-    if not n_units or not row_unit.size:
+    if not n_units or not run_unit.size or not ts.size:
         return np.zeros(0, dtype=np.int64)
-    scored = row_unit >= 0
-    after = scored & (ts >= from_us)
-    active = np.bincount(row_unit[after], minlength=n_units) > 0
-    before = scored & (ts < from_us)
-    u = row_unit[before]
-    step = needs.step_us[u]
-    ticked = step > 0
-    have = np.bincount(u[~ticked], minlength=n_units)  # a key's timestamps are distinct: one step per reading
+    lengths = np.diff(bounds)
+    before = np.add.reduceat((ts < from_us).astype(np.int64), bounds[:-1]) if lengths.all() else \
+        np.array([int(np.sum(ts[a:b] < from_us)) for a, b in zip(bounds[:-1], bounds[1:])], dtype=np.int64)
+    scored = run_unit >= 0
+    unit = np.where(scored, run_unit, 0)
+    ticked = scored & (needs.step_us[unit] > 0)
+    counted = scored & ~ticked
+    active = np.bincount(unit[scored], weights=(lengths - before)[scored], minlength=n_units) > 0
+    have = np.bincount(unit[counted], weights=before[counted], minlength=n_units)  # a key's timestamps are distinct
     if ticked.any():  # a device-time counts once, however many of its sensors have a reading in it
-        tu, slot = u[ticked], ts[before][ticked] // step[ticked]
+        runs = np.flatnonzero(ticked)
+        rows = np.concatenate([np.arange(bounds[k], bounds[k] + before[k]) for k in runs.tolist()])
+        tu = np.repeat(unit[runs], before[runs])
+        slot = ts[rows] // needs.step_us[tu] if rows.size else rows
         order = np.lexsort((slot, tu))
         tu, slot = tu[order], slot[order]
         new = np.ones(tu.size, dtype=bool)

@@ -29,7 +29,7 @@ from fleetscore.core.devicegrid import score_readings
 from fleetscore.core.features import FeatureSpec, build_features, day_phase, parse_features
 from fleetscore.core.health import MAX_LISTED as MAX_LISTED_UNHEALTHY
 from fleetscore.core.health import describe, expected_rate, unhealthy_counts
-from fleetscore.core.history import MAX_LOOKBACK_S, first_lookback_s, history_needs, short_units, widened
+from fleetscore.core.history import first_lookback_s, history_needs, max_lookback_s, short_units, widened
 from fleetscore.core.keys import device_bucket
 from fleetscore.core.kinds import KINDS, Bundle, needs_phase, score_bundle, severity_bundle
 from fleetscore.core.matching import match_runs
@@ -193,10 +193,7 @@ def read_history(store: ReadingStore, task: ScoreTask, spec: FeatureSpec, manife
     interval = pc.fill_null(manifest.column("interval_s"), np.nan).to_numpy(zero_copy_only=False)
     ticks = bundle["device"].tick_us if "device" in bundle else None
     needs = history_needs(kinds_, slots, interval, spec.name, ticks)
-    per_device = bool(_on_device(manifest).any())
-    max_s = spec.width_s if spec.name in ("context", "window") else (MAX_LOOKBACK_S if per_device else 0)
-    if per_device:
-        max_s = max(max_s, MAX_LOOKBACK_S)
+    max_s = max_lookback_s(spec.name, spec.width_s, bool(_on_device(manifest).any()))
     lookback_s = first_lookback_s(needs.need, interval, spec.lookback_s, max_s)
     if spec.name == "window":
         lookback_s = max(lookback_s, float(spec.width_s))  # the window holding the window's start
@@ -204,11 +201,12 @@ def read_history(store: ReadingStore, task: ScoreTask, spec: FeatureSpec, manife
     table = store.read_range(task.from_us - lookback_us, task.to_us, task.lo, task.hi)
     widened_any = False
     max_us = int(max_s * 1_000_000)
-    while lookback_us < max_us and table.num_rows and (needs.need > 0).any():
+    may_widen = bool((needs.known & (needs.need > 0)).any())  # unknown intervals read the fixed look-back only
+    while may_widen and lookback_us < max_us and table.num_rows:
         bounds, run_model = match_runs(table.column("device"), table.column("sensor"), manifest)
-        row_unit = np.repeat(np.where(run_model >= 0, needs.unit[np.maximum(run_model, 0)], -1), np.diff(bounds))
+        run_unit = np.where(run_model >= 0, needs.unit[np.maximum(run_model, 0)], -1)
         ts = pc.cast(table.column("ts"), pa.int64()).to_numpy(zero_copy_only=False)
-        short = short_units(needs, row_unit, ts, task.from_us)
+        short = short_units(needs, run_unit, bounds, ts, task.from_us)
         if not short.size:
             break
         further = int(np.ceil(widened(lookback_us / 1e6, max_s) * 1_000_000))
