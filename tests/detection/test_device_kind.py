@@ -144,7 +144,10 @@ def test_device_models_train_score_and_name_sensors(fleet: Fleet, series, cli, t
 
 
 def test_models_show_and_health_list_a_device_model_once(fleet: Fleet, cli, home, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    fleet.train(iso(0), iso(TRAIN_H * 60), kind="device")
+    trained = cli("train", "--from", iso(0), "--to", iso(TRAIN_H * 60), "--kind", "device", "--workers", "1",
+                  "--home", fleet.config.home, "--json")
+    assert trained.exit_code == 0, trained.stderr
+    assert fleet.version().kind == "device"
     info = fleet.model("pump", "s2")
     assert info["model_kind"] == "device" and info["sensors"] == ["s0", "s1", "s2"] and info["tick_s"] == 60.0
     shown = cli("models", "show", "pump", "s1", "--home", fleet.config.home, "--json")

@@ -1,7 +1,10 @@
 """Scoring service: one run scores the window [from, to) with one model version, shard by shard.
 
-Each task reads only its shard's key range of the window and its shard file, scores all its models
-in one fused kernel call and writes one Parquet file atomically under the run's folder. The run is
+Each task reads only its shard's key range of the window (and before it, as many readings as its
+models' features need at their learned intervals: `read_history`, `fleetscore.core.history`) and its
+shard file, scores all its models in one fused kernel call per kind (device models on their
+device-times, every reading getting its device-time's score, severity and top sensors) and writes
+one Parquet file atomically under the run's folder. The run is
 committed at the end by pointing the window's ``_COMMITTED.json`` at the run: re-scoring a window
 replaces its predictions, and a retried task overwrites its own file, so nothing is duplicated.
 
