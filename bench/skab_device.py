@@ -38,6 +38,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from fleetscore.core import device
 from fleetscore.core.calibrate import DEFAULT_ALARM_RATE
@@ -84,8 +86,6 @@ def pipeline(root: Path, data: list[tuple[str, np.ndarray, np.ndarray]], free: n
     anomaly-free run's; plus what ``auto`` chose and the runs' timings."""
     import shutil
     import tempfile
-
-    import pyarrow as pa
 
     from fleetscore.api import Fleet
 
@@ -156,10 +156,8 @@ def pipeline(root: Path, data: list[tuple[str, np.ndarray, np.ndarray]], free: n
     return out, free_flags, info
 
 
-def _scored_rows(preds: "pa.Table", first: dict[str, np.datetime64]) -> "pa.Table":
+def _scored_rows(preds: pa.Table, first: dict[str, np.datetime64]) -> pa.Table:
     """Predictions of each device's readings from its first scored one on, sorted by key and time."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
 
     ts = pc.cast(preds.column("ts"), pa.int64()).to_numpy()
     cut = np.array([first[d].astype(np.int64) for d in preds.column("device").to_pylist()])
