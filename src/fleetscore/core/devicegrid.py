@@ -143,7 +143,7 @@ def score_readings(params: device.DeviceParams, ts_us: np.ndarray, values: np.nd
     n = ts.size
     decision, severity = np.full(n, np.nan), np.full(n, np.nan)
     top = np.full((n, device.TOP_SENSORS), -1, dtype=np.int64)
-    grid = build_grid(ts, values, model, column, params.tick_us, max(params.max_sensors, 1))
+    grid = build_grid(ts, values, model, column, np.asarray(params.tick_us), max(params.max_sensors, 1))
     wanted = grid.reading_row >= 0
     if from_us is not None:
         wanted &= ts >= from_us
