@@ -5,7 +5,8 @@ them) through the real `Fleet` API; scores and severities must be identical, for
 every second, minute, 5 minutes, hour, and irregularly (with a gap shorter than the maximum
 look-back). Each home holds per-sensor models (the defaults' robust kind on context features, one
 of them a cold-start fallback) and a device whose sensors move together (the defaults give it a
-device model), so every kind's history is covered.
+device model), so every kind's history is covered. The hourly series needs ``LOOKBACK`` hours of
+history: as long as that is within the maximum look-back (7 days), its windows score as its span.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import pyarrow.compute as pc
 import pytest
 
 from fleetscore.api import Fleet
+from fleetscore.core.context import LOOKBACK
 
 H = 3600
 CASES = {
@@ -25,7 +27,7 @@ CASES = {
     "1s": (1, 2, 3),
     "1min": (60, 8, 5),
     "5min": (300, 48, 12),
-    "hourly": (3600, 24 * 12, 30),
+    "hourly": (3600, max(24 * 12, 2 * LOOKBACK), 30),  # training holds the history the features need
     "irregular": (None, 24, 8),
 }
 T0 = np.datetime64("2026-03-02T00:00:00", "us")
