@@ -181,8 +181,23 @@ class Fleet:
         if row.num_rows == 0:
             raise NotFoundError(f"no model for device {device[:80]!r} sensor {sensor[:80]!r} in {record.version}")
         info = row.to_pylist()[0]
+        if info.get("kind") == "device" and info.get("slot") is not None and info["slot"] >= 0:
+            info.update(self._device_model(record.version, manifest, info))
         info.update(version=record.version, kind=record.kind, features=record.features, params=record.params)
         return info
+
+    def _device_model(self, version: str, manifest: pa.Table, info: dict[str, Any]) -> dict[str, Any]:
+        """A device model is one model over its device's sensors: the sensors (in its column order) and its shape."""
+        same = manifest.filter(pc.and_(pc.and_(pc.equal(manifest.column("device"), info["device"]),
+                                               pc.equal(manifest.column("shard"), info["shard"])),
+                                       pc.and_(pc.equal(manifest.column("slot"), info["slot"]),
+                                               pc.equal(manifest.column("kind"), "device"))))
+        sensors = [r["sensor"] for r in sorted(same.select(["sensor", "sensor_index"]).to_pylist(),
+                                               key=lambda r: r["sensor_index"])]
+        params = ModelStore(self.storage).read_bundle(version, info["shard"])["device"]
+        slot = int(info["slot"])
+        return {"model_kind": "device", "sensors": sensors, "tick_s": float(params.tick_us[slot]) / 1e6,
+                "n_components": int(params.n_components[slot]), "n_train": int(pc.sum(same.column("n_train")).as_py())}
 
     def import_sklearn(self, path: str | Path, device: str, sensor: str, features: str = "raw") -> VersionRecord:
         from fleetscore.services.sklearn_import import import_sklearn

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from fleetscore.core.plan import group_bounds, key_range_mask, plan_shards
+from fleetscore.core.plan import device_starts, group_bounds, key_range_mask, plan_shards
 
 
 def shards(starts: np.ndarray, n: int) -> list[tuple[int, int]]:
@@ -44,3 +44,13 @@ def test_key_range_mask_and_groups() -> None:
     assert key_range_mask(dev, sen, ("c", "x"), None).tolist() == [False, False, False, False, True]
     assert group_bounds(dev, sen).tolist() == [0, 1, 2, 3, 4, 5]
     assert group_bounds(pa.array(["a", "a"]), pa.array(["x", "x"])).tolist() == [0, 2]
+
+
+def test_shards_can_be_cut_only_between_devices() -> None:
+    devices = pa.array([f"d{i // 3:02d}" for i in range(30)])  # 10 devices of 3 sensors, in key order
+    cuts = device_starts(devices)
+    assert cuts.tolist() == list(range(0, 30, 3))
+    starts = plan_shards(np.ones(30), max_models=4, target_shards=4, cuts=cuts)
+    assert starts[0] == 0 and set(starts.tolist()) <= set(cuts.tolist()) and len(starts) >= 4
+    assert plan_shards(np.ones(30), max_models=2, cuts=cuts).tolist() == cuts.tolist()  # a device never split
+    assert device_starts(pa.array([], pa.string())).size == 0

@@ -23,7 +23,8 @@ def train(
     start: Annotated[str, typer.Option("--from", help="Training window start (ISO 8601).")],
     end: Annotated[str, typer.Option("--to", help="Training window end (ISO 8601, exclusive).")],
     kind: Annotated[str | None, typer.Option(
-        help="Model kind: auto (default: robust unless --nu/--gamma), robust or ocsvm.")] = None,
+        help="Model kind: auto (default: robust per sensor, a device model where a device's sensors move together; "
+             "ocsvm with --nu/--gamma), robust, ocsvm or device (one model per device over its sensors).")] = None,
     nu: Annotated[float | None, typer.Option(
         help="OneClassSVM nu; pinning it (or --gamma) keeps classic scikit-learn semantics.")] = None,
     gamma: Annotated[str | None, typer.Option(help="RBF gamma: scale, auto, median (data-driven) or a number.")] = None,
@@ -93,7 +94,8 @@ def show(
     home: HomeOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Show one (device, sensor) model: version, training size, support vectors, parameters."""
+    """Show one (device, sensor) model: version, training size, support vectors, parameters (a device model: once,
+    with its sensors)."""
     info = open_fleet(home).model(device, sensor, version)
     emit(json_out, info, lambda c: c.print(table(None, ["field", "value"], [[k, v] for k, v in info.items()])))
 
@@ -136,6 +138,10 @@ def health(
 ) -> None:
     """Models that runs marked unhealthy (flagging far more than calibrated); retrain with train --only-unhealthy."""
     report = open_fleet(home).health(run, last)
+
+    def cell(u: dict[str, Any], k: str) -> Any:
+        return ", ".join(u["sensors"]) if k == "sensor" and u.get("sensors") else u.get(k)  # a device model: once
+
     emit(json_out, report, lambda c: c.print(table(
         f"{len(report['unhealthy'])} unhealthy model(s) in {len(report['runs'])} run(s)", HEALTH_COLUMNS,
-        [[u.get(k) for k in HEALTH_COLUMNS] for u in report["unhealthy"]])))
+        [[cell(u, k) for k in HEALTH_COLUMNS] for u in report["unhealthy"]])))

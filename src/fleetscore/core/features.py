@@ -1,6 +1,10 @@
 """Feature specs of a model version: ``raw`` (each reading's value), ``window:DURATION`` aggregates,
 or ``context:LOOKBACK`` (each reading with features of its recent past, see `fleetscore.core.context`).
 
+``LOOKBACK`` is the longest history scoring reads before a window (default, and plain ``context``:
+`fleetscore.core.history.MAX_LOOKBACK_S`, 7 days); within it scoring reads back as many readings
+as the features need, at each model's learned sampling interval (`fleetscore.core.history`).
+
 ``build_features`` turns canonical readings into the rows that get scored (``meta``) and their
 feature matrix ``X``; training and scoring share it so a model sees the same features in both.
 """
@@ -14,14 +18,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from fleetscore.core.context import CONTEXT_FEATURES, HEAVY_TAILED, SEASONAL, SHORT_HISTORY, context_features
+from fleetscore.core.history import MAX_LOOKBACK_S
 from fleetscore.core.plan import group_bounds
 from fleetscore.core.times import parse_duration
 from fleetscore.core.windows import WINDOW_FEATURES, tumbling_aggregate, window_feature_matrix
 from fleetscore.errors import InputError, ModelFormatError
 
 _DAY_US = 86_400_000_000
-#: History read before a scored window for ``context`` features (covers 30 readings a minute apart).
-DEFAULT_CONTEXT_LOOKBACK_S = 1800
+#: The most history scoring reads before a window for ``context`` features (plain ``context``); what it
+#: reads is counted in readings at each model's learned interval (`fleetscore.core.history`). Versions trained
+#: before intervals were learned say ``context:30m``, and read that fixed half hour.
+DEFAULT_CONTEXT_LOOKBACK_S = MAX_LOOKBACK_S
 #: First model format whose ``context`` features mean what `context_features` computes now (format 3:
 #: the drift feature counts only a shift that the reading itself and a nearer baseline share, the
 #: residual only a departure from the drift's baseline too); older context models would score
@@ -31,7 +38,7 @@ CONTEXT_FORMAT = 3
 
 @dataclass(frozen=True)
 class FeatureSpec:
-    """``raw``, tumbling windows of ``width_s`` seconds, or ``context`` reading ``width_s`` of history."""
+    """``raw``, tumbling windows of ``width_s`` seconds, or ``context`` reading at most ``width_s`` of history."""
 
     name: str
     width_s: int = 0
@@ -57,8 +64,10 @@ class FeatureSpec:
 
     @property
     def lookback_s(self) -> int:
-        """Seconds of readings before a scored window that its features need (context only)."""
-        return self.width_s if self.name == "context" else 0
+        """Seconds of readings before a scored window its features may read: ``context``, the most (the
+        readings it needs at the learned interval, `fleetscore.core.history`; all of it when the interval
+        is unknown); ``window:D``, the window's width (the window holding the window's start); ``raw``, 0."""
+        return self.width_s if self.name in ("context", "window") else 0
 
     def __str__(self) -> str:
         return self.text

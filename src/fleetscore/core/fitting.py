@@ -5,7 +5,15 @@ alarm rate (None = no calibration: exact scikit-learn semantics for pinned ocsvm
 many rows a key needs for the primary kind, and whether keys below that (or whose fit failed) get
 a ``robust`` fallback fitted on what little history they have. ``gamma="median"`` is the
 data-driven rule: 1 / median squared distance between standardised training rows, per model.
-Pure: feature matrices in, a bundle of arrays out.
+
+Device models (`fleetscore.core.device`) are fitted per device from its sensors' raw readings
+(`DeviceSeries`): the sensors with ``min_history`` readings are put on the device's device-times
+(`fleetscore.core.devicegrid`, its tick learned from their intervals) and get one model between them,
+if the device has ``min_history`` device-times; every sensor of it records its column
+(``sensor_index``). With ``kind="device"`` every device gets one (its other sensors, and devices
+whose fit failed, the robust fallback); with ``auto_device`` (the defaults) only devices whose
+sensors move together in the training data (`fleetscore.core.device.co_movement`), the others
+keep the primary kind per sensor. Pure: feature matrices and readings in, a bundle of arrays out.
 """
 
 from __future__ import annotations
@@ -15,8 +23,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fleetscore.core import ocsvm, robust
+from fleetscore.core import device, ocsvm, robust
 from fleetscore.core.calibrate import DEFAULT_ALARM_RATE, decision_offset
+from fleetscore.core.devicegrid import build_grid, device_tick_us
+from fleetscore.core.history import series_intervals
 from fleetscore.core.kinds import Bundle, get_kind
 from fleetscore.errors import FleetscoreError
 
@@ -35,6 +45,16 @@ class FitSettings:
     heavy_tails: tuple[bool, ...] = ()  # per feature, see robust.fit_one
     short_history: tuple[bool, ...] = ()  # features the fallback models use (all when empty)
     seasonal: tuple[bool, ...] = ()  # features that get a daily profile (robust), see robust.fit_one
+    auto_device: bool = False  # devices whose sensors move together get a device model (module docstring)
+
+
+@dataclass(frozen=True)
+class DeviceSeries:
+    """One device of a shard as device models are fitted: its sensors' groups and raw readings (in time order)."""
+
+    members: list[int]  # group index of each sensor, in sensor order
+    ts_us: list[np.ndarray]
+    values: list[np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -47,6 +67,7 @@ class ShardFit:
     fallback: np.ndarray  # (groups,) bool
     sizes: np.ndarray  # (groups,) int32: support vectors (ocsvm), 1 (robust), 0 (no model)
     reasons: list[str | None] = field(default_factory=list)
+    sensor_index: np.ndarray | None = None  # (groups,) int32: column in its device model, -1 for other kinds
 
 
 def median_gamma(X: np.ndarray) -> float:
@@ -92,10 +113,11 @@ def _usable_rows(X: np.ndarray) -> int:
 
 
 def fit_shard(groups: Sequence[np.ndarray], settings: FitSettings,
-              phases: Sequence[np.ndarray] | None = None) -> ShardFit:
+              phases: Sequence[np.ndarray] | None = None, devices: Sequence[DeviceSeries] = ()) -> ShardFit:
     """Fit one model per group; see the module docstring for which kind each group gets.
 
-    ``phases[i]``: time of day of each row of group i (lets robust models fit daily profiles).
+    ``phases[i]``: time of day of each row of group i (lets robust models fit daily profiles);
+    ``devices``: the shard's devices, for device models (``kind="device"`` or ``auto_device``).
     """
     n = len(groups)
     kinds: list[str | None] = [None] * n
@@ -103,22 +125,30 @@ def fit_shard(groups: Sequence[np.ndarray], settings: FitSettings,
     fallback = np.zeros(n, dtype=bool)
     sizes = np.zeros(n, dtype=np.int32)
     reasons: list[str | None] = [None] * n
+    sensor_index = np.full(n, -1, dtype=np.int32)
     bundle: Bundle = {}
 
     get_kind(settings.kind)
-    enough = [i for i in range(n) if _usable_rows(groups[i]) >= settings.min_history]
+    if settings.kind == "device" or settings.auto_device:
+        _fit_devices(groups, settings, devices, bundle, kinds, slots, sizes, reasons, sensor_index)
+    enough = [i for i in range(n) if kinds[i] is None and _usable_rows(groups[i]) >= settings.min_history]
     for i in set(range(n)) - set(enough):
-        reasons[i] = f"{_usable_rows(groups[i])} row(s) of history; {settings.kind} needs {settings.min_history}"
-    if settings.kind == "robust":
-        params, fitted, failures = robust.fit_many([groups[i] for i in enough], settings.alarm_rate or DEFAULT_ALARM_RATE,
-                                                   settings.heavy_tails, (),
-                                                   None if phases is None else [phases[i] for i in enough],
-                                                   settings.seasonal)
+        if kinds[i] is None and reasons[i] is None:
+            reasons[i] = f"{_usable_rows(groups[i])} row(s) of history; {settings.kind} needs {settings.min_history}"
+    if settings.kind != "device":  # device models are fitted above; sensors without one get the fallback
+        if settings.kind == "robust":
+            params, fitted, failures = robust.fit_many([groups[i] for i in enough],
+                                                       settings.alarm_rate or DEFAULT_ALARM_RATE, settings.heavy_tails, (),
+                                                       None if phases is None else [phases[i] for i in enough],
+                                                       settings.seasonal)
+        else:
+            params, fitted, failures = _fit_ocsvm([groups[i] for i in enough], settings)
+        _place(bundle, settings.kind, params, [enough[k] for k in fitted], kinds, slots, sizes, reasons)
+        for k, why in failures.items():
+            reasons[enough[k]] = why
     else:
-        params, fitted, failures = _fit_ocsvm([groups[i] for i in enough], settings)
-    _place(bundle, settings.kind, params, [enough[k] for k in fitted], kinds, slots, sizes, reasons)
-    for k, why in failures.items():
-        reasons[enough[k]] = why
+        for i in enough:
+            reasons[i] = reasons[i] or "no device model for this sensor's device"
 
     if settings.fallback:
         rest = [i for i in range(n) if kinds[i] is None]
@@ -133,7 +163,59 @@ def fit_shard(groups: Sequence[np.ndarray], settings: FitSettings,
             reasons[i] = f"robust fallback: {why}"
         for k, why in failures.items():
             reasons[rest[k]] = f"{reasons[rest[k]]}; fallback: {why}" if reasons[rest[k]] else why
-    return ShardFit(bundle, kinds, slots, fallback, sizes, reasons)
+    return ShardFit(bundle, kinds, slots, fallback, sizes, reasons, sensor_index)
+
+
+def _fit_devices(groups: Sequence[np.ndarray], settings: FitSettings, devices: Sequence[DeviceSeries], bundle: Bundle,
+                 kinds: list[str | None], slots: np.ndarray, sizes: np.ndarray, reasons: list[str | None],
+                 sensor_index: np.ndarray) -> None:
+    """Device models for the devices that get one (module docstring); their sensors' kinds, slots and columns."""
+    pinned = settings.kind == "device"
+    grids: list[np.ndarray] = []
+    ticks: list[int] = []
+    columns: list[list[int]] = []
+    for dev in devices:
+        keep = [k for k, g in enumerate(dev.members) if _usable_rows(groups[g]) >= settings.min_history]
+        if not keep or (not pinned and len(keep) < 2):
+            continue
+        if not pinned and min(dev.ts_us[k].size for k in keep) <= device.COMOVE_MIN_ROWS:
+            continue  # too few device-times for co-movement to show: no grid to build
+        intervals = [series_intervals(dev.ts_us[k], np.array([0, dev.ts_us[k].size]))[0] for k in keep]
+        tick = device_tick_us(np.array(intervals))
+        ts = np.concatenate([dev.ts_us[k] for k in keep])
+        col = np.repeat(np.arange(len(keep)), [dev.ts_us[k].size for k in keep])
+        grid = build_grid(ts, np.concatenate([dev.values[k] for k in keep]), np.zeros(ts.size, dtype=np.int64),
+                          col, np.array([tick]), len(keep)).values
+        members = [dev.members[k] for k in keep]
+        rows = int(np.count_nonzero(np.isfinite(grid).any(axis=1)))
+        if rows < settings.min_history:
+            if pinned:
+                for g in members:
+                    reasons[g] = f"{rows} device-time(s) of history; device needs {settings.min_history}"
+            continue
+        if not pinned and not device.co_movement(grid).together:
+            continue
+        grids.append(grid)
+        ticks.append(tick)
+        columns.append(members)
+    if not grids:
+        return
+    params, fitted, failures = device.fit_many(grids, settings.alarm_rate or DEFAULT_ALARM_RATE, ticks)
+    for k, why in failures.items():
+        for g in columns[k]:
+            reasons[g] = f"device model: {why}"
+    if not fitted.size:
+        return
+    before = bundle["device"].n_models if "device" in bundle else 0
+    bundle["device"] = device.DeviceParams.concat([bundle["device"], params]) if "device" in bundle else params
+    size = params.size() // params.n_sensors  # per sensor: its share of the device-time's cost
+    for slot, k in enumerate(fitted.tolist()):
+        for column, g in enumerate(columns[k]):
+            kinds[g] = "device"
+            slots[g] = before + slot
+            sizes[g] = int(size[slot])
+            sensor_index[g] = column
+            reasons[g] = None
 
 
 def _place(bundle: Bundle, kind: str, params: object, groups: list[int], kinds: list[str | None],

@@ -1,14 +1,21 @@
 """The registry of model kinds, and the multi-kind shard ("bundle") array format.
 
 A kind is a family of per-(device, sensor) models stored as flat arrays and scored by one fused
-call per shard: ``ocsvm`` (StandardScaler + RBF OneClassSVM, `fleetscore.core.ocsvm`) and
-``robust`` (median / calibrated-spread z-scores with optional daily profiles, `fleetscore.core.robust`). A shard file holds a
+call per shard: ``ocsvm`` (StandardScaler + RBF OneClassSVM, `fleetscore.core.ocsvm`),
+``robust`` (median / calibrated-spread z-scores with optional daily profiles, `fleetscore.core.robust`)
+and ``device`` (one robust PCA model over all sensors of a device, `fleetscore.core.device`: it is
+*per device*, its rows are device-times rather than readings, see `fleetscore.core.devicegrid`; the
+scoring service pivots a device's readings to device-times and gives every reading its device-time's
+decision, severity and top sensors; every sensor of the device names the one model). A shard file holds a
 bundle: for each kind present, that kind's arrays under ``"<kind>.<array>"``, plus ``kinds`` (the
 names, so a shard can be checked on its own) and the bundle ``format_version``. Format 1 files
 (bare ``ocsvm`` arrays, written before bundles existed) are still read.
 
 Every kind keeps the rule "decision < 0 is an anomaly"; a calibrated threshold is folded into the
-model's intercept. Pure: arrays in, arrays out.
+model's intercept. A kind's ``severity`` puts every reading on one scale in [0, 100] from its tail
+probability under the model's own calibration (`fleetscore.core.severity`); a kind without
+calibration (ocsvm: its tuned intercept is calibrated, but not its tail) gives NaN. Pure: arrays in,
+arrays out.
 """
 
 from __future__ import annotations
@@ -21,16 +28,19 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from fleetscore.core import ocsvm, robust
+from fleetscore.core import device, ocsvm, robust
 from fleetscore.errors import InputError, ModelFormatError
 
-#: Shard files and manifests written now; `READABLE_FORMATS` are the ones this fleetscore loads. Format 3
+#: Shard files and manifests written now; `READABLE_FORMATS` are the ones this fleetscore loads. Format 4
+#: adds each model's learned sampling interval to the manifest (``interval_s``: scoring reads back as many
+#: readings as the features need, `fleetscore.core.history`) and the ``device`` kind (with ``sensor_index``);
+#: versions of formats 1-3 load, their interval unknown (they read their features' fixed look-back). Format 3
 #: has format 2's arrays; it marks versions whose context features have the current drift feature
 #: (`fleetscore.core.features.CONTEXT_FORMAT`: older context versions are refused, see `check_features_format`).
-FORMAT_VERSION = 3
-READABLE_FORMATS = (1, 2, 3)
+FORMAT_VERSION = 4
+READABLE_FORMATS = (1, 2, 3, 4)
 
-Params = Any  # ocsvm.OcsvmParams | robust.RobustParams
+Params = Any  # ocsvm.OcsvmParams | robust.RobustParams | device.DeviceParams
 Bundle = dict[str, Params]
 
 
@@ -47,6 +57,10 @@ class ModelKind:
     with_intercept: Callable[[Params, np.ndarray], Params]
     #: what one model costs to score per row, relative to other models of the kind (planning, manifest)
     size_of: Callable[[Params], np.ndarray]
+    #: (params, model_idx, X, phase) -> severity in [0, 100] per row, NaN without a calibrated tail
+    severity: Callable[[Params, np.ndarray, np.ndarray, np.ndarray | None, str | None], np.ndarray]
+    #: one model per device, scored on device-times (`fleetscore.core.devicegrid`), not per reading
+    per_device: bool = False
 
     def from_arrays(self, arrays: Mapping[str, np.ndarray]) -> Params:
         return self.params_type.from_arrays(arrays)
@@ -75,15 +89,28 @@ def _robust_decision(params: robust.RobustParams, model_idx: np.ndarray, X: np.n
     return robust.decision_function(params, model_idx, X, phase)
 
 
+def _no_severity(params: Params, model_idx: np.ndarray, X: np.ndarray, phase: np.ndarray | None = None,
+                 kernel: str | None = None) -> np.ndarray:
+    return np.full(len(model_idx), np.nan)
+
+
+def _device_severity(params: device.DeviceParams, model_idx: np.ndarray, X: np.ndarray,
+                     phase: np.ndarray | None = None, kernel: str | None = None) -> np.ndarray:
+    return device.score(params, model_idx, X).severity
+
+
 def _ocsvm_with_intercept(p: ocsvm.OcsvmParams, intercept: np.ndarray) -> ocsvm.OcsvmParams:
     return ocsvm.OcsvmParams(p.mean, p.scale, p.gamma, intercept, p.sv_offsets, p.sv, p.dual_coef)
 
 
 KINDS: dict[str, ModelKind] = {
     "ocsvm": ModelKind("ocsvm", ocsvm.OcsvmParams, _ocsvm_decision, lambda p: p.intercept,
-                       _ocsvm_with_intercept, lambda p: p.n_sv),
+                       _ocsvm_with_intercept, lambda p: p.n_sv, _no_severity),
     "robust": ModelKind("robust", robust.RobustParams, _robust_decision, lambda p: p.intercept,
-                        lambda p, i: p.with_intercept(i), lambda p: np.ones(p.n_models, dtype=np.int64)),
+                        lambda p, i: p.with_intercept(i), lambda p: np.ones(p.n_models, dtype=np.int64),
+                        _no_severity),
+    "device": ModelKind("device", device.DeviceParams, device.decision_function, lambda p: p.intercept,
+                        lambda p, i: p.with_intercept(i), lambda p: p.size(), _device_severity, per_device=True),
 }
 
 
@@ -143,6 +170,18 @@ def score_bundle(bundle: Mapping[str, Params], kinds: Sequence[str] | pa.Diction
     Arrow dictionary array of them. Rows keep their order within a kind, so rows grouped by model
     stay grouped for the kernel.
     """
+    return _per_kind("decision_function", bundle, kinds, slots, X, phase, kernel)
+
+
+def severity_bundle(bundle: Mapping[str, Params], kinds: Sequence[str] | pa.DictionaryArray, slots: np.ndarray,
+                    X: np.ndarray, phase: np.ndarray | None = None) -> np.ndarray:
+    """Severity in [0, 100] (NaN for kinds without a calibrated tail) of each row, as `score_bundle` scores it."""
+    return _per_kind("severity", bundle, kinds, slots, X, phase, None)
+
+
+def _per_kind(function: str, bundle: Mapping[str, Params], kinds: Sequence[str] | pa.DictionaryArray,
+              slots: np.ndarray, X: np.ndarray, phase: np.ndarray | None, kernel: str | None) -> np.ndarray:
+    """Apply each kind's ``function`` to the rows of that kind (one fused call per kind present)."""
     if not isinstance(kinds, pa.DictionaryArray):
         kinds = pc.dictionary_encode(pa.array(kinds, pa.string()))
     if kinds.null_count:
@@ -156,7 +195,7 @@ def score_bundle(bundle: Mapping[str, Params], kinds: Sequence[str] | pa.Diction
         if name not in bundle:
             raise ModelFormatError(f"the manifest names {name} models that the shard file does not hold")
         every = rows.size == len(slots)  # one kind: no copies of X
-        out[rows] = get_kind(name).decision_function(
+        out[rows] = getattr(get_kind(name), function)(
             bundle[name], slots if every else slots[rows], X if every else X[rows],
             phase if every or phase is None else phase[rows], kernel)
     return out

@@ -35,14 +35,36 @@ def target_shards(workers: int) -> int:
     return 1 if workers <= 1 else SHARDS_PER_WORKER * workers
 
 
-def plan_shards(costs: np.ndarray, max_models: int, target_shards: int = 1) -> np.ndarray:
+def plan_shards(costs: np.ndarray, max_models: int, target_shards: int = 1,
+                cuts: np.ndarray | None = None) -> np.ndarray:
     """Shard boundaries for models in key order: returns ``starts`` with starts[0] == 0.
 
     Shards hold at most ``max_models`` models, at least ``target_shards`` shards are made when
     there are that many models (so every worker gets work), cuts fall where the cumulative cost
     crosses equal shares, and a model costing a whole share or more gets a shard of its own, so it
-    does not stall a shard of cheap ones.
+    does not stall a shard of cheap ones. ``cuts`` (ascending model indices, 0 first): the only
+    places a shard may start (`device_starts`: a device's models stay in one shard, even when they
+    are more than ``max_models``); each planned start moves back to the nearest of them.
     """
+    starts = _plan(costs, max_models, target_shards)
+    if cuts is None or not starts.size:
+        return starts
+    allowed = np.asarray(cuts, dtype=np.int64)
+    return np.unique(allowed[np.searchsorted(allowed, starts, side="right") - 1])
+
+
+def device_starts(devices: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """Indices where a new device begins in keys sorted in key order (a device's keys are contiguous)."""
+    n = len(devices)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    change = np.ones(n, dtype=bool)
+    if n > 1:
+        change[1:] = pc.not_equal(devices.slice(1), devices.slice(0, n - 1)).to_numpy(zero_copy_only=False)
+    return np.flatnonzero(change).astype(np.int64)
+
+
+def _plan(costs: np.ndarray, max_models: int, target_shards: int) -> np.ndarray:
     n = len(costs)
     if n == 0:
         return np.zeros(0, dtype=np.int64)

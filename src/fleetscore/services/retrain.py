@@ -6,7 +6,8 @@ runs; `retrain_unhealthy` takes those of the latest finished run of the released
 a new version: same kind, features and settings as the released one, the unhealthy keys refitted
 on the given window, every other model copied unchanged (shard files without an unhealthy key are
 copied byte for byte; the others are rewritten with the refitted models appended). A key without
-readings in the window keeps its old model and is reported as not retrained.
+readings in the window keeps its old model and is reported as not retrained. A device model is one
+model: an unhealthy sensor of it refits the whole device (every sensor the device has in the shard).
 """
 
 from __future__ import annotations
@@ -21,15 +22,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from fleetscore.catalog import Catalog, VersionRecord
-from fleetscore.core.fitting import fit_shard
+from fleetscore.core.fitting import DeviceSeries, fit_shard
 from fleetscore.core.keys import Key
-from fleetscore.core.kinds import FORMAT_VERSION, Bundle, get_kind
+from fleetscore.core.kinds import FORMAT_VERSION, KINDS, Bundle, get_kind
 from fleetscore.core.runs import RunRecord, RunStatus
 from fleetscore.core.times import iso
 from fleetscore.errors import FleetscoreError, InputError
 from fleetscore.exec.base import Executor, TaskError
 from fleetscore.services.context import Context
-from fleetscore.services.train import MIN_TRAIN_ROWS, TrainResult, TrainTask, load_groups, manifest_rows, task_settings
+from fleetscore.services.train import MIN_TRAIN_ROWS, TrainResult, TrainTask, intervals, load_groups, manifest_rows, task_settings
 from fleetscore.storage import layout
 from fleetscore.storage.fs import open_storage
 from fleetscore.storage.models import ModelStore, library_versions
@@ -77,13 +78,19 @@ def retrain_shard(task: RetrainTask) -> pa.Table:
     t = task.train
     storage = open_storage(t.storage_url)
     store = ModelStore(storage)
-    meta, bounds, groups, phases = load_groups(t)
+    data = load_groups(t)
+    meta, bounds, groups, phases = data.meta, data.bounds, data.groups, data.phases
     keys = set(task.keys)
     dev, sen = meta.column("device").to_pylist(), meta.column("sensor").to_pylist()
     chosen = [i for i, start in enumerate(bounds[:-1]) if (dev[start], sen[start]) in keys]
     fresh_meta = meta.take(pa.array(bounds[:-1][chosen], pa.int64())) if chosen else meta.slice(0, 0)
-    fitted = fit_shard([groups[i] for i in chosen], task_settings(t), [phases[i] for i in chosen])
-    fresh = manifest_rows(t, fresh_meta, np.append(np.arange(len(chosen)), len(chosen)), fitted)
+    at = {g: k for k, g in enumerate(chosen)}
+    devices = [DeviceSeries([at[g] for g in d.members if g in at], [x for g, x in zip(d.members, d.ts_us) if g in at],
+                            [x for g, x in zip(d.members, d.values) if g in at]) for d in data.devices]
+    fitted = fit_shard([groups[i] for i in chosen], task_settings(t), [phases[i] for i in chosen],
+                       [d for d in devices if d.members])
+    own = replace(data, intervals=data.intervals[np.array(chosen, dtype=np.int64)])
+    fresh = manifest_rows(t, fresh_meta, np.append(np.arange(len(chosen)), len(chosen)), fitted, intervals(own, fitted))
     fresh = fresh.set_column(fresh.schema.get_field_index("n_train"), "n_train",
                              pa.array([len(groups[i]) for i in chosen], pa.int64()))
     note = [RETRAINED + (f"; {r}" if r else "") for r in fresh.column("reason").to_pylist()]
@@ -108,7 +115,8 @@ def retrain_shard(task: RetrainTask) -> pa.Table:
 
 
 def _take_models(bundle: Bundle, manifest: pa.Table) -> tuple[Bundle, pa.Table]:
-    """The models of ``manifest``'s rows only, renumbered per kind, and the manifest with the new slots."""
+    """The models of ``manifest``'s rows only, renumbered per kind, and the manifest with the new slots
+    (rows naming one model, a device model's sensors, keep naming one)."""
     kinds = manifest.column("kind").to_pylist()
     slots = manifest.column("slot").to_numpy(zero_copy_only=False).astype(np.int64)
     new_slots = np.full(len(slots), -1, dtype=np.int32)
@@ -116,9 +124,20 @@ def _take_models(bundle: Bundle, manifest: pa.Table) -> tuple[Bundle, pa.Table]:
     for name, params in bundle.items():
         rows = np.flatnonzero((np.asarray(kinds, dtype=object) == name) & (slots >= 0))
         if rows.size:
-            out[name] = params.take(slots[rows])
-            new_slots[rows] = np.arange(rows.size, dtype=np.int32)
+            kept, new = np.unique(slots[rows], return_inverse=True)
+            out[name] = params.take(kept)
+            new_slots[rows] = new.astype(np.int32)
     return out, manifest.set_column(manifest.schema.get_field_index("slot"), "slot", pa.array(new_slots))
+
+
+def _whole_devices(keys: set[Key], manifest: pa.Table) -> set[Key]:
+    """``keys`` with, for each key of a device model, every sensor of its device (the model is refitted whole)."""
+    per_device = {name for name, spec in KINDS.items() if spec.per_device}
+    devices = manifest.column("device").to_pylist()
+    sensors = manifest.column("sensor").to_pylist()
+    kinds = manifest.column("kind").to_pylist()
+    whole = {d for (d, s), k in zip(zip(devices, sensors), kinds) if k in per_device and (d, s) in keys}
+    return keys | {(d, s) for d, s in zip(devices, sensors) if d in whole}
 
 
 def retrain_unhealthy(ctx: Context, executor: Executor, base: VersionRecord, from_us: int, to_us: int, *,
@@ -131,10 +150,11 @@ def retrain_unhealthy(ctx: Context, executor: Executor, base: VersionRecord, fro
     sick = runs[0].extra.get("health", {}).get("unhealthy", [])
     if not sick:
         raise InputError(f"the latest run {runs[0].run_id} of {base.version} marked no model unhealthy; nothing to retrain")
-    keys = {(u["device"], u["sensor"]) for u in sick}
+    keys = {(u["device"], s) for u in sick for s in u.get("sensors") or [u["sensor"]]}
     storage, catalog = ctx.storage, ctx.catalog
     store = ModelStore(storage)
     info, manifest = store.read_manifest(base.version)
+    keys = _whole_devices(keys, manifest)
     shards = store.read_shards(base.version)
     p = info.params
     params = p | {"base_version": base.version, "retrained": len(keys)}
@@ -152,7 +172,8 @@ def retrain_unhealthy(ctx: Context, executor: Executor, base: VersionRecord, fro
         hi = None if s["hi_device"] is None else (s["hi_device"], s["hi_sensor"])
         train = TrainTask(ctx.storage_url, version, int(s["shard"]), from_us, to_us, lo, hi, info.features,
                           p.get("nu", 0.05), p.get("gamma", "scale"), info.kind, p.get("alarm_rate"),
-                          int(p.get("min_history", MIN_TRAIN_ROWS)), trained_at_us=ctx.clock())
+                          int(p.get("min_history", MIN_TRAIN_ROWS)), trained_at_us=ctx.clock(),
+                          auto_device=bool(p.get("auto_device", False)))
         tasks.append(RetrainTask(train, base.version, mine))
     parts = {t.train.shard: None for t in tasks}
     errors: list[str] = []

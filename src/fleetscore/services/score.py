@@ -1,7 +1,10 @@
 """Scoring service: one run scores the window [from, to) with one model version, shard by shard.
 
-Each task reads only its shard's key range of the window and its shard file, scores all its models
-in one fused kernel call and writes one Parquet file atomically under the run's folder. The run is
+Each task reads only its shard's key range of the window (and before it, as many readings as its
+models' features need at their learned intervals: `read_history`, `fleetscore.core.history`) and its
+shard file, scores all its models in one fused kernel call per kind (device models on their
+device-times, every reading getting its device-time's score, severity and top sensors) and writes
+one Parquet file atomically under the run's folder. The run is
 committed at the end by pointing the window's ``_COMMITTED.json`` at the run: re-scoring a window
 replaces its predictions, and a retried task overwrites its own file, so nothing is duplicated.
 
@@ -26,15 +29,17 @@ import pyarrow.compute as pc
 
 from fleetscore.catalog import Catalog
 from fleetscore.core import ocsvm
-from fleetscore.core.features import build_features, day_phase, parse_features
+from fleetscore.core.devicegrid import score_readings
+from fleetscore.core.features import FeatureSpec, build_features, day_phase, parse_features
 from fleetscore.core.health import MAX_LISTED as MAX_LISTED_UNHEALTHY
 from fleetscore.core.health import describe, expected_rate, unhealthy_counts
-from fleetscore.core.keys import KeyBound
-from fleetscore.core.kinds import needs_phase, score_bundle
+from fleetscore.core.history import first_lookback_s, history_needs, max_lookback_s, short_units, widened
+from fleetscore.core.keys import KeyBound, device_bucket
+from fleetscore.core.kinds import KINDS, Bundle, needs_phase, score_bundle, severity_bundle
 from fleetscore.core.matching import match_runs
 from fleetscore.core.runs import ModelFailure, RunRecord, RunStatus, TaskRecord, backoff_delay, needs_rerun, run_status
 from fleetscore.core.times import iso, iso_us
-from fleetscore.errors import FleetscoreError
+from fleetscore.errors import FleetscoreError, ModelFormatError
 from fleetscore.exec.base import Executor, TaskError
 from fleetscore.exec.capture import run_captured
 from fleetscore.exec.control import CANCELLED, RunControl, RunStopped
@@ -85,30 +90,43 @@ def score_shard(task: ScoreTask) -> ScoreOutcome:
     storage = open_storage(task.storage_url)
     spec = parse_features(task.features)
 
-    # only the shard's keys (its buckets, and their row groups holding its devices), sorted by key and time
-    readings = ReadingStore(storage).read_range(task.from_us - spec.lookback_s * 1_000_000, task.to_us, task.lo, task.hi)
-    meta, x = build_features(readings, spec)
-    if spec.lookback_s:  # history read only for the features: score the window's own readings
-        in_window = pc.greater_equal(meta.column("ts"), pa.scalar(task.from_us, pa.int64()).cast(meta.column("ts").type))
-        meta, x = meta.filter(in_window), x[in_window.to_numpy(zero_copy_only=False)]
-    t1 = time.perf_counter()
-
     models = ModelStore(storage)
     manifest = models.read_shard_manifest(task.version, task.shard).select(
-        ["device", "sensor", "slot", "status", "reason", "kind", "fallback"]
+        ["device", "sensor", "slot", "status", "reason", "kind", "fallback", "interval_s", "sensor_index"]
     )
     bundle = models.read_bundle(task.version, task.shard)
+    t1 = time.perf_counter()
+
+    # only the shard's keys (its buckets, and their row groups holding its devices), sorted by key and time,
+    # with as many readings before the window as its models' features need (core.history)
+    readings, lookback_us = read_history(ReadingStore(storage), task, spec, manifest, bundle)
     t2 = time.perf_counter()
+
+    slot_of = manifest.column("slot").to_numpy(zero_copy_only=False)
+    kinds = pc.dictionary_encode(manifest.column("kind").combine_chunks())
+    on_device = _on_device(manifest)
+    device_part = None
+    if on_device.any() and readings.num_rows:  # readings of device models are scored on device-times
+        bounds, run_model = match_runs(readings.column("device"), readings.column("sensor"), manifest)
+        row_model = np.repeat(run_model, np.diff(bounds))
+        mine = (row_model >= 0) & on_device[np.maximum(row_model, 0)]
+        device_part = _score_devices(readings.filter(pa.array(mine)), row_model[mine], manifest, kinds, bundle,
+                                     task.from_us)
+        readings = readings.filter(pa.array(~mine))
+
+    meta, x = build_features(readings, spec)
+    if lookback_us:  # history read only for the features: score the window's own readings (windows overlapping it)
+        first = task.from_us - (spec.width_s * 1_000_000 - 1 if spec.name == "window" else 0)
+        in_window = pc.greater_equal(meta.column("ts"), pa.scalar(first, pa.int64()).cast(meta.column("ts").type))
+        meta, x = meta.filter(in_window), x[in_window.to_numpy(zero_copy_only=False)]
 
     # rows come in key order: match each run of one (device, sensor) to its model, not each row
     bounds, run_model = match_runs(meta.column("device"), meta.column("sensor"), manifest)
     lengths = np.diff(bounds)
-    slot_of = manifest.column("slot").to_numpy(zero_copy_only=False)
     run_slot = np.where(run_model >= 0, slot_of[np.maximum(run_model, 0)], -1) if len(manifest) else run_model
     has_run = run_slot >= 0
     unmatched = _unmatched(meta, bounds, run_model, ~has_run, manifest)
     has_model = np.repeat(has_run, lengths)
-    kinds = pc.dictionary_encode(manifest.column("kind").combine_chunks())
     scored = meta if has_model.all() else meta.filter(pa.array(has_model))
     rows_model = np.repeat(run_model[has_run], lengths[has_run])  # manifest row of every scored row
     kind = pa.DictionaryArray.from_arrays(pa.array(kinds.indices.to_numpy(zero_copy_only=False)[rows_model]),
@@ -116,8 +134,12 @@ def score_shard(task: ScoreTask) -> ScoreOutcome:
     scored = scored.append_column("kind", kind).append_column(
         "fallback", pc.fill_null(manifest.column("fallback"), False).take(pa.array(rows_model)))
     slots = rows_model  # one id per model of the shard, whatever its kind
-    scores = score_bundle(bundle, kind, slot_of[rows_model].astype(np.int64), x if has_model.all() else x[has_model],
-                          day_phase(scored.column("ts")) if needs_phase(bundle) else None, task.kernel)
+    score_args = (bundle, kind, slot_of[rows_model].astype(np.int64), x if has_model.all() else x[has_model],
+                  day_phase(scored.column("ts")) if needs_phase(bundle) else None)
+    scores, severity = score_bundle(*score_args, task.kernel), severity_bundle(*score_args)
+    top = pa.nulls(scored.num_rows, TOP_SENSORS_TYPE)
+    if device_part is not None:
+        scored, slots, scores, severity, top = _merge(device_part, (scored, slots, scores, severity, top))
     finite = np.isfinite(scores)
     failures: list[ModelFailure] = []
     if not finite.all():
@@ -125,34 +147,175 @@ def score_shard(task: ScoreTask) -> ScoreOutcome:
         keep = ~np.isin(slots, bad_slots)
         for row in manifest.select(["device", "sensor"]).take(pa.array(bad_slots)).to_pylist():
             failures.append(ModelFailure(row["device"], row["sensor"], "score is not finite (NaN or inf)", task.task))
-        scored, slots, scores = scored.filter(pa.array(keep)), slots[keep], scores[keep]
+        scored, slots, scores, severity = scored.filter(pa.array(keep)), slots[keep], scores[keep], severity[keep]
+        top = top.filter(pa.array(keep))
     t3 = time.perf_counter()
 
-    out = _predictions(scored, scores, task)  # in key order, as read
+    out = _predictions(scored, scores, severity, top, task)  # in key order, as read
     key = layout.task_predictions_key(task.from_us, task.to_us, task.run_id, task.task)
     storage.write_parquet(key, out, **HOT_WRITE)
     t4 = time.perf_counter()
 
     tally = _tally(slots, out.column("is_anomaly").to_numpy(zero_copy_only=False), manifest)
+    unhealthy = _with_sensors(unhealthy_counts(tally), manifest)
     place = current_place()
     record = TaskRecord(
         run_id=task.run_id, task=task.task, shard=task.shard, status="failed" if failures and not out.num_rows else "succeeded",
         models=tally.num_rows, rows=out.num_rows, anomalies=int(pc.sum(tally.column("anomalies")).as_py() or 0),
         unmatched_rows=int((~has_model).sum()), failed_models=len(failures),
-        wall_s=t4 - t0, cpu_s=time.process_time() - c0, load_data_s=t1 - t0, load_models_s=t2 - t1,
+        wall_s=t4 - t0, cpu_s=time.process_time() - c0, load_data_s=t2 - t1, load_models_s=t1 - t0,
         score_s=t3 - t2, write_s=t4 - t3, worker=place.worker, node=place.node,
         attempts=task.attempt + place.attempt - 1,  # the executor's own retries (a dead Ray worker) count too
     )
-    return ScoreOutcome(record, failures, unmatched, key, unhealthy_counts(tally))
+    return ScoreOutcome(record, failures, unmatched, key, unhealthy)
+
+
+#: The ``top_sensors`` column: up to 3 sensor names of a device model's flagged device-time, most contributing first.
+TOP_SENSORS_TYPE = pa.list_(pa.string())
+
+
+def _on_device(manifest: pa.Table) -> np.ndarray:
+    """Per manifest row: a model of a per-device kind (scored on device-times)."""
+    per_device = [name for name, spec in KINDS.items() if spec.per_device]
+    kind = manifest.column("kind")
+    slot = manifest.column("slot").to_numpy(zero_copy_only=False)
+    return pc.fill_null(pc.is_in(kind, pa.array(per_device, pa.string())), False).to_numpy(
+        zero_copy_only=False) & (slot >= 0)
+
+
+def read_history(store: ReadingStore, task: ScoreTask, spec: FeatureSpec, manifest: pa.Table,
+                 bundle: Bundle) -> tuple[pa.Table, int]:
+    """The shard's readings of the window and, before it, what its models' features need (`fleetscore.core.history`).
+
+    First reads back enough for every model at its learned interval; then, while a model with readings
+    in the window lacks history, reads twice as far back for the key range of just those models, up to
+    the features' maximum look-back. Returns the readings (sorted by key and time) and the look-back read (µs).
+    """
+    kinds_ = manifest.column("kind").to_pylist()
+    slots = manifest.column("slot").to_numpy(zero_copy_only=False)
+    interval = pc.fill_null(manifest.column("interval_s"), np.nan).to_numpy(zero_copy_only=False)
+    ticks = bundle["device"].tick_us if "device" in bundle else None
+    needs = history_needs(kinds_, slots, interval, spec.name, ticks)
+    max_s = max_lookback_s(spec.name, spec.width_s, bool(_on_device(manifest).any()))
+    lookback_s = first_lookback_s(needs.need, interval, spec.lookback_s, max_s)
+    if spec.name == "window":
+        lookback_s = max(lookback_s, float(spec.width_s))  # the window holding the window's start
+    lookback_us = int(np.ceil(lookback_s * 1_000_000))
+    table = store.read_range(task.from_us - lookback_us, task.to_us, task.lo, task.hi)
+    widened_any = False
+    max_us = int(max_s * 1_000_000)
+    may_widen = bool((needs.known & (needs.need > 0)).any())  # unknown intervals read the fixed look-back only
+    while may_widen and lookback_us < max_us and table.num_rows:
+        bounds, run_model = match_runs(table.column("device"), table.column("sensor"), manifest)
+        run_unit = np.where(run_model >= 0, needs.unit[np.maximum(run_model, 0)], -1)
+        ts = pc.cast(table.column("ts"), pa.int64()).to_numpy(zero_copy_only=False)
+        short = short_units(needs, run_unit, bounds, ts, task.from_us)
+        if not short.size:
+            break
+        further = int(np.ceil(widened(lookback_us / 1e6, max_s) * 1_000_000))
+        lo, hi = _key_range(manifest, needs.unit, short)
+        older = store.read_range(task.from_us - further, task.from_us - lookback_us, lo, hi)
+        if older.num_rows:
+            table = pa.concat_tables([older, table.select(older.column_names)])
+            widened_any = True
+        lookback_us = further
+    if widened_any:
+        table = table.sort_by([("device", "ascending"), ("sensor", "ascending"), ("ts", "ascending")])
+    return table, lookback_us
+
+
+def _key_range(manifest: pa.Table, unit: np.ndarray, short: np.ndarray) -> tuple[KeyBound, KeyBound]:
+    """The smallest key range [lo, hi) in key order (bucket, device, sensor) holding the keys of ``short`` units."""
+    rows = np.flatnonzero(np.isin(unit, short))
+    keys = sorted((device_bucket(d), d, s) for d, s in zip(manifest.column("device").take(pa.array(rows)).to_pylist(),
+                                                             manifest.column("sensor").take(pa.array(rows)).to_pylist()))
+    return (keys[0][1], keys[0][2]), (keys[-1][1], keys[-1][2] + "\x00")
+
+
+def _score_devices(readings: pa.Table, row_model: np.ndarray, manifest: pa.Table, kinds: pa.DictionaryArray,
+                   bundle: Bundle, from_us: int) -> tuple[pa.Table, np.ndarray, np.ndarray, np.ndarray, pa.Array]:
+    """Readings of device models scored on their device-times (`fleetscore.core.devicegrid`); those in the window out.
+
+    Returns (rows with ts, device, sensor, value, kind, fallback; manifest row, score, severity, top_sensors) per row.
+    """
+    params = bundle.get("device")
+    if params is None:
+        raise ModelFormatError("the manifest names device models that the shard file does not hold")
+    slot = manifest.column("slot").to_numpy(zero_copy_only=False).astype(np.int64)
+    column = pc.fill_null(manifest.column("sensor_index"), -1).to_numpy(zero_copy_only=False).astype(np.int64)
+    ts = pc.cast(readings.column("ts"), pa.int64()).to_numpy(zero_copy_only=False)
+    result = score_readings(params, ts, readings.column("value").to_numpy(), slot[row_model], column[row_model], from_us)
+    keep = ts >= from_us
+    rows_model = row_model[keep]
+    top = result.top_sensors[keep]
+    # sensor names per (device model, column): the manifest rows of each device model
+    width = max(params.max_sensors, 1)
+    names = np.full((params.n_models, width), None, dtype=object)
+    own = np.flatnonzero(column >= 0)
+    names[slot[own], column[own]] = manifest.column("sensor").take(pa.array(own)).to_numpy(zero_copy_only=False)
+    valid = top >= 0
+    counts = valid.sum(axis=1)
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
+    flat = names[np.repeat(slot[rows_model], counts), top[valid]]
+    top_list = pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat, pa.string()), mask=pa.array(counts == 0))
+    kind = pa.DictionaryArray.from_arrays(pa.array(kinds.indices.to_numpy(zero_copy_only=False)[rows_model]),
+                                          kinds.dictionary)
+    out = readings.select(["ts", "device", "sensor", "value"]).filter(pa.array(keep))
+    out = out.append_column("kind", kind).append_column("fallback", pa.array(np.zeros(out.num_rows, dtype=bool)))
+    return out, rows_model, result.decision[keep], result.severity[keep], top_list
+
+
+def _merge(device_part: tuple[pa.Table, np.ndarray, np.ndarray, np.ndarray, pa.Array],
+           rest: tuple[pa.Table, np.ndarray, np.ndarray, np.ndarray, pa.Array]
+           ) -> tuple[pa.Table, np.ndarray, np.ndarray, np.ndarray, pa.Array]:
+    """Both parts' rows together, in key order (by device, sensor, time), with their per-row arrays."""
+    parts = [p for p in (rest, device_part) if p[0].num_rows]
+    if len(parts) <= 1:
+        return parts[0] if parts else device_part
+    both = pa.concat_tables([p[0] for p in parts], promote_options="default")
+    order = pc.sort_indices(both, sort_keys=[("device", "ascending"), ("sensor", "ascending"), ("ts", "ascending")])
+    both = both.take(order)
+    idx = order.to_numpy()
+    arrays = [np.concatenate([p[j] for p in parts])[idx] for j in (1, 2, 3)]
+    top = pa.concat_arrays([p[4] for p in parts]).take(order)
+    return both, arrays[0], arrays[1], arrays[2], top
 
 
 def _tally(slots: np.ndarray, is_anomaly: np.ndarray, manifest: pa.Table) -> pa.Table:
-    """Rows and anomalies of each scored model (``slots``: its manifest row, per scored row)."""
+    """Rows and anomalies of each scored model (``slots``: its manifest row, per scored row); a device model
+    counts once, under its first sensor's row, with the readings of all its sensors."""
+    on_device = _on_device(manifest)
+    if on_device.any():
+        slots = _model_row(manifest, on_device)[slots]
     rows = np.bincount(slots, minlength=manifest.num_rows)
     flagged = np.bincount(slots, weights=is_anomaly, minlength=manifest.num_rows).astype(np.int64)
     scored = np.flatnonzero(rows)
     return manifest.select(["device", "sensor"]).take(pa.array(scored)).append_column(
         "rows", pa.array(rows[scored])).append_column("anomalies", pa.array(flagged[scored]))
+
+
+def _model_row(manifest: pa.Table, on_device: np.ndarray) -> np.ndarray:
+    """Per manifest row: the row its model is counted under (a device model's first row; else itself)."""
+    out = np.arange(manifest.num_rows)
+    slot = manifest.column("slot").to_numpy(zero_copy_only=False)
+    first: dict[int, int] = {}
+    for r in np.flatnonzero(on_device).tolist():
+        out[r] = first.setdefault(int(slot[r]), r)
+    return out
+
+
+def _with_sensors(models: list[dict[str, Any]], manifest: pa.Table) -> list[dict[str, Any]]:
+    """Unhealthy models with, for a device model, ``kind`` and all its ``sensors`` (it is listed once)."""
+    on_device = _on_device(manifest)
+    if not models or not on_device.any():
+        return models
+    rows = _model_row(manifest, on_device)
+    devices, sensors = manifest.column("device").to_pylist(), manifest.column("sensor").to_pylist()
+    members: dict[tuple[str, str], list[str]] = {}
+    for r in np.flatnonzero(on_device).tolist():
+        members.setdefault((devices[rows[r]], sensors[rows[r]]), []).append(sensors[r])
+    return [m | {"kind": "device", "sensors": members[(m["device"], m["sensor"])]}
+            if (m["device"], m["sensor"]) in members else m for m in models]
 
 
 def _unmatched(meta: pa.Table, bounds: np.ndarray, run_model: np.ndarray, unscored: np.ndarray,
@@ -179,7 +342,7 @@ def _unmatched(meta: pa.Table, bounds: np.ndarray, run_model: np.ndarray, unscor
     ]
 
 
-def _predictions(scored: pa.Table, scores: np.ndarray, task: ScoreTask) -> pa.Table:
+def _predictions(scored: pa.Table, scores: np.ndarray, severity: np.ndarray, top: pa.Array, task: ScoreTask) -> pa.Table:
     n = scored.num_rows
     columns = {
         "ts": scored.column("ts"),
@@ -192,6 +355,8 @@ def _predictions(scored: pa.Table, scores: np.ndarray, task: ScoreTask) -> pa.Ta
         "run_id": _repeat(task.run_id, n),
         "model_kind": scored.column("kind"),
         "fallback": pc.fill_null(scored.column("fallback"), False),
+        "severity": pa.array(severity, pa.float64(), from_pandas=True),  # null: a kind without a calibrated tail
+        "top_sensors": top,  # device models' flagged rows: up to 3 sensors, most contributing first; else null
     }
     for name in ("window_start", "count", "mean", "std", "min", "max"):
         if name in scored.column_names:

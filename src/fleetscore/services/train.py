@@ -2,6 +2,10 @@
 
 Each worker task reads only its shard's key range of the training window, fits every model of the
 range and writes one shard file; the manifest is written last, so a version is visible only whole.
+Every manifest row records its model's learned sampling interval (``interval_s``, what scoring's
+look-back is counted from: `fleetscore.core.history`; a device model's rows its tick). Where device
+models may be fitted (``kind="device"``, or ``auto_device``) shards are cut only between devices,
+so a device's sensors are trained, and scored, together.
 """
 
 from __future__ import annotations
@@ -17,9 +21,10 @@ import pyarrow.compute as pc
 from fleetscore.core import kinds
 from fleetscore.core.calibrate import check_alarm_rate
 from fleetscore.core.features import build_features, day_phase, parse_features
-from fleetscore.core.fitting import FitSettings, ShardFit, fit_shard
+from fleetscore.core.fitting import DeviceSeries, FitSettings, ShardFit, fit_shard
+from fleetscore.core.history import series_intervals
 from fleetscore.core.keys import KeyBound
-from fleetscore.core.plan import fit_cost, group_bounds, plan_shards, score_cost, target_shards
+from fleetscore.core.plan import device_starts, fit_cost, group_bounds, plan_shards, score_cost, target_shards
 from fleetscore.core.times import iso, iso_s
 from fleetscore.errors import FleetscoreError, InputError
 from fleetscore.exec.base import Executor, TaskError
@@ -52,6 +57,19 @@ class TrainTask:
     alarm_rate: float | None = None  # None: no calibration (exact scikit-learn semantics for ocsvm)
     min_history: int = MIN_TRAIN_ROWS  # rows a key needs for ``kind``; fewer get a robust fallback
     trained_at_us: int = 0  # when the version was started (the driver's clock), stamped on its manifest rows
+    auto_device: bool = False  # devices whose sensors move together get a device model (core.fitting)
+
+
+@dataclass(frozen=True)
+class ShardData:
+    """A shard's training data: feature rows per (device, sensor) key, and what device models need."""
+
+    meta: pa.Table  # the feature rows (ts, device, sensor, ...), grouped by key
+    bounds: np.ndarray  # offsets of each key's rows in ``meta``, plus the end
+    groups: list[np.ndarray]  # feature matrix of each key
+    phases: list[np.ndarray]  # time of day of each key's rows
+    intervals: np.ndarray  # (keys,) learned sampling interval of each key's readings, seconds (NaN: unknown)
+    devices: list[DeviceSeries]  # the keys of each device with their raw readings (device models)
 
 
 @dataclass(frozen=True)
@@ -78,14 +96,15 @@ def shard_bounds(keys: pa.Table, starts: np.ndarray) -> list[tuple[KeyBound, Key
 def train_shard(task: TrainTask) -> pa.Table:
     """Fit all models of one shard and write its shard file; returns the shard's manifest rows."""
     storage = open_storage(task.storage_url)
-    meta, bounds, groups, phases = load_groups(task)
-    fitted = fit_shard(groups, task_settings(task), phases)
+    data = load_groups(task)
+    fitted = fit_shard(data.groups, task_settings(task), data.phases, data.devices)
     ModelStore(storage).write_bundle(task.version, task.shard, fitted.bundle)
-    return manifest_rows(task, meta, bounds, fitted)
+    return manifest_rows(task, data.meta, data.bounds, fitted, intervals(data, fitted))
 
 
-def load_groups(task: TrainTask) -> tuple[pa.Table, np.ndarray, list[np.ndarray], list[np.ndarray]]:
-    """The shard's training rows: meta, group bounds, and per (device, sensor) its features and times of day."""
+def load_groups(task: TrainTask) -> ShardData:
+    """The shard's training rows: per (device, sensor) its features, times of day and sampling interval,
+    and (where device models may be fitted) each device's raw readings."""
     readings = ReadingStore(open_storage(task.storage_url))
     spec = parse_features(task.features)
     table = readings.read_range(task.from_us, task.to_us, task.lo, task.hi)  # sorted by key and time
@@ -93,21 +112,53 @@ def load_groups(task: TrainTask) -> tuple[pa.Table, np.ndarray, list[np.ndarray]
     bounds = group_bounds(meta.column("device"), meta.column("sensor"))
     phase = day_phase(meta.column("ts"))
     pairs = list(zip(bounds[:-1], bounds[1:]))
-    return meta, bounds, [x[a:b] for a, b in pairs], [phase[a:b] for a, b in pairs]
+    keys = list(zip(meta.column("device").take(pa.array(bounds[:-1])).to_pylist(),
+                    meta.column("sensor").take(pa.array(bounds[:-1])).to_pylist())) if len(bounds) > 1 else []
+    raw_bounds = group_bounds(table.column("device"), table.column("sensor"))
+    raw_keys = list(zip(table.column("device").take(pa.array(raw_bounds[:-1])).to_pylist(),
+                        table.column("sensor").take(pa.array(raw_bounds[:-1])).to_pylist())) if table.num_rows else []
+    ts = pc.cast(table.column("ts"), pa.int64()).to_numpy(zero_copy_only=False) if table.num_rows else np.zeros(0, np.int64)
+    raw_intervals = dict(zip(raw_keys, series_intervals(ts, raw_bounds)))
+    where = {k: (int(a), int(b)) for k, a, b in zip(raw_keys, raw_bounds[:-1], raw_bounds[1:])}
+    devices: list[DeviceSeries] = []
+    if task.kind == "device" or task.auto_device:
+        values = table.column("value").to_numpy() if table.num_rows else np.zeros(0)
+        by_device: dict[str, list[int]] = {}
+        for i, (d, _) in enumerate(keys):
+            by_device.setdefault(d, []).append(i)
+        for members in by_device.values():
+            members = [i for i in members if keys[i] in where]
+            slices = [where[keys[i]] for i in members]
+            devices.append(DeviceSeries(members, [ts[a:b] for a, b in slices], [values[a:b] for a, b in slices]))
+    return ShardData(meta, bounds, [x[a:b] for a, b in pairs], [phase[a:b] for a, b in pairs],
+                     np.array([raw_intervals.get(k, np.nan) for k in keys], dtype=np.float64), devices)
+
+
+def intervals(data: ShardData, fitted: ShardFit) -> np.ndarray:
+    """Each key's interval for its manifest row: its readings' own, or for a device model's sensors the device's tick."""
+    out = np.array(data.intervals, dtype=np.float64)
+    if "device" in fitted.bundle and fitted.sensor_index is not None:
+        on_device = np.flatnonzero(fitted.sensor_index >= 0)
+        out[on_device] = fitted.bundle["device"].tick_us[fitted.slots[on_device]] / 1e6
+    return out
 
 
 def task_settings(task: TrainTask) -> FitSettings:
     spec = parse_features(task.features)
     return FitSettings(task.kind, task.nu, task.gamma, task.alarm_rate, task.min_history,
-                       heavy_tails=spec.heavy_tailed, short_history=spec.short_history, seasonal=spec.seasonal)
+                       heavy_tails=spec.heavy_tailed, short_history=spec.short_history, seasonal=spec.seasonal,
+                       auto_device=task.auto_device)
 
 
-def manifest_rows(task: TrainTask, meta: pa.Table, bounds: np.ndarray, fitted: ShardFit) -> pa.Table:
-    """Manifest rows (one per key of ``meta``) for the models of ``fitted``."""
+def manifest_rows(task: TrainTask, meta: pa.Table, bounds: np.ndarray, fitted: ShardFit,
+                  interval_s: np.ndarray | None = None) -> pa.Table:
+    """Manifest rows (one per key of ``meta``) for the models of ``fitted``; ``interval_s``: each key's interval."""
     starts = bounds[:-1]
     n = len(starts)
     slot, n_sv, reasons = fitted.slots, fitted.sizes, fitted.reasons
     now = iso_s(task.trained_at_us)
+    interval = np.full(n, np.nan) if interval_s is None else np.asarray(interval_s, dtype=np.float64)
+    column = np.full(n, -1, dtype=np.int32) if fitted.sensor_index is None else fitted.sensor_index
     return pa.table(
         {
             "device": meta.column("device").take(pa.array(starts)),
@@ -121,6 +172,8 @@ def manifest_rows(task: TrainTask, meta: pa.Table, bounds: np.ndarray, fitted: S
             "trained_at": pa.array([now] * n, pa.string()),
             "kind": pa.array(fitted.kinds, pa.string()),
             "fallback": pa.array(fitted.fallback),
+            "interval_s": pa.array(interval, pa.float64(), from_pandas=True),  # NaN -> null: unknown
+            "sensor_index": pa.array(column, pa.int32(), mask=column < 0),  # null: not a device model
         }
     )
 
@@ -140,11 +193,14 @@ def train(
     on_progress: Callable[[int, int], None] | None = None,
     alarm_rate: float | None = None,
     min_history: int = MIN_TRAIN_ROWS,
+    auto_device: bool = False,
 ) -> TrainResult:
     """Train one model per (device, sensor) with readings in [from, to) into a new version.
 
     ``alarm_rate`` calibrates every model's threshold to that false-alarm rate (None: no
     calibration); keys with fewer than ``min_history`` feature rows get a robust fallback model.
+    ``kind="device"``: one model per device over its sensors; ``auto_device``: such a model only
+    for devices whose sensors move together, the version's kind per sensor elsewhere (`fleetscore.core.fitting`).
     """
     started = time.perf_counter()
     kinds.get_kind(kind)
@@ -159,14 +215,18 @@ def train(
     keys = ReadingStore(storage).key_counts(from_us, to_us)  # in key order, one bucket at a time
     if keys.num_rows == 0:
         raise InputError(f"no readings between {iso(from_us)} and {iso(to_us)} to train on")
+    if auto_device and kind not in ("robust", "device"):
+        raise InputError(f"device models are chosen automatically only beside robust models, not {kind}")
     costs = fit_cost(keys.column("rows").to_numpy(), nu)
-    starts = plan_shards(costs, max_models=shard_models, target_shards=target_shards(executor.workers))
+    whole = device_starts(keys.column("device")) if kind == "device" or auto_device else None
+    starts = plan_shards(costs, max_models=shard_models, target_shards=target_shards(executor.workers), cuts=whole)
     params = ({"nu": nu, "gamma": gamma} if kind == "ocsvm" else {}) | {
-        "alarm_rate": alarm_rate, "min_history": min_history, "min_train_rows": MIN_TRAIN_ROWS, "fallback": "robust"}
+        "alarm_rate": alarm_rate, "min_history": min_history, "min_train_rows": MIN_TRAIN_ROWS, "fallback": "robust"} | (
+        {"auto_device": True} if auto_device else {})
     version = catalog.new_version(kind, spec.text, params, iso(from_us), iso(to_us))
     tasks = [
         TrainTask(ctx.storage_url, version, i, from_us, to_us, lo, hi, spec.text, nu, gamma, kind, alarm_rate,
-                  min_history, trained_at_us=ctx.clock())
+                  min_history, trained_at_us=ctx.clock(), auto_device=auto_device)
         for i, (lo, hi) in enumerate(shard_bounds(keys, starts))
     ]
     parts: list[pa.Table | None] = [None] * len(tasks)

@@ -4,7 +4,13 @@ Defaults that need no labels (``kind = features = "auto"``, nothing pinned):
 
 * kind ``robust`` on ``context`` features (level, residual against the recent past, drift, stuck),
   each feature's threshold calibrated on the model's own training data to ``DEFAULT_ALARM_RATE``;
-* keys with fewer than ``AUTO_MIN_HISTORY`` feature rows get a robust fallback on what they have.
+* keys with fewer than ``AUTO_MIN_HISTORY`` feature rows get a robust fallback on what they have;
+* a device whose sensors move together in its training data (``AUTO_DEVICE``: the label-free test of
+  `fleetscore.core.device.co_movement`) gets one ``device`` model over its sensors instead
+  (`fleetscore.core.fitting`); single-sensor devices and devices of independent sensors never do.
+
+``--kind device`` gives every device a device model (its sensors without enough history, the
+robust fallback), on ``context`` features for those fallbacks, calibrated like the defaults.
 
 ``--kind ocsvm`` without ``--nu``/``--gamma`` is a tuned one-class SVM: context features, gamma by
 the median-distance rule, ``AUTO_NU``, intercept calibrated to the alarm rate. Pinning ``--nu`` or
@@ -32,6 +38,8 @@ AUTO_GAMMA = "median"
 #: Feature rows a key needs for the version's kind in the calibrated modes (an hour of minute data).
 AUTO_MIN_HISTORY = 60
 CLASSIC_MIN_HISTORY = 2
+#: Whether the defaults may pick the device kind per device (where its sensors move together).
+AUTO_DEVICE = True
 
 
 @dataclass(frozen=True)
@@ -44,6 +52,7 @@ class TrainingChoice:
     gamma: float | str
     alarm_rate: float | None
     min_history: int
+    auto_device: bool = False
 
     def as_kwargs(self) -> dict[str, object]:
         return dict(self.__dict__)
@@ -54,6 +63,7 @@ def resolve(kind: str | None, nu: float | None, gamma: float | str | None, featu
     """Fill what the user left open (None or "auto") following the module docstring."""
     kind = AUTO if kind in (None, "") else kind
     pinned = nu is not None or gamma is not None
+    auto_device = kind == AUTO and not pinned and AUTO_DEVICE and AUTO_KIND == "robust"
     if kind == AUTO:
         kind = "ocsvm" if pinned else AUTO_KIND
     if kind != "ocsvm" and pinned:
@@ -68,4 +78,5 @@ def resolve(kind: str | None, nu: float | None, gamma: float | str | None, featu
         gamma=gamma if gamma is not None else (CLASSIC_GAMMA if classic else AUTO_GAMMA),
         alarm_rate=None if classic else (DEFAULT_ALARM_RATE if alarm_rate is None else alarm_rate),
         min_history=CLASSIC_MIN_HISTORY if classic else AUTO_MIN_HISTORY,
+        auto_device=auto_device,
     )

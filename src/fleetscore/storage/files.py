@@ -156,12 +156,15 @@ def write_table(table: pa.Table, out: Path, fmt: str | None = None) -> str:
 
 
 def _csv_ready(table: pa.Table) -> pa.Table:
-    """Timestamps as ISO 8601 with Z, so a CSV round-trips unambiguously."""
+    """Timestamps as ISO 8601 with Z, so a CSV round-trips unambiguously; lists (``top_sensors``) as
+    their items joined by ``|`` (CSV has no lists; null stays empty)."""
     cols = []
     for field, col in zip(table.schema, table.columns):
         if pa.types.is_timestamp(field.type):
             fmt = "%Y-%m-%dT%H:%M:%S.%fZ" if _has_fraction(col) else "%Y-%m-%dT%H:%M:%SZ"
             col = pc.strftime(col, format=fmt)
+        elif pa.types.is_list(field.type) or pa.types.is_large_list(field.type):
+            col = pc.binary_join(pc.cast(col, pa.list_(pa.string())), "|")
         cols.append(col)
     return pa.table(cols, names=table.column_names)
 

@@ -33,8 +33,13 @@ MANIFEST_SCHEMA = pa.schema(
         ("n_train", pa.int64()),
         ("n_sv", pa.int32()),
         ("trained_at", pa.string()),
-        ("kind", pa.string()),  # model kind of this key's model (ocsvm, robust)
+        ("kind", pa.string()),  # model kind of this key's model (ocsvm, robust, device)
         ("fallback", pa.bool_()),  # a fallback model: too little history for the version's kind
+        # learned sampling interval of the key's readings, seconds (a device model's rows: its tick); what
+        # scoring counts its look-back from (core.history). Null: unknown (versions of format < 4)
+        ("interval_s", pa.float64()),
+        # device models: the sensor's column in its device's model (the slot is the device's); null otherwise
+        ("sensor_index", pa.int32()),
     ]
 )
 SHARDS_SCHEMA = pa.schema(
@@ -188,11 +193,16 @@ class ModelStore:
 
 
 def _with_kind(manifest: pa.Table, kind: str) -> pa.Table:
-    """Manifests written before model kinds were mixed: every model is of the version's kind, none a fallback."""
+    """Manifests written before model kinds were mixed: every model is of the version's kind, none a fallback;
+    before format 4: intervals unknown (null), no device models."""
     if "kind" not in manifest.column_names:
         manifest = manifest.append_column("kind", pa.array([kind] * manifest.num_rows, pa.string()))
     if "fallback" not in manifest.column_names:
         manifest = manifest.append_column("fallback", pa.array([False] * manifest.num_rows, pa.bool_()))
+    if "interval_s" not in manifest.column_names:
+        manifest = manifest.append_column("interval_s", pa.nulls(manifest.num_rows, pa.float64()))
+    if "sensor_index" not in manifest.column_names:
+        manifest = manifest.append_column("sensor_index", pa.nulls(manifest.num_rows, pa.int32()))
     return manifest
 
 
