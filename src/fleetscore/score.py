@@ -30,7 +30,7 @@ from fleetscore.core import ocsvm
 from fleetscore.core.features import build_features, day_phase, parse_features
 from fleetscore.core.health import MAX_LISTED as MAX_LISTED_UNHEALTHY
 from fleetscore.core.health import describe, expected_rate, unhealthy_counts
-from fleetscore.core.kinds import needs_phase, score_bundle
+from fleetscore.core.kinds import needs_phase, score_bundle, severity_bundle
 from fleetscore.core.matching import match_runs
 from fleetscore.core.runs import ModelFailure, RunRecord, RunStatus, TaskRecord, backoff_delay, needs_rerun, run_status
 from fleetscore.core.times import iso, parse_time
@@ -115,8 +115,9 @@ def score_shard(task: ScoreTask) -> ScoreOutcome:
     scored = scored.append_column("kind", kind).append_column(
         "fallback", pc.fill_null(manifest.column("fallback"), False).take(pa.array(rows_model)))
     slots = rows_model  # one id per model of the shard, whatever its kind
-    scores = score_bundle(bundle, kind, slot_of[rows_model].astype(np.int64), x if has_model.all() else x[has_model],
-                          day_phase(scored.column("ts")) if needs_phase(bundle) else None)
+    score_args = (bundle, kind, slot_of[rows_model].astype(np.int64), x if has_model.all() else x[has_model],
+                  day_phase(scored.column("ts")) if needs_phase(bundle) else None)
+    scores, severity = score_bundle(*score_args), severity_bundle(*score_args)
     finite = np.isfinite(scores)
     failures: list[ModelFailure] = []
     if not finite.all():
@@ -124,10 +125,10 @@ def score_shard(task: ScoreTask) -> ScoreOutcome:
         keep = ~np.isin(slots, bad_slots)
         for row in manifest.select(["device", "sensor"]).take(pa.array(bad_slots)).to_pylist():
             failures.append(ModelFailure(row["device"], row["sensor"], "score is not finite (NaN or inf)", task.task))
-        scored, slots, scores = scored.filter(pa.array(keep)), slots[keep], scores[keep]
+        scored, slots, scores, severity = scored.filter(pa.array(keep)), slots[keep], scores[keep], severity[keep]
     t3 = time.perf_counter()
 
-    out = _predictions(scored, scores, task)  # in key order, as read
+    out = _predictions(scored, scores, severity, task)  # in key order, as read
     key = layout.task_predictions_key(task.from_us, task.to_us, task.run_id, task.task)
     storage.write_parquet(key, out, **HOT_WRITE)
     t4 = time.perf_counter()
@@ -178,7 +179,7 @@ def _unmatched(meta: pa.Table, bounds: np.ndarray, run_model: np.ndarray, unscor
     ]
 
 
-def _predictions(scored: pa.Table, scores: np.ndarray, task: ScoreTask) -> pa.Table:
+def _predictions(scored: pa.Table, scores: np.ndarray, severity: np.ndarray, task: ScoreTask) -> pa.Table:
     n = scored.num_rows
     columns = {
         "ts": scored.column("ts"),
@@ -191,6 +192,7 @@ def _predictions(scored: pa.Table, scores: np.ndarray, task: ScoreTask) -> pa.Ta
         "run_id": _repeat(task.run_id, n),
         "model_kind": scored.column("kind"),
         "fallback": pc.fill_null(scored.column("fallback"), False),
+        "severity": pa.array(severity, pa.float64(), from_pandas=True),  # null: a kind without a calibrated tail
     }
     for name in ("window_start", "count", "mean", "std", "min", "max"):
         if name in scored.column_names:

@@ -99,7 +99,8 @@ def load_groups(task: TrainTask) -> tuple[pa.Table, np.ndarray, list[np.ndarray]
 def task_settings(task: TrainTask) -> FitSettings:
     spec = parse_features(task.features)
     return FitSettings(task.kind, task.nu, task.gamma, task.alarm_rate, task.min_history,
-                       heavy_tails=spec.heavy_tailed, short_history=spec.short_history, seasonal=spec.seasonal)
+                       heavy_tails=spec.heavy_tailed, short_history=spec.short_history, seasonal=spec.seasonal,
+                       values=spec.n_features)
 
 
 def manifest_rows(task: TrainTask, meta: pa.Table, bounds: np.ndarray, fitted: ShardFit) -> pa.Table:

@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from fleetscore.core.context import CONTEXT_FEATURES, HEAVY_TAILED, SEASONAL, SHORT_HISTORY, context_features
+from fleetscore.core.context import CONTEXT_FEATURES, HEAVY_TAILED, SEASONAL, SHORT_HISTORY, context_features, novelty
 from fleetscore.core.plan import group_bounds
 from fleetscore.core.windows import WINDOW_FEATURES, parse_duration, tumbling_aggregate, window_feature_matrix
 from fleetscore.errors import InputError, ModelFormatError
@@ -22,11 +22,12 @@ from fleetscore.errors import InputError, ModelFormatError
 _DAY_US = 86_400_000_000
 #: History read before a scored window for ``context`` features (covers 30 readings a minute apart).
 DEFAULT_CONTEXT_LOOKBACK_S = 1800
-#: First model format whose ``context`` features mean what `context_features` computes now (format 3:
-#: the drift feature counts only a shift that the reading itself and a nearer baseline share, the
-#: residual only a departure from the drift's baseline too); older context models would score
+#: First model format whose ``context`` features mean what `build_features` computes now (format 4: each
+#: feature followed by its novelty code, and robust models calibrated with peaks-over-threshold tails;
+#: format 3: the drift feature counts only a shift that the reading itself and a nearer baseline share,
+#: the residual only a departure from the drift's baseline too); older context models would score
 #: differently, so they are refused with a request to retrain.
-CONTEXT_FORMAT = 3
+CONTEXT_FORMAT = 4
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class FeatureSpec:
 
     @property
     def n_features(self) -> int:
+        """Feature columns a model fits; ``context`` rows carry as many novelty codes after them."""
         return {"raw": 1, "context": len(CONTEXT_FEATURES)}.get(self.name, len(WINDOW_FEATURES))
 
     @property
@@ -96,7 +98,7 @@ def check_features_format(version: str, features: str, format_version: int) -> N
     if format_version < CONTEXT_FORMAT and parse_features(features).name == "context":
         raise ModelFormatError(
             f"model version {version} (format {format_version}) was trained on context features of an older "
-            f"fleetscore (its drift feature changed in format {CONTEXT_FORMAT}); retrain it with fleetscore train")
+            f"fleetscore (they changed in format {CONTEXT_FORMAT}); retrain it with fleetscore train")
 
 
 def day_phase(ts: pa.ChunkedArray | pa.Array) -> np.ndarray:
@@ -128,9 +130,10 @@ def build_features(readings: pa.Table, spec: FeatureSpec) -> tuple[pa.Table, np.
 
 
 def _context(readings: pa.Table) -> tuple[pa.Table, np.ndarray]:
-    """One row per reading, sorted by (device, sensor, ts), with its context features."""
+    """One row per reading, sorted by (device, sensor, ts), with its context features and their novelty codes."""
     meta = readings.select(["ts", "device", "sensor", "value"])
     if meta.num_rows:
         meta = meta.sort_by([("device", "ascending"), ("sensor", "ascending"), ("ts", "ascending")])
     starts = group_bounds(meta.column("device"), meta.column("sensor"))[:-1]
-    return meta, context_features(meta.column("value").to_numpy(), starts)
+    X = context_features(meta.column("value").to_numpy(), starts)
+    return meta, np.hstack([X, novelty(X, starts)])

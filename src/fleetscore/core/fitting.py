@@ -35,6 +35,7 @@ class FitSettings:
     heavy_tails: tuple[bool, ...] = ()  # per feature, see robust.fit_one
     short_history: tuple[bool, ...] = ()  # features the fallback models use (all when empty)
     seasonal: tuple[bool, ...] = ()  # features that get a daily profile (robust), see robust.fit_one
+    values: int = 0  # leading columns the models fit (0 = all); later ones only inform scoring (novelty)
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,8 @@ def fit_shard(groups: Sequence[np.ndarray], settings: FitSettings,
 
     ``phases[i]``: time of day of each row of group i (lets robust models fit daily profiles).
     """
+    if settings.values:
+        groups = [X[:, : settings.values] if np.ndim(X) == 2 else X for X in groups]
     n = len(groups)
     kinds: list[str | None] = [None] * n
     slots = np.full(n, -1, dtype=np.int32)

@@ -8,7 +8,11 @@ names, so a shard can be checked on its own) and the bundle ``format_version``. 
 (bare ``ocsvm`` arrays, written before bundles existed) are still read.
 
 Every kind keeps the rule "decision < 0 is an anomaly"; a calibrated threshold is folded into the
-model's intercept. Pure: arrays in, arrays out.
+model's intercept. A kind's ``severity`` puts every reading on one scale in [0, 100] from its tail
+probability under the model's own calibration (`fleetscore.core.severity`; the robust kind's
+formula is in `fleetscore.core.robust`); a kind without calibration (ocsvm: its tuned intercept is
+calibrated, but not its tail) gives NaN. Both take feature columns followed by optional extra
+columns the kind may use (context features' novelty codes) or ignore. Pure: arrays in, arrays out.
 """
 
 from __future__ import annotations
@@ -24,11 +28,12 @@ import pyarrow.compute as pc
 from fleetscore.core import ocsvm, robust
 from fleetscore.errors import InputError, ModelFormatError
 
-#: Shard files and manifests written now; `READABLE_FORMATS` are the ones this fleetscore loads. Format 3
-#: has format 2's arrays; it marks versions whose context features have the current drift feature
-#: (`fleetscore.core.features.CONTEXT_FORMAT`: older context versions are refused, see `check_features_format`).
-FORMAT_VERSION = 3
-READABLE_FORMATS = (1, 2, 3)
+#: Shard files and manifests written now; `READABLE_FORMATS` are the ones this fleetscore loads. Format 4
+#: adds the robust models' severity arrays (robust format 3) and marks versions whose context features
+#: carry novelty codes; format 3 marked the current drift feature (`fleetscore.core.features.CONTEXT_FORMAT`:
+#: older context versions are refused with a request to retrain, see `check_features_format`).
+FORMAT_VERSION = 4
+READABLE_FORMATS = (1, 2, 3, 4)
 
 Params = Any  # ocsvm.OcsvmParams | robust.RobustParams
 Bundle = dict[str, Params]
@@ -46,6 +51,8 @@ class ModelKind:
     with_intercept: Callable[[Params, np.ndarray], Params]
     #: what one model costs to score per row, relative to other models of the kind (planning, manifest)
     size_of: Callable[[Params], np.ndarray]
+    #: (params, model_idx, X, phase) -> severity in [0, 100] per row, NaN without a calibrated tail
+    severity: Callable[[Params, np.ndarray, np.ndarray, np.ndarray | None], np.ndarray]
 
     def from_arrays(self, arrays: Mapping[str, np.ndarray]) -> Params:
         return self.params_type.from_arrays(arrays)
@@ -61,11 +68,15 @@ class ModelKind:
 def _ocsvm_decision(params: ocsvm.OcsvmParams, model_idx: np.ndarray, X: np.ndarray,
                     phase: np.ndarray | None = None) -> np.ndarray:
     """ocsvm scores (``phase`` unused); a feature without history (NaN) is taken at the model's training mean."""
-    X = np.asarray(X, dtype=np.float64)
+    X = np.asarray(X, dtype=np.float64)[:, : params.n_features]  # extra columns (novelty) are not its features
     missing = np.isnan(X)
     if missing.any():
         X = np.where(missing, params.mean[np.asarray(model_idx, dtype=np.int64)], X)
     return ocsvm.decision_function(params, model_idx, X)
+
+
+def _no_severity(params: Params, model_idx: np.ndarray, X: np.ndarray, phase: np.ndarray | None = None) -> np.ndarray:
+    return np.full(len(model_idx), np.nan)
 
 
 def _ocsvm_with_intercept(p: ocsvm.OcsvmParams, intercept: np.ndarray) -> ocsvm.OcsvmParams:
@@ -74,9 +85,10 @@ def _ocsvm_with_intercept(p: ocsvm.OcsvmParams, intercept: np.ndarray) -> ocsvm.
 
 KINDS: dict[str, ModelKind] = {
     "ocsvm": ModelKind("ocsvm", ocsvm.OcsvmParams, _ocsvm_decision, lambda p: p.intercept,
-                       _ocsvm_with_intercept, lambda p: p.n_sv),
+                       _ocsvm_with_intercept, lambda p: p.n_sv, _no_severity),
     "robust": ModelKind("robust", robust.RobustParams, robust.decision_function, lambda p: p.intercept,
-                        lambda p, i: p.with_intercept(i), lambda p: np.ones(p.n_models, dtype=np.int64)),
+                        lambda p, i: p.with_intercept(i), lambda p: np.ones(p.n_models, dtype=np.int64),
+                        robust.severity),
 }
 
 
@@ -135,6 +147,18 @@ def score_bundle(bundle: Mapping[str, Params], kinds: Sequence[str] | pa.Diction
     Arrow dictionary array of them. Rows keep their order within a kind, so rows grouped by model
     stay grouped for the kernel.
     """
+    return _per_kind("decision_function", bundle, kinds, slots, X, phase)
+
+
+def severity_bundle(bundle: Mapping[str, Params], kinds: Sequence[str] | pa.DictionaryArray, slots: np.ndarray,
+                    X: np.ndarray, phase: np.ndarray | None = None) -> np.ndarray:
+    """Severity in [0, 100] (NaN for kinds without a calibrated tail) of each row, as `score_bundle` scores it."""
+    return _per_kind("severity", bundle, kinds, slots, X, phase)
+
+
+def _per_kind(function: str, bundle: Mapping[str, Params], kinds: Sequence[str] | pa.DictionaryArray,
+              slots: np.ndarray, X: np.ndarray, phase: np.ndarray | None) -> np.ndarray:
+    """Apply each kind's ``function`` to the rows of that kind (one fused call per kind present)."""
     if not isinstance(kinds, pa.DictionaryArray):
         kinds = pc.dictionary_encode(pa.array(kinds, pa.string()))
     if kinds.null_count:
@@ -148,7 +172,7 @@ def score_bundle(bundle: Mapping[str, Params], kinds: Sequence[str] | pa.Diction
         if name not in bundle:
             raise ModelFormatError(f"the manifest names {name} models that the shard file does not hold")
         every = rows.size == len(slots)  # one kind: no copies of X
-        out[rows] = get_kind(name).decision_function(
+        out[rows] = getattr(get_kind(name), function)(
             bundle[name], slots if every else slots[rows], X if every else X[rows],
             phase if every or phase is None else phase[rows])
     return out

@@ -13,6 +13,21 @@ with intercept 1 after fitting, so decision < 0 (an anomaly) exactly when some f
 its calibrated threshold, and -3 means "four times as far as the threshold". NaN features (no
 history yet) are skipped.
 
+Novelty: X may carry, after its F feature columns, F novelty codes (`fleetscore.core.context.novelty`:
++1 / -1 when the feature's value is above / below all of its recent past). A deviation then
+counts in full only where the reading is new in the direction it deviates; elsewhere at most
+``NOT_NEW`` (half the threshold): a burst no larger than recent bursts, or a shift that has
+persisted, stops alarming. Training uses the feature columns only.
+
+Severity: each feature's calibration gives a tail probability for any deviation ``r`` (in units
+of its threshold), ``p_j = rate_j ** (r ** tail[m, j])``: ``rate_j = rate[m] / (features used)`` at
+the threshold (r = 1), and the exponent ``tail`` fitted through the training body
+(`fleetscore.core.calibrate.tail_exponent`). The reading's tail probability is that of its most
+extreme feature, counted once per feature used (``p = min(1, used * min_j p_j)``, so ``p = rate``
+exactly at the decision threshold), and its severity is
+`fleetscore.core.severity.severity_from_tail` of p: 50 at the default rate 1e-4 where decision is
+0, and more the rarer the reading.
+
 Daily profile: when the training rows cover every hour of the day, a *seasonal* feature's center
 follows the model's own daily cycle: ``center[m, j] + profile[m, j] · daily_basis(phase)``, a few
 Fourier harmonics of the reading's time of day (``phase`` in [0, 1)), fitted robustly on the
@@ -29,12 +44,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fleetscore.core.calibrate import DEFAULT_ALARM_RATE, deviation_threshold, robust_spread
+from fleetscore.core.calibrate import (DEFAULT_ALARM_RATE, DEFAULT_TAIL_EXPONENT, SEVERITY_BODY, deviation_threshold,
+                                       robust_spread, tail_exponent)
+from fleetscore.core.severity import severity_from_tail
 from fleetscore.errors import FleetscoreError, InputError, ModelFormatError
 
-#: Arrays written now; format 1 (no ``profile``, written before daily profiles) is still read.
-FORMAT_VERSION = 2
-READABLE_FORMATS = (1, 2)
+#: Arrays written now; format 2 (no ``tail`` and ``rate``: severities assume a Gaussian-like tail at the
+#: default rate) and format 1 (no ``profile`` either, written before daily profiles) are still read.
+FORMAT_VERSION = 3
+READABLE_FORMATS = (1, 2, 3)
 #: Fourier harmonics of the time of day in a daily profile (1/day, 2/day, ...).
 HARMONICS = 3
 #: A daily profile is fitted only when every hour of the day has this many finite training values
@@ -49,8 +67,12 @@ MIN_ROWS = 3
 MIN_FEATURE_ROWS = 3
 #: Scores are clipped here so that absurd inputs give a very negative, never an infinite, decision.
 MAX_DEVIATION = 1e300
+#: A deviation in a direction the reading is not new in (see Novelty) counts at most this much of its threshold.
+NOT_NEW = 0.5
 
-_FIELDS = ("center", "weight", "intercept", "profile")
+_FIELDS = ("center", "weight", "intercept", "profile", "tail", "rate")
+#: Fields each format holds (later ones get defaults when an older file is read).
+_FORMAT_FIELDS = {1: _FIELDS[:3], 2: _FIELDS[:4], 3: _FIELDS}
 
 
 def _bad(name: str, problem: str) -> ModelFormatError:
@@ -65,10 +87,16 @@ class RobustParams:
     weight: np.ndarray  # (M, F) float64, finite, >= 0 (0 = feature not used by the model)
     intercept: np.ndarray  # (M,) float64, finite
     profile: np.ndarray | None = None  # (M, F, 2 * HARMONICS) float64, finite; None = all zero
+    tail: np.ndarray | None = None  # (M, F) float64, > 0: severity tail exponents; None = DEFAULT_TAIL_EXPONENT
+    rate: np.ndarray | None = None  # (M,) float64 in (0, 1): tail probability at the threshold; None = default
 
     def __post_init__(self) -> None:
         if self.profile is None:
             object.__setattr__(self, "profile", np.zeros((*np.shape(self.center), 2 * HARMONICS)))
+        if self.tail is None:
+            object.__setattr__(self, "tail", np.full(np.shape(self.center), DEFAULT_TAIL_EXPONENT))
+        if self.rate is None:
+            object.__setattr__(self, "rate", np.full(np.shape(self.center)[:1], DEFAULT_ALARM_RATE))
         for name in _FIELDS:
             a = np.asarray(getattr(self, name))
             if a.dtype.kind != "f":
@@ -86,6 +114,10 @@ class RobustParams:
             raise _bad("intercept", f"shape {self.intercept.shape}, expected ({self.center.shape[0]},)")
         if self.profile.shape != (*self.center.shape, 2 * HARMONICS):
             raise _bad("profile", f"shape {self.profile.shape}, expected {(*self.center.shape, 2 * HARMONICS)}")
+        if self.tail.shape != self.center.shape or np.any(self.tail <= 0):
+            raise _bad("tail", f"must be positive with shape {self.center.shape}, got shape {self.tail.shape}")
+        if self.rate.shape != self.intercept.shape or np.any((self.rate <= 0) | (self.rate >= 1)):
+            raise _bad("rate", f"must be in (0, 1) with shape {self.intercept.shape}, got shape {self.rate.shape}")
         if np.any(self.weight < 0):
             raise _bad("weight", "must be >= 0")
         object.__setattr__(self, "_seasonal", bool(np.any(self.profile)))
@@ -109,13 +141,13 @@ class RobustParams:
 
     @classmethod
     def from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> RobustParams:
-        """Validate arrays written by `to_arrays` (format 1 or 2); ModelFormatError if bad."""
+        """Validate arrays written by `to_arrays` (any of `READABLE_FORMATS`); ModelFormatError if bad."""
         if "format_version" not in arrays:
             raise ModelFormatError("robust model arrays missing: format_version")
         version = np.asarray(arrays["format_version"])
         if version.shape != () or version.dtype.kind not in "iu" or int(version) not in READABLE_FORMATS:
             raise _bad("format_version", f"got {version!r}, this version reads {READABLE_FORMATS}")
-        fields = _FIELDS if int(version) >= 2 else _FIELDS[:-1]
+        fields = _FORMAT_FIELDS[int(version)]
         missing = [k for k in fields if k not in arrays]
         if missing:
             raise ModelFormatError(f"robust model arrays missing: {', '.join(missing)}")
@@ -139,7 +171,7 @@ class RobustParams:
         return cls(np.empty((0, n_features)), np.empty((0, n_features)), np.empty(0))
 
     def with_intercept(self, intercept: np.ndarray) -> RobustParams:
-        return RobustParams(self.center, self.weight, intercept, self.profile)
+        return RobustParams(self.center, self.weight, intercept, self.profile, self.tail, self.rate)
 
 
 def daily_basis(phase: np.ndarray) -> np.ndarray:
@@ -193,6 +225,7 @@ def fit_one(X: np.ndarray, alarm_rate: float = DEFAULT_ALARM_RATE, heavy: Sequen
         raise InputError(f"phase must have shape ({X.shape[0]},), got {np.shape(phase)}")
     center = np.zeros(n_features)
     weight = np.zeros(n_features)
+    tail = np.full(n_features, DEFAULT_TAIL_EXPONENT)
     profile = np.zeros((n_features, 2 * HARMONICS))
     for j in range(n_features):
         finite = np.isfinite(X[:, j])
@@ -205,10 +238,12 @@ def fit_one(X: np.ndarray, alarm_rate: float = DEFAULT_ALARM_RATE, heavy: Sequen
             col = col - basis @ profile[j]
         center[j] = np.median(col)
         spread = robust_spread(col, center[j])
-        distance = deviation_threshold(np.abs(col - center[j]) / spread, per_feature, bool(heavy[j])) * spread
+        dev = np.abs(col - center[j])
+        distance = deviation_threshold(dev / spread, per_feature, bool(heavy[j])) * spread
         if np.isfinite(distance) and distance > 0:
             weight[j] = 1.0 / distance
-    return RobustParams(center[None], weight[None], np.ones(1), profile[None])
+            tail[j] = tail_exponent(float(np.quantile(dev, SEVERITY_BODY)) / distance, per_feature)
+    return RobustParams(center[None], weight[None], np.ones(1), profile[None], tail[None], np.array([alarm_rate]))
 
 
 def fit_many(groups: Sequence[np.ndarray], alarm_rate: float = DEFAULT_ALARM_RATE, heavy: Sequence[bool] = (),
@@ -230,15 +265,15 @@ def fit_many(groups: Sequence[np.ndarray], alarm_rate: float = DEFAULT_ALARM_RAT
     return params, np.array(fitted, dtype=np.int64), failures
 
 
-def decision_function(params: RobustParams, model_idx: np.ndarray, X: np.ndarray,
-                      phase: np.ndarray | None = None) -> np.ndarray:
-    """Score row r of X (N, F) with model ``model_idx[r]``: intercept - max weighted |deviation|.
-
-    ``phase`` (each row's time of day) is required when some model has a daily profile.
-    """
+def deviations(params: RobustParams, model_idx: np.ndarray, X: np.ndarray,
+               phase: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of X (N, F, or N, 2F with novelty codes) and feature: |deviation| in units of its threshold
+    (0 where missing or unused; capped at `NOT_NEW` where the reading is not new in its direction), and
+    the models' indices as an array. ``phase`` is required when some model has a daily profile."""
     X = np.asarray(X, dtype=np.float64)
-    if X.ndim != 2 or X.shape[1] != params.n_features:
-        raise InputError(f"input has shape {X.shape}, the robust models take {params.n_features} features")
+    F = params.n_features
+    if X.ndim != 2 or X.shape[1] not in (F, 2 * F):
+        raise InputError(f"input has shape {X.shape}, the robust models take {F} features (and their novelty)")
     idx = np.asarray(model_idx, dtype=np.int64)
     if idx.shape != (X.shape[0],):
         raise InputError(f"model_idx must have shape ({X.shape[0]},), got {idx.shape}")
@@ -251,7 +286,32 @@ def decision_function(params: RobustParams, model_idx: np.ndarray, X: np.ndarray
                              f"{None if phase is None else np.shape(phase)}")
         center = center + np.einsum("nfk,nk->nf", params.profile[idx], daily_basis(phase))
     with np.errstate(invalid="ignore", over="ignore"):
-        dev = np.abs(X - center) * params.weight[idx]
-    dev[np.isnan(dev)] = 0.0  # missing feature, or an unused one (weight 0) with an infinite deviation
-    worst = np.minimum(dev.max(axis=1, initial=0.0), MAX_DEVIATION)
-    return params.intercept[idx] - worst
+        diff = X[:, :F] - center
+        dev = np.abs(diff) * params.weight[idx]
+        dev[np.isnan(dev)] = 0.0  # missing feature, or an unused one (weight 0) with an infinite deviation
+        if X.shape[1] == 2 * F:
+            new = X[:, F:]
+            old = ~np.isnan(new) & (new != np.sign(diff))
+            dev = np.where(old, np.minimum(dev, NOT_NEW), dev)
+    return np.minimum(dev, MAX_DEVIATION), idx
+
+
+def decision_function(params: RobustParams, model_idx: np.ndarray, X: np.ndarray,
+                      phase: np.ndarray | None = None) -> np.ndarray:
+    """Score row r of X with model ``model_idx[r]``: intercept - max weighted |deviation| (see `deviations`)."""
+    dev, idx = deviations(params, model_idx, X, phase)
+    return params.intercept[idx] - dev.max(axis=1, initial=0.0)
+
+
+def severity(params: RobustParams, model_idx: np.ndarray, X: np.ndarray,
+             phase: np.ndarray | None = None) -> np.ndarray:
+    """Severity in [0, 100] of row r of X under model ``model_idx[r]``'s calibration (module docstring)."""
+    dev, idx = deviations(params, model_idx, X, phase)
+    used = np.maximum(np.count_nonzero(params.weight > 0, axis=1), 1)[idx]
+    scale = np.where(params.intercept > 0, params.intercept, 1.0)[idx]
+    r = dev / scale[:, None]
+    with np.errstate(over="ignore", divide="ignore"):
+        # log10 p_j = log10(rate_j) * r ** k, the most extreme feature's, counted once per feature used
+        log_rate = np.log10(params.rate[idx] / used)
+        decades = (-log_rate[:, None] * r ** params.tail[idx]).max(axis=1, initial=0.0) - np.log10(used)
+    return severity_from_tail(np.power(10.0, -np.maximum(decades, 0.0)))
