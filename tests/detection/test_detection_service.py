@@ -42,7 +42,10 @@ def test_defaults_give_cold_start_keys_a_fallback(fleet) -> None:  # type: ignor
     run = fleet.score(T6, T7)
     preds = fleet.predictions(run_id=run.run_id)
     assert preds.column_names[:8] == ["ts", "device", "sensor", "value", "score", "is_anomaly", "model_version", "run_id"]
-    assert preds.column_names[8:10] == ["model_kind", "fallback"]
+    assert preds.column_names[8:11] == ["model_kind", "fallback", "severity"]
+    severity = preds.column("severity").to_numpy()
+    assert np.all((severity >= 0) & (severity <= 100))
+    assert np.array_equal(severity > 50, preds.column("is_anomaly").to_numpy(zero_copy_only=False))
     assert run.unmatched_rows == 0 and preds.num_rows == 18 * 60
     mine = preds.filter(key(preds, "dev-00001", "temperature"))
     others = preds.filter(pc.invert(key(preds, "dev-00001", "temperature")))
