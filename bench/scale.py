@@ -136,7 +136,7 @@ def main() -> None:
     if args.phase == "land":
         from fleetscore.config import load_config
 
-        landed = land_fleet(load_config(args.home).storage_url, args.models, args.sensors)
+        landed = land_fleet(load_config(args.home).storage.url, args.models, args.sensors)
         print(json.dumps({"rows": landed.rows, "elapsed_s": round(landed.seconds, 3)}))
         return
 

@@ -117,7 +117,7 @@ def main() -> None:
     home = args.home or Path(tempfile.mkdtemp(prefix="fleetscore-bench-scoring-"))
     try:
         fleet = Fleet.open(home, workers=args.workers)
-        landed = land_fleet(fleet.config.storage_url, args.models, args.sensors)
+        landed = land_fleet(fleet.config.storage.url, args.models, args.sensors)
         trained = fleet.train(iso(TRAIN[0]), iso(TRAIN[1]), workers=args.workers, **MODEL)
         models = trained.models
         lo, hi = parse_time(SCORE[0]), parse_time(SCORE[1])

@@ -59,7 +59,7 @@ def small_fleet():  # type: ignore[no-untyped-def]
 
 @pytest.fixture
 def fleet_csv(tmp_path: Path, small_fleet) -> Path:  # type: ignore[no-untyped-def]
-    from fleetscore.cli.data import write_table
+    from fleetscore.storage.files import write_table
 
     path = tmp_path / "fleet.csv"
     write_table(small_fleet, path)

@@ -12,9 +12,9 @@ from fleetscore.errors import ConfigError
 
 def test_defaults_live_under_the_home(tmp_path: Path) -> None:
     cfg = load_config(tmp_path / "h", env={})
-    assert cfg.storage_url == str(tmp_path / "h" / "data")
-    assert cfg.catalog_url == f"sqlite:///{tmp_path / 'h' / 'catalog.db'}"
-    assert cfg.executor == "local" and cfg.workers >= 1
+    assert cfg.storage.url == str(tmp_path / "h" / "data")
+    assert cfg.catalog.url == f"sqlite:///{tmp_path / 'h' / 'catalog.db'}"
+    assert cfg.executor.kind == "local" and cfg.executor.workers >= 1
 
 
 def test_home_from_env(tmp_path: Path) -> None:
@@ -24,10 +24,10 @@ def test_home_from_env(tmp_path: Path) -> None:
 def test_toml_then_env_then_flags(tmp_path: Path) -> None:
     (tmp_path / "fleetscore.toml").write_text('[executor]\nworkers = 3\n[train]\nnu = 0.2\n[storage]\nurl = "/tmp/x"\n')
     cfg = load_config(tmp_path, env={})
-    assert (cfg.workers, cfg.nu, cfg.storage_url) == (3, 0.2, "/tmp/x")
+    assert (cfg.executor.workers, cfg.train.nu, cfg.storage.url) == (3, 0.2, "/tmp/x")
     cfg = load_config(tmp_path, env={"FLEETSCORE_WORKERS": "5"})
-    assert cfg.workers == 5
-    assert cfg.with_overrides(workers=7, nu=None).workers == 7
+    assert cfg.executor.workers == 5
+    assert cfg.with_overrides(workers=7, nu=None).executor.workers == 7
 
 
 @pytest.mark.parametrize("text,needle", [

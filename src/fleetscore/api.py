@@ -1,33 +1,47 @@
-"""The Python API: one :class:`Fleet` per home. The CLI and the web app are thin shells over it.
+"""The Python API: one :class:`Fleet` per home, the one door the faces (CLI, web, scheduler) use.
 
     fleet = Fleet.open("./fleetscore-home")
     fleet.import_file("readings.csv")
     fleet.train("2026-01-01T00:00:00Z", "2026-01-02T00:00:00Z")
     run = fleet.score("2026-01-02T00:00:00Z", "2026-01-02T01:00:00Z")
+
+A Fleet builds the dependencies from the home's settings (storage, catalog, executor, clock) and
+hands them to the services (`fleetscore.services`), which never see the Fleet itself.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from fleetscore.catalog import Catalog, VersionRecord
+from fleetscore.clock import Clock, wall_clock
 from fleetscore.config import Config, load_config
 from fleetscore.core.runs import ModelFailure, RunRecord, TaskRecord
+from fleetscore.core.schedule import ScheduleSpec
 from fleetscore.core.times import parse_time, parse_window
 from fleetscore.errors import InputError, NotFoundError
-from fleetscore.exec.base import Executor, make_executor
-from fleetscore.importer import ImportResult, import_file, import_table
+from fleetscore.exec.base import Executor
+from fleetscore.exec.factory import make_executor
+from fleetscore.services import runs
+from fleetscore.services.context import Context
+from fleetscore.services.importing import ImportResult, import_file, import_table
 from fleetscore.storage import layout
 from fleetscore.storage.fs import Storage, open_storage
 from fleetscore.storage.models import ModelStore
 from fleetscore.storage.predictions import PredictionStore
+from fleetscore.storage.quarantine import QuarantineStore
 from fleetscore.storage.readings import ReadingStore
+
+if TYPE_CHECKING:
+    from fleetscore.config import IngestSettings
+    from fleetscore.ingest.runtime import IngestRuntime
 
 Progress = Callable[[int, int], None]
 Time = str | datetime
@@ -36,37 +50,45 @@ Time = str | datetime
 class Fleet:
     """A fleetscore home: its storage, catalog and executor settings, and every operation on them."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, clock: Clock = wall_clock) -> None:
         self.config = config
+        self.clock = clock
 
     @classmethod
-    def open(cls, home: str | Path | None = None, **overrides: Any) -> "Fleet":
-        """Open (or create) the home; ``overrides`` are Config fields, as CLI flags set them."""
-        return cls(load_config(home).with_overrides(**overrides))
+    def open(cls, home: str | Path | None = None, *, clock: Clock = wall_clock, **overrides: Any) -> Fleet:
+        """Open (or create) the home; ``overrides`` are settings as CLI flags give them (`fleetscore.config.load.FLAGS`)."""
+        return cls(load_config(home).with_overrides(**overrides), clock)
 
     @cached_property
     def storage(self) -> Storage:
-        storage = open_storage(self.config.storage_url)
+        storage = open_storage(self.config.storage.url)
         storage.check_root()
         return storage
 
     @cached_property
     def catalog(self) -> Catalog:
-        return Catalog(self.config.catalog_url)
+        return Catalog(self.config.catalog.url, self.clock)
+
+    @cached_property
+    def context(self) -> Context:
+        """What the services take: storage, catalog, settings, clock."""
+        return Context(self.storage, self.catalog, self.config, self.clock)
 
     def close(self) -> None:
         if "catalog" in self.__dict__:
             self.catalog.close()
 
     def executor(self, kind: str | None = None, workers: int | None = None) -> Executor:
-        return make_executor(kind or self.config.executor, workers or self.config.workers, self.config.ray_address)
+        settings = self.config.executor
+        return make_executor(kind or settings.kind, workers or settings.workers, settings.ray_address,
+                             env_address=settings.ray_env_address)
 
     # --- data ----------------------------------------------------------------------------------
     def import_file(self, path: str | Path, columns: str | None = None) -> ImportResult:
-        return import_file(self.storage, Path(path), columns)
+        return import_file(self.context, Path(path), columns)
 
     def import_table(self, table: pa.Table, source: str = "api") -> ImportResult:
-        return import_table(self.storage, table, source)
+        return import_table(self.context, table, source)
 
     def readings(self, start: Time, end: Time) -> pa.Table:
         lo, hi = parse_window(start, end)
@@ -74,37 +96,28 @@ class Fleet:
 
     def quarantine(self, limit: int = 1000, source: str | None = None) -> pa.Table:
         """The most recent quarantined rows (of all sources, or of one: import, http, mqtt, late), newest files first."""
-        keys = sorted(self.storage.list("quarantine"), reverse=True)
-        if source is not None:
-            keys = [k for k in keys if k.startswith(f"quarantine/source={source}/")]
-        parts, rows = [], 0
-        for key in keys:
-            table = self.storage.read_parquet(key)
-            source = key.split("/")[1].removeprefix("source=")
-            parts.append(table.append_column("source", pa.array([source] * table.num_rows, pa.string())))
-            rows += table.num_rows
-            if rows >= limit:
-                break
-        if not parts:
-            return pa.table({"row": pa.array([], pa.int64()), "reason": pa.array([], pa.string())})
-        return pa.concat_tables(parts, promote_options="default").slice(0, limit)
+        return QuarantineStore(self.storage).recent(limit, source)
 
     # --- streaming ingest ----------------------------------------------------------------------
     def compact(self) -> Any:
         """Compact the ingest log into readings, stream windows and the quarantine (a CompactResult)."""
         from fleetscore.ingest.compact import Compactor
-        from fleetscore.ingest.settings import IngestSettings
 
-        return Compactor(self.config.home, self.storage, IngestSettings.from_config(self.config)).run()
+        return Compactor(self.config.home, self.storage, self.config.ingest, self.clock).run()
+
+    def ingest_runtime(self, source: str, settings: IngestSettings | None = None) -> IngestRuntime:
+        """The log writer of ``source`` (http, mqtt) with background compaction; start it to take batches."""
+        from fleetscore.ingest.runtime import IngestRuntime
+
+        return IngestRuntime(self.config.home, self.storage, settings or self.config.ingest, source, self.clock)
 
     def windows(self, start: Time, end: Time, width: str | None = None) -> pa.Table:
         """Closed stream windows starting in [start, end) (width default: the ``[ingest] window``)."""
-        from fleetscore.core.windows import parse_duration
-        from fleetscore.ingest.settings import IngestSettings
+        from fleetscore.core.times import parse_duration
         from fleetscore.storage.windows import WindowStore
 
         lo, hi = parse_window(start, end)
-        width_s = parse_duration(width) if width else IngestSettings.from_config(self.config).window_s
+        width_s = parse_duration(width) if width else self.config.ingest.window_s
         return WindowStore(self.storage).read(width_s, lo, hi)
 
     # --- models --------------------------------------------------------------------------------
@@ -112,28 +125,26 @@ class Fleet:
               gamma: float | str | None = None, features: str | None = None, release: bool = True,
               workers: int | None = None, on_progress: Progress | None = None,
               alarm_rate: float | None = None, only_unhealthy: bool = False) -> Any:
-        """Train a new version; unpinned settings are chosen per model (see `fleetscore.tuning`).
+        """Train a new version; unpinned settings are chosen per model (see `fleetscore.services.tuning`).
 
         ``only_unhealthy``: retrain just the models the latest run of the released version marked
-        unhealthy, into a new version that reuses every other model (`fleetscore.retrain`).
+        unhealthy, into a new version that reuses every other model (`fleetscore.services.retrain`).
         """
-        from fleetscore.train import train
-        from fleetscore.tuning import resolve
+        from fleetscore.services.retrain import retrain_unhealthy
+        from fleetscore.services.train import train
+        from fleetscore.services.tuning import resolve
 
         lo, hi = parse_window(start, end)
-        if only_unhealthy:
-            from fleetscore.retrain import retrain_unhealthy
-
-            return retrain_unhealthy(self, lo, hi, release=release, workers=workers, on_progress=on_progress)
-        choice = resolve(kind or self.config.kind, self.config.nu if nu is None else nu, gamma or self.config.gamma,
-                         features or self.config.features, self.config.alarm_rate if alarm_rate is None else alarm_rate)
         executor = self.executor(workers=workers)
         try:
-            return train(
-                storage_url=self.config.storage_url, catalog=self.catalog, executor=executor,
-                from_us=lo, to_us=hi, **choice.as_kwargs(),
-                shard_models=self.config.shard_models, release=release, on_progress=on_progress,
-            )
+            if only_unhealthy:
+                return retrain_unhealthy(self.context, executor, self.version(), lo, hi, release=release,
+                                         on_progress=on_progress)
+            t = self.config.train
+            choice = resolve(kind or t.kind, t.nu if nu is None else nu, gamma or t.gamma, features or t.features,
+                             t.alarm_rate if alarm_rate is None else alarm_rate)
+            return train(self.context, executor, lo, hi, **choice.as_kwargs(),
+                         shard_models=self.config.executor.shard_models, release=release, on_progress=on_progress)
         finally:
             executor.close()
 
@@ -171,26 +182,58 @@ class Fleet:
         return info
 
     def import_sklearn(self, path: str | Path, device: str, sensor: str, features: str = "raw") -> VersionRecord:
-        from fleetscore.sklearn_import import import_sklearn
+        from fleetscore.services.sklearn_import import import_sklearn
 
-        version = import_sklearn(self.storage, self.catalog, Path(path), device, sensor, features)
-        return self.catalog.get_version(version)
+        return self.catalog.get_version(import_sklearn(self.context, Path(path), device, sensor, features))
+
+    def health(self, run_id: str | None = None, last: int = 1) -> dict[str, Any]:
+        """Models that runs marked unhealthy: of one run, or of the ``last`` finished runs."""
+        from fleetscore.services.retrain import health_report
+
+        return health_report(self.context, run_id, last)
 
     # --- runs ----------------------------------------------------------------------------------
     def score(self, start: Time, end: Time, *, version: str | None = None, executor: str | None = None,
               workers: int | None = None, schedule: str | None = None,
               on_progress: Progress | None = None) -> RunRecord:
-        from fleetscore.schedule.runner import score_window
-
+        """A new run of the window [start, end), under its lease: never two runs of one window at once."""
         lo, hi = parse_window(start, end)
+        record = self.scoring_version(version)
+        ex = self.executor(executor, workers)
+        try:
+            return runs.score_window(self.context, ex, lo, hi, record.version, schedule=schedule,
+                                     on_progress=on_progress)
+        finally:
+            ex.close()
+
+    def scoring_version(self, version: str | None = None) -> VersionRecord:
+        """The version (default: the released one), refused unless it is ready to score."""
         record = self.version(version)
         if record.status != "ready":
             raise InputError(f"model version {record.version} is {record.status}; it cannot score")
-        ex = self.executor(executor, workers)
-        try:  # under the window's lease: never two runs of one window at once; retries, cancel, logs
-            return score_window(self, ex, lo, hi, record.version, schedule=schedule, on_progress=on_progress)
+        return record
+
+    def backfill(self, start: Time, end: Time, every_s: int, *, version: str | None = None,
+                 workers: int | None = None, on_run: Callable[[RunRecord], None] | None = None) -> runs.BackfillResult:
+        """One run per window of [start, end), oldest first; each replaces its window's predictions."""
+        lo, hi = parse_window(start, end)
+        record = self.scoring_version(version)
+        ex = self.executor(workers=workers)
+        try:
+            return runs.backfill(self.context, ex, lo, hi, every_s, record.version, on_run)
         finally:
             ex.close()
+
+    def retry(self, run_id: str, *, workers: int | None = None, on_progress: Progress | None = None) -> runs.RetryResult:
+        """Re-run only the tasks of a run that did not succeed, into the same run; commit its window again."""
+        ex = self.executor(workers=workers)
+        try:
+            return runs.retry_run(self.context, ex, run_id, on_progress)
+        finally:
+            ex.close()
+
+    def cancel(self, run_id: str, wait_s: float = 10.0) -> RunRecord:
+        return runs.cancel_run(self.context, run_id, wait_s)
 
     def runs(self, limit: int = 100) -> list[RunRecord]:
         return self.catalog.runs(limit)
@@ -198,6 +241,23 @@ class Fleet:
     def run(self, run_id: str) -> tuple[RunRecord, list[TaskRecord], list[ModelFailure]]:
         layout.check_run_id(run_id)
         return self.catalog.get_run(run_id), self.catalog.tasks(run_id), self.catalog.failures(run_id)
+
+    def run_log(self, run_id: str, *, follow: bool = False) -> Iterator[dict[str, Any]]:
+        """A run's structured log lines in order; ``follow``: keep yielding new ones until the run ends."""
+        from fleetscore.storage.logs import LogStore
+
+        self.run(run_id)  # an unknown run is an input error
+        store = LogStore(self.storage)
+        if not follow:
+            return iter(store.run_lines(run_id))
+        return store.follow(run_id, lambda: self.catalog.get_run(run_id).status.finished)
+
+    def task_log(self, run_id: str, task: int) -> list[Any]:
+        """Every logged attempt of one task of a run (lines, stdout, stderr)."""
+        from fleetscore.storage.logs import LogStore
+
+        self.run(run_id)
+        return LogStore(self.storage).task_attempts(run_id, task)
 
     def predictions(self, run_id: str | None = None, start: Time | None = None, end: Time | None = None) -> pa.Table:
         store = PredictionStore(self.storage)
@@ -209,6 +269,46 @@ class Fleet:
             raise InputError("give --run RUN or both --from and --to")
         lo, hi = parse_window(start, end)
         return store.for_range(lo, hi)
+
+    def evaluate(self, run_id: str, labels: str | Path) -> tuple[RunRecord, Any]:
+        """The run and its ``Evaluation`` against a labels file (ts, device, sensor, label[, anomaly_kind])."""
+        from fleetscore.services.quality import evaluate_run
+
+        return evaluate_run(self.context, run_id, Path(labels))
+
+    # --- schedules and upkeep ------------------------------------------------------------------
+    def add_schedule(self, spec: ScheduleSpec) -> ScheduleSpec:
+        """Store a new schedule (its version, if pinned, must exist)."""
+        from fleetscore.catalog.schedules import ScheduleStore
+
+        if spec.version:
+            self.version(spec.version)
+        ScheduleStore(self.catalog).add(spec)
+        return spec
+
+    def schedules(self) -> Any:
+        """The catalog's schedules and their windows (a ``ScheduleStore``)."""
+        from fleetscore.catalog.schedules import ScheduleStore
+
+        return ScheduleStore(self.catalog)
+
+    def gc(self, keep_s: int, *, readings: bool = False, dry_run: bool = False) -> Any:
+        """Delete what is older than ``keep_s`` seconds by the retention policy (a ``GcResult``)."""
+        from fleetscore.services.gc import gc
+
+        return gc(self.context, keep_s, readings=readings, dry_run=dry_run)
+
+    def catalog_state(self) -> dict[str, Any]:
+        """The catalog as it is (database, schema version), without creating or upgrading it."""
+        from fleetscore.catalog.status import catalog_state
+
+        return catalog_state(self.config.catalog.url)
+
+    def upgrade_catalog(self) -> dict[str, Any]:
+        """Create the catalog or upgrade its schema (opening it does that); its state after, and before."""
+        before = self.catalog_state()["schema_version"]
+        self.catalog.close()
+        return self.catalog_state() | {"upgraded_from": before}
 
     # --- what the dashboard shows --------------------------------------------------------------
     def anomaly_counts(self, start: Time, end: Time) -> pa.Table:
@@ -230,6 +330,10 @@ class Fleet:
         value = pc.coalesce(joined.column("value"), joined.column("value_scored"))
         return pa.table({"ts": joined.column("ts"), "value": value, "score": joined.column("score"),
                          "is_anomaly": joined.column("is_anomaly")}).sort_by("ts")
+
+    def committed_windows(self) -> dict[tuple[str, str], str]:
+        """The run whose predictions each scored window holds: {(from, to): run id}."""
+        return self.catalog.committed_runs()
 
     def run_stats(self) -> Any:
         """Totals over all runs (per status, duration histogram, last success): a ``catalog.stats.RunStats``."""

@@ -39,6 +39,18 @@ def credential_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
     return {name: env[name] for name in CREDENTIAL_ENV if env.get(name)}
 
 
+def storage_options(url: str, env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """fsspec options the environment's credentials imply for ``url``: an S3 endpoint (moto, MinIO) or an
+    Azure connection string (Azurite); the backends read the other variables themselves."""
+    env = os.environ if env is None else env
+    options: dict[str, Any] = {}
+    if url.startswith(("s3://", "s3a://")) and env.get("AWS_ENDPOINT_URL"):
+        options["client_kwargs"] = {"endpoint_url": env["AWS_ENDPOINT_URL"]}
+    if url.startswith(("az://", "abfs://")) and env.get("AZURE_STORAGE_CONNECTION_STRING"):
+        options["connection_string"] = env["AZURE_STORAGE_CONNECTION_STRING"]
+    return options
+
+
 def call_with_credentials(env: Mapping[str, str], fn: Callable[[Any], T], spec: Any) -> T:
     """In a worker: take the driver's credential variables ``env``, then run ``fn(spec)``."""
     os.environ.update(env)

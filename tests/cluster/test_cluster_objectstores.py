@@ -36,7 +36,7 @@ def store(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch):  # t
 @pytest.fixture
 def small_csv(tmp_path: Path) -> Path:
     """4 devices × 2 sensors × 3 h of minute readings (every object store request counts: keep it small)."""
-    from fleetscore.cli.data import write_table
+    from fleetscore.storage.files import write_table
     from fleetscore.core.simulate import simulate_fleet
 
     path = tmp_path / "fleet.csv"

@@ -28,6 +28,7 @@ from fleetscore.core.ocsvm import (
     from_sklearn,
     predict_is_anomaly,
 )
+from fleetscore.config import load_config
 from fleetscore.errors import ConfigError, InputError, ModelFormatError
 
 RNG = np.random.default_rng(20240601)
@@ -37,7 +38,7 @@ RNG = np.random.default_rng(20240601)
 def kernel(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     if request.param == "numba":
         pytest.importorskip("numba")
-    monkeypatch.setenv("FLEETSCORE_KERNEL", request.param)
+    monkeypatch.setattr(ocsvm, "DEFAULT_KERNEL", request.param)
     return request.param
 
 
@@ -141,7 +142,7 @@ def test_shard_of_200_models_in_random_row_order(kernel: str) -> None:
 
 
 def test_numpy_kernel_chunking(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("FLEETSCORE_KERNEL", "numpy")
+    monkeypatch.setattr(ocsvm, "DEFAULT_KERNEL", "numpy")
     params = fit_many([sensor(60) for _ in range(30)]).params
     model_idx = RNG.integers(0, 30, 500)
     X = RNG.normal(10, 20, size=(500, 1))
@@ -202,20 +203,18 @@ def test_bad_model_idx_and_shapes_rejected(kernel: str) -> None:
         decision_function(params, np.array([0, 1, 1]), np.zeros((3, 2)))
 
 
-def test_kernel_selection(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_kernel_selection(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     params = fit_one(sensor(30))
     args = (params, np.zeros(4, np.int64), np.ones((4, 1)))
-    monkeypatch.setenv("FLEETSCORE_KERNEL", "cuda")
     with pytest.raises(ConfigError, match="FLEETSCORE_KERNEL"):
-        decision_function(*args)
+        load_config(tmp_path, env={"FLEETSCORE_KERNEL": "cuda"})
+    with pytest.raises(InputError, match="kernel must be"):
+        decision_function(*args, kernel="cuda")
+    assert load_config(tmp_path, env={"FLEETSCORE_KERNEL": " NumPy "}).executor.kernel == "numpy"
     monkeypatch.setattr(ocsvm, "_numba_kernel", lambda: None)  # as if numba were not installed
-    monkeypatch.setenv("FLEETSCORE_KERNEL", "numba")
     with pytest.raises(ConfigError, match="numba cannot be imported"):
-        decision_function(*args)
-    monkeypatch.delenv("FLEETSCORE_KERNEL")
-    monkeypatch.setenv("FLEETSCORE_KERNEL", "numpy")
-    want = decision_function(*args)
-    monkeypatch.delenv("FLEETSCORE_KERNEL")
+        decision_function(*args, kernel="numba")
+    want = decision_function(*args, kernel="numpy")
     np.testing.assert_array_equal(decision_function(*args), want)  # falls back to numpy
 
 

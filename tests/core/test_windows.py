@@ -10,13 +10,8 @@ import pyarrow as pa
 import pytest
 
 from fleetscore.core.simulate import simulate_fleet
-from fleetscore.core.windows import (
-    WINDOW_FEATURES,
-    WINDOW_SCHEMA,
-    parse_duration,
-    tumbling_aggregate,
-    window_feature_matrix,
-)
+from fleetscore.core.times import parse_duration
+from fleetscore.core.windows import WINDOW_FEATURES, WINDOW_SCHEMA, tumbling_aggregate, window_feature_matrix
 from fleetscore.errors import InputError
 
 TS = pa.timestamp("us", tz="UTC")

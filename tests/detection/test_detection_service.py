@@ -10,7 +10,7 @@ import pyarrow.compute as pc
 import pytest
 
 from fleetscore.api import Fleet
-from fleetscore.cli.data import write_table
+from fleetscore.storage.files import write_table
 from fleetscore.core.kinds import get_kind
 from fleetscore.storage.models import ModelStore
 

@@ -21,7 +21,7 @@ import pytest
 from fleetscore.core.features import build_features, day_phase, parse_features
 from fleetscore.core.fitting import FitSettings, fit_shard
 from fleetscore.core.kinds import score_bundle
-from fleetscore.tuning import resolve
+from fleetscore.services.tuning import resolve
 
 DATASETS = Path(os.environ.get("FLEETSCORE_DATASETS") or Path(__file__).resolve().parents[2].parent / "shared" / "datasets")
 NAB = DATASETS / "nab"

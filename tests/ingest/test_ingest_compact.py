@@ -17,7 +17,7 @@ from fleetscore.ingest.compact import Compactor
 from fleetscore.ingest.log import list_segments
 from fleetscore.ingest.parse import ParsedBody
 from fleetscore.ingest.service import IngestService
-from fleetscore.ingest.settings import IngestSettings
+from fleetscore.config.ingest import IngestSettings
 
 
 def write_batches(home: Path, batches: list[pa.Table], settings: IngestSettings, source: str = "http") -> None:

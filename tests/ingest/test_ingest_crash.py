@@ -123,7 +123,7 @@ def test_server_killed_during_a_stream_loses_and_duplicates_nothing(tmp_path: Pa
 def test_compaction_killed_midway_loses_and_duplicates_nothing(tmp_path: Path) -> None:
     from fleetscore.ingest.parse import ParsedBody
     from fleetscore.ingest.service import IngestService
-    from fleetscore.ingest.settings import IngestSettings
+    from fleetscore.config.ingest import IngestSettings
 
     home = tmp_path / "home"
     home.mkdir()

@@ -17,10 +17,10 @@ from fleetscore.core.plan import fit_cost, plan_shards, target_shards
 from fleetscore.core.schema import READING_SCHEMA
 from fleetscore.core.simulate import simulate_fleet
 from fleetscore.core.times import HOUR_US
-from fleetscore.score import plan_tasks
+from fleetscore.services.score import plan_tasks
 from fleetscore.storage import layout
 from fleetscore.storage.readings import ReadingStore
-from fleetscore.train import shard_bounds
+from fleetscore.services.train import shard_bounds
 
 from scale_support import H0, T0, RecordingStorage, keys_of
 
@@ -44,10 +44,10 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Fleet:
 
 def test_each_task_reads_only_its_buckets_and_together_every_reading_once(trained: Fleet) -> None:
     version = trained.version().version
-    tasks = plan_tasks(trained.storage, trained.config.storage_url, "0123456789abcdef", version, "raw",
+    tasks = plan_tasks(trained.storage, trained.config.storage.url, "0123456789abcdef", version, "raw",
                        H0 + HOUR_US, H0 + 2 * HOUR_US)
     assert len(tasks) == -(-600 // 50)  # 300 devices × 2 sensors in shards of at most 50 models
-    storage = RecordingStorage(trained.config.storage_url)
+    storage = RecordingStorage(trained.config.storage.url)
     store = ReadingStore(storage)
     window = store.read_window(H0 + HOUR_US, H0 + 2 * HOUR_US)
     all_groups = sum(pq.ParquetFile(storage.path(k)).num_row_groups for k in storage.list(layout.hour_key(H0 + HOUR_US)))
@@ -100,7 +100,7 @@ def test_a_sensor_with_100x_the_readings_gets_a_shard_of_its_own_and_is_scored_f
     assert mine.column("n_train").to_pylist() == [round(3600 / 0.6)]  # 100× the minute readings
     shard = mine.column("shard")[0].as_py()
     assert pc.sum(pc.equal(manifest.column("shard"), shard)).as_py() == 1  # alone in its shard
-    tasks = plan_tasks(fleet.storage, fleet.config.storage_url, "0123456789abcdef", trained.version, "raw",
+    tasks = plan_tasks(fleet.storage, fleet.config.storage.url, "0123456789abcdef", trained.version, "raw",
                        H0 + HOUR_US, H0 + 2 * HOUR_US)
     assert tasks[0].shard == shard  # the costliest shard is dispatched first
     run = fleet.score(iso(H0 + HOUR_US), iso(H0 + 2 * HOUR_US), workers=2)

@@ -60,7 +60,7 @@ def check_lease_rules(catalog: "Catalog") -> None:
     from fleetscore.catalog.leases import Leases, LeaseState
 
     now = [1000.0]
-    leases = Leases(catalog, clock=lambda: now[0])
+    leases = Leases(catalog, clock=lambda: int(now[0] * 1e6))
     assert leases.acquire("score:w1", "a", ttl_s=10)
     assert not leases.acquire("score:w1", "b", ttl_s=10)
     assert leases.acquire("score:w2", "b", ttl_s=100)  # other keys are free

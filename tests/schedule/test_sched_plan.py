@@ -11,7 +11,7 @@ from sched_support import us
 
 from fleetscore.core.times import HOUR_US, iso
 from fleetscore.errors import InputError
-from fleetscore.schedule.plan import ScheduleSpec, check_cron, check_name, next_fire, plan_due, window_of
+from fleetscore.core.schedule import ScheduleSpec, check_cron, check_name, next_fire, plan_due, window_of
 
 #: Fires at minute 5 of every hour; its last tick planned the fire of 00:05.
 HOURLY = ScheduleSpec(name="hourly", cron="5 * * * *", window_s=3600, cursor_us=us("2026-01-01T00:05:00Z"))

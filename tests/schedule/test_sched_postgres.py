@@ -22,7 +22,7 @@ from sched_support import ROWS_PER_HOUR, check_lease_rules, check_one_winner, se
 
 from fleetscore.catalog.schedules import ScheduleStore
 from fleetscore.catalog.sql import Catalog
-from fleetscore.schedule.plan import ScheduleSpec
+from fleetscore.core.schedule import ScheduleSpec
 from fleetscore.schedule.scheduler import start_scheduler_thread
 
 PASSWORD = "pg-s3cret-Pa55"

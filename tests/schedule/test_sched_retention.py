@@ -3,6 +3,8 @@ pinned, still needed by a schedule or held by a live run stays."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from pathlib import Path
 
 from sched_support import ROWS_PER_HOUR, T0, T4, us
@@ -11,8 +13,8 @@ from fleetscore.catalog.schedules import ScheduleStore
 from fleetscore.core.retention import RetentionFacts, VersionFact, plan_retention
 from fleetscore.core.runs import RunRecord, RunStatus
 from fleetscore.core.times import HOUR_US, iso
-from fleetscore.schedule.plan import Plan, DueWindow, ScheduleSpec
-from fleetscore.schedule.retention import gc
+from fleetscore.core.schedule import Plan, DueWindow, ScheduleSpec
+from fleetscore.services.gc import gc
 
 DAY = 24 * HOUR_US
 NOW = us("2026-03-01T00:00:00Z")
@@ -83,7 +85,7 @@ def test_gc_on_a_real_home(fleet7, home7: Path, cli) -> None:  # type: ignore[no
     assert dry.json["deleted"]["runs"] == 2 and dry.json["versions"] == ["v2"] and dry.json["dry_run"]
     assert fleet7.run(first.run_id)[0].run_id == first.run_id  # nothing deleted yet
 
-    result = gc(fleet7, 30 * 86_400, now, readings=True)
+    result = gc(replace(fleet7.context, clock=lambda: now), 30 * 86_400, readings=True)
     assert sorted(result.plan.runs) == sorted([first.run_id, second.run_id])
     assert result.plan.kept["version v1"] == "released"
     assert not (home7 / "data" / "predictions").exists() or not any((home7 / "data" / "predictions").iterdir())

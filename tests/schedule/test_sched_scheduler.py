@@ -11,7 +11,7 @@ from pathlib import Path
 from sched_support import ROWS_PER_HOUR, set_schedule_settings, shard_path, shard_sizes, us, wait_for
 
 from fleetscore.catalog.schedules import ScheduleStore
-from fleetscore.schedule.plan import ScheduleSpec
+from fleetscore.core.schedule import ScheduleSpec
 from fleetscore.schedule.scheduler import Scheduler, start_scheduler_thread
 
 
@@ -221,9 +221,9 @@ def test_an_abandoned_run_is_not_resumed_over_a_newer_one(fleet7) -> None:  # ty
     """A run whose lease was lost stays 'running'; if the window was scored again meanwhile, the
     scheduler records that newer run for the window instead of resuming the old one over it."""
     from fleetscore.exec.control import RunControl, RunStopped, StopFlag
-    from fleetscore.schedule.plan import plan_due
-    from fleetscore.schedule.runner import LEASE_LOST
-    from fleetscore.score import score
+    from fleetscore.core.schedule import plan_due
+    from fleetscore.services.runs import LEASE_LOST
+    from fleetscore.services.score import score
 
     spec = add_hourly(fleet7, "2026-01-01T05:30:00Z")
     store = ScheduleStore(fleet7.catalog)
@@ -234,8 +234,7 @@ def test_an_abandoned_run_is_not_resumed_over_a_newer_one(fleet7) -> None:  # ty
     executor = fleet7.executor(workers=1)
     try:
         try:
-            score(storage_url=fleet7.config.storage_url, catalog=fleet7.catalog, executor=executor,
-                  from_us=us("2026-01-01T05:00:00Z"), to_us=us("2026-01-01T06:00:00Z"), version="v1",
+            score(fleet7.context, executor, us("2026-01-01T05:00:00Z"), us("2026-01-01T06:00:00Z"), "v1",
                   schedule="hourly", run_id="ab" * 16, control=RunControl(stop=lost))
         except RunStopped as exc:
             assert exc.reason == LEASE_LOST

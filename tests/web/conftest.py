@@ -41,7 +41,7 @@ def scored_home(tmp_path_factory: pytest.TempPathFactory) -> ScoredHome:
     fleet.import_table(_with_hostile_ids(readings))
     fleet.train(T0, T0 + timedelta(hours=4), workers=1)
     runs = [fleet.score(T0 + timedelta(hours=h), T0 + timedelta(hours=h + 1), workers=1) for h in (4, 5)]
-    shard = Path(fleet.config.storage_url) / "models" / "v1" / "shard-00001.npz"
+    shard = Path(fleet.config.storage.url) / "models" / "v1" / "shard-00001.npz"
     good = shard.read_bytes()
     shard.write_bytes(b"not a model file")
     partial = fleet.score(T0 + timedelta(hours=6), T0 + timedelta(hours=7), workers=1)

@@ -72,11 +72,19 @@ def test_missing_form_field_is_a_400_page(locked) -> None:  # type: ignore[no-un
     assert r.status_code == 400 and r.headers["content-type"].startswith("text/html")
 
 
-def test_token_from_the_environment(make_client, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
-    client = make_client()
-    monkeypatch.setenv("FLEETSCORE_TOKEN", TOKEN)
+def test_token_from_the_environment(scored_home, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    from fastapi.testclient import TestClient
+
+    from fleetscore.api import Fleet
+    from fleetscore.web.app import create_app
+
+    monkeypatch.setenv("FLEETSCORE_TOKEN", TOKEN)  # read with the home's settings
+    fleet = Fleet.open(scored_home.path)
+    client = TestClient(create_app(fleet), follow_redirects=False)
     assert client.get("/api/runs").status_code == 401
     assert client.get("/api/runs", headers={"authorization": f"Bearer {TOKEN}"}).status_code == 200
+    client.close()
+    fleet.close()
 
 
 def test_open_routes_stay_open(locked) -> None:  # type: ignore[no-untyped-def]

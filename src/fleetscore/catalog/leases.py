@@ -10,13 +10,13 @@ conflict = someone else holds it). Expiry uses wall-clock seconds of the process
 from __future__ import annotations
 
 import enum
-import time
 from dataclasses import dataclass
-from typing import Callable
 
 import sqlalchemy as sa
 
-from fleetscore.catalog.sql import Catalog, metadata, now_iso
+from fleetscore.catalog.sql import Catalog, metadata
+from fleetscore.clock import Clock
+from fleetscore.core.times import iso_us
 
 leases_table = sa.Table(
     "leases",
@@ -51,9 +51,14 @@ class LeaseInfo:
 class Leases:
     """Acquire, renew, release and inspect leases in the catalog."""
 
-    def __init__(self, catalog: Catalog, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, catalog: Catalog, clock: Clock | None = None) -> None:
+        self.catalog = catalog
         self.engine = catalog.engine
-        self.clock = clock
+        self._clock = clock or catalog.clock
+
+    def clock(self) -> float:
+        """Now in seconds, as lease expiries are stored (by the catalog's clock unless one is given)."""
+        return self._clock() / 1e6
 
     def acquire(self, key: str, holder: str, ttl_s: float, run_id: str | None = None) -> bool:
         """Take ``key`` for ``ttl_s`` seconds if nobody holds it (an expired lease counts as free)."""
@@ -62,7 +67,7 @@ class Leases:
         try:
             with self.engine.begin() as conn:
                 conn.execute(sa.delete(t).where((t.c.key == key) & (t.c.expires_at < now)))
-                conn.execute(sa.insert(t).values(key=key, holder=holder, run_id=run_id, acquired_at=now_iso(),
+                conn.execute(sa.insert(t).values(key=key, holder=holder, run_id=run_id, acquired_at=iso_us(self._clock()),
                                                  expires_at=now + ttl_s, cancel=False))
         except sa.exc.IntegrityError:
             return False

@@ -13,10 +13,10 @@ from typing import Any, Iterable
 
 import sqlalchemy as sa
 
-from fleetscore.catalog.sql import Catalog, metadata, now_iso
+from fleetscore.catalog.sql import Catalog, metadata
 from fleetscore.core.times import iso
 from fleetscore.errors import InputError, NotFoundError
-from fleetscore.schedule.plan import Plan, ScheduleSpec
+from fleetscore.core.schedule import Plan, ScheduleSpec
 
 PENDING, RUNNING, SKIPPED = "pending", "running", "skipped"
 #: Window rows a scheduler still has to run (or resume).
@@ -78,6 +78,7 @@ class ScheduleStore:
     """Schedules and their window rows."""
 
     def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
         self.engine = catalog.engine
 
     # --- schedules -----------------------------------------------------------------------------
@@ -118,7 +119,7 @@ class ScheduleStore:
 
         Returns False (and changes nothing) when another scheduler planned first.
         """
-        now = now_iso()
+        now = self.catalog.now()
         s, w = schedules_table, windows_table
         with self.engine.begin() as conn:
             moved = conn.execute(
@@ -164,7 +165,7 @@ class ScheduleStore:
         w = windows_table
         with self.engine.begin() as conn:
             conn.execute(sa.update(w).where((w.c.schedule == name) & (w.c.window_from == window_from))
-                         .values(updated_at=now_iso(), **values))
+                         .values(updated_at=self.catalog.now(), **values))
 
     def delete_windows(self, keys: Iterable[tuple[str, str]]) -> None:
         w = windows_table

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, fields
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -17,7 +16,9 @@ import sqlalchemy as sa
 
 from fleetscore.catalog.dialect import transaction_lock, upsert
 from fleetscore.catalog.migrate import upgrade
+from fleetscore.clock import Clock, wall_clock
 from fleetscore.core.runs import ModelFailure, RunRecord, RunStatus, TaskRecord
+from fleetscore.core.times import iso_us
 from fleetscore.errors import NotFoundError, StorageError
 
 #: Version of the tables' shape; :mod:`fleetscore.catalog.migrate` upgrades older catalogs to it.
@@ -139,15 +140,15 @@ class VersionRecord:
         return dict(self.__dict__)
 
 
-def now_iso() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
 class Catalog:
-    """Runs, tasks, failures and model versions in one SQL database."""
+    """Runs, tasks, failures and model versions in one SQL database.
 
-    def __init__(self, url: str) -> None:
+    ``clock`` (µs) stamps the rows the catalog writes itself (version created, window committed).
+    """
+
+    def __init__(self, url: str, clock: Clock = wall_clock) -> None:
         self.url = url
+        self.clock = clock
         if url.startswith("sqlite:///"):
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -163,6 +164,10 @@ class Catalog:
     def close(self) -> None:
         self.engine.dispose()
 
+    def now(self) -> str:
+        """Now as the catalog's time columns hold it (ISO 8601 to the µs)."""
+        return iso_us(self.clock())
+
     # --- model versions ------------------------------------------------------------------------
     def new_version(self, kind: str, features: str, params: dict[str, Any], train_from: str, train_to: str) -> str:
         """Reserve the next version id (v1, v2, ...) in state 'training'."""
@@ -175,7 +180,7 @@ class Catalog:
                     conn.execute(
                         sa.insert(versions_table).values(
                             version=version, seq=seq, kind=kind, features=features, params=json.dumps(params),
-                            status="training", created_at=now_iso(), train_from=train_from, train_to=train_to,
+                            status="training", created_at=self.now(), train_from=train_from, train_to=train_to,
                             models=0, failed=0, shards=0,
                         )
                     )
@@ -278,7 +283,7 @@ class Catalog:
         return [ModelFailure(r["device"], r["sensor"], r["reason"], r["task"]) for r in rows]
 
     def commit_window(self, window_from: str, window_to: str, run_id: str) -> None:
-        row = {"window_from": window_from, "window_to": window_to, "run_id": run_id, "committed_at": now_iso()}
+        row = {"window_from": window_from, "window_to": window_to, "run_id": run_id, "committed_at": self.now()}
         with self.engine.begin() as conn:
             upsert(conn, commits_table, [row])
 

@@ -1,13 +1,16 @@
-"""Streaming commands: serve (HTTP ingest + dashboard), ingest mqtt, compact, windows."""
+"""Streaming commands: ``serve`` (HTTP ingest + dashboard), ``compact``, ``windows`` and the ``ingest`` group (mqtt)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
 from fleetscore.cli.output import HomeOpt, JsonOpt, console, emit, handle_errors, open_fleet, table
+
+commands = typer.Typer()
+ingest = typer.Typer(help="Streaming ingest clients (MQTT).", no_args_is_help=True)
 
 IntervalOpt = Annotated[
     Optional[str],
@@ -26,128 +29,116 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def _settings(fleet, compact_interval: str | None):  # type: ignore[no-untyped-def]
-    from fleetscore.ingest.settings import IngestSettings
+def _settings(fleet: Any, compact_interval: str | None) -> Any:
+    """The home's ``[ingest]`` settings with ``--compact-interval`` applied."""
+    from fleetscore.config.ingest import parse_interval
 
-    settings = IngestSettings.from_config(fleet.config)
-    if compact_interval is not None:
-        section = {"compact_interval": compact_interval}
-        settings = settings.with_overrides(
-            compact_interval_s=IngestSettings.from_mapping(section, "--compact-interval").compact_interval_s)
-    return settings
+    if compact_interval is None:
+        return fleet.config.ingest
+    return fleet.config.ingest.with_overrides(compact_interval_s=parse_interval(compact_interval, "--compact-interval"))
 
 
-def register(app: typer.Typer) -> None:
-    ingest_app = typer.Typer(help="Streaming ingest clients (MQTT).", no_args_is_help=True)
-    app.add_typer(ingest_app, name="ingest")
+@commands.command()
+@handle_errors
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on (non-loopback needs FLEETSCORE_TOKEN).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.", min=0, max=65535)] = 8000,
+    compact_interval: IntervalOpt = None,
+    home: HomeOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Run the HTTP server: ingest (POST /v1/readings), dashboard, /metrics; compacts the log on its own."""
+    import os
+    import signal
 
-    @app.command()
-    @handle_errors
-    def serve(
-        host: Annotated[str, typer.Option(help="Address to listen on (non-loopback needs FLEETSCORE_TOKEN).")] = "127.0.0.1",
-        port: Annotated[int, typer.Option(help="TCP port.", min=0, max=65535)] = 8000,
-        compact_interval: IntervalOpt = None,
-        home: HomeOpt = None,
-        json_out: JsonOpt = False,
-    ) -> None:
-        """Run the HTTP server: ingest (POST /v1/readings), dashboard, /metrics; compacts the log on its own."""
-        import os
-        import signal
+    from fleetscore.errors import InputError
 
-        from fleetscore.errors import InputError
+    fleet = open_fleet(home)
+    if not is_loopback(host) and not fleet.config.web.token:
+        raise InputError(f"refusing to listen on {host}: it is not a loopback address and FLEETSCORE_TOKEN is "
+                         "not set (set a token so that writes need Authorization: Bearer <token>)")
+    import uvicorn
 
-        if not is_loopback(host) and not os.environ.get("FLEETSCORE_TOKEN"):
-            raise InputError(f"refusing to listen on {host}: it is not a loopback address and FLEETSCORE_TOKEN is "
-                             "not set (set a token so that writes need Authorization: Bearer <token>)")
-        import uvicorn
+    from fleetscore.ingest.checkpoint import IngestPaths
+    from fleetscore.ingest.log import writer_active
+    from fleetscore.web.app import create_app
+    from fleetscore.web.ingest import SOURCE
 
-        from fleetscore.web.app import create_app
+    if writer_active(IngestPaths.of_home(fleet.config.home).log_dir(SOURCE)):
+        raise InputError(f"another `fleetscore serve` is already running on {fleet.config.home}")
+    settings = _settings(fleet, compact_interval)
+    application = create_app(fleet, compact_interval_s=settings.compact_interval_s)
+    url = f"http://{host}:{port}"
+    emit(json_out, {"url": url, "home": str(fleet.config.home), "pid": os.getpid()},
+         lambda c: c.print(f"fleetscore serving {fleet.config.home} on {url} (Ctrl-C to stop)"))
+    server = uvicorn.Server(uvicorn.Config(application, host=host, port=port, log_level="warning",
+                                           access_log=False, lifespan="on"))
+    for sig in (signal.SIGTERM, signal.SIGINT):  # uvicorn re-raises the stop signal: end with exit 0
+        signal.signal(sig, lambda *_: None)
+    server.run()
+    if not server.started:
+        raise typer.Exit(1)
 
-        from fleetscore.ingest.checkpoint import IngestPaths
-        from fleetscore.ingest.http import SOURCE
-        from fleetscore.ingest.log import writer_active
 
-        fleet = open_fleet(home)
-        if writer_active(IngestPaths.of_home(fleet.config.home).log_dir(SOURCE)):
-            raise InputError(f"another `fleetscore serve` is already running on {fleet.config.home}")
-        settings = _settings(fleet, compact_interval)
-        application = create_app(fleet, compact_interval_s=settings.compact_interval_s)
-        url = f"http://{host}:{port}"
-        emit(json_out, {"url": url, "home": str(fleet.config.home), "pid": os.getpid()},
-             lambda c: c.print(f"fleetscore serving {fleet.config.home} on {url} (Ctrl-C to stop)"))
-        server = uvicorn.Server(uvicorn.Config(application, host=host, port=port, log_level="warning",
-                                               access_log=False, lifespan="on"))
-        for sig in (signal.SIGTERM, signal.SIGINT):  # uvicorn re-raises the stop signal: end with exit 0
-            signal.signal(sig, lambda *_: None)
-        server.run()
-        if not server.started:
-            raise typer.Exit(1)
+@commands.command()
+@handle_errors
+def compact(home: HomeOpt = None, json_out: JsonOpt = False) -> None:
+    """Compact the ingest log now: readings become visible, stream windows and quarantine are written."""
+    result = open_fleet(home).compact()
+    payload = result.as_dict()
+    emit(json_out, payload, lambda c: c.print(table("compaction", ["field", "value"], [[k, v] for k, v in payload.items()])))
 
-    @app.command()
-    @handle_errors
-    def compact(home: HomeOpt = None, json_out: JsonOpt = False) -> None:
-        """Compact the ingest log now: readings become visible, stream windows and quarantine are written."""
-        result = open_fleet(home).compact()
-        payload = result.as_dict()
-        emit(json_out, payload, lambda c: c.print(table("compaction", ["field", "value"], [[k, v] for k, v in payload.items()])))
 
-    @app.command()
-    @handle_errors
-    def windows(
-        start: Annotated[str, typer.Option("--from", help="First window start (ISO 8601, inclusive).")],
-        end: Annotated[str, typer.Option("--to", help="Window starts before this (ISO 8601, exclusive).")],
-        out: Annotated[Path, typer.Option("--out", help="Output file (.csv or .parquet).")],
-        width: Annotated[Optional[str], typer.Option(help="Window width, e.g. 1m (default: ingest.window or 1m).")] = None,
-        home: HomeOpt = None,
-        json_out: JsonOpt = False,
-    ) -> None:
-        """Export closed stream windows (count, mean, std, min, max per device, sensor and window)."""
-        from fleetscore.cli.data import write_table
+@commands.command()
+@handle_errors
+def windows(
+    start: Annotated[str, typer.Option("--from", help="First window start (ISO 8601, inclusive).")],
+    end: Annotated[str, typer.Option("--to", help="Window starts before this (ISO 8601, exclusive).")],
+    out: Annotated[Path, typer.Option("--out", help="Output file (.csv or .parquet).")],
+    width: Annotated[Optional[str], typer.Option(help="Window width, e.g. 1m (default: ingest.window or 1m).")] = None,
+    home: HomeOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Export closed stream windows (count, mean, std, min, max per device, sensor and window)."""
+    from fleetscore.storage.files import write_table
 
-        tbl = open_fleet(home).windows(start, end, width)
-        fmt = write_table(tbl, out)
-        emit(json_out, {"out": str(out), "format": fmt, "rows": tbl.num_rows},
-             lambda c: c.print(f"wrote {tbl.num_rows:,} windows to {out}"))
+    tbl = open_fleet(home).windows(start, end, width)
+    fmt = write_table(tbl, out)
+    emit(json_out, {"out": str(out), "format": fmt, "rows": tbl.num_rows},
+         lambda c: c.print(f"wrote {tbl.num_rows:,} windows to {out}"))
 
-    @ingest_app.command("mqtt")
-    @handle_errors
-    def mqtt(
-        broker: Annotated[str, typer.Option(help="Broker URL, mqtt://HOST:PORT.")],
-        topic: Annotated[str, typer.Option(help="Topic filter; the last two levels are device and sensor.")] = "fleet/+/+",
-        client_id: Annotated[str, typer.Option(help="MQTT client id (keeps the broker session across restarts).")] = "fleetscore-ingest",
-        compact_interval: IntervalOpt = None,
-        home: HomeOpt = None,
-        json_out: JsonOpt = False,
-    ) -> None:
-        """Subscribe with QoS 1 and acknowledge each message once its readings are durable; runs until stopped."""
-        import signal
-        import threading
 
-        from fleetscore.ingest.compact import CompactionLoop, Compactor
-        from fleetscore.ingest.mqtt import SOURCE, Broker, MqttIngest
-        from fleetscore.ingest.service import IngestService
+@ingest.command("mqtt")
+@handle_errors
+def mqtt(
+    broker: Annotated[str, typer.Option(help="Broker URL, mqtt://HOST:PORT.")],
+    topic: Annotated[str, typer.Option(help="Topic filter; the last two levels are device and sensor.")] = "fleet/+/+",
+    client_id: Annotated[str, typer.Option(help="MQTT client id (keeps the broker session across restarts).")] = "fleetscore-ingest",
+    compact_interval: IntervalOpt = None,
+    home: HomeOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Subscribe with QoS 1 and acknowledge each message once its readings are durable; runs until stopped."""
+    import signal
+    import threading
 
-        target = Broker.parse(broker)
-        fleet = open_fleet(home)
-        settings = _settings(fleet, compact_interval)
-        service = IngestService(fleet.config.home, settings, SOURCE)
-        loop = CompactionLoop(Compactor(fleet.config.home, fleet.storage, settings), settings.compact_interval_s,
-                              before=service.log.rotate)
-        err = console(stderr=True)
-        subscriber = MqttIngest(service, target, topic, client_id,
-                                on_subscribed=lambda: err.print(f"subscribed to {topic} on mqtt://{target.host}:{target.port}"))
-        stop = threading.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: stop.set())
-        err.print(f"connecting to mqtt://{target.host}:{target.port} (Ctrl-C to stop)")
-        loop.start()
-        try:
-            subscriber.run(stop)
-        finally:
-            loop.stop()
-            service.close()
-        loop.before = None
-        loop.run_now()
-        payload = subscriber.stats() | service.stats() | loop.stats()
-        emit(json_out, payload, lambda c: c.print(f"received {subscriber.messages:,} messages, "
-                                                  f"accepted {payload['accepted_total']:,} readings"))
+    from fleetscore.ingest.mqtt import SOURCE, Broker, MqttIngest
+
+    target = Broker.parse(broker)
+    fleet = open_fleet(home)
+    runtime = fleet.ingest_runtime(SOURCE, _settings(fleet, compact_interval))
+    err = console(stderr=True)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    err.print(f"connecting to mqtt://{target.host}:{target.port} (Ctrl-C to stop)")
+    subscriber = MqttIngest(runtime.start(), target, topic, client_id,
+                            on_subscribed=lambda: err.print(f"subscribed to {topic} on mqtt://{target.host}:{target.port}"))
+    try:
+        subscriber.run(stop)
+    finally:
+        payload = subscriber.stats() | runtime.stats()
+        runtime.stop(compact=True)
+    payload |= runtime.stats()
+    emit(json_out, payload, lambda c: c.print(f"received {subscriber.messages:,} messages, "
+                                              f"accepted {payload.get('accepted_total', 0):,} readings"))

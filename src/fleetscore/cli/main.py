@@ -1,4 +1,4 @@
-"""Entry point: the root typer app; each module in this package adds its own commands."""
+"""Entry point: the root typer app, made of the command modules of this package."""
 
 from __future__ import annotations
 
@@ -14,9 +14,19 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-
-for module in (data, modelcmds, runcmds, demo, ingestcmds, schedcmds, evalcmds, catalogcmds):  # schedcmds after runcmds (adds to `runs`), evalcmds after modelcmds (`models`)
-    module.register(app)
+app.add_typer(data.commands)
+app.add_typer(data.quarantine, name="quarantine")
+app.add_typer(modelcmds.commands)
+app.add_typer(modelcmds.models, name="models")
+app.add_typer(runcmds.commands)
+app.add_typer(runcmds.runs, name="runs")
+app.add_typer(demo.commands)
+app.add_typer(ingestcmds.commands)
+app.add_typer(ingestcmds.ingest, name="ingest")
+app.add_typer(schedcmds.schedule, name="schedule")
+app.add_typer(schedcmds.commands)
+app.add_typer(evalcmds.commands)
+app.add_typer(catalogcmds.catalog, name="catalog")
 
 
 @app.callback()

@@ -1,114 +1,134 @@
-"""Model commands: train, and the ``models`` group (list, show, versions, release, import-sklearn)."""
+"""Model commands: train, and the ``models`` group (versions, list, show, release, import-sklearn, health)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
-from fleetscore.cli.output import HomeOpt, JsonOpt, emit, handle_errors, open_fleet, progress_bar, table
+from fleetscore.cli.output import HomeOpt, JsonOpt, WorkersOpt, emit, handle_errors, open_fleet, progress_bar, table
+
+commands = typer.Typer()
+models = typer.Typer(help="Model versions, the released version, and single models.", no_args_is_help=True)
 
 VERSION_COLUMNS = ["version", "status", "released", "kind", "features", "models", "failed", "shards", "created_at", "train_from", "train_to"]
+HEALTH_COLUMNS = ["device", "sensor", "run_id", "rows", "anomalies", "rate", "expected", "reason"]
 
 
-def register(app: typer.Typer) -> None:
-    models_app = typer.Typer(help="Model versions, the released version, and single models.", no_args_is_help=True)
-    app.add_typer(models_app, name="models")
+@commands.command()
+@handle_errors
+def train(
+    start: Annotated[str, typer.Option("--from", help="Training window start (ISO 8601).")],
+    end: Annotated[str, typer.Option("--to", help="Training window end (ISO 8601, exclusive).")],
+    kind: Annotated[Optional[str], typer.Option(help="Model kind: auto (default: robust unless --nu/--gamma), robust or ocsvm.")] = None,
+    nu: Annotated[Optional[float], typer.Option(help="OneClassSVM nu; pinning it (or --gamma) keeps classic scikit-learn semantics.")] = None,
+    gamma: Annotated[Optional[str], typer.Option(help="RBF gamma: scale, auto, median (data-driven) or a number.")] = None,
+    features: Annotated[Optional[str], typer.Option(help="auto, raw, window:DURATION (e.g. window:1m) or context[:LOOKBACK].")] = None,
+    alarm_rate: Annotated[Optional[float], typer.Option("--alarm-rate", help="Target false-alarm rate each model is calibrated to (default 1e-4; none when --nu/--gamma are pinned).")] = None,
+    only_unhealthy: Annotated[bool, typer.Option("--only-unhealthy", help="Retrain only the models the latest run marked unhealthy; reuse all others.")] = False,
+    no_release: Annotated[bool, typer.Option("--no-release", help="Do not release the new version.")] = False,
+    workers: WorkersOpt = None,
+    home: HomeOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Train one model per (device, sensor) on the readings of a window; creates a new version."""
+    fleet = open_fleet(home)
+    with progress_bar(json_out, "training shards") as progress:
+        result = fleet.train(start, end, kind=kind, nu=nu, gamma=gamma, features=features,
+                             release=not no_release, workers=workers, on_progress=progress,
+                             alarm_rate=alarm_rate, only_unhealthy=only_unhealthy)
+    payload = result.as_dict()
 
-    @app.command()
-    @handle_errors
-    def train(
-        start: Annotated[str, typer.Option("--from", help="Training window start (ISO 8601).")],
-        end: Annotated[str, typer.Option("--to", help="Training window end (ISO 8601, exclusive).")],
-        kind: Annotated[Optional[str], typer.Option(help="Model kind: auto (default: robust unless --nu/--gamma), robust or ocsvm.")] = None,
-        nu: Annotated[Optional[float], typer.Option(help="OneClassSVM nu; pinning it (or --gamma) keeps classic scikit-learn semantics.")] = None,
-        gamma: Annotated[Optional[str], typer.Option(help="RBF gamma: scale, auto, median (data-driven) or a number.")] = None,
-        features: Annotated[Optional[str], typer.Option(help="auto, raw, window:DURATION (e.g. window:1m) or context[:LOOKBACK].")] = None,
-        alarm_rate: Annotated[Optional[float], typer.Option("--alarm-rate", help="Target false-alarm rate each model is calibrated to (default 1e-4; none when --nu/--gamma are pinned).")] = None,
-        only_unhealthy: Annotated[bool, typer.Option("--only-unhealthy", help="Retrain only the models the latest run marked unhealthy; reuse all others.")] = False,
-        no_release: Annotated[bool, typer.Option("--no-release", help="Do not release the new version.")] = False,
-        workers: Annotated[Optional[int], typer.Option(help="Worker processes (default: cores).", min=1, max=1024)] = None,
-        home: HomeOpt = None,
-        json_out: JsonOpt = False,
-    ) -> None:
-        """Train one model per (device, sensor) on the readings of a window; creates a new version."""
-        fleet = open_fleet(home)
-        with progress_bar(json_out, "training shards") as progress:
-            result = fleet.train(start, end, kind=kind, nu=nu, gamma=gamma, features=features,
-                                 release=not no_release, workers=workers, on_progress=progress,
-                                 alarm_rate=alarm_rate, only_unhealthy=only_unhealthy)
-        payload = result.as_dict()
+    def human(c: Any) -> None:
+        c.print(f"version {result.version}: {result.models:,} models, {result.failed:,} failed, "
+                f"{result.shards} shards in {result.elapsed_s:.2f}s" + (" (released)" if result.released else ""))
+        if result.failures:
+            c.print(table("failed models", ["device", "sensor", "reason"],
+                          [[f["device"], f["sensor"], f["reason"]] for f in result.failures[:20]]))
 
-        def human(c) -> None:  # type: ignore[no-untyped-def]
-            c.print(f"version {result.version}: {result.models:,} models, {result.failed:,} failed, "
-                    f"{result.shards} shards in {result.elapsed_s:.2f}s" + (" (released)" if result.released else ""))
-            if result.failures:
-                c.print(table("failed models", ["device", "sensor", "reason"],
-                              [[f["device"], f["sensor"], f["reason"]] for f in result.failures[:20]]))
+    emit(json_out, payload, human)
 
-        emit(json_out, payload, human)
 
-    @models_app.command("versions")
-    @handle_errors
-    def versions(home: HomeOpt = None, json_out: JsonOpt = False) -> None:
-        """List model versions (the released one is marked)."""
-        items = [v.as_dict() for v in open_fleet(home).versions()]
-        emit(json_out, {"versions": items},
-             lambda c: c.print(table("model versions", VERSION_COLUMNS, [[v[k] for k in VERSION_COLUMNS] for v in items])))
+@models.command("versions")
+@handle_errors
+def versions(home: HomeOpt = None, json_out: JsonOpt = False) -> None:
+    """List model versions (the released one is marked)."""
+    items = [v.as_dict() for v in open_fleet(home).versions()]
+    emit(json_out, {"versions": items},
+         lambda c: c.print(table("model versions", VERSION_COLUMNS, [[v[k] for k in VERSION_COLUMNS] for v in items])))
 
-    @models_app.command("list")
-    @handle_errors
-    def list_models(
-        version: Annotated[Optional[str], typer.Option(help="Version (default: the released one).")] = None,
-        limit: Annotated[int, typer.Option(help="At most this many models.")] = 1000,
-        home: HomeOpt = None,
-        json_out: JsonOpt = False,
-    ) -> None:
-        """List the models of a version: one per (device, sensor)."""
-        fleet = open_fleet(home)
-        record = fleet.version(version)
-        manifest = fleet.models(record.version)
-        rows = manifest.slice(0, limit).to_pylist()
-        cols = ["device", "sensor", "status", "n_train", "n_sv", "shard", "reason"]
-        emit(json_out, {"version": record.version, "total": manifest.num_rows, "models": rows},
-             lambda c: c.print(table(f"{record.version}: {manifest.num_rows:,} models", cols, [[r[k] for k in cols] for r in rows])))
 
-    @models_app.command("show")
-    @handle_errors
-    def show(
-        device: Annotated[str, typer.Argument(help="Device id.")],
-        sensor: Annotated[str, typer.Argument(help="Sensor id.")],
-        version: Annotated[Optional[str], typer.Option(help="Version (default: the released one).")] = None,
-        home: HomeOpt = None,
-        json_out: JsonOpt = False,
-    ) -> None:
-        """Show one (device, sensor) model: version, training size, support vectors, parameters."""
-        info = open_fleet(home).model(device, sensor, version)
-        emit(json_out, info, lambda c: c.print(table(None, ["field", "value"], [[k, v] for k, v in info.items()])))
+@models.command("list")
+@handle_errors
+def list_models(
+    version: Annotated[Optional[str], typer.Option(help="Version (default: the released one).")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many models.")] = 1000,
+    home: HomeOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """List the models of a version: one per (device, sensor)."""
+    fleet = open_fleet(home)
+    record = fleet.version(version)
+    manifest = fleet.models(record.version)
+    rows = manifest.slice(0, limit).to_pylist()
+    cols = ["device", "sensor", "status", "n_train", "n_sv", "shard", "reason"]
+    emit(json_out, {"version": record.version, "total": manifest.num_rows, "models": rows},
+         lambda c: c.print(table(f"{record.version}: {manifest.num_rows:,} models", cols, [[r[k] for k in cols] for r in rows])))
 
-    @models_app.command("release")
-    @handle_errors
-    def release(
-        version: Annotated[str, typer.Argument(help="Version to release, e.g. v3.")],
-        home: HomeOpt = None,
-        json_out: JsonOpt = False,
-    ) -> None:
-        """Make a version the released (current) one used by default for scoring."""
-        record = open_fleet(home).release(version)
-        emit(json_out, record.as_dict(), lambda c: c.print(f"released {record.version}"))
 
-    @models_app.command("import-sklearn")
-    @handle_errors
-    def import_sklearn(
-        file: Annotated[Path, typer.Argument(help="Trusted pickle/joblib file of a StandardScaler+OneClassSVM pipeline.")],
-        device: Annotated[str, typer.Option(help="Device the model is for.")],
-        sensor: Annotated[str, typer.Option(help="Sensor the model is for.")],
-        features: Annotated[str, typer.Option(help="Features the pipeline takes: raw or window:DURATION.")] = "raw",
-        home: HomeOpt = None,
-        json_out: JsonOpt = False,
-    ) -> None:
-        """Convert a pickled scikit-learn pipeline to the safe array format, as a new unreleased version."""
-        record = open_fleet(home).import_sklearn(file, device, sensor, features)
-        emit(json_out, record.as_dict(),
-             lambda c: c.print(f"imported {file} as {record.version} (release it with `fleetscore models release {record.version}`)"))
+@models.command("show")
+@handle_errors
+def show(
+    device: Annotated[str, typer.Argument(help="Device id.")],
+    sensor: Annotated[str, typer.Argument(help="Sensor id.")],
+    version: Annotated[Optional[str], typer.Option(help="Version (default: the released one).")] = None,
+    home: HomeOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Show one (device, sensor) model: version, training size, support vectors, parameters."""
+    info = open_fleet(home).model(device, sensor, version)
+    emit(json_out, info, lambda c: c.print(table(None, ["field", "value"], [[k, v] for k, v in info.items()])))
+
+
+@models.command("release")
+@handle_errors
+def release(
+    version: Annotated[str, typer.Argument(help="Version to release, e.g. v3.")],
+    home: HomeOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Make a version the released (current) one used by default for scoring."""
+    record = open_fleet(home).release(version)
+    emit(json_out, record.as_dict(), lambda c: c.print(f"released {record.version}"))
+
+
+@models.command("import-sklearn")
+@handle_errors
+def import_sklearn(
+    file: Annotated[Path, typer.Argument(help="Trusted pickle/joblib file of a StandardScaler+OneClassSVM pipeline.")],
+    device: Annotated[str, typer.Option(help="Device the model is for.")],
+    sensor: Annotated[str, typer.Option(help="Sensor the model is for.")],
+    features: Annotated[str, typer.Option(help="Features the pipeline takes: raw or window:DURATION.")] = "raw",
+    home: HomeOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Convert a pickled scikit-learn pipeline to the safe array format, as a new unreleased version."""
+    record = open_fleet(home).import_sklearn(file, device, sensor, features)
+    emit(json_out, record.as_dict(),
+         lambda c: c.print(f"imported {file} as {record.version} (release it with `fleetscore models release {record.version}`)"))
+
+
+@models.command("health")
+@handle_errors
+def health(
+    run: Annotated[Optional[str], typer.Option("--run", help="Run id (default: the latest finished runs).")] = None,
+    last: Annotated[int, typer.Option(help="Without --run: look at this many latest finished runs.", min=1, max=1000)] = 1,
+    home: HomeOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Models that runs marked unhealthy (flagging far more than calibrated); retrain with train --only-unhealthy."""
+    report = open_fleet(home).health(run, last)
+    emit(json_out, report, lambda c: c.print(table(
+        f"{len(report['unhealthy'])} unhealthy model(s) in {len(report['runs'])} run(s)", HEALTH_COLUMNS,
+        [[u.get(k) for k in HEALTH_COLUMNS] for u in report["unhealthy"]])))

@@ -133,7 +133,47 @@ def progress_bar(json_mode: bool, description: str) -> Any:
     return bar()
 
 
-def open_fleet(home: Path | None, **overrides: Any) -> Any:
+NowOpt = Annotated[Optional[str], typer.Option(
+    "--now", help="Act as if the time were T (ISO 8601), e.g. to replay a day; the clock then stands still.")]
+WorkersOpt = Annotated[Optional[int], typer.Option(help="Worker processes (default: cores).", min=1, max=1024)]
+#: Longest window a flag takes (a training span) and longest retention period.
+MAX_WINDOW_S = 366 * 86_400
+MAX_KEEP_S = 100 * 366 * 86_400
+
+
+def open_fleet(home: Path | None, now: str | None = None, **overrides: Any) -> Any:
+    """The Fleet of ``home`` with flag overrides; ``now`` (``--now``): a clock standing still at that time."""
     from fleetscore.api import Fleet
 
-    return Fleet.open(home, **overrides)
+    if now is None:
+        return Fleet.open(home, **overrides)
+    frozen = parse_time_flag(now, "--now")
+    return Fleet.open(home, clock=lambda: frozen, **overrides)
+
+
+def parse_time_flag(text: str, option: str) -> int:
+    """An ISO 8601 time given to ``option``, in µs; InputError naming the option."""
+    from fleetscore.core.times import parse_time
+
+    return parse_time(text, option)
+
+
+def duration(text: str, option: str, max_s: int = MAX_WINDOW_S, allow_zero: bool = False) -> int:
+    """A duration flag (``30s``, ``5m``, ``1h``, ``7d``) in whole seconds; InputError naming the option."""
+    from fleetscore.core.times import parse_duration
+    from fleetscore.errors import InputError
+
+    if allow_zero and text.strip() in ("0", "0s"):
+        return 0
+    try:
+        return parse_duration(text, max_s)
+    except InputError as exc:
+        raise InputError(f"{option}: {exc}") from None
+
+
+def exit_for(*statuses: str) -> None:
+    """After the output: exit 1 if any run failed, else 3 if any is partial."""
+    if "failed" in statuses:
+        raise typer.Exit(EXIT_FAILURE)
+    if "partial" in statuses:
+        raise typer.Exit(EXIT_PARTIAL)

@@ -1,13 +1,29 @@
-"""Run commands: score, predictions, and the ``runs`` group (list, show)."""
+"""Scoring commands: ``score``, ``backfill``, ``predictions`` and the ``runs`` group (list, show, retry, cancel, logs)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
-from fleetscore.cli.output import EXIT_FAILURE, EXIT_PARTIAL, HomeOpt, JsonOpt, emit, handle_errors, open_fleet, progress_bar, table
+from fleetscore.cli.output import (
+    HomeOpt,
+    JsonOpt,
+    WorkersOpt,
+    console,
+    duration,
+    emit,
+    exit_for,
+    handle_errors,
+    open_fleet,
+    progress_bar,
+    table,
+)
+
+commands = typer.Typer()
+runs = typer.Typer(help="Scoring runs: list them, show one with its tasks and failures, retry, cancel, logs.",
+                   no_args_is_help=True)
 
 RUN_COLUMNS = ["run_id", "status", "window_from", "window_to", "version", "models", "rows", "anomalies", "failed_models", "elapsed_s"]
 #: The task table of ``runs show``: (header, record field); fields ending in ``_s`` are shown in ms.
@@ -15,6 +31,7 @@ TASK_COLUMNS = [("task", "task"), ("shard", "shard"), ("status", "status"), ("mo
                 ("anom.", "anomalies"), ("failed", "failed_models"), ("wall", "wall_s"), ("data", "load_data_s"),
                 ("load", "load_models_s"), ("score", "score_s"), ("write", "write_s"), ("worker", "worker"),
                 ("tries", "attempts")]
+_HIDDEN_FIELDS = ("ts", "level", "event", "run_id", "traceback")
 
 
 def _task_cell(record: dict[str, object], field: str) -> object:
@@ -23,108 +40,216 @@ def _task_cell(record: dict[str, object], field: str) -> object:
     return f"{value * 1000:.1f}" if field.endswith("_s") and isinstance(value, (int, float)) else value
 
 
-def exit_for(status: str) -> None:
-    """Exit 3 for a partial run and 1 for a failed one (after the output was printed)."""
-    if status == "partial":
-        raise typer.Exit(EXIT_PARTIAL)
-    if status == "failed":
-        raise typer.Exit(EXIT_FAILURE)
+@commands.command()
+@handle_errors
+def score(
+    start: Annotated[str, typer.Option("--from", help="Window start (ISO 8601, inclusive).")],
+    end: Annotated[str, typer.Option("--to", help="Window end (ISO 8601, exclusive).")],
+    version: Annotated[Optional[str], typer.Option(help="Model version (default: the released one).")] = None,
+    executor: Annotated[Optional[str], typer.Option(help="local or ray.")] = None,
+    workers: WorkersOpt = None,
+    ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="Ray cluster address (with --executor ray).")] = None,
+    home: HomeOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Score a time window with one model version; re-scoring a window replaces its predictions."""
+    fleet = open_fleet(home, executor=executor, ray_address=ray_address)
+    with progress_bar(json_out, "scoring shards") as progress:
+        run = fleet.score(start, end, version=version, workers=workers, on_progress=progress)
+    payload = run.as_dict()
+
+    def human(c: Any) -> None:
+        c.print(table(f"run {run.run_id}", ["field", "value"], [[k, payload[k]] for k in RUN_COLUMNS + ["unmatched_rows", "error"]]))
+        if run.unmatched_rows:
+            c.print(f"{run.unmatched_rows:,} readings had no model (see `fleetscore runs show {run.run_id}`)")
+
+    emit(json_out, payload, human)
+    exit_for(run.status.value)
 
 
-def register(app: typer.Typer) -> None:
-    runs_app = typer.Typer(help="Scoring runs: list them, show one with its tasks and failures.", no_args_is_help=True)
-    app.add_typer(runs_app, name="runs")
+@commands.command()
+@handle_errors
+def backfill(
+    start: Annotated[str, typer.Option("--from", help="First window start (ISO 8601).")],
+    end: Annotated[str, typer.Option("--to", help="Last window end (ISO 8601, exclusive).")],
+    every: Annotated[str, typer.Option(help="Window length: one run per window.")] = "1h",
+    version: Annotated[Optional[str], typer.Option(help="Model version (default: the released one).")] = None,
+    workers: WorkersOpt = None,
+    home: HomeOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Score every window of [--from, --to): one run each; re-running replaces each window's predictions."""
+    fleet = open_fleet(home)
+    every_s = duration(every, "--every")
+    with progress_bar(json_out, "backfilling windows") as progress:
+        done: list[Any] = []
 
-    @app.command()
-    @handle_errors
-    def score(
-        start: Annotated[str, typer.Option("--from", help="Window start (ISO 8601, inclusive).")],
-        end: Annotated[str, typer.Option("--to", help="Window end (ISO 8601, exclusive).")],
-        version: Annotated[Optional[str], typer.Option(help="Model version (default: the released one).")] = None,
-        executor: Annotated[Optional[str], typer.Option(help="local or ray.")] = None,
-        workers: Annotated[Optional[int], typer.Option(help="Worker processes (default: cores).", min=1, max=1024)] = None,
-        ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="Ray cluster address (with --executor ray).")] = None,
-        home: HomeOpt = None,
-        json_out: JsonOpt = False,
-    ) -> None:
-        """Score a time window with one model version; re-scoring a window replaces its predictions."""
-        fleet = open_fleet(home, executor=executor, ray_address=ray_address)
-        with progress_bar(json_out, "scoring shards") as progress:
-            run = fleet.score(start, end, version=version, workers=workers, on_progress=progress)
-        payload = run.as_dict()
+        def on_run(run: Any) -> None:
+            done.append(run)
+            if progress:
+                progress(len(done), None)
 
-        def human(c) -> None:  # type: ignore[no-untyped-def]
-            c.print(table(f"run {run.run_id}", ["field", "value"], [[k, payload[k]] for k in RUN_COLUMNS + ["unmatched_rows", "error"]]))
-            if run.unmatched_rows:
-                c.print(f"{run.unmatched_rows:,} readings had no model (see `fleetscore runs show {run.run_id}`)")
+        result = fleet.backfill(start, end, every_s, version=version, workers=workers, on_run=on_run)
+    payload = result.as_dict()
 
-        emit(json_out, payload, human)
-        exit_for(run.status.value)
+    def human(c: Any) -> None:
+        cols = ["run_id", "window_from", "window_to", "status", "rows", "anomalies", "failed_models", "elapsed_s"]
+        c.print(table(f"backfill: {len(result.runs)} runs", cols, [[r.as_dict()[k] for k in cols] for r in result.runs]))
+        for e in result.errors:
+            c.print(f"[red]{e['window_from']}..{e['window_to']}: {e['error']}[/]")
 
-    @app.command()
-    @handle_errors
-    def predictions(
-        out: Annotated[Path, typer.Option("--out", help="Output file.")],
-        run: Annotated[Optional[str], typer.Option("--run", help="Run id.")] = None,
-        start: Annotated[Optional[str], typer.Option("--from", help="Range start (ISO 8601).")] = None,
-        end: Annotated[Optional[str], typer.Option("--to", help="Range end (ISO 8601, exclusive).")] = None,
-        fmt: Annotated[Optional[str], typer.Option("--format", help="parquet, csv or reference (TS,Device,Tag,Val,Prediction).")] = None,
-        home: HomeOpt = None,
-        json_out: JsonOpt = False,
-    ) -> None:
-        """Export predictions of a run or a time range."""
-        import pyarrow as pa
-        import pyarrow.compute as pc
+    emit(json_out, payload, human)
+    exit_for(*[r.status.value for r in result.runs], *["failed"] * bool(result.errors))
 
-        from fleetscore.cli.data import _csv_ready, write_table
-        from fleetscore.errors import InputError
 
-        if fmt not in (None, "parquet", "csv", "reference"):
-            raise InputError(f"--format must be parquet, csv or reference, got {fmt!r}")
-        tbl = open_fleet(home).predictions(run, start, end)
-        if fmt == "reference":
-            ref = _csv_ready(tbl.select(["ts"]))
-            tbl = pa.table({"TS": ref.column("ts"), "Device": tbl.column("device"), "Tag": tbl.column("sensor"),
-                            "Val": tbl.column("value"), "Prediction": pc.cast(tbl.column("is_anomaly"), pa.int8())})
-            fmt = "csv"
-        written = write_table(tbl, out, fmt)
-        emit(json_out, {"out": str(out), "format": written, "rows": tbl.num_rows},
-             lambda c: c.print(f"wrote {tbl.num_rows:,} predictions to {out}"))
+@commands.command()
+@handle_errors
+def predictions(
+    out: Annotated[Path, typer.Option("--out", help="Output file.")],
+    run: Annotated[Optional[str], typer.Option("--run", help="Run id.")] = None,
+    start: Annotated[Optional[str], typer.Option("--from", help="Range start (ISO 8601).")] = None,
+    end: Annotated[Optional[str], typer.Option("--to", help="Range end (ISO 8601, exclusive).")] = None,
+    fmt: Annotated[Optional[str], typer.Option("--format", help="parquet, csv or reference (TS,Device,Tag,Val,Prediction).")] = None,
+    home: HomeOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Export predictions of a run or a time range."""
+    from fleetscore.errors import InputError
+    from fleetscore.storage.files import reference_table, write_table
 
-    @runs_app.command("list")
-    @handle_errors
-    def list_runs(
-        limit: Annotated[int, typer.Option(help="At most this many runs, newest first.")] = 50,
-        home: HomeOpt = None,
-        json_out: JsonOpt = False,
-    ) -> None:
-        """List recent runs with status and counts."""
-        runs = [r.as_dict() for r in open_fleet(home).runs(limit)]
-        emit(json_out, {"runs": runs},
-             lambda c: c.print(table("runs", RUN_COLUMNS, [[r[k] for k in RUN_COLUMNS] for r in runs])))
+    if fmt not in (None, "parquet", "csv", "reference"):
+        raise InputError(f"--format must be parquet, csv or reference, got {fmt!r}")
+    tbl = open_fleet(home).predictions(run, start, end)
+    if fmt == "reference":
+        tbl, fmt = reference_table(tbl), "csv"
+    written = write_table(tbl, out, fmt)
+    emit(json_out, {"out": str(out), "format": written, "rows": tbl.num_rows},
+         lambda c: c.print(f"wrote {tbl.num_rows:,} predictions to {out}"))
 
-    @runs_app.command("show")
-    @handle_errors
-    def show(
-        run_id: Annotated[str, typer.Argument(help="Run id.")],
-        home: HomeOpt = None,
-        json_out: JsonOpt = False,
-    ) -> None:
-        """Show one run: its record, per-task timings and the models that failed, with reasons."""
-        run, tasks, failures = open_fleet(home).run(run_id)
-        payload = run.as_dict() | {"tasks": [t.as_dict() for t in tasks], "failures": [f.__dict__ for f in failures]}
 
-        def human(c) -> None:  # type: ignore[no-untyped-def]
-            c.print(table(f"run {run.run_id}", ["field", "value"],
-                          [[k, v] for k, v in payload.items() if k not in ("tasks", "failures", "extra")]))
-            records = [t.as_dict() for t in tasks]
-            c.print(table("tasks (times in ms: wall, load data, load models, score, write)", [h for h, _ in TASK_COLUMNS], [[_task_cell(r, f) for _, f in TASK_COLUMNS] for r in records]))
-            if any(t.error for t in tasks):  # tracebacks: `runs logs RUN --task T`
-                c.print(table("task errors", ["task", "error"], [[t.task, t.error] for t in tasks if t.error]))
-            if failures:
-                c.print(table("failed models", ["device", "sensor", "reason"], [[f.device, f.sensor, f.reason] for f in failures[:50]]))
-            if run.extra.get("unmatched"):
-                c.print(table("readings without a model", ["device", "sensor", "rows", "reason"],
-                              [[u["device"], u["sensor"], u["rows"], u["reason"]] for u in run.extra["unmatched"]]))
+@runs.command("list")
+@handle_errors
+def list_runs(
+    limit: Annotated[int, typer.Option(help="At most this many runs, newest first.")] = 50,
+    home: HomeOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """List recent runs with status and counts."""
+    rows = [r.as_dict() for r in open_fleet(home).runs(limit)]
+    emit(json_out, {"runs": rows},
+         lambda c: c.print(table("runs", RUN_COLUMNS, [[r[k] for k in RUN_COLUMNS] for r in rows])))
 
-        emit(json_out, payload, human)
+
+@runs.command("show")
+@handle_errors
+def show(
+    run_id: Annotated[str, typer.Argument(help="Run id.")],
+    home: HomeOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Show one run: its record, per-task timings and the models that failed, with reasons."""
+    run, tasks, failures = open_fleet(home).run(run_id)
+    payload = run.as_dict() | {"tasks": [t.as_dict() for t in tasks], "failures": [f.__dict__ for f in failures]}
+
+    def human(c: Any) -> None:
+        c.print(table(f"run {run.run_id}", ["field", "value"],
+                      [[k, v] for k, v in payload.items() if k not in ("tasks", "failures", "extra")]))
+        records = [t.as_dict() for t in tasks]
+        c.print(table("tasks (times in ms: wall, load data, load models, score, write)", [h for h, _ in TASK_COLUMNS],
+                      [[_task_cell(r, f) for _, f in TASK_COLUMNS] for r in records]))
+        if any(t.error for t in tasks):  # tracebacks: `runs logs RUN --task T`
+            c.print(table("task errors", ["task", "error"], [[t.task, t.error] for t in tasks if t.error]))
+        if failures:
+            c.print(table("failed models", ["device", "sensor", "reason"], [[f.device, f.sensor, f.reason] for f in failures[:50]]))
+        if run.extra.get("unmatched"):
+            c.print(table("readings without a model", ["device", "sensor", "rows", "reason"],
+                          [[u["device"], u["sensor"], u["rows"], u["reason"]] for u in run.extra["unmatched"]]))
+
+    emit(json_out, payload, human)
+
+
+@runs.command("retry")
+@handle_errors
+def retry(
+    run_id: Annotated[str, typer.Argument(help="Run id.")],
+    workers: WorkersOpt = None,
+    home: HomeOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Re-run only the failed (or unfinished) tasks of a run into the same run, then commit its window again."""
+    with progress_bar(json_out, "retrying tasks") as progress:
+        result = open_fleet(home).retry(run_id, workers=workers, on_progress=progress)
+    run = result.run
+    emit(json_out, result.as_dict(), lambda c: c.print(
+        f"run {run.run_id}: re-ran {len(result.retried)} task(s) {result.retried}; now {run.status.value}, "
+        f"{run.rows:,} rows, {run.failed_models} failed models"))
+    exit_for(run.status.value)
+
+
+@runs.command("cancel")
+@handle_errors
+def cancel(
+    run_id: Annotated[str, typer.Argument(help="Run id.")],
+    wait: Annotated[str, typer.Option(help="Wait this long for the run to stop.")] = "30s",
+    home: HomeOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Cancel a running run: it stops between tasks (tasks already running finish)."""
+    run = open_fleet(home).cancel(run_id, duration(wait, "--wait", allow_zero=True))
+    status = run.status.value if run.status.finished else "cancelling"
+    emit(json_out, {"run_id": run.run_id, "status": status},
+         lambda c: c.print(f"run {run.run_id}: {status}" + ("" if run.status.finished else
+                                                           " (it stops after its current tasks)")))
+
+
+@runs.command("logs")
+@handle_errors
+def logs(
+    run_id: Annotated[str, typer.Argument(help="Run id.")],
+    task: Annotated[Optional[int], typer.Option(help="Show this task's attempts: log lines, stdout, stderr.", min=0)] = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines until the run ends.")] = False,
+    home: HomeOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Print a run's structured log (or one task's), kept in storage next to its outputs."""
+    fleet = open_fleet(home)
+    if task is not None:
+        attempts = fleet.task_log(run_id, task)
+        emit(json_out, {"run_id": run_id, "task": task, "attempts": [a.as_dict() for a in attempts]},
+             lambda c: _print_attempts(c, attempts))
+        return
+    lines = fleet.run_log(run_id, follow=follow)
+    if json_out or not follow:
+        collected = list(lines)
+        emit(json_out, {"run_id": run_id, "lines": collected}, lambda c: _print_lines(c, collected))
+        return
+    out = console()
+    for line in lines:
+        _print_lines(out, [line])
+
+
+def _print_lines(c: Any, lines: list[dict[str, Any]]) -> None:
+    from rich.markup import escape
+
+    colors = {"error": "red", "warning": "yellow"}
+    for line in lines:
+        fields = " ".join(f"{k}={v}" for k, v in line.items() if k not in _HIDDEN_FIELDS and v not in (None, "", [], {}))
+        level = str(line.get("level", "info"))
+        color = colors.get(level, "default")
+        c.print(f"{line.get('ts', '')} [{color}]{level.upper():7}[/] {escape(str(line.get('event', '')))} {escape(fields)}")
+        if line.get("traceback"):
+            c.print(escape(str(line["traceback"]).rstrip()))
+
+
+def _print_attempts(c: Any, attempts: list[Any]) -> None:
+    from rich.markup import escape
+
+    if not attempts:
+        c.print("no log for this task (it has not run, or its worker died before writing one)")
+    for a in attempts:
+        c.print(f"[bold]task {a.task} attempt {a.attempt}[/]")
+        _print_lines(c, a.lines)
+        for name, text in (("stdout", a.stdout), ("stderr", a.stderr)):
+            if text:
+                c.print(f"[bold]--- {name} ---[/]")
+                c.print(escape(text.rstrip()))

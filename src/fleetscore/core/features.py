@@ -15,7 +15,8 @@ import pyarrow.compute as pc
 
 from fleetscore.core.context import CONTEXT_FEATURES, HEAVY_TAILED, SEASONAL, SHORT_HISTORY, context_features, novelty
 from fleetscore.core.plan import group_bounds
-from fleetscore.core.windows import WINDOW_FEATURES, parse_duration, tumbling_aggregate, window_feature_matrix
+from fleetscore.core.windows import WINDOW_FEATURES, tumbling_aggregate, window_feature_matrix
+from fleetscore.core.times import parse_duration
 from fleetscore.errors import InputError, ModelFormatError
 
 

@@ -45,14 +45,15 @@ class ModelKind:
 
     name: str
     params_type: type
-    #: (params, model_idx, X, phase): ``phase`` is each row's time of day (kinds with daily profiles)
-    decision_function: Callable[[Params, np.ndarray, np.ndarray, np.ndarray | None], np.ndarray]
+    #: (params, model_idx, X, phase, kernel): ``phase`` is each row's time of day (kinds with daily
+    #: profiles), ``kernel`` the scoring kernel of kinds that have several (ocsvm: auto, numba, numpy)
+    decision_function: Callable[[Params, np.ndarray, np.ndarray, np.ndarray | None, str | None], np.ndarray]
     intercept_of: Callable[[Params], np.ndarray]
     with_intercept: Callable[[Params, np.ndarray], Params]
     #: what one model costs to score per row, relative to other models of the kind (planning, manifest)
     size_of: Callable[[Params], np.ndarray]
     #: (params, model_idx, X, phase) -> severity in [0, 100] per row, NaN without a calibrated tail
-    severity: Callable[[Params, np.ndarray, np.ndarray, np.ndarray | None], np.ndarray]
+    severity: Callable[[Params, np.ndarray, np.ndarray, np.ndarray | None, str | None], np.ndarray]
 
     def from_arrays(self, arrays: Mapping[str, np.ndarray]) -> Params:
         return self.params_type.from_arrays(arrays)
@@ -66,16 +67,28 @@ class ModelKind:
 
 
 def _ocsvm_decision(params: ocsvm.OcsvmParams, model_idx: np.ndarray, X: np.ndarray,
-                    phase: np.ndarray | None = None) -> np.ndarray:
+                    phase: np.ndarray | None = None, kernel: str | None = None) -> np.ndarray:
     """ocsvm scores (``phase`` unused); a feature without history (NaN) is taken at the model's training mean."""
     X = np.asarray(X, dtype=np.float64)[:, : params.n_features]  # extra columns (novelty) are not its features
     missing = np.isnan(X)
     if missing.any():
         X = np.where(missing, params.mean[np.asarray(model_idx, dtype=np.int64)], X)
-    return ocsvm.decision_function(params, model_idx, X)
+    return ocsvm.decision_function(params, model_idx, X, kernel)
 
 
-def _no_severity(params: Params, model_idx: np.ndarray, X: np.ndarray, phase: np.ndarray | None = None) -> np.ndarray:
+def _robust_decision(params: robust.RobustParams, model_idx: np.ndarray, X: np.ndarray,
+                     phase: np.ndarray | None = None, kernel: str | None = None) -> np.ndarray:
+    """robust scores (one kernel: ``kernel`` unused)."""
+    return robust.decision_function(params, model_idx, X, phase)
+
+
+def _robust_severity(params: robust.RobustParams, model_idx: np.ndarray, X: np.ndarray,
+                     phase: np.ndarray | None = None, kernel: str | None = None) -> np.ndarray:
+    return robust.severity(params, model_idx, X, phase)
+
+
+def _no_severity(params: Params, model_idx: np.ndarray, X: np.ndarray, phase: np.ndarray | None = None,
+                 kernel: str | None = None) -> np.ndarray:
     return np.full(len(model_idx), np.nan)
 
 
@@ -86,9 +99,9 @@ def _ocsvm_with_intercept(p: ocsvm.OcsvmParams, intercept: np.ndarray) -> ocsvm.
 KINDS: dict[str, ModelKind] = {
     "ocsvm": ModelKind("ocsvm", ocsvm.OcsvmParams, _ocsvm_decision, lambda p: p.intercept,
                        _ocsvm_with_intercept, lambda p: p.n_sv, _no_severity),
-    "robust": ModelKind("robust", robust.RobustParams, robust.decision_function, lambda p: p.intercept,
+    "robust": ModelKind("robust", robust.RobustParams, _robust_decision, lambda p: p.intercept,
                         lambda p, i: p.with_intercept(i), lambda p: np.ones(p.n_models, dtype=np.int64),
-                        robust.severity),
+                        _robust_severity),
 }
 
 
@@ -139,25 +152,26 @@ def needs_phase(bundle: Mapping[str, Params]) -> bool:
 
 
 def score_bundle(bundle: Mapping[str, Params], kinds: Sequence[str] | pa.DictionaryArray, slots: np.ndarray,
-                 X: np.ndarray, phase: np.ndarray | None = None) -> np.ndarray:
+                 X: np.ndarray, phase: np.ndarray | None = None, kernel: str | None = None) -> np.ndarray:
     """Decision of row r by model ``slots[r]`` of kind ``kinds[r]``: one fused call per kind present.
 
-    ``phase`` is each row's time of day (fraction of a UTC day), needed by models with daily profiles.
+    ``phase`` is each row's time of day (fraction of a UTC day), needed by models with daily profiles;
+    ``kernel`` chooses the ocsvm scoring kernel (None: its default).
     ``kinds`` is a name per row, or (no per-row Python objects: the fast form for many rows) an
     Arrow dictionary array of them. Rows keep their order within a kind, so rows grouped by model
     stay grouped for the kernel.
     """
-    return _per_kind("decision_function", bundle, kinds, slots, X, phase)
+    return _per_kind("decision_function", bundle, kinds, slots, X, phase, kernel)
 
 
 def severity_bundle(bundle: Mapping[str, Params], kinds: Sequence[str] | pa.DictionaryArray, slots: np.ndarray,
                     X: np.ndarray, phase: np.ndarray | None = None) -> np.ndarray:
     """Severity in [0, 100] (NaN for kinds without a calibrated tail) of each row, as `score_bundle` scores it."""
-    return _per_kind("severity", bundle, kinds, slots, X, phase)
+    return _per_kind("severity", bundle, kinds, slots, X, phase, None)
 
 
 def _per_kind(function: str, bundle: Mapping[str, Params], kinds: Sequence[str] | pa.DictionaryArray,
-              slots: np.ndarray, X: np.ndarray, phase: np.ndarray | None) -> np.ndarray:
+              slots: np.ndarray, X: np.ndarray, phase: np.ndarray | None, kernel: str | None) -> np.ndarray:
     """Apply each kind's ``function`` to the rows of that kind (one fused call per kind present)."""
     if not isinstance(kinds, pa.DictionaryArray):
         kinds = pc.dictionary_encode(pa.array(kinds, pa.string()))
@@ -174,5 +188,5 @@ def _per_kind(function: str, bundle: Mapping[str, Params], kinds: Sequence[str] 
         every = rows.size == len(slots)  # one kind: no copies of X
         out[rows] = getattr(get_kind(name), function)(
             bundle[name], slots if every else slots[rows], X if every else X[rows],
-            phase if every or phase is None else phase[rows])
+            phase if every or phase is None else phase[rows], kernel)
     return out

@@ -4,15 +4,15 @@ A fleet has one small model per (device, sensor); scoring them one sklearn objec
 dominated by Python overhead. Here the parameters of M models (a "shard") live in a few flat
 arrays (`OcsvmParams`, saveable with ``np.savez`` without pickle), and `decision_function` scores
 rows of many models in one pass, reproducing ``Pipeline.decision_function`` of scikit-learn up to
-rounding (a few ulp of the kernel sum). The kernel is a numba loop when numba is importable and a chunked numpy version
-otherwise; ``FLEETSCORE_KERNEL=numpy|numba`` forces one. numba and sklearn are imported lazily,
-so importing this module stays cheap.
+rounding (a few ulp of the kernel sum). The kernel is a numba loop when numba is importable and a
+chunked numpy version otherwise; ``kernel="numpy"|"numba"`` forces one (the ``[executor] kernel``
+setting, env ``FLEETSCORE_KERNEL``). numba and sklearn are imported lazily, so importing this module
+stays cheap.
 """
 
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from numbers import Real
@@ -417,16 +417,21 @@ def _numba_kernel() -> Callable | None:
     return numba.njit(cache=True, nogil=True, fastmath=False, error_model="numpy")(_decision_loop)
 
 
-def _select_kernel() -> Callable | None:
-    """numba kernel, or None for the numpy one; ``FLEETSCORE_KERNEL=numpy|numba`` overrides the default."""
-    choice = os.environ.get("FLEETSCORE_KERNEL", "").strip().lower()
-    if choice not in ("", "numba", "numpy"):
-        raise ConfigError(f"FLEETSCORE_KERNEL must be 'numba' or 'numpy', got {choice!r}")
+#: Kernel used when the caller does not choose: numba where it is installed, else numpy.
+DEFAULT_KERNEL = "auto"
+
+
+def _select_kernel(choice: str | None) -> Callable | None:
+    """numba kernel, or None for the numpy one: ``auto`` (numba if importable), ``numba`` or ``numpy``."""
+    choice = DEFAULT_KERNEL if choice is None else choice
+    if choice not in ("auto", "numba", "numpy"):
+        raise InputError(f"kernel must be 'auto', 'numba' or 'numpy', got {choice!r}")
     if choice == "numpy":
         return None
     kernel = _numba_kernel()
     if kernel is None and choice == "numba":
-        raise ConfigError("FLEETSCORE_KERNEL=numba but numba cannot be imported; install fleetscore[fast]")
+        raise ConfigError("kernel 'numba' is set (FLEETSCORE_KERNEL) but numba cannot be imported; "
+                          "install fleetscore[fast]")
     return kernel
 
 
@@ -450,20 +455,24 @@ def _decision_numpy(p: OcsvmParams, model_idx: np.ndarray, X: np.ndarray) -> np.
     return out
 
 
-def decision_function(params: OcsvmParams, model_idx: np.ndarray, X: np.ndarray) -> np.ndarray:
-    """Score row r of X (N, F) with model ``model_idx[r]``; equals sklearn's ``decision_function`` (N,)."""
+def decision_function(params: OcsvmParams, model_idx: np.ndarray, X: np.ndarray,
+                      kernel: str | None = None) -> np.ndarray:
+    """Score row r of X (N, F) with model ``model_idx[r]``; equals sklearn's ``decision_function`` (N,).
+
+    ``kernel``: ``auto``, ``numba`` or ``numpy`` (None: `DEFAULT_KERNEL`).
+    """
     X = _float_matrix(X, "input")
     if X.shape[1] != params.n_features:
         raise InputError(f"input has {X.shape[1]} features, the models have {params.n_features}")
     if np.ndim(model_idx) != 1 or np.shape(model_idx)[0] != X.shape[0]:
         raise InputError(f"model_idx must have shape ({X.shape[0]},), got {np.shape(model_idx)}")
     model_idx = _check_index(model_idx, params.n_models, "model_idx")
-    kernel = _select_kernel()
-    if kernel is None:
+    compiled = _select_kernel(kernel)
+    if compiled is None:
         return _decision_numpy(params, model_idx, X)
     out = np.empty(X.shape[0])
     p = params
-    kernel(p.mean, p.scale, p.gamma, p.intercept, p.sv_offsets, p.sv, p.dual_coef, model_idx, X, out)
+    compiled(p.mean, p.scale, p.gamma, p.intercept, p.sv_offsets, p.sv, p.dual_coef, model_idx, X, out)
     return out
 
 

@@ -13,6 +13,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from fleetscore.core.times import parse_time_us
+
 TS_TYPE = pa.timestamp("us", tz="UTC")
 
 READING_SCHEMA = pa.schema(
@@ -198,21 +200,6 @@ def _parse_ts_strings(arr: pa.Array, reason: np.ndarray) -> pa.Array:
             reason[i] = "timestamp is missing" if text is None else "timestamp is not a valid ISO 8601 time"
         out.append(us)
     return pa.array(out, type=pa.int64())
-
-
-def parse_time_us(text: str) -> int | None:
-    """Parse one ISO 8601 time (no zone means UTC) to µs since the epoch, or None if invalid."""
-    text = text.strip()
-    if not text or len(text) > 64:
-        return None
-    try:
-        dt = datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
-    delta = dt - datetime(1970, 1, 1, tzinfo=timezone.utc)
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
 def _parse_value(col: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:

@@ -45,43 +45,7 @@ WINDOW_SCHEMA = pa.schema(
     ]
 )
 
-#: Longest accepted window / duration: 7 days.
-MAX_DURATION_S = 7 * 86_400
-
-_UNITS = {"d": 86_400, "h": 3_600, "m": 60, "s": 1}
-_DURATION_RE = re.compile(r"(?:([0-9]+)d)?(?:([0-9]+)h)?(?:([0-9]+)m)?(?:([0-9]+)s)?")
 _MAX_WIDTH_S = (2**63 - 1) // 1_000_000 // 2  # keeps window arithmetic in µs inside int64
-
-
-def parse_duration(text: str, max_s: int = MAX_DURATION_S) -> int:
-    """Duration text to whole seconds: ``30s``, ``1m``, ``5m``, ``1h``, ``2h30m``, ``1d``, ``90``.
-
-    Units are d, h, m, s, each at most once and in that order; a bare integer means seconds.
-    Zero, negative, fractional or unparseable values and anything over ``max_s`` (default 7 days)
-    raise :class:`~fleetscore.errors.InputError` (``bad duration '...': why``).
-    """
-    if not isinstance(text, str):
-        raise InputError(f"bad duration {text!r}: expected text like '30s', '5m', '1h', '2h30m' or '1d'")
-    shown = text if len(text) <= 40 else text[:37] + "..."
-    s = text.strip().lower()
-    if len(s) > 32:
-        raise InputError(f"bad duration '{shown}': too long to be a duration")
-    if s.isascii() and s.isdigit():
-        seconds = int(s)
-    else:
-        m = _DURATION_RE.fullmatch(s)
-        if not s or m is None or not any(m.groups()):
-            why = "negative durations are not allowed" if s.startswith("-") else (
-                "expected a whole number with unit d, h, m or s in that order, e.g. '30s', '5m', '2h30m', '1d'"
-            )
-            raise InputError(f"bad duration '{shown}': {why}")
-        seconds = sum(int(g) * size for g, size in zip(m.groups(), _UNITS.values()) if g is not None)
-    if seconds <= 0:
-        raise InputError(f"bad duration '{shown}': must be longer than 0 seconds")
-    if seconds > max_s:
-        limit = f"{max_s // 86_400} days" if max_s % 86_400 == 0 else f"{max_s} seconds"
-        raise InputError(f"bad duration '{shown}': longer than the maximum of {limit}")
-    return seconds
 
 
 def tumbling_aggregate(readings: pa.Table, width_s: int) -> pa.Table:

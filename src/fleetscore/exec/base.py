@@ -37,22 +37,3 @@ class Executor(Protocol):
     def map(self, fn: Callable[[Any], Any], specs: Sequence[Any]) -> Iterator[tuple[int, Any]]: ...
 
     def close(self) -> None: ...
-
-
-def make_executor(kind: str, workers: int, ray_address: str | None = None) -> Executor:
-    """Build the executor named in the config (``local`` or ``ray``)."""
-    if kind == "local":
-        from fleetscore.exec.local import LocalExecutor
-
-        return LocalExecutor(workers)
-    if kind == "ray":
-        try:
-            from fleetscore.exec.ray import RayExecutor
-        except ImportError as exc:
-            from fleetscore.errors import ConfigError
-
-            raise ConfigError(f"executor 'ray' needs the ray extra: pip install 'fleetscore[ray]' ({exc})") from exc
-        return RayExecutor(workers, address=ray_address)
-    from fleetscore.errors import ConfigError
-
-    raise ConfigError(f"unknown executor {kind!r}; use local or ray")

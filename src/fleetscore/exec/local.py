@@ -20,8 +20,10 @@ class LocalExecutor:
 
     name = "local"
 
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, preload: tuple[str, ...] = ()) -> None:
         self.workers = max(1, int(workers))
+        #: Modules the fork server imports before forking workers (plus the kernel warm-up), given by the caller.
+        self.preload = preload
         self._pool: ProcessPoolExecutor | None = None
 
     def map(self, fn: Callable[[Any], Any], specs: Sequence[Any]) -> Iterator[tuple[int, Any]]:
@@ -61,7 +63,7 @@ class LocalExecutor:
     def _ensure_pool(self) -> ProcessPoolExecutor:
         if self._pool is None:
             ctx = multiprocessing.get_context("forkserver")
-            ctx.set_forkserver_preload(["fleetscore.score", "fleetscore.train", "fleetscore.exec.warm"])
+            ctx.set_forkserver_preload([*self.preload, "fleetscore.exec.warm"])
             self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx)
         return self._pool
 

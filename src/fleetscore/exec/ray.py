@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import socket
 import time
 from typing import Any, Callable, Iterator, Sequence
@@ -44,9 +43,12 @@ class RayExecutor:
 
     name = "ray"
 
-    def __init__(self, workers: int, address: str | None = None, max_retries: int = DEFAULT_MAX_RETRIES) -> None:
+    def __init__(self, workers: int, address: str | None = None, max_retries: int = DEFAULT_MAX_RETRIES, *,
+                 env_address: str | None = None) -> None:
         self.workers = max(1, int(workers))
         self.address = address
+        #: ``RAY_ADDRESS`` as the settings read it: what ``ray.init()`` joins when no address is given.
+        self.env_address = env_address
         self.max_retries = max(0, int(max_retries))
         self._task: Any = None
         self._env: Any = None
@@ -87,7 +89,7 @@ class RayExecutor:
         import ray
 
         if self._task is None:
-            connect(self.address, self.workers)
+            connect(self.address, self.workers, self.env_address)
             self._task = ray.remote(num_cpus=TASK_CPUS, max_retries=self.max_retries, retry_exceptions=False)(
                 run_task
             )
@@ -105,7 +107,7 @@ class _Connection:
     address: str | None = None
 
 
-def connect(address: str | None, workers: int) -> None:
+def connect(address: str | None, workers: int, env_address: str | None = None) -> None:
     """Connect this process to Ray at ``address`` (None: ``RAY_ADDRESS``, a local ``ray start``, else a new
     local instance of ``workers`` CPUs), unless it is connected already.
 
@@ -122,7 +124,7 @@ def connect(address: str | None, workers: int) -> None:
     if ray.is_initialized():
         ray.shutdown()  # ours, to another address
     options: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING, "namespace": "fleetscore"}
-    if address is None and _starts_local_instance():
+    if address is None and _starts_local_instance(env_address):
         options.update(num_cpus=workers, include_dashboard=False)
     for attempt in range(1, CONNECT_ATTEMPTS + 1):
         try:
@@ -134,7 +136,7 @@ def connect(address: str | None, workers: int) -> None:
                     ray.shutdown()
                 time.sleep(attempt)
                 continue
-            where = address or os.environ.get("RAY_ADDRESS") or "the local Ray instance"
+            where = address or env_address or "the local Ray instance"
             raise FleetscoreError(redact(f"cannot connect to Ray at {where}: {exc}")) from exc
     _Connection.opened, _Connection.address = True, address
 
@@ -157,9 +159,9 @@ def _check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None
         raise FleetscoreError(f"cannot connect to Ray at {address}: nothing answers there ({exc})") from exc
 
 
-def _starts_local_instance() -> bool:
+def _starts_local_instance(env_address: str | None) -> bool:
     """True when ``ray.init()`` without an address would start a new instance rather than join one."""
-    if os.environ.get("RAY_ADDRESS"):
+    if env_address:
         return False
     try:
         from ray._private.services import canonicalize_bootstrap_address

@@ -25,10 +25,8 @@ import json
 import os
 import shutil
 import threading
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -38,14 +36,15 @@ import pyarrow as pa
 from fleetscore.core.admission import as_rejects, later_duplicates
 from fleetscore.core.schema import READING_SCHEMA, REJECT_SCHEMA
 from fleetscore.core.stream import StreamState, advance, flush, new_state
-from fleetscore.core.times import iso
+from fleetscore.core.times import day_text, iso, parse_time
 from fleetscore.errors import StorageError
-from fleetscore.importer import write_quarantine
 from fleetscore.ingest.checkpoint import Checkpoint, IngestPaths, Position, load_checkpoint, save_checkpoint, write_atomic
 from fleetscore.ingest.log import list_segments, read_frames, segment_name, writer_active
 from fleetscore.ingest.records import IngestBatch, decode, ipc_file_bytes, read_ipc_file
-from fleetscore.ingest.settings import IngestSettings
+from fleetscore.clock import Clock, wall_clock
+from fleetscore.config.ingest import IngestSettings
 from fleetscore.storage.fs import Storage
+from fleetscore.storage.quarantine import QuarantineStore
 from fleetscore.storage.readings import ReadingStore
 from fleetscore.storage.windows import WindowStore
 
@@ -91,8 +90,9 @@ class Compactor:
     #: Test seam: called with "decided" and "landed" inside a step; raising there simulates a crash.
     crash_hook: Callable[[str], None] | None = None
 
-    def __init__(self, home: Path, storage: Storage, settings: IngestSettings) -> None:
+    def __init__(self, home: Path, storage: Storage, settings: IngestSettings, clock: Clock = wall_clock) -> None:
         self.paths = IngestPaths.of_home(home)
+        self.clock = clock
         self.storage = storage
         self.settings = settings
         self.chunk_rows = settings.compact_chunk_rows
@@ -226,7 +226,7 @@ class Compactor:
         counts.update(landed=fresh.num_rows, windows=sum(t.num_rows for t in windows.values()),
                       quarantined=sum(sum(t.num_rows for t in parts) for parts in quarantine.values()))
         manifest = {"seq": seq, "positions": {k: list(v) for k, v in chunk.positions.items()}, "state": state_name,
-                    "day": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "files": files, "counts": counts}
+                    "day": day_text(self.clock()), "files": files, "counts": counts}
         write_atomic(staged / "step.json", json.dumps(manifest).encode())
         return manifest
 
@@ -239,9 +239,9 @@ class Compactor:
         seq, files, staged = int(manifest["seq"]), manifest["files"], self.paths.staged
         ReadingStore(self.storage).land(read_ipc_file(staged / files["land"]))
         self._hook("landed")
-        day = datetime.strptime(manifest["day"], "%Y-%m-%d").replace(tzinfo=timezone.utc)
+        day = parse_time(f"{manifest['day']}T00:00:00Z")
         for source, name in files["quarantine"].items():
-            write_quarantine(self.storage, read_ipc_file(staged / name), source, batch=f"{seq:016x}", day=day)
+            QuarantineStore(self.storage).write(read_ipc_file(staged / name), source, day, batch=f"{seq:016x}")
         for width, name in files["windows"].items():
             WindowStore(self.storage).write(int(width), read_ipc_file(staged / name), part=seq)
         if "keys" in files and (staged / files["keys"]).exists():
@@ -251,7 +251,7 @@ class Compactor:
         for name, value in manifest["counts"].items():
             totals[name] = totals.get(name, 0) + int(value)
         new = Checkpoint(seq=seq, positions={k: (int(v[0]), int(v[1])) for k, v in manifest["positions"].items()},
-                         state=manifest["state"], compacted_at_us=time.time_ns() // 1000, totals=totals)
+                         state=manifest["state"], compacted_at_us=self.clock(), totals=totals)
         save_checkpoint(self.paths, new)
         shutil.rmtree(staged, ignore_errors=True)
         if checkpoint.state and checkpoint.state != new.state:
@@ -283,7 +283,7 @@ class Compactor:
                 if seg < first:
                     (directory / segment_name(seg)).unlink(missing_ok=True)
                     deleted += 1
-        cutoff = time.time() - self.settings.idempotency_ttl_s
+        cutoff = self.clock() / 1e6 - self.settings.idempotency_ttl_s
         for path in self.paths.keys_dir.glob("keys-*.arrow"):
             if path.stat().st_mtime < cutoff:
                 path.unlink(missing_ok=True)
@@ -330,7 +330,7 @@ class CompactionLoop:
             if self.before is not None:
                 self.before()
             self.last = self.compactor.run()
-            self.last_at_us, self.last_error = time.time_ns() // 1000, None
+            self.last_at_us, self.last_error = self.compactor.clock(), None
         except Exception as exc:  # noqa: BLE001 — the loop must survive and report it
             self.errors += 1
             self.last_error = f"{type(exc).__name__}: {exc}"

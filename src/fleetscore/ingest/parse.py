@@ -179,7 +179,7 @@ def _text(value: object, is_time: bool) -> str | None:
 def parse_csv(body: bytes, max_rows: int) -> ParsedBody:
     import pyarrow.csv as pacsv
 
-    from fleetscore.importer import resolve_columns
+    from fleetscore.storage.files import resolve_columns
 
     header = body.split(b"\n", 1)[0] + b"\n"
     try:

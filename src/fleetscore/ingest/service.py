@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-import time
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -28,13 +27,10 @@ from fleetscore.ingest.checkpoint import IngestPaths, load_checkpoint
 from fleetscore.ingest.log import SegmentLog, list_segments, read_frames, segment_name
 from fleetscore.ingest.parse import ParsedBody
 from fleetscore.ingest.records import IngestBatch, decode, decode_header, read_ipc_file
-from fleetscore.ingest.settings import IngestSettings
+from fleetscore.clock import Clock, wall_clock
+from fleetscore.config.ingest import IngestSettings
 
 MAX_KEY_LENGTH = 200
-
-
-def now_us() -> int:
-    return time.time_ns() // 1000
 
 
 def check_key(key: str | None) -> str | None:
@@ -94,8 +90,9 @@ class KeyCache:
 class IngestService:
     """One writer of the durable log (``source`` = ``http`` or ``mqtt``) and its counters."""
 
-    def __init__(self, home: Path, settings: IngestSettings, source: str) -> None:
+    def __init__(self, home: Path, settings: IngestSettings, source: str, clock: Clock = wall_clock) -> None:
         self.paths = IngestPaths.of_home(home)
+        self.clock = clock
         self.settings = settings
         self.source = source
         self.keys = KeyCache(settings.idempotency_ttl_s)
@@ -108,7 +105,7 @@ class IngestService:
 
     def admit(self, parsed: ParsedBody, key: str | None = None, received_at_us: int | None = None) -> IngestBatch:
         """Validate a parsed body into a log record (good rows + every rejected row with its reason)."""
-        received = now_us() if received_at_us is None else received_at_us
+        received = self.clock() if received_at_us is None else received_at_us
         admitted = admit_readings(parsed.table, received, self.settings.max_future_s * 1_000_000)
         rejected = admitted.rejected
         if parsed.rows is not None and rejected.num_rows:
@@ -168,7 +165,7 @@ class IngestService:
 
     def _load_keys(self) -> None:
         """Keys of compacted batches (key files) and of batches still in the log, within the TTL."""
-        cutoff = now_us() - self.keys.ttl_us
+        cutoff = self.clock() - self.keys.ttl_us
         for path in sorted(self.paths.keys_dir.glob("keys-*.arrow")):
             table = read_ipc_file(path)
             for key, at, reply in zip(*(table.column(c).to_pylist() for c in ("key", "received_at_us", "reply"))):

@@ -6,5 +6,5 @@
     scheduler.py  the scheduler loop (``fleetscore scheduler``, or a thread of ``fleetscore serve``)
     retention.py  ``fleetscore gc``: what is old enough to delete, and what must be kept
 
-Heavy modules load on use: ``import fleetscore.schedule.plan`` needs only croniter.
+Heavy modules load on use: ``import fleetscore.core.schedule`` needs only croniter.
 """

@@ -1,7 +1,7 @@
 """The scheduler: plans due windows of every schedule, then runs them oldest first, each under its lease.
 
 One :meth:`Scheduler.tick` does two things. It plans: for each active schedule, the windows due
-since its cursor (:func:`~fleetscore.schedule.plan.plan_due`) become ``pending`` rows, and the
+since its cursor (:func:`~fleetscore.core.schedule.plan_due`) become ``pending`` rows, and the
 cursor moves by compare-and-set, so concurrent schedulers plan each fire once. Then it runs: every
 open window row, oldest first, is taken under its lease (a window held by another live scheduler is
 left to it), read again, and scored (or trained). A row left ``running`` by a scheduler that crashed
@@ -14,33 +14,29 @@ run again, into the same run, so the window completes once.
 
 from __future__ import annotations
 
+import signal
 import threading
 import uuid
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Callable
 
 from fleetscore.catalog.schedules import OPEN_STATUSES, PENDING, RUNNING, ScheduleStore, WindowRow
-from fleetscore.catalog.sql import now_iso
+from fleetscore.clock import Clock, wall_clock
+from fleetscore.config import ScheduleSettings
 from fleetscore.core.runs import RunRecord, RunStatus
-from fleetscore.core.times import SECOND_US, iso, parse_time
+from fleetscore.core.schedule import ScheduleSpec, next_fire, plan_due
+from fleetscore.core.times import SECOND_US, iso, iso_us, parse_time
 from fleetscore.errors import FleetscoreError, NotFoundError
 from fleetscore.exec.base import Executor
 from fleetscore.exec.control import CANCELLED, RunStopped
-from fleetscore.schedule.plan import ScheduleSpec, next_fire, plan_due
-from fleetscore.schedule.runner import HeldLease, LeaseBusy, committed_run, hold_lease, run_control, score_lease_key
-from fleetscore.schedule.settings import OpsSettings, ops_settings
+from fleetscore.services import runs
+from fleetscore.services.context import Context
+from fleetscore.services.runs import HeldLease, LeaseBusy, committed_run, hold_lease, score_lease_key
 
 if TYPE_CHECKING:
     from fleetscore.api import Fleet
 
-Clock = Callable[[], int]
 Say = Callable[[str], None]
-
-
-def wall_clock() -> int:
-    """Now, in µs since the epoch (UTC)."""
-    return parse_time(datetime.now(timezone.utc))
 
 
 @dataclass
@@ -64,15 +60,22 @@ class TickReport:
 class Scheduler:
     """Runs the schedules of one home. Not thread-safe: one scheduler per thread (many per catalog are fine)."""
 
-    def __init__(self, fleet: "Fleet", *, clock: Clock = wall_clock, settings: OpsSettings | None = None,
+    def __init__(self, fleet: "Fleet", *, clock: Clock = wall_clock, settings: ScheduleSettings | None = None,
                  workers: int | None = None, say: Say | None = None) -> None:
         self.fleet = fleet
         self.clock = clock
-        self.settings = settings or ops_settings(fleet.config)
+        self.settings = settings or fleet.config.schedule
         self.workers = workers
         self.say: Say = say or (lambda message: None)
-        self.store = ScheduleStore(fleet.catalog)
+        self.store = ScheduleStore(fleet.context.catalog)
         self._executor: Executor | None = None
+
+    @property
+    def context(self) -> Context:
+        """The fleet's services context with this scheduler's ``[schedule]`` settings. (Its clock says
+        which windows are due; records keep the fleet's own clock.)"""
+        ctx = self.fleet.context
+        return replace(ctx, config=replace(ctx.config, schedule=self.settings))
 
     def close(self) -> None:
         if self._executor is not None:
@@ -140,7 +143,7 @@ class Scheduler:
         lo, hi = parse_time(row.window_from), parse_time(row.window_to)
         key = score_lease_key(lo, hi) if spec.kind == "score" else f"train:{spec.name}"
         try:
-            with hold_lease(self.fleet, key, self.settings) as lease:
+            with hold_lease(self.context, key) as lease:
                 fresh = self.store.window(row.schedule, row.window_from)
                 if fresh is None or fresh.status not in OPEN_STATUSES:
                     return None  # another scheduler finished it meanwhile
@@ -153,37 +156,34 @@ class Scheduler:
         return self.store.window(row.schedule, row.window_from)
 
     def _score(self, spec: ScheduleSpec, row: WindowRow, lease: HeldLease, lo: int, hi: int) -> None:
-        from fleetscore.score import resume, score
-
+        ctx = self.context
         prior = self._run_record(row.run_id)
         if prior is not None and prior.status.finished:  # its run ended after all (e.g. cancelled)
             self.store.update_window(row.schedule, row.window_from, status=prior.status.value)
             return
-        current = committed_run(self.fleet, lo, hi)
+        current = committed_run(ctx, lo, hi)
         if prior is not None and current not in (None, prior.run_id):  # scored again by hand meanwhile
-            self.fleet.catalog.save_run(prior.with_status(
-                RunStatus.FAILED, finished_at=now_iso(), error=f"abandoned: window scored again by run {current}"))
+            ctx.catalog.save_run(prior.with_status(
+                RunStatus.FAILED, finished_at=iso_us(ctx.clock()), error=f"abandoned: window scored again by run {current}"))
             now_held = self._run_record(current)
             self.store.update_window(row.schedule, row.window_from, run_id=current,
                                      status=now_held.status.value if now_held else RunStatus.SUCCEEDED.value)
             return
-        version = prior.version if prior else (spec.version or self.fleet.catalog.released())
+        version = prior.version if prior else (spec.version or ctx.catalog.released())
         if version is None:
             self._failed(row, "no released model version: train one, or give the schedule --version")
             return
         run_id = row.run_id or uuid.uuid4().hex
         self.store.update_window(row.schedule, row.window_from, status=RUNNING, run_id=run_id, version=version,
                                  attempts=row.attempts + 1, error=None)
-        lease.set_run(run_id)
         what = "resuming" if prior else "scoring"
         self.say(f"{spec.name}: {what} {row.window_from}..{row.window_to} with {version} (run {run_id})")
-        common = dict(storage_url=self.fleet.config.storage_url, catalog=self.fleet.catalog,
-                      executor=self._ensure_executor(), control=run_control(self.settings, lease))
+        executor = self._ensure_executor()
         try:
             if prior is not None:
-                run = resume(run_id=run_id, **common)
+                run = runs.resume_run(ctx, executor, prior, lease=lease)
             else:
-                run = score(from_us=lo, to_us=hi, version=version, schedule=spec.name, run_id=run_id, **common)
+                run = runs.score_window(ctx, executor, lo, hi, version, schedule=spec.name, run_id=run_id, lease=lease)
         except RunStopped as exc:
             if exc.reason == CANCELLED:
                 self.store.update_window(row.schedule, row.window_from, status=RunStatus.CANCELLED.value)
@@ -221,7 +221,7 @@ class Scheduler:
         if run_id is None:
             return None
         try:
-            return self.fleet.catalog.get_run(run_id)
+            return self.fleet.context.catalog.get_run(run_id)
         except NotFoundError:
             return None
 
@@ -229,6 +229,18 @@ class Scheduler:
         if self._executor is None:
             self._executor = self.fleet.executor(workers=self.workers)
         return self._executor
+
+
+def run_until_signalled(scheduler: Scheduler, total: TickReport) -> TickReport:
+    """Tick until SIGTERM or SIGINT (``fleetscore scheduler``), adding every tick's report to ``total``."""
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    s = scheduler.settings
+    scheduler.say(f"scheduler started (poll {s.poll_s:g}s, lease {s.lease_s:g}s, max catch-up {s.max_catch_up})")
+    scheduler.run(stop, on_tick=total.add)
+    scheduler.say("scheduler stopped")
+    return total
 
 
 class SchedulerThread:
@@ -258,7 +270,7 @@ class SchedulerThread:
         self._thread.join(timeout)
 
 
-def start_scheduler_thread(fleet: "Fleet", *, settings: OpsSettings | None = None, workers: int | None = None,
+def start_scheduler_thread(fleet: "Fleet", *, settings: ScheduleSettings | None = None, workers: int | None = None,
                            say: Say | None = None, clock: Clock = wall_clock) -> SchedulerThread:
     """Run the scheduler of ``fleet``'s home in a background thread (for ``fleetscore serve``).
 

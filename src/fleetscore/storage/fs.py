@@ -18,6 +18,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from fleetscore.credentials import storage_options
 from fleetscore.errors import StorageError
 from fleetscore.redact import redact
 
@@ -236,10 +237,5 @@ def backend_errors() -> tuple[type[BaseException], ...]:
 
 
 def open_storage(url: str) -> Storage:
-    """Open the storage at ``url``; credentials come from the environment only (fsspec/boto/azure)."""
-    options: dict[str, Any] = {}
-    if url.startswith(("s3://", "s3a://")) and os.environ.get("AWS_ENDPOINT_URL"):
-        options["client_kwargs"] = {"endpoint_url": os.environ["AWS_ENDPOINT_URL"]}
-    if url.startswith(("az://", "abfs://")) and os.environ.get("AZURE_STORAGE_CONNECTION_STRING"):
-        options["connection_string"] = os.environ["AZURE_STORAGE_CONNECTION_STRING"]
-    return Storage(url, **options)
+    """Open the storage at ``url``; credentials come from the environment only (`fleetscore.credentials`)."""
+    return Storage(url, **storage_options(url))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 from datetime import datetime, timezone
 
+from fleetscore.core.times import day_text
 from fleetscore.errors import InputError
 
 _VERSION_RE = re.compile(r"^v[0-9]{1,9}$")
@@ -139,10 +140,11 @@ def commit_key(from_us: int, to_us: int) -> str:
     return f"{predictions_dir(from_us, to_us)}/_COMMITTED.json"
 
 
-def quarantine_key(source: str, day: datetime, batch: str) -> str:
+def quarantine_key(source: str, day_us: int, batch: str) -> str:
+    """The quarantine file of one batch of ``source``, in the folder of the UTC day ``day_us`` falls on."""
     if not _SOURCE_RE.match(source) or not _RUN_RE.match(batch):
         raise InputError(f"bad quarantine source/batch {source!r}/{batch!r}")
-    return f"quarantine/source={source}/date={day:%Y-%m-%d}/{batch}.parquet"
+    return f"quarantine/source={source}/date={day_text(day_us)}/{batch}.parquet"
 
 
 def logs_dir(run_id: str) -> str:

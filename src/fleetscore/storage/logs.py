@@ -17,9 +17,10 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any, Callable, Iterator
 
+from fleetscore.clock import Clock, wall_clock
+from fleetscore.core.times import compact_stamp, iso_us
 from fleetscore.redact import redact, redact_fields, secret_values
 from fleetscore.storage import layout
 from fleetscore.storage.fs import Storage
@@ -28,10 +29,9 @@ FLUSH_S = 2.0
 FLUSH_LINES = 500
 
 
-def log_line(event: str, level: str = "info", **fields: Any) -> dict[str, Any]:
+def log_line(event: str, level: str = "info", *, clock: Clock = wall_clock, **fields: Any) -> dict[str, Any]:
     """One structured log line: time, level, event name and fields (durations and other floats to the µs)."""
-    ts = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    return {"ts": ts, "level": level, "event": event,
+    return {"ts": iso_us(clock()), "level": level, "event": event,
             **{k: round(v, 6) if isinstance(v, float) else v for k, v in fields.items()}}
 
 
@@ -48,8 +48,10 @@ def worker_name() -> str:
 class RunLog:
     """The run-level log of one run, written by the process that drives the run; thread-safe."""
 
-    def __init__(self, storage: Storage, run_id: str, flush_s: float = FLUSH_S, flush_lines: int = FLUSH_LINES) -> None:
+    def __init__(self, storage: Storage, run_id: str, flush_s: float = FLUSH_S, flush_lines: int = FLUSH_LINES,
+                 clock: Clock = wall_clock) -> None:
         self.storage = storage
+        self.clock = clock
         self.run_id = layout.check_run_id(run_id)
         self.flush_s = flush_s
         self.flush_lines = flush_lines
@@ -59,7 +61,7 @@ class RunLog:
 
     def event(self, event: str, level: str = "info", **fields: Any) -> None:
         with self._lock:
-            self._lines.append(log_line(event, level, **({"run_id": self.run_id} | fields)))
+            self._lines.append(log_line(event, level, clock=self.clock, **({"run_id": self.run_id} | fields)))
             due = len(self._lines) >= self.flush_lines or time.monotonic() - self._last_flush >= self.flush_s
         if due:
             self.flush()
@@ -70,7 +72,7 @@ class RunLog:
             self._last_flush = time.monotonic()
             if not lines:
                 return
-            stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ") + "-" + uuid.uuid4().hex[:8]
+            stamp = compact_stamp(self.clock()) + "-" + uuid.uuid4().hex[:8]
             self.storage.write_bytes(layout.run_log_key(self.run_id, stamp), encode_lines(lines))
 
     def close(self) -> None:

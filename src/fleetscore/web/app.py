@@ -19,7 +19,7 @@ def create_app(fleet: "Fleet", **settings: Any) -> "FastAPI":
     from fastapi import FastAPI
 
     from fleetscore import __version__
-    from fleetscore.ingest import http as ingest_http
+    from fleetscore.web import ingest as ingest_http
 
     app = FastAPI(title="fleetscore", version=__version__, lifespan=ingest_http.lifespan)
     app.state.fleet = fleet

@@ -1,14 +1,13 @@
 """Access control shared by every route: with a token configured, requests need it.
 
-The token comes from ``create_app(fleet, token=...)`` or the env var ``FLEETSCORE_TOKEN`` (never
-from the toml, never logged). Clients send ``Authorization: Bearer <token>``; browsers get an
+The token comes from ``create_app(fleet, token=...)`` or the home's settings (``config.web.token``:
+the env var ``FLEETSCORE_TOKEN``, never the toml; never logged). Clients send ``Authorization: Bearer <token>``; browsers get an
 HttpOnly cookie from the login form. Comparison is constant-time.
 """
 
 from __future__ import annotations
 
 import hmac
-import os
 
 from fastapi import HTTPException, Request
 
@@ -17,7 +16,7 @@ COOKIE_NAME = "fleetscore_token"
 
 def configured_token(request: Request) -> str | None:
     token = request.app.state.settings.get("token")
-    return token if token is not None else (os.environ.get("FLEETSCORE_TOKEN") or None)
+    return token if token is not None else (request.app.state.fleet.config.web.token or None)
 
 
 def presented_token(request: Request) -> str | None:

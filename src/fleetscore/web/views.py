@@ -15,7 +15,6 @@ import threading
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -29,7 +28,7 @@ from fleetscore.core.schema import MAX_ID_LENGTH
 from fleetscore.core.times import HOUR_US, iso, parse_time
 from fleetscore.errors import InputError, NotFoundError
 from fleetscore.storage import layout
-from fleetscore.storage.logs import AttemptLog, LogStore
+from fleetscore.storage.logs import AttemptLog
 
 if TYPE_CHECKING:
     from fleetscore.api import Fleet
@@ -196,7 +195,7 @@ def window(fleet: "Fleet", hours: int, end: str | None) -> tuple[Window, int, in
         hi = parse_time(end, "end")
     else:
         done = [parse_time(r.window_to) for r in fleet.runs(RECENT_RUNS) if r.status in FINISHED_STATUSES and r.rows]
-        hi = max(done) if done else int(datetime.now(timezone.utc).timestamp() * 1e6)
+        hi = max(done) if done else fleet.clock()
     hi = -(-hi // HOUR_US) * HOUR_US
     lo = hi - hours * HOUR_US
     return Window(iso(lo), iso(hi), hours), lo, hi
@@ -242,9 +241,9 @@ def anomaly_counts(fleet: "Fleet", span: Window) -> pa.Table:
     Predictions change only when a run commits a window, so the cube is kept (a few, most recent
     first) under the set of committed runs overlapping the span: overview, fleet page and API share it.
     """
-    commits = tuple(sorted((bounds, run) for bounds, run in fleet.catalog.committed_runs().items()
+    commits = tuple(sorted((bounds, run) for bounds, run in fleet.committed_windows().items()
                            if bounds[0] < span.end and bounds[1] > span.start))
-    key = (fleet.config.storage_url, span.start, span.end, commits)
+    key = (fleet.config.storage.url, span.start, span.end, commits)
     with _CUBES_LOCK:
         if key in _CUBES:
             _CUBES.move_to_end(key)
@@ -302,11 +301,10 @@ def run_detail(fleet: "Fleet", run_id: str) -> RunDetail:
 
 def run_logs(fleet: "Fleet", run_id: str, tasks: list[int]) -> RunLogs:
     """The last lines of the run's log and every attempt of ``tasks`` (stdout/stderr: their ends)."""
-    store = LogStore(fleet.storage)
-    lines = store.run_lines(run_id)
+    lines = list(fleet.run_log(run_id))
     attempts = [
         replace(a, stdout=a.stdout[-MAX_OUTPUT_CHARS:], stderr=a.stderr[-MAX_OUTPUT_CHARS:])
-        for task in tasks[:MAX_ATTEMPTS] for a in store.task_attempts(run_id, task)
+        for task in tasks[:MAX_ATTEMPTS] for a in fleet.task_log(run_id, task)
     ]
     return RunLogs(lines[-MAX_LOG_LINES:], len(lines), attempts[:MAX_ATTEMPTS])
 

@@ -21,14 +21,16 @@ import pyarrow.compute as pc
 
 from fleetscore.core.fitting import fit_shard
 from fleetscore.core.kinds import FORMAT_VERSION, Bundle, get_kind
-from fleetscore.core.runs import RunStatus
+from fleetscore.catalog import Catalog, VersionRecord
+from fleetscore.core.runs import RunRecord, RunStatus
 from fleetscore.core.times import iso
 from fleetscore.errors import FleetscoreError, InputError
-from fleetscore.exec.base import TaskError
+from fleetscore.exec.base import Executor, TaskError
+from fleetscore.services.context import Context
 from fleetscore.storage import layout
 from fleetscore.storage.fs import open_storage
-from fleetscore.storage.models import ModelStore, VersionInfo, library_versions
-from fleetscore.train import MIN_TRAIN_ROWS, TrainResult, TrainTask, load_groups, manifest_rows, task_settings
+from fleetscore.storage.models import ModelStore, library_versions
+from fleetscore.services.train import MIN_TRAIN_ROWS, TrainResult, TrainTask, load_groups, manifest_rows, task_settings
 
 Key = tuple[str, str]
 #: Start of the manifest reason of a model refitted by `retrain_unhealthy`.
@@ -36,14 +38,16 @@ RETRAINED = "retrained: unhealthy"
 _FINISHED = (RunStatus.SUCCEEDED, RunStatus.PARTIAL)
 
 
-def _finished_runs(fleet: Any, limit: int, version: str | None = None) -> list[Any]:
-    runs = [r for r in fleet.runs(limit=max(limit * 20, 200)) if r.status in _FINISHED]
+def _finished_runs(catalog: Catalog, limit: int, version: str | None = None) -> list[RunRecord]:
+    runs = [r for r in catalog.runs(max(limit * 20, 200)) if r.status in _FINISHED]
     return [r for r in runs if version is None or r.version == version][:limit]
 
 
-def health_report(fleet: Any, run_id: str | None = None, last: int = 1) -> dict[str, Any]:
+def health_report(ctx: Context, run_id: str | None = None, last: int = 1) -> dict[str, Any]:
     """Unhealthy models of one run, or of the ``last`` finished runs (the newest entry per model wins)."""
-    runs = [fleet.run(run_id)[0]] if run_id else _finished_runs(fleet, last)
+    if run_id is not None:
+        layout.check_run_id(run_id)
+    runs = [ctx.catalog.get_run(run_id)] if run_id else _finished_runs(ctx.catalog, last)
     found: dict[Key, dict[str, Any]] = {}
     for run in reversed(runs):  # oldest first, so newer runs overwrite
         for entry in run.extra.get("health", {}).get("unhealthy", []):
@@ -116,25 +120,24 @@ def _take_models(bundle: Bundle, manifest: pa.Table) -> tuple[Bundle, pa.Table]:
     return out, manifest.set_column(manifest.schema.get_field_index("slot"), "slot", pa.array(new_slots))
 
 
-def retrain_unhealthy(fleet: Any, from_us: int, to_us: int, *, release: bool = True, workers: int | None = None,
-                      on_progress: Callable[[int, int], None] | None = None) -> RetrainResult:
-    """New version = the released one with the latest run's unhealthy models refitted on [from, to)."""
+def retrain_unhealthy(ctx: Context, executor: Executor, base: VersionRecord, from_us: int, to_us: int, *,
+                      release: bool = True, on_progress: Callable[[int, int], None] | None = None) -> RetrainResult:
+    """New version = ``base`` (the released one) with its latest run's unhealthy models refitted on [from, to)."""
     started = time.perf_counter()
-    base = fleet.version()
-    runs = _finished_runs(fleet, 1, base.version)
+    runs = _finished_runs(ctx.catalog, 1, base.version)
     if not runs:
         raise InputError(f"no finished run of the released version {base.version}: score first, then retrain")
     sick = runs[0].extra.get("health", {}).get("unhealthy", [])
     if not sick:
         raise InputError(f"the latest run {runs[0].run_id} of {base.version} marked no model unhealthy; nothing to retrain")
     keys = {(u["device"], u["sensor"]) for u in sick}
-    storage = fleet.storage
+    storage, catalog = ctx.storage, ctx.catalog
     store = ModelStore(storage)
     info, manifest = store.read_manifest(base.version)
     shards = store.read_shards(base.version)
     p = info.params
     params = p | {"base_version": base.version, "retrained": len(keys)}
-    version = fleet.catalog.new_version(info.kind, info.features, params, iso(from_us), iso(to_us))
+    version = catalog.new_version(info.kind, info.features, params, iso(from_us), iso(to_us))
     shard_of = dict(zip(zip(manifest.column("device").to_pylist(), manifest.column("sensor").to_pylist()),
                         manifest.column("shard").to_pylist()))
     tasks: list[RetrainTask] = []
@@ -145,25 +148,21 @@ def retrain_unhealthy(fleet: Any, from_us: int, to_us: int, *, release: bool = T
             continue
         lo = None if s["lo_device"] is None else (s["lo_device"], s["lo_sensor"])
         hi = None if s["hi_device"] is None else (s["hi_device"], s["hi_sensor"])
-        train = TrainTask(fleet.config.storage_url, version, int(s["shard"]), from_us, to_us, lo, hi, info.features,
+        train = TrainTask(ctx.storage_url, version, int(s["shard"]), from_us, to_us, lo, hi, info.features,
                           p.get("nu", 0.05), p.get("gamma", "scale"), info.kind, p.get("alarm_rate"),
-                          int(p.get("min_history", MIN_TRAIN_ROWS)))
+                          int(p.get("min_history", MIN_TRAIN_ROWS)), trained_at_us=ctx.clock())
         tasks.append(RetrainTask(train, base.version, mine))
     parts = {t.train.shard: None for t in tasks}
     errors: list[str] = []
-    executor = fleet.executor(workers=workers)
-    try:
-        for done, (i, result) in enumerate(executor.map(retrain_shard, tasks), start=1):
-            if isinstance(result, TaskError):
-                errors.append(f"shard {tasks[i].train.shard}: {result.error}")
-            else:
-                parts[tasks[i].train.shard] = result
-            if on_progress:
-                on_progress(done, len(tasks))
-    finally:
-        executor.close()
+    for done, (i, result) in enumerate(executor.map(retrain_shard, tasks), start=1):
+        if isinstance(result, TaskError):
+            errors.append(f"shard {tasks[i].train.shard}: {result.error}")
+        else:
+            parts[tasks[i].train.shard] = result
+        if on_progress:
+            on_progress(done, len(tasks))
     if errors:
-        fleet.catalog.finish_version(version, "failed", 0, 0, shards.num_rows, time.perf_counter() - started)
+        catalog.finish_version(version, "failed", 0, 0, shards.num_rows, time.perf_counter() - started)
         raise FleetscoreError(f"retraining {version} failed: " + "; ".join(errors[:5]))
     untouched = manifest.filter(pc.invert(pc.is_in(manifest.column("shard"), pa.array(list(parts), pa.int32()))))
     new_manifest = pa.concat_tables([untouched.select(manifest.column_names)] +
@@ -174,9 +173,9 @@ def retrain_unhealthy(fleet: Any, from_us: int, to_us: int, *, release: bool = T
     failed = new_manifest.filter(pc.equal(new_manifest.column("status"), "failed"))
     n_ok = new_manifest.num_rows - failed.num_rows
     elapsed = time.perf_counter() - started
-    fleet.catalog.finish_version(version, "ready" if n_ok else "failed", n_ok, failed.num_rows, shards.num_rows, elapsed)
+    catalog.finish_version(version, "ready" if n_ok else "failed", n_ok, failed.num_rows, shards.num_rows, elapsed)
     if release and n_ok:
-        fleet.catalog.release(version)
+        catalog.release(version)
     marked = new_manifest.filter(pc.starts_with(pc.fill_null(new_manifest.column("reason"), ""), RETRAINED))
     retrained = sorted(zip(marked.column("device").to_pylist(), marked.column("sensor").to_pylist()))
     return RetrainResult(

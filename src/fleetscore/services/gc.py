@@ -7,19 +7,15 @@ never deletes under a live run. Model versions keep their catalog row (status ``
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
 from fleetscore.catalog.purge import delete_commits, delete_runs, mark_versions_deleted
 from fleetscore.catalog.schedules import ScheduleStore
 from fleetscore.core.retention import RetentionFacts, RetentionPlan, VersionFact, plan_retention
+from fleetscore.core.schedule import next_fire, window_of
 from fleetscore.core.times import SECOND_US, iso, parse_time
 from fleetscore.errors import InputError
-from fleetscore.schedule.plan import next_fire, window_of
+from fleetscore.services.context import Context
 from fleetscore.storage import layout
-
-if TYPE_CHECKING:
-    from fleetscore.api import Fleet
-    from fleetscore.storage.fs import Storage
+from fleetscore.storage.fs import Storage
 
 ALL = 10**9
 
@@ -37,8 +33,9 @@ class GcResult:
                 "predictions": [f"{iso(lo)}..{iso(hi)}" for lo, hi in p.prediction_windows], "kept": p.kept}
 
 
-def collect_facts(fleet: "Fleet", cutoff_us: int, now_us: int, readings: bool) -> RetentionFacts:
-    catalog, storage = fleet.catalog, fleet.storage
+def collect_facts(ctx: Context, cutoff_us: int, now_us: int, readings: bool) -> RetentionFacts:
+    """What exists and what is still needed, as the retention policy takes it."""
+    catalog, storage = ctx.catalog, ctx.storage
     store = ScheduleStore(catalog)
     runs = catalog.runs(ALL)
     specs = [s for s in store.all() if not s.paused]
@@ -70,18 +67,19 @@ def collect_facts(fleet: "Fleet", cutoff_us: int, now_us: int, readings: bool) -
     )
 
 
-def _reading_hours(storage: "Storage") -> list[int]:
+def _reading_hours(storage: Storage) -> list[int]:
     """The hours that have a readings folder."""
     folders = (f"readings/{day}/{hour}" for day in storage.list_dirs("readings") for hour in storage.list_dirs(f"readings/{day}"))
     return sorted(h for h in map(layout.hour_of_key, folders) if h is not None)
 
 
-def gc(fleet: "Fleet", keep_s: int, now_us: int, *, readings: bool = False, dry_run: bool = False) -> GcResult:
-    """Delete what is older than ``keep_s`` seconds before ``now_us`` by the retention policy."""
+def gc(ctx: Context, keep_s: int, *, readings: bool = False, dry_run: bool = False) -> GcResult:
+    """Delete what is older than ``keep_s`` seconds before now (``ctx.clock``) by the retention policy."""
+    now_us = ctx.clock()
     cutoff = now_us - keep_s * SECOND_US
-    plan = plan_retention(collect_facts(fleet, cutoff, now_us, readings))
+    plan = plan_retention(collect_facts(ctx, cutoff, now_us, readings))
     if not dry_run:
-        storage, catalog = fleet.storage, fleet.catalog
+        storage, catalog = ctx.storage, ctx.catalog
         for lo, hi in plan.prediction_windows:
             storage.delete(layout.predictions_dir(lo, hi), recursive=True)
         delete_commits(catalog, [(iso(lo), iso(hi)) for lo, hi in plan.prediction_windows])

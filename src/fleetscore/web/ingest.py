@@ -8,7 +8,7 @@ kept when others are bad. 400: the body cannot be parsed at all; 401: token miss
 ingest is not running or the log failed. ``Idempotency-Key`` makes a re-sent batch count once
 (the answer then carries the header ``Idempotent-Replayed: true``).
 
-``app.state.ingest`` is an :class:`IngestRuntime`; its API for other parts of the app:
+``app.state.ingest`` is an :class:`~fleetscore.ingest.runtime.IngestRuntime`; its API for other parts of the app:
 
     runtime.running -> bool                 True between lifespan start and stop
     runtime.stats() -> dict                 numbers for /metrics and the overview page:
@@ -29,17 +29,16 @@ from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
+from fleetscore.config import IngestSettings
 from fleetscore.errors import FleetscoreError, InputError
 from fleetscore.ingest.parse import BodyError, BodyTooLarge, media_kind, parse_body
-from fleetscore.ingest.settings import IngestSettings
+from fleetscore.ingest.runtime import IngestRuntime
 from fleetscore.web.auth import require_token
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
     from fleetscore.api import Fleet
-    from fleetscore.ingest.compact import CompactionLoop, CompactResult
-    from fleetscore.ingest.service import IngestService
 
 SOURCE = "http"
 
@@ -59,59 +58,10 @@ class ErrorReply(BaseModel):
     detail: str
 
 
-class IngestRuntime:
-    """The HTTP writer of the durable log and the background compaction of one app (see module doc)."""
-
-    def __init__(self, fleet: "Fleet", settings: IngestSettings) -> None:
-        self.fleet = fleet
-        self.settings = settings
-        self.service: "IngestService | None" = None
-        self.loop: "CompactionLoop | None" = None
-
-    @property
-    def running(self) -> bool:
-        return self.service is not None
-
-    def start(self) -> None:
-        from fleetscore.ingest.compact import CompactionLoop, Compactor
-        from fleetscore.ingest.service import IngestService
-
-        self.service = IngestService(self.fleet.config.home, self.settings, SOURCE)
-        compactor = Compactor(self.fleet.config.home, self.fleet.storage, self.settings)
-        self.loop = CompactionLoop(compactor, self.settings.compact_interval_s, before=self.service.log.rotate)
-        self.loop.start()
-
-    def stop(self) -> None:
-        """Stop compaction, close the log (fsyncing the last records), compact what it holds."""
-        if self.loop is not None:
-            self.loop.stop()
-        if self.service is not None:
-            self.service.close()
-            self.service = None
-            if self.loop is not None and self.settings.compact_interval_s > 0:
-                self.loop.before = None
-                self.loop.run_now()
-
-    def compact_now(self) -> "CompactResult | None":
-        return self.loop.run_now() if self.loop is not None else None
-
-    def stats(self) -> dict[str, Any]:
-        from fleetscore.ingest.checkpoint import IngestPaths
-        from fleetscore.ingest.compact import log_lag_bytes
-
-        out: dict[str, Any] = {"running": self.running}
-        if self.service is not None:
-            out.update(self.service.stats())
-        if self.loop is not None:
-            out.update(self.loop.stats())
-        out["log_lag_bytes"] = log_lag_bytes(IngestPaths.of_home(self.fleet.config.home))
-        return out
-
-
 def install(app: "FastAPI", fleet: "Fleet", settings: dict[str, Any]) -> None:
     """Add the ingest route and ``app.state.ingest`` (started by :func:`lifespan`)."""
     overrides = {k: v for k, v in settings.items() if k in IngestSettings.__dataclass_fields__}
-    app.state.ingest = IngestRuntime(fleet, IngestSettings.from_config(fleet.config).with_overrides(**overrides))
+    app.state.ingest = fleet.ingest_runtime(SOURCE, fleet.config.ingest.with_overrides(**overrides))
     app.include_router(router)
 
 

@@ -1,25 +1,21 @@
-"""File import: CSV or Parquet → validated readings landed in storage, rejected rows quarantined.
+"""Local files in and out: CSV/Parquet readers for import (column names by alias or --columns) and writers for export.
 
-Files are streamed in batches so memory stays bounded for large files. CSV columns are read as
-text, so a bad cell rejects its row (with the reason) instead of failing the whole file.
+Reading streams a file in batches, so memory stays bounded for large files; CSV cells are read as
+text, so a bad cell rejects its row (with the reason) instead of failing the whole file. Writing is
+atomic (a temporary file renamed into place).
 """
 
 from __future__ import annotations
 
-import uuid
-from collections import Counter
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
+import os
 from pathlib import Path
 from typing import Any, Iterator
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from fleetscore.core.schema import REQUIRED_COLUMNS, validate_readings
+from fleetscore.core.schema import REQUIRED_COLUMNS
 from fleetscore.errors import InputError
-from fleetscore.storage import layout
-from fleetscore.storage.fs import Storage
-from fleetscore.storage.readings import ReadingStore
 
 BATCH_ROWS = 1_000_000
 #: Header names recognised without --columns (case-insensitive), incl. the classic TS,Device,Tag,Value.
@@ -30,16 +26,6 @@ ALIASES = {
     "value": ("value", "val"),
 }
 
-
-@dataclass
-class ImportResult:
-    accepted: int = 0
-    rejected: int = 0
-    duplicates: int = 0
-    quarantine: dict[str, Any] = field(default_factory=dict)
-
-    def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
 
 
 def parse_column_map(text: str | None) -> dict[str, str] | None:
@@ -142,72 +128,49 @@ def read_batches(path: Path, mapping: dict[str, str] | None, bad_rows: list[dict
     return _csv_batches(path, mapping, bad_rows)
 
 
-def import_table(storage: Storage, table: pa.Table, source: str, row_offset: int = 0) -> ImportResult:
-    """Validate and land one table of raw readings; quarantine rejected rows. Returns the counts."""
-    result = ImportResult()
-    validated = validate_readings(table, row_offset=row_offset)
-    landed = ReadingStore(storage).land(validated.good)
-    result.accepted, result.duplicates = landed.accepted, landed.duplicates
-    if validated.rejected.num_rows:
-        result.rejected = validated.rejected.num_rows
-        result.quarantine = write_quarantine(storage, validated.rejected, source)
-    return result
+def write_table(table: pa.Table, out: Path, fmt: str | None = None) -> str:
+    """Write an Arrow table to CSV or Parquet (by ``fmt`` or the file's extension), atomically; the format."""
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    fmt = fmt or ("parquet" if out.suffix.lower() in (".parquet", ".pq") else "csv" if out.suffix.lower() == ".csv" else None)
+    if fmt not in ("csv", "parquet"):
+        raise InputError(f"--out {out}: use a .csv or .parquet file name")
+    if out.parent and not out.parent.exists():
+        raise InputError(f"--out {out}: folder {out.parent} does not exist")
+    tmp = out.with_name(f".{out.name}.tmp")
+    try:
+        if fmt == "parquet":
+            pq.write_table(table, tmp, compression="zstd")
+        else:
+            pacsv.write_csv(_csv_ready(table), tmp)
+        os.replace(tmp, out)
+    except OSError as exc:
+        raise InputError(f"--out {out}: cannot write: {exc}") from exc
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return fmt
 
 
-def write_quarantine(storage: Storage, rejected: pa.Table, source: str, *, batch: str | None = None,
-                     day: datetime | None = None) -> dict[str, Any]:
-    """Store rejected rows with their reasons; returns where they went and a summary.
-
-    ``batch`` (8-32 hex) and ``day`` name the file; giving both makes a retried write replace the
-    same file (compaction does this) instead of adding a second copy.
-    """
-    key = layout.quarantine_key(source, day or datetime.now(timezone.utc), batch or uuid.uuid4().hex)
-    storage.write_parquet(key, rejected)
-    reasons = Counter(rejected.column("reason").to_pylist())
-    return {
-        "path": storage.display(key),
-        "rows": rejected.num_rows,
-        "reasons": dict(reasons.most_common()),
-        "sample": rejected.slice(0, 20).to_pylist(),
-    }
+def _csv_ready(table: pa.Table) -> pa.Table:
+    """Timestamps as ISO 8601 with Z, so a CSV round-trips unambiguously."""
+    cols = []
+    for field, col in zip(table.schema, table.columns):
+        if pa.types.is_timestamp(field.type):
+            col = pc.strftime(col, format="%Y-%m-%dT%H:%M:%S.%fZ") if _has_fraction(col) else pc.strftime(col, format="%Y-%m-%dT%H:%M:%SZ")
+        cols.append(col)
+    return pa.table(cols, names=table.column_names)
 
 
-def import_file(storage: Storage, path: Path, columns: str | None = None) -> ImportResult:
-    """Import a CSV or Parquet file in batches; bad rows never abort the good ones."""
-    mapping = parse_column_map(columns)
-    bad_rows: list[dict[str, Any]] = []
-    total = ImportResult()
-    quarantined: list[dict[str, Any]] = []
-    offset = 0
-    for batch in read_batches(path, mapping, bad_rows):
-        part = import_table(storage, batch, "import", row_offset=offset)
-        offset += batch.num_rows
-        total.accepted += part.accepted
-        total.duplicates += part.duplicates
-        total.rejected += part.rejected
-        if part.quarantine:
-            quarantined.append(part.quarantine)
-    if bad_rows:
-        malformed = pa.table(
-            {
-                "row": pa.array([r["row"] for r in bad_rows], pa.int64()),
-                "ts": pa.array([r["text"] for r in bad_rows], pa.string()),
-                "device": pa.nulls(len(bad_rows), pa.string()),
-                "sensor": pa.nulls(len(bad_rows), pa.string()),
-                "value": pa.nulls(len(bad_rows), pa.string()),
-                "reason": pa.array([r["reason"] for r in bad_rows], pa.string()),
-            }
-        )
-        total.rejected += malformed.num_rows
-        quarantined.append(write_quarantine(storage, malformed, "import"))
-    if quarantined:
-        reasons: Counter[str] = Counter()
-        for q in quarantined:
-            reasons.update(q["reasons"])
-        total.quarantine = {
-            "paths": [q["path"] for q in quarantined],
-            "rows": sum(q["rows"] for q in quarantined),
-            "reasons": dict(reasons.most_common()),
-            "sample": [s for q in quarantined for s in q["sample"]][:20],
-        }
-    return total
+def _has_fraction(col: pa.ChunkedArray) -> bool:
+    us = col.cast(pa.int64()).to_numpy(zero_copy_only=False)
+    return bool((us % 1_000_000 != 0).any())
+
+
+def reference_table(predictions: pa.Table) -> pa.Table:
+    """Predictions in the classic design's CSV layout: ``TS,Device,Tag,Val,Prediction`` (1 = anomaly)."""
+    ts = _csv_ready(predictions.select(["ts"])).column("ts")
+    return pa.table({"TS": ts, "Device": predictions.column("device"), "Tag": predictions.column("sensor"),
+                     "Val": predictions.column("value"),
+                     "Prediction": pc.cast(predictions.column("is_anomaly"), pa.int8())})

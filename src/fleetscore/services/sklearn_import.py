@@ -10,17 +10,16 @@ from __future__ import annotations
 import pickle
 import time
 import warnings
-from datetime import datetime, timezone
 from pathlib import Path
 
 import pyarrow as pa
 
-from fleetscore.catalog import Catalog
 from fleetscore.core import kinds, ocsvm
 from fleetscore.core.features import parse_features
 from fleetscore.core.schema import validate_readings
+from fleetscore.core.times import iso_s
 from fleetscore.errors import InputError, ModelFormatError
-from fleetscore.storage.fs import Storage
+from fleetscore.services.context import Context
 from fleetscore.storage.models import ModelStore, VersionInfo, library_versions
 
 MAX_PICKLE_BYTES = 512 << 20
@@ -49,7 +48,7 @@ def load_pickle(path: Path) -> object:
             raise ModelFormatError(f"{path}: cannot unpickle: {type(exc).__name__}: {exc}") from exc
 
 
-def import_sklearn(storage: Storage, catalog: Catalog, path: Path, device: str, sensor: str, features: str = "raw") -> str:
+def import_sklearn(ctx: Context, path: Path, device: str, sensor: str, features: str = "raw") -> str:
     """Convert the pipeline in ``path`` into a new (unreleased) version holding that one model."""
     started = time.perf_counter()
     ids = validate_readings(pa.table({"ts": [0], "device": [device], "sensor": [sensor], "value": [0.0]}))
@@ -62,10 +61,10 @@ def import_sklearn(storage: Storage, catalog: Catalog, path: Path, device: str, 
             f"{path}: the pipeline takes {params.n_features} feature(s) but --features {spec.text} gives {spec.n_features}"
         )
     meta = {"source": "import-sklearn", "file": path.name}
-    version = catalog.new_version("ocsvm", spec.text, meta, "", "")
-    store = ModelStore(storage)
+    version = ctx.catalog.new_version("ocsvm", spec.text, meta, "", "")
+    store = ModelStore(ctx.storage)
     store.write_shard(version, 0, params)
-    now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    now = iso_s(ctx.clock())
     manifest = pa.table({
         "device": [device], "sensor": [sensor], "shard": pa.array([0], pa.int32()), "slot": pa.array([0], pa.int32()),
         "status": ["ok"], "reason": pa.array([None], pa.string()), "n_train": pa.array([0], pa.int64()),
@@ -79,5 +78,5 @@ def import_sklearn(storage: Storage, catalog: Catalog, path: Path, device: str, 
     })
     store.write_manifest(VersionInfo(version, "ocsvm", spec.text, meta, library_versions(), kinds.FORMAT_VERSION),
                          manifest, shards)
-    catalog.finish_version(version, "ready", 1, 0, 1, time.perf_counter() - started)
+    ctx.catalog.finish_version(version, "ready", 1, 0, 1, time.perf_counter() - started)
     return version

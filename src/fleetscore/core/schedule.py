@@ -81,6 +81,20 @@ def check_cron(expr: str) -> str:
     return text
 
 
+def new_schedule(name: str, cron: str, window_s: int, lag_s: int, *, train: bool, version: str | None,
+                 released: bool, release: bool, cursor_us: int, created_at: str) -> ScheduleSpec:
+    """A checked new schedule: scoring (with ``version``, or the ``released`` one at run time) or training."""
+    if version and released:
+        raise InputError("give --version V or --released, not both")
+    if train and version:
+        raise InputError("--version is for scoring schedules; a --train schedule makes new versions")
+    if not release and not train:
+        raise InputError("--no-release only applies to --train schedules")
+    return ScheduleSpec(name=check_name(name), cron=check_cron(cron), window_s=window_s, lag_s=lag_s,
+                        kind="train" if train else "score", version=version or None, release=release,
+                        cursor_us=cursor_us, created_at=created_at)
+
+
 def window_of(spec: ScheduleSpec, fire_us: int) -> DueWindow:
     """The window a fire at ``fire_us`` stands for."""
     align = spec.window_s * SECOND_US if spec.kind == "score" else HOUR_US

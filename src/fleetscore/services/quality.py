@@ -8,15 +8,18 @@ and hands them to the pure `fleetscore.core.evaluate.evaluate`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from fleetscore.core.evaluate import Evaluation, evaluate
+from fleetscore.core.runs import RunRecord
 from fleetscore.core.features import parse_features
 from fleetscore.core.times import parse_time
 from fleetscore.errors import InputError
+from fleetscore.services.context import Context
+from fleetscore.storage import layout
+from fleetscore.storage.predictions import PredictionStore
 
 LABEL_COLUMNS = ("ts", "device", "sensor", "label", "anomaly_kind")
 
@@ -53,13 +56,15 @@ def read_labels(path: Path) -> pa.Table:
     return table.set_column(0, "ts", ts)
 
 
-def evaluate_run(fleet: Any, run_id: str, labels_path: Path) -> tuple[Any, Evaluation]:
+def evaluate_run(ctx: Context, run_id: str, labels_path: Path) -> tuple[RunRecord, Evaluation]:
     """(the run record, its evaluation against the labels in ``labels_path``)."""
-    run, _, _ = fleet.run(run_id)
+    layout.check_run_id(run_id)
+    run = ctx.catalog.get_run(run_id)
     labels = read_labels(Path(labels_path))
     ts = labels.column("ts").cast(pa.timestamp("us", tz="UTC"))
-    lo, hi = (pa.scalar(parse_time(t), pa.int64()).cast(ts.type) for t in (run.window_from, run.window_to))
+    from_us, to_us = parse_time(run.window_from), parse_time(run.window_to)
+    lo, hi = (pa.scalar(t, pa.int64()).cast(ts.type) for t in (from_us, to_us))
     labels = labels.filter(pc.and_(pc.greater_equal(ts, lo), pc.less(ts, hi)))  # the run's window only
-    spec = parse_features(fleet.version(run.version).features)
+    spec = parse_features(ctx.catalog.get_version(run.version).features)
     window_s = spec.width_s if spec.name == "window" else 0
-    return run, evaluate(fleet.predictions(run_id=run_id), labels, window_s)
+    return run, evaluate(PredictionStore(ctx.storage).for_run(run_id, from_us, to_us), labels, window_s)

@@ -8,22 +8,21 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Callable
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from fleetscore.catalog import Catalog
 from fleetscore.core import kinds
 from fleetscore.core.calibrate import check_alarm_rate
 from fleetscore.core.features import build_features, day_phase, parse_features
 from fleetscore.core.fitting import FitSettings, ShardFit, fit_shard
 from fleetscore.core.plan import fit_cost, group_bounds, plan_shards, score_cost, target_shards
-from fleetscore.core.times import iso
+from fleetscore.core.times import iso, iso_s
 from fleetscore.errors import FleetscoreError, InputError
 from fleetscore.exec.base import Executor, TaskError
+from fleetscore.services.context import Context
 from fleetscore.storage.fs import open_storage
 from fleetscore.storage.models import ModelStore, VersionInfo, library_versions
 from fleetscore.storage.readings import ReadingStore
@@ -52,6 +51,7 @@ class TrainTask:
     kind: str = "ocsvm"
     alarm_rate: float | None = None  # None: no calibration (exact scikit-learn semantics for ocsvm)
     min_history: int = MIN_TRAIN_ROWS  # rows a key needs for ``kind``; fewer get a robust fallback
+    trained_at_us: int = 0  # when the version was started (the driver's clock), stamped on its manifest rows
 
 
 @dataclass(frozen=True)
@@ -108,7 +108,7 @@ def manifest_rows(task: TrainTask, meta: pa.Table, bounds: np.ndarray, fitted: S
     starts = bounds[:-1]
     n = len(starts)
     slot, n_sv, reasons = fitted.slots, fitted.sizes, fitted.reasons
-    now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    now = iso_s(task.trained_at_us)
     return pa.table(
         {
             "device": meta.column("device").take(pa.array(starts)),
@@ -127,12 +127,11 @@ def manifest_rows(task: TrainTask, meta: pa.Table, bounds: np.ndarray, fitted: S
 
 
 def train(
-    *,
-    storage_url: str,
-    catalog: Catalog,
+    ctx: Context,
     executor: Executor,
     from_us: int,
     to_us: int,
+    *,
     kind: str = "ocsvm",
     nu: float = 0.05,
     gamma: float | str = "scale",
@@ -157,7 +156,7 @@ def train(
     gamma = _check_gamma(gamma)
     if not 0 < nu <= 1:
         raise InputError(f"--nu must be in (0, 1], got {nu}")
-    storage = open_storage(storage_url)
+    storage, catalog = ctx.storage, ctx.catalog
     keys = ReadingStore(storage).key_counts(from_us, to_us)  # in key order, one bucket at a time
     if keys.num_rows == 0:
         raise InputError(f"no readings between {iso(from_us)} and {iso(to_us)} to train on")
@@ -167,7 +166,8 @@ def train(
         "alarm_rate": alarm_rate, "min_history": min_history, "min_train_rows": MIN_TRAIN_ROWS, "fallback": "robust"}
     version = catalog.new_version(kind, spec.text, params, iso(from_us), iso(to_us))
     tasks = [
-        TrainTask(storage_url, version, i, from_us, to_us, lo, hi, spec.text, nu, gamma, kind, alarm_rate, min_history)
+        TrainTask(ctx.storage_url, version, i, from_us, to_us, lo, hi, spec.text, nu, gamma, kind, alarm_rate,
+                  min_history, trained_at_us=ctx.clock())
         for i, (lo, hi) in enumerate(shard_bounds(keys, starts))
     ]
     parts: list[pa.Table | None] = [None] * len(tasks)

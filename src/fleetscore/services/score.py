@@ -15,7 +15,6 @@ from __future__ import annotations
 import heapq
 import json
 import time
-import uuid
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any, Callable
@@ -25,7 +24,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from fleetscore.catalog import Catalog
-from fleetscore.catalog.sql import now_iso
 from fleetscore.core import ocsvm
 from fleetscore.core.features import build_features, day_phase, parse_features
 from fleetscore.core.health import MAX_LISTED as MAX_LISTED_UNHEALTHY
@@ -33,12 +31,13 @@ from fleetscore.core.health import describe, expected_rate, unhealthy_counts
 from fleetscore.core.kinds import needs_phase, score_bundle, severity_bundle
 from fleetscore.core.matching import match_runs
 from fleetscore.core.runs import ModelFailure, RunRecord, RunStatus, TaskRecord, backoff_delay, needs_rerun, run_status
-from fleetscore.core.times import iso, parse_time
+from fleetscore.core.times import iso, iso_us, parse_time
 from fleetscore.errors import FleetscoreError
 from fleetscore.exec.base import Executor, TaskError
 from fleetscore.exec.capture import run_captured
 from fleetscore.exec.control import CANCELLED, RunControl, RunStopped
 from fleetscore.exec.place import current_place
+from fleetscore.services.context import Context
 from fleetscore.storage import layout
 from fleetscore.storage.fs import HOT_WRITE, Storage, open_storage
 from fleetscore.storage.logs import RunLog, worker_name
@@ -65,6 +64,7 @@ class ScoreTask:
     lo: KeyBound
     hi: KeyBound
     attempt: int = 1
+    kernel: str = "auto"  # ocsvm scoring kernel (``[executor] kernel``)
 
 
 @dataclass(frozen=True)
@@ -117,7 +117,7 @@ def score_shard(task: ScoreTask) -> ScoreOutcome:
     slots = rows_model  # one id per model of the shard, whatever its kind
     score_args = (bundle, kind, slot_of[rows_model].astype(np.int64), x if has_model.all() else x[has_model],
                   day_phase(scored.column("ts")) if needs_phase(bundle) else None)
-    scores, severity = score_bundle(*score_args), severity_bundle(*score_args)
+    scores, severity = score_bundle(*score_args, task.kernel), severity_bundle(*score_args)
     finite = np.isfinite(scores)
     failures: list[ModelFailure] = []
     if not finite.all():
@@ -206,7 +206,7 @@ def _repeat(text: str, n: int) -> pa.Array:
 
 
 def plan_tasks(storage: Storage, storage_url: str, run_id: str, version: str, features: str,
-               from_us: int, to_us: int) -> list[ScoreTask]:
+               from_us: int, to_us: int, kernel: str = "auto") -> list[ScoreTask]:
     """One task per shard of the version, the costliest first (shards are cost-balanced when trained,
     and a costly shard started last would finish last: largest-first keeps the end of a run short)."""
     shards = ModelStore(storage).read_shards(version).to_pylist()
@@ -214,7 +214,7 @@ def plan_tasks(storage: Storage, storage_url: str, run_id: str, version: str, fe
         ScoreTask(
             storage_url, run_id, i, int(s["shard"]), version, features, from_us, to_us,
             None if s["lo_device"] is None else (s["lo_device"], s["lo_sensor"]),
-            None if s["hi_device"] is None else (s["hi_device"], s["hi_sensor"]),
+            None if s["hi_device"] is None else (s["hi_device"], s["hi_sensor"]), kernel=kernel,
         )
         for i, s in enumerate(shards)
     ]
@@ -222,79 +222,64 @@ def plan_tasks(storage: Storage, storage_url: str, run_id: str, version: str, fe
     return [tasks[i] for i in order]
 
 
-def score(
-    *,
-    storage_url: str,
-    catalog: Catalog,
-    executor: Executor,
-    from_us: int,
-    to_us: int,
-    version: str,
-    schedule: str | None = None,
-    on_progress: Callable[[int, int], None] | None = None,
-    run_id: str | None = None,
-    control: RunControl | None = None,
-) -> RunRecord:
-    """Score [from, to) with ``version``; returns the finished run record (also in the catalog)."""
-    storage = open_storage(storage_url)
-    ModelStore(storage).read_info(version)  # a missing or unreadable version fails before a run exists
+def score(ctx: Context, executor: Executor, from_us: int, to_us: int, version: str, *, run_id: str,
+          schedule: str | None = None, control: RunControl | None = None,
+          on_progress: Callable[[int, int], None] | None = None) -> RunRecord:
+    """Score [from, to) with ``version`` as run ``run_id``; returns the finished run record (also in the
+    catalog). Called under the window's lease by `fleetscore.services.runs`, the one road into scoring."""
+    ModelStore(ctx.storage).read_info(version)  # a missing or unreadable version fails before a run exists
     run = RunRecord(
-        run_id=run_id or uuid.uuid4().hex, window_from=iso(from_us), window_to=iso(to_us), version=version,
-        created_at=now_iso(), executor=executor.name, schedule=schedule,
+        run_id=run_id, window_from=iso(from_us), window_to=iso(to_us), version=version,
+        created_at=iso_us(ctx.clock()), executor=executor.name, schedule=schedule,
     )
-    catalog.save_run(run)
-    return _execute(catalog, storage_url, executor, run, control or RunControl(), on_progress)
+    ctx.catalog.save_run(run)
+    return _execute(ctx, executor, run, control or RunControl(), on_progress)
 
 
-def resume(
-    *,
-    storage_url: str,
-    catalog: Catalog,
-    executor: Executor,
-    run_id: str,
-    on_progress: Callable[[int, int], None] | None = None,
-    control: RunControl | None = None,
-) -> RunRecord:
+def resume(ctx: Context, executor: Executor, run_id: str, *, control: RunControl | None = None,
+           on_progress: Callable[[int, int], None] | None = None) -> RunRecord:
     """Finish an existing run: re-run only its tasks that did not succeed (failed, interrupted or never
     started) into the run's own folder, then commit the window again (``runs retry``, and after a crash)."""
-    run = replace(catalog.get_run(run_id), executor=executor.name)
-    return _execute(catalog, storage_url, executor, run, control or RunControl(), on_progress)
+    run = replace(ctx.catalog.get_run(run_id), executor=executor.name)
+    return _execute(ctx, executor, run, control or RunControl(), on_progress)
 
 
-def _execute(catalog: Catalog, storage_url: str, executor: Executor, run: RunRecord, control: RunControl,
+def _execute(ctx: Context, executor: Executor, run: RunRecord, control: RunControl,
              on_progress: Callable[[int, int], None] | None) -> RunRecord:
     """Run the tasks of ``run`` that still need to run, record each one, then sum up and commit."""
     started, before = time.perf_counter(), run.elapsed_s or 0.0
-    storage = open_storage(storage_url)
+    storage, catalog, storage_url = ctx.storage, ctx.catalog, ctx.storage_url
+    now = lambda: iso_us(ctx.clock())  # noqa: E731
     from_us, to_us = parse_time(run.window_from), parse_time(run.window_to)
-    log = RunLog(storage, run.run_id)
+    log = RunLog(storage, run.run_id, clock=ctx.clock)
     try:
         info = ModelStore(storage).read_info(run.version)
-        tasks = plan_tasks(storage, storage_url, run.run_id, run.version, info.features, from_us, to_us)
+        tasks = plan_tasks(storage, storage_url, run.run_id, run.version, info.features, from_us, to_us,
+                           ctx.config.executor.kernel)
         records = {r.task: r for r in catalog.tasks(run.run_id)}
         todo = [replace(t, attempt=records[t.task].attempts + 1 if t.task in records else 1)
                 for t in tasks if t.task not in records or needs_rerun(records[t.task])]  # attempts count on
         catalog.save_tasks([TaskRecord(run_id=run.run_id, task=t.task, shard=t.shard, attempts=t.attempt - 1)
                             for t in todo])
-        run = run.with_status(RunStatus.RUNNING, started_at=run.started_at or now_iso(), finished_at=None,
+        run = run.with_status(RunStatus.RUNNING, started_at=run.started_at or now(), finished_at=None,
                               tasks=len(tasks), error=None)
         catalog.save_run(run)
         log.event("run.start", window_from=run.window_from, window_to=run.window_to, version=run.version,
                   schedule=run.schedule, executor=executor.name, worker=worker_name(), tasks=len(tasks),
                   to_run=len(todo), retries=control.retries, storage=storage_url, catalog=catalog.url)
         unmatched, unhealthy, sick = _run_tasks(catalog, storage, executor, todo, on_progress, control, log)
-        run = _finish(catalog, storage, run, from_us, to_us, unmatched,
+        run = _finish(ctx, run, from_us, to_us, unmatched,
                       [describe(m, expected_rate(info.params)) for m in unhealthy], sick)
     except RunStopped as exc:
         log.event("run.stopped", "warning", reason=exc.reason)
         if exc.reason == CANCELLED:  # a lost lease leaves the record to the process that took the run over
-            run = run.with_status(RunStatus.CANCELLED, finished_at=now_iso(), error="cancelled",
+            run = run.with_status(RunStatus.CANCELLED, finished_at=now(), error="cancelled",
                                   elapsed_s=round(before + time.perf_counter() - started, 3))
             catalog.save_run(run)
         log.close()
         raise
     except BaseException as exc:
-        run = run.with_status(RunStatus.FAILED, finished_at=now_iso(), error=f"{type(exc).__name__}: {exc}",
+        run = run.with_status(RunStatus.FAILED, finished_at=now(), error=f"{type(exc).__name__}: {exc}",
                               elapsed_s=round(before + time.perf_counter() - started, 3))
         catalog.save_run(run)
         log.event("run.end", "error", status=run.status.value, error=run.error)
@@ -378,23 +363,24 @@ def _record(catalog: Catalog, storage: Storage, task: ScoreTask, result: ScoreOu
     return result.unmatched
 
 
-def _finish(catalog: Catalog, storage: Storage, run: RunRecord, from_us: int, to_us: int,
-            unmatched: list[dict[str, Any]], unhealthy: list[dict[str, Any]] = (), sick: int = 0) -> RunRecord:
+def _finish(ctx: Context, run: RunRecord, from_us: int, to_us: int, unmatched: list[dict[str, Any]],
+            unhealthy: list[dict[str, Any]], sick: int) -> RunRecord:
     """Sum the run up from all its task records (those of earlier attempts too), then commit the window."""
-    records = catalog.tasks(run.run_id)
+    storage = ctx.storage
+    records = ctx.catalog.tasks(run.run_id)
     failed_models = sum(r.failed_models for r in records)
     failed_tasks = sum(1 for r in records if r.status == "failed")
     scored_models = sum(r.models for r in records)
     status = run_status(scored_models, failed_models, failed_tasks)
     files = storage.list(layout.run_predictions_dir(from_us, to_us, run.run_id))
     if files or status is not RunStatus.FAILED:
-        _commit(catalog, storage, run, files, from_us, to_us)
+        _commit(ctx, run, files, from_us, to_us)
     listed = {(u["device"], u["sensor"]): u for u in run.extra.get("unmatched", []) + unmatched}
     earlier = run.extra.get("health", {})  # a resumed run: tasks that succeeded before counted theirs then
     listed_sick = {(u["device"], u["sensor"]): u for u in earlier.get("unhealthy", []) + list(unhealthy)}
     errors = [f"task {r.task}: {r.error}" for r in records if r.error]
     return run.with_status(
-        status, finished_at=now_iso(), models=scored_models,
+        status, finished_at=iso_us(ctx.clock()), models=scored_models,
         rows=sum(r.rows for r in records), anomalies=sum(r.anomalies for r in records),
         unmatched_rows=sum(r.unmatched_rows for r in records), failed_models=failed_models,
         error="; ".join(errors[:5]) or None,
@@ -417,11 +403,13 @@ def _shard_failures(storage: Storage, task: ScoreTask, error: str) -> list[Model
             zip(manifest.column("device").to_pylist(), manifest.column("sensor").to_pylist())]
 
 
-def _commit(catalog: Catalog, storage: Storage, run: RunRecord, files: list[str], from_us: int, to_us: int) -> None:
+def _commit(ctx: Context, run: RunRecord, files: list[str], from_us: int, to_us: int) -> None:
     """Point the window at this run's files, then remove the window's older runs."""
-    pointer = {"run_id": run.run_id, "version": run.version, "files": sorted(files), "committed_at": now_iso()}
+    storage = ctx.storage
+    pointer = {"run_id": run.run_id, "version": run.version, "files": sorted(files),
+               "committed_at": iso_us(ctx.clock())}
     storage.write_bytes(layout.commit_key(from_us, to_us), json.dumps(pointer).encode())
-    catalog.commit_window(run.window_from, run.window_to, run.run_id)
+    ctx.catalog.commit_window(run.window_from, run.window_to, run.run_id)
     keep = f"run={run.run_id}"
     for name in storage.list_dirs(layout.predictions_dir(from_us, to_us)):
         if name.startswith("run=") and name != keep:

@@ -36,7 +36,7 @@ CLASSIC_MIN_HISTORY = 2
 
 @dataclass(frozen=True)
 class TrainingChoice:
-    """Resolved training settings, as `fleetscore.train.train` takes them."""
+    """Resolved training settings, as `fleetscore.services.train.train` takes them."""
 
     kind: str
     features: str

@@ -1,10 +1,12 @@
-"""Scoring a window under its lease: new runs, finishing failed runs (``runs retry``), cancel, backfill.
+"""The one road into scoring: new runs of a window, finishing failed runs (``runs retry``), cancel, backfill.
 
-Every scoring run (``fleetscore score``, the scheduler, ``backfill``, ``runs retry``) holds the
-lease ``score:<window>`` while it works, so one window is never scored by two runs at once, by any
-number of processes. A keeper thread renews the lease and reads its cancel flag; when the run is
-cancelled (or the lease was lost) it sets the run's stop flag, and the run stops between tasks. A
-holder that crashes stops renewing: its lease expires and the window can be taken over.
+Every scoring run (``fleetscore score``, the scheduler, ``backfill``, ``runs retry``) comes through
+here and holds the lease ``score:<window>`` while it works, so one window is never scored by two
+runs at once, by any number of processes. A keeper thread renews the lease and reads its cancel
+flag; when the run is cancelled (or the lease was lost) it sets the run's stop flag, and the run
+stops between tasks. A holder that crashes stops renewing: its lease expires and the window can be
+taken over. A caller that already holds the lease (the scheduler, which checks its window row under
+it) passes it in.
 """
 
 from __future__ import annotations
@@ -15,25 +17,23 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Iterator
 
 import sqlalchemy as sa
 
 from fleetscore.catalog.leases import LeaseInfo, Leases, LeaseState
 from fleetscore.catalog.schedules import OPEN_STATUSES, ScheduleStore
-from fleetscore.catalog.sql import now_iso
+from fleetscore.config import ScheduleSettings
 from fleetscore.core.runs import RunRecord, RunStatus, needs_rerun
-from fleetscore.core.times import SECOND_US, iso, parse_time
+from fleetscore.core.times import SECOND_US, iso, iso_us, parse_time
 from fleetscore.errors import FleetscoreError, InputError
 from fleetscore.exec.base import Executor
 from fleetscore.exec.control import CANCELLED, RunControl, StopFlag
-from fleetscore.schedule.settings import OpsSettings, ops_settings
+from fleetscore.services import score as scoring
+from fleetscore.services.context import Context
 from fleetscore.storage import layout
-
-if TYPE_CHECKING:
-    from fleetscore.api import Fleet
 
 Progress = Callable[[int, int], None]
 #: Stop reason when another process took the lease over (this one stalled longer than the lease).
@@ -73,9 +73,10 @@ class HeldLease:
 
 
 @contextmanager
-def hold_lease(fleet: "Fleet", key: str, settings: OpsSettings, *, wait_s: float = 0.0) -> Iterator[HeldLease]:
+def hold_lease(ctx: Context, key: str, *, wait_s: float = 0.0) -> Iterator[HeldLease]:
     """Hold ``key`` (waiting up to ``wait_s`` for it) while the block runs; LeaseBusy if it stays taken."""
-    leases = Leases(fleet.catalog)
+    settings = ctx.config.schedule
+    leases = Leases(ctx.catalog)
     lease = HeldLease(leases, key, new_holder())
     deadline = time.monotonic() + wait_s
     while not leases.acquire(key, lease.holder, settings.lease_s):
@@ -107,22 +108,40 @@ def _keep(lease: HeldLease, ttl_s: float, done: threading.Event) -> None:
             return
 
 
-def run_control(settings: OpsSettings, lease: HeldLease) -> RunControl:
+def run_control(settings: ScheduleSettings, lease: HeldLease) -> RunControl:
     return RunControl(retries=settings.retries, backoff_s=settings.backoff_s, stop=lease.stop)
 
 
-def score_window(fleet: "Fleet", executor: Executor, from_us: int, to_us: int, version: str, *,
-                 schedule: str | None = None, on_progress: Progress | None = None, wait_s: float = 0.0) -> RunRecord:
-    """A new run of the window [from, to) with ``version``, holding the window's lease."""
-    from fleetscore.score import score
+@contextmanager
+def _leased(ctx: Context, from_us: int, to_us: int, lease: HeldLease | None, wait_s: float) -> Iterator[HeldLease]:
+    """The caller's lease on the window, or a new one held for the block."""
+    if lease is not None:
+        yield lease
+        return
+    with hold_lease(ctx, score_lease_key(from_us, to_us), wait_s=wait_s) as held:
+        yield held
 
-    settings = ops_settings(fleet.config)
-    with hold_lease(fleet, score_lease_key(from_us, to_us), settings, wait_s=wait_s) as lease:
-        run_id = uuid.uuid4().hex
-        lease.set_run(run_id)
-        return score(storage_url=fleet.config.storage_url, catalog=fleet.catalog, executor=executor,
-                     from_us=from_us, to_us=to_us, version=version, schedule=schedule, on_progress=on_progress,
-                     run_id=run_id, control=run_control(settings, lease))
+
+def score_window(ctx: Context, executor: Executor, from_us: int, to_us: int, version: str, *,
+                 schedule: str | None = None, run_id: str | None = None, on_progress: Progress | None = None,
+                 wait_s: float = 0.0, lease: HeldLease | None = None) -> RunRecord:
+    """A new run of the window [from, to) with ``version``, under the window's lease (``lease`` if the
+    caller holds it already, else one taken here, waiting up to ``wait_s`` for it)."""
+    with _leased(ctx, from_us, to_us, lease, wait_s) as held:
+        run_id = run_id or uuid.uuid4().hex
+        held.set_run(run_id)
+        return scoring.score(ctx, executor, from_us, to_us, version, run_id=run_id, schedule=schedule,
+                             control=run_control(ctx.config.schedule, held), on_progress=on_progress)
+
+
+def resume_run(ctx: Context, executor: Executor, run: RunRecord, *, on_progress: Progress | None = None,
+               lease: HeldLease | None = None) -> RunRecord:
+    """Finish ``run`` under its window's lease: only its tasks that did not succeed run again."""
+    from_us, to_us = parse_time(run.window_from), parse_time(run.window_to)
+    with _leased(ctx, from_us, to_us, lease, 0.0) as held:
+        held.set_run(run.run_id)
+        return scoring.resume(ctx, executor, run.run_id, control=run_control(ctx.config.schedule, held),
+                              on_progress=on_progress)
 
 
 @dataclass(frozen=True)
@@ -136,67 +155,63 @@ class RetryResult:
         return self.run.as_dict() | {"retried_tasks": self.retried}
 
 
-def retry_run(fleet: "Fleet", run_id: str, executor: Executor, on_progress: Progress | None = None) -> RetryResult:
+def retry_run(ctx: Context, executor: Executor, run_id: str, on_progress: Progress | None = None) -> RetryResult:
     """Re-run only the tasks of ``run_id`` that did not succeed, into its own folder, and commit again."""
-    from fleetscore.score import resume
-
     layout.check_run_id(run_id)
-    run = fleet.catalog.get_run(run_id)
+    run = ctx.catalog.get_run(run_id)
     from_us, to_us = parse_time(run.window_from), parse_time(run.window_to)
-    current = committed_run(fleet, from_us, to_us)
+    current = committed_run(ctx, from_us, to_us)
     if current not in (None, run_id):
         raise InputError(f"window {run.window_from}..{run.window_to} now holds the predictions of run {current}; "
                          f"score the window again instead of retrying the older run {run_id}")
-    settings = ops_settings(fleet.config)
-    with hold_lease(fleet, score_lease_key(from_us, to_us), settings) as lease:
-        run = fleet.catalog.get_run(run_id)  # read again under the lease
-        records = fleet.catalog.tasks(run_id)
+    with hold_lease(ctx, score_lease_key(from_us, to_us)) as lease:
+        run = ctx.catalog.get_run(run_id)  # read again under the lease
+        records = ctx.catalog.tasks(run_id)
         before = {t.task: t.attempts for t in records}
         if run.status is RunStatus.SUCCEEDED and not any(needs_rerun(t) for t in records):
             return RetryResult(run, [])
-        lease.set_run(run_id)
-        run = resume(storage_url=fleet.config.storage_url, catalog=fleet.catalog, executor=executor, run_id=run_id,
-                     on_progress=on_progress, control=run_control(settings, lease))
-    retried = [t.task for t in fleet.catalog.tasks(run_id) if t.attempts > before.get(t.task, 0)]
-    _set_window_status(fleet, run)
+        run = resume_run(ctx, executor, run, on_progress=on_progress, lease=lease)
+    retried = [t.task for t in ctx.catalog.tasks(run_id) if t.attempts > before.get(t.task, 0)]
+    _set_window_status(ctx, run)
     return RetryResult(run, retried)
 
 
-def committed_run(fleet: "Fleet", from_us: int, to_us: int) -> str | None:
+def committed_run(ctx: Context, from_us: int, to_us: int) -> str | None:
     """The run whose predictions the window holds now (its ``_COMMITTED.json``), or None."""
     try:
-        return json.loads(fleet.storage.read_bytes(layout.commit_key(from_us, to_us)))["run_id"]
+        return str(json.loads(ctx.storage.read_bytes(layout.commit_key(from_us, to_us)))["run_id"])
     except FileNotFoundError:
         return None
 
 
-def _set_window_status(fleet: "Fleet", run: RunRecord) -> None:
+def _set_window_status(ctx: Context, run: RunRecord) -> None:
     """A schedule window scored by ``run`` takes the run's final status."""
-    store = ScheduleStore(fleet.catalog)
+    store = ScheduleStore(ctx.catalog)
     for row in store.windows_of_run(run.run_id):
         store.update_window(row.schedule, row.window_from, status=run.status.value, error=run.error)
 
 
-def cancel_run(fleet: "Fleet", run_id: str, wait_s: float = 10.0) -> RunRecord:
+def cancel_run(ctx: Context, run_id: str, wait_s: float = 10.0) -> RunRecord:
     """Cancel a queued or running run: its process stops it between tasks (waits up to ``wait_s`` for that).
 
     A run that no live process holds (its process crashed, and its lease expired) is marked cancelled here.
     """
     layout.check_run_id(run_id)
-    run = fleet.catalog.get_run(run_id)
+    run = ctx.catalog.get_run(run_id)
     if run.status.finished:
         raise InputError(f"run {run_id} already {run.status.value}; only a queued or running run can be cancelled")
-    leases = Leases(fleet.catalog)
+    leases = Leases(ctx.catalog)
     if leases.request_cancel(run_id):
         deadline = time.monotonic() + wait_s
         while not run.status.finished and time.monotonic() < deadline and leases.live(run_id=run_id):
             time.sleep(0.2)
-            run = fleet.catalog.get_run(run_id)
+            run = ctx.catalog.get_run(run_id)
         if run.status.finished or leases.live(run_id=run_id):
             return run  # stopped, or still stopping (its holder is alive and will stop it)
-    run = run.with_status(RunStatus.CANCELLED, finished_at=now_iso(), error="cancelled (no live process was running it)")
-    fleet.catalog.save_run(run)
-    store = ScheduleStore(fleet.catalog)
+    run = run.with_status(RunStatus.CANCELLED, finished_at=iso_us(ctx.clock()),
+                          error="cancelled (no live process was running it)")
+    ctx.catalog.save_run(run)
+    store = ScheduleStore(ctx.catalog)
     for row in store.windows_of_run(run_id):
         if row.status in OPEN_STATUSES:
             store.update_window(row.schedule, row.window_from, status=RunStatus.CANCELLED.value)
@@ -229,18 +244,18 @@ def backfill_windows(from_us: int, to_us: int, every_s: int) -> list[tuple[int, 
     return [(lo, lo + step) for lo in range(from_us, to_us, step)]
 
 
-def backfill(fleet: "Fleet", executor: Executor, from_us: int, to_us: int, every_s: int, version: str,
+def backfill(ctx: Context, executor: Executor, from_us: int, to_us: int, every_s: int, version: str,
              on_run: Callable[[RunRecord], None] | None = None) -> BackfillResult:
     """Score every window of [from, to) (one run each, oldest first); each run replaces its window's predictions.
 
     A window being scored by another process is waited for (up to twice the lease), then scored again.
     """
-    settings = ops_settings(fleet.config)
+    lease_s = ctx.config.schedule.lease_s
     runs: list[RunRecord] = []
     errors: list[dict[str, str]] = []
     for lo, hi in backfill_windows(from_us, to_us, every_s):
         try:
-            run = score_window(fleet, executor, lo, hi, version, wait_s=2 * settings.lease_s)
+            run = score_window(ctx, executor, lo, hi, version, wait_s=2 * lease_s)
         except FleetscoreError as exc:
             errors.append({"window_from": iso(lo), "window_to": iso(hi), "error": str(exc)})
             continue

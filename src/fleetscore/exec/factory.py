@@ -1,0 +1,25 @@
+"""Build the executor a home's settings name: the local process pool or Ray."""
+
+from __future__ import annotations
+
+from fleetscore.errors import ConfigError
+from fleetscore.exec.base import Executor
+
+#: Modules a local pool's fork server imports before forking workers, so tasks start warm.
+DEFAULT_PRELOAD = ("fleetscore.services.score", "fleetscore.services.train")
+
+
+def make_executor(kind: str, workers: int, ray_address: str | None = None, *, env_address: str | None = None,
+                  preload: tuple[str, ...] = DEFAULT_PRELOAD) -> Executor:
+    """The executor named in the config (``local`` or ``ray``); ``preload``: modules local workers import first."""
+    if kind == "local":
+        from fleetscore.exec.local import LocalExecutor
+
+        return LocalExecutor(workers, preload=preload)
+    if kind == "ray":
+        try:
+            from fleetscore.exec.ray import RayExecutor
+        except ImportError as exc:
+            raise ConfigError(f"executor 'ray' needs the ray extra: pip install 'fleetscore[ray]' ({exc})") from exc
+        return RayExecutor(workers, address=ray_address, env_address=env_address)
+    raise ConfigError(f"unknown executor {kind!r}; use local or ray")
