@@ -49,7 +49,8 @@ def default_flags(ts: np.ndarray, value: np.ndarray, train: int) -> np.ndarray:
     fit = fit_shard([X[:n_train]], FitSettings(choice.kind, choice.nu, choice.gamma, choice.alarm_rate,
                                                choice.min_history, heavy_tails=spec.heavy_tailed,
                                                short_history=spec.short_history, seasonal=spec.seasonal,
-                                               values=spec.n_features), [phase[:n_train]])
+                                               values=spec.n_features, side=spec.one_sided,
+                                               gated=spec.gated, capped=spec.capped), [phase[:n_train]])
     slots = np.full(len(X), fit.slots[0], dtype=np.int64)
     flags = score_bundle(fit.bundle, [fit.kinds[0]] * len(X), slots, X, phase) < 0
     return np.repeat(flags, np.diff(np.r_[np.flatnonzero(keep), len(ts)]))

@@ -21,14 +21,11 @@ Windows are counted in readings, never cross a series boundary, and a feature wi
 history is NaN (models skip it). Medians rather than means keep a single spike from leaking into
 the readings after it.
 
-`novelty` adds, per feature, whether the reading is a new extreme of its recent past: +1 above
-every one of the previous ``NOVELTY`` readings' values of that feature, -1 below all of them, 0
-neither, NaN without history. A robust model counts a deviation only in the direction the reading
-is new (`fleetscore.core.robust`): a burst no larger than the last day's bursts, or a level shift
-that has persisted, stops alarming, while its onset and anything beyond it still do. It is
-computed from the readings alone (never from earlier decisions), so a reading's score does not
-depend on where scoring windows start. Scoring a window needs the ``LOOKBACK`` readings before it.
-Pure numpy.
+Features are computed from the readings alone, so a reading's features do not depend on where
+scoring windows start once the ``GAP + LONG`` readings before it are read. The robust kind then
+compares each deviation with the deviations of the ``GATE`` readings before it (`fleetscore.core.robust`,
+"Persistence"), each of which needs its own history: scoring a window needs the ``LOOKBACK``
+readings before it. Pure numpy.
 """
 
 from __future__ import annotations
@@ -52,10 +49,18 @@ GAP = 12
 #: The drift must also show against the ``LONG`` readings ending this many readings back (a second
 #: baseline: an anomaly that fills the first baseline's window has mostly left this one, or not yet reached it).
 NEAR_GAP = 6
-#: Previous readings a reading must be more extreme than to count as new (a day of 5-minute readings).
-NOVELTY = 288
-#: Readings of history the features need: the novelty's window of readings, each with its own history.
-LOOKBACK = GAP + LONG + NOVELTY
+#: Features whose deviations are compared with those of the readings before them (`fleetscore.core.robust`:
+#: a change that persists, or no larger than the last few readings', stops alarming). Not the flat feature:
+#: a second stuck period is as anomalous as the first.
+GATED = (True, True, True, False)
+#: Features whose deviations count on one side only (-1: below the center): a stuck sensor makes the flat
+#: feature fall; large steps are the residual's to judge.
+ONE_SIDED = (0, 0, 0, -1)
+#: Previous readings whose deviations a reading's deviation is compared with (see GATED).
+GATE = 5
+#: Readings of history a scored reading needs, exactly: its features need ``GAP + LONG - 1`` readings before it
+#: (the drift's older baseline), and so does each of the ``GATE`` readings its deviation is compared with.
+LOOKBACK = GAP + LONG - 1 + GATE
 #: The flat feature adds this fraction of |value| so an exact repeat gives a finite, very low log.
 FLAT_EPS = 1e-9
 
@@ -110,47 +115,4 @@ def context_features(values: np.ndarray, series_start: np.ndarray) -> np.ndarray
         if n >= SHORT:
             largest[SHORT - 1:] = np.max(sliding_window_view(step, SHORT), axis=-1)
         out[:, 3] = np.where(pos >= SHORT, np.log(largest + FLAT_EPS * (np.abs(x) + 1e-300)), np.nan)
-    return out
-
-
-def _window_extreme(f: np.ndarray, length: np.ndarray, op: np.ufunc) -> np.ndarray:
-    """out[t] = op-reduction (NaN-ignoring) of f[t - length[t] .. t - 1]; NaN where length[t] == 0.
-
-    A sparse table: level k holds the reduction over 2**k rows, so any window is two lookups.
-    """
-    n = f.size
-    out = np.full(n, np.nan)
-    if n == 0 or not length.max(initial=0):
-        return out
-    levels = [f]
-    while 2 ** len(levels) <= length.max():
-        prev, step = levels[-1], 2 ** (len(levels) - 1)
-        levels.append(np.concatenate([op(prev[:-step], prev[step:]), prev[n - step:]]))
-    table = np.stack(levels)
-    has = length > 0
-    t = np.flatnonzero(has)
-    level = np.floor(np.log2(length[has])).astype(np.int64)
-    first, last = t - length[has], t - 2 ** level
-    with np.errstate(invalid="ignore"):
-        out[has] = op(table[level, first], table[level, last])
-    return out
-
-
-def novelty(X: np.ndarray, series_start: np.ndarray) -> np.ndarray:
-    """Per feature of X (rows sorted by series then time): +1 / -1 where the value is above / below all
-    of the previous ``NOVELTY`` readings' (fewer at a series' start), 0 otherwise, NaN without history."""
-    X = np.asarray(X, dtype=np.float64)
-    n = X.shape[0]
-    out = np.full(X.shape, np.nan)
-    if n == 0:
-        return out
-    first = np.zeros(n, dtype=np.int64)
-    first[np.asarray(series_start, dtype=np.int64)] = np.asarray(series_start, dtype=np.int64)
-    length = np.minimum(np.arange(n) - np.maximum.accumulate(first), NOVELTY)
-    for j in range(X.shape[1]):
-        hi = _window_extreme(X[:, j], length, np.fmax)
-        lo = _window_extreme(X[:, j], length, np.fmin)
-        with np.errstate(invalid="ignore"):
-            code = np.where(X[:, j] > hi, 1.0, np.where(X[:, j] < lo, -1.0, 0.0))
-        out[:, j] = np.where(np.isnan(hi) | np.isnan(X[:, j]), np.nan, code)
     return out

@@ -13,7 +13,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from fleetscore.core.context import CONTEXT_FEATURES, HEAVY_TAILED, SEASONAL, SHORT_HISTORY, context_features, novelty
+from fleetscore.core.context import (CONTEXT_FEATURES, GATED, HEAVY_TAILED, LOOKBACK, ONE_SIDED, SEASONAL, SHORT_HISTORY,
+                                     context_features)
 from fleetscore.core.plan import group_bounds
 from fleetscore.core.windows import WINDOW_FEATURES, tumbling_aggregate, window_feature_matrix
 from fleetscore.core.times import parse_duration
@@ -21,14 +22,14 @@ from fleetscore.errors import InputError, ModelFormatError
 
 
 _DAY_US = 86_400_000_000
-#: History read before a scored window for ``context`` features (covers 30 readings a minute apart).
-DEFAULT_CONTEXT_LOOKBACK_S = 1800
-#: First model format whose ``context`` features mean what `build_features` computes now (format 4: each
-#: feature followed by its novelty code, and robust models calibrated with peaks-over-threshold tails;
-#: format 3: the drift feature counts only a shift that the reading itself and a nearer baseline share,
-#: the residual only a departure from the drift's baseline too); older context models would score
-#: differently, so they are refused with a request to retrain.
-CONTEXT_FORMAT = 4
+#: History read before a scored window for ``context`` features (covers ``LOOKBACK`` readings a minute apart).
+DEFAULT_CONTEXT_LOOKBACK_S = 60 * LOOKBACK
+#: First model format whose ``context`` features mean what `build_features` computes now (format 5: the four
+#: features alone, robust models with training envelopes, one-sided flat and the persistence rule; format 4:
+#: each feature followed by a novelty code; format 3: the drift feature counts only a shift that the reading
+#: itself and a nearer baseline share, the residual only a departure from the drift's baseline too); older
+#: context models would score differently, so they are refused with a request to retrain.
+CONTEXT_FORMAT = 5
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,7 @@ class FeatureSpec:
 
     @property
     def n_features(self) -> int:
-        """Feature columns a model fits; ``context`` rows carry as many novelty codes after them."""
+        """Feature columns a model fits."""
         return {"raw": 1, "context": len(CONTEXT_FEATURES)}.get(self.name, len(WINDOW_FEATURES))
 
     @property
@@ -57,6 +58,21 @@ class FeatureSpec:
     def seasonal(self) -> tuple[bool, ...]:
         """Per feature: its center may follow a daily profile (the value itself, and context's level changes)."""
         return {"raw": (True,), "context": SEASONAL}.get(self.name, (False,) * self.n_features)
+
+    @property
+    def one_sided(self) -> tuple[int, ...]:
+        """Per feature: the side its deviations count on (-1 below, 0 both): context's flat counts only falls."""
+        return ONE_SIDED if self.name == "context" else (0,) * self.n_features
+
+    @property
+    def gated(self) -> tuple[bool, ...]:
+        """Per feature: a persisting or repeated deviation stops alarming (context's level, residual and drift)."""
+        return GATED if self.name == "context" else (False,) * self.n_features
+
+    @property
+    def capped(self) -> tuple[bool, ...]:
+        """Per feature: values far outside the training range alarm whatever the fitted tail (the level)."""
+        return {"raw": (True,), "context": (True, False, False, False)}.get(self.name, (False,) * self.n_features)
 
     @property
     def lookback_s(self) -> int:
@@ -131,10 +147,9 @@ def build_features(readings: pa.Table, spec: FeatureSpec) -> tuple[pa.Table, np.
 
 
 def _context(readings: pa.Table) -> tuple[pa.Table, np.ndarray]:
-    """One row per reading, sorted by (device, sensor, ts), with its context features and their novelty codes."""
+    """One row per reading, sorted by (device, sensor, ts), with its context features."""
     meta = readings.select(["ts", "device", "sensor", "value"])
     if meta.num_rows:
         meta = meta.sort_by([("device", "ascending"), ("sensor", "ascending"), ("ts", "ascending")])
     starts = group_bounds(meta.column("device"), meta.column("sensor"))[:-1]
-    X = context_features(meta.column("value").to_numpy(), starts)
-    return meta, np.hstack([X, novelty(X, starts)])
+    return meta, context_features(meta.column("value").to_numpy(), starts)

@@ -12,7 +12,7 @@ model's intercept. A kind's ``severity`` puts every reading on one scale in [0, 
 probability under the model's own calibration (`fleetscore.core.severity`; the robust kind's
 formula is in `fleetscore.core.robust`); a kind without calibration (ocsvm: its tuned intercept is
 calibrated, but not its tail) gives NaN. Both take feature columns followed by optional extra
-columns the kind may use (context features' novelty codes) or ignore. Pure: arrays in, arrays out.
+columns the kind ignores. Pure: arrays in, arrays out.
 """
 
 from __future__ import annotations
@@ -28,12 +28,13 @@ import pyarrow.compute as pc
 from fleetscore.core import ocsvm, robust
 from fleetscore.errors import InputError, ModelFormatError
 
-#: Shard files and manifests written now; `READABLE_FORMATS` are the ones this fleetscore loads. Format 4
-#: adds the robust models' severity arrays (robust format 3) and marks versions whose context features
-#: carry novelty codes; format 3 marked the current drift feature (`fleetscore.core.features.CONTEXT_FORMAT`:
+#: Shard files and manifests written now; `READABLE_FORMATS` are the ones this fleetscore loads. Format 5
+#: adds the robust models' sides and persistence rule (robust format 4) and marks versions whose context
+#: features have no novelty codes; format 4 added the robust models' severity arrays (robust format 3) and
+#: novelty codes; format 3 marked the current drift feature (`fleetscore.core.features.CONTEXT_FORMAT`:
 #: older context versions are refused with a request to retrain, see `check_features_format`).
-FORMAT_VERSION = 4
-READABLE_FORMATS = (1, 2, 3, 4)
+FORMAT_VERSION = 5
+READABLE_FORMATS = (1, 2, 3, 4, 5)
 
 Params = Any  # ocsvm.OcsvmParams | robust.RobustParams
 Bundle = dict[str, Params]
@@ -69,7 +70,7 @@ class ModelKind:
 def _ocsvm_decision(params: ocsvm.OcsvmParams, model_idx: np.ndarray, X: np.ndarray,
                     phase: np.ndarray | None = None, kernel: str | None = None) -> np.ndarray:
     """ocsvm scores (``phase`` unused); a feature without history (NaN) is taken at the model's training mean."""
-    X = np.asarray(X, dtype=np.float64)[:, : params.n_features]  # extra columns (novelty) are not its features
+    X = np.asarray(X, dtype=np.float64)[:, : params.n_features]  # extra columns are not its features
     missing = np.isnan(X)
     if missing.any():
         X = np.where(missing, params.mean[np.asarray(model_idx, dtype=np.int64)], X)
@@ -149,6 +150,12 @@ def bundle_from_arrays(arrays: Mapping[str, np.ndarray]) -> Bundle:
 def needs_phase(bundle: Mapping[str, Params]) -> bool:
     """Whether some model of the bundle has a daily profile, so scoring needs each row's time of day."""
     return any(getattr(params, "seasonal", False) for params in bundle.values())
+
+
+def needs_history(bundle: Mapping[str, Params]) -> bool:
+    """Whether some model of the bundle compares a row with the model's rows before it (robust persistence), so
+    the history read before a window must be scored with the window (in time order)."""
+    return any(getattr(params, "gated", False) for params in bundle.values())
 
 
 def score_bundle(bundle: Mapping[str, Params], kinds: Sequence[str] | pa.DictionaryArray, slots: np.ndarray,

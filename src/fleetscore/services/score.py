@@ -28,7 +28,7 @@ from fleetscore.core import ocsvm
 from fleetscore.core.features import build_features, day_phase, parse_features
 from fleetscore.core.health import MAX_LISTED as MAX_LISTED_UNHEALTHY
 from fleetscore.core.health import describe, expected_rate, unhealthy_counts
-from fleetscore.core.kinds import needs_phase, score_bundle, severity_bundle
+from fleetscore.core.kinds import needs_history, needs_phase, score_bundle, severity_bundle
 from fleetscore.core.matching import match_runs
 from fleetscore.core.runs import ModelFailure, RunRecord, RunStatus, TaskRecord, backoff_delay, needs_rerun, run_status
 from fleetscore.core.times import iso, iso_us, parse_time
@@ -87,9 +87,10 @@ def score_shard(task: ScoreTask) -> ScoreOutcome:
     # only the shard's keys (its buckets, and their row groups holding its devices), sorted by key and time
     readings = ReadingStore(storage).read_range(task.from_us - spec.lookback_s * 1_000_000, task.to_us, task.lo, task.hi)
     meta, x = build_features(readings, spec)
-    if spec.lookback_s:  # history read only for the features: score the window's own readings
-        in_window = pc.greater_equal(meta.column("ts"), pa.scalar(task.from_us, pa.int64()).cast(meta.column("ts").type))
-        meta, x = meta.filter(in_window), x[in_window.to_numpy(zero_copy_only=False)]
+    # history is read for the features and scored with the window (rules compare a reading with the ones before
+    # it), but only the window's own readings are kept
+    in_window = np.ones(meta.num_rows, dtype=bool) if not spec.lookback_s else pc.greater_equal(
+        meta.column("ts"), pa.scalar(task.from_us, pa.int64()).cast(meta.column("ts").type)).to_numpy(zero_copy_only=False)
     t1 = time.perf_counter()
 
     models = ModelStore(storage)
@@ -97,6 +98,8 @@ def score_shard(task: ScoreTask) -> ScoreOutcome:
         ["device", "sensor", "slot", "status", "reason", "kind", "fallback"]
     )
     bundle = models.read_bundle(task.version, task.shard)
+    if not in_window.all() and not needs_history(bundle):
+        meta, x, in_window = meta.filter(pa.array(in_window)), x[in_window], in_window[in_window]
     t2 = time.perf_counter()
 
     # rows come in key order: match each run of one (device, sensor) to its model, not each row
@@ -105,8 +108,14 @@ def score_shard(task: ScoreTask) -> ScoreOutcome:
     slot_of = manifest.column("slot").to_numpy(zero_copy_only=False)
     run_slot = np.where(run_model >= 0, slot_of[np.maximum(run_model, 0)], -1) if len(manifest) else run_model
     has_run = run_slot >= 0
-    unmatched = _unmatched(meta, bounds, run_model, ~has_run, manifest)
     has_model = np.repeat(has_run, lengths)
+    if in_window.all():
+        unmatched = _unmatched(meta, bounds, run_model, ~has_run, manifest)
+    else:
+        window = meta.filter(pa.array(in_window))
+        w_bounds, w_model = match_runs(window.column("device"), window.column("sensor"), manifest)
+        w_slot = np.where(w_model >= 0, slot_of[np.maximum(w_model, 0)], -1) if len(manifest) else w_model
+        unmatched = _unmatched(window, w_bounds, w_model, w_slot < 0, manifest)
     kinds = pc.dictionary_encode(manifest.column("kind").combine_chunks())
     scored = meta if has_model.all() else meta.filter(pa.array(has_model))
     rows_model = np.repeat(run_model[has_run], lengths[has_run])  # manifest row of every scored row
@@ -118,6 +127,9 @@ def score_shard(task: ScoreTask) -> ScoreOutcome:
     score_args = (bundle, kind, slot_of[rows_model].astype(np.int64), x if has_model.all() else x[has_model],
                   day_phase(scored.column("ts")) if needs_phase(bundle) else None)
     scores, severity = score_bundle(*score_args, task.kernel), severity_bundle(*score_args)
+    if not in_window.all():
+        keep = in_window[has_model]
+        scored, slots, scores, severity = scored.filter(pa.array(keep)), slots[keep], scores[keep], severity[keep]
     finite = np.isfinite(scores)
     failures: list[ModelFailure] = []
     if not finite.all():
@@ -138,7 +150,7 @@ def score_shard(task: ScoreTask) -> ScoreOutcome:
     record = TaskRecord(
         run_id=task.run_id, task=task.task, shard=task.shard, status="failed" if failures and not out.num_rows else "succeeded",
         models=tally.num_rows, rows=out.num_rows, anomalies=int(pc.sum(tally.column("anomalies")).as_py() or 0),
-        unmatched_rows=int((~has_model).sum()), failed_models=len(failures),
+        unmatched_rows=int((~has_model & in_window).sum()), failed_models=len(failures),
         wall_s=t4 - t0, cpu_s=time.process_time() - c0, load_data_s=t1 - t0, load_models_s=t2 - t1,
         score_s=t3 - t2, write_s=t4 - t3, worker=place.worker, node=place.node,
         attempts=task.attempt + place.attempt - 1,  # the executor's own retries (a dead Ray worker) count too
