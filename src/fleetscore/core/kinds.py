@@ -152,10 +152,21 @@ def needs_phase(bundle: Mapping[str, Params]) -> bool:
     return any(getattr(params, "seasonal", False) for params in bundle.values())
 
 
-def needs_history(bundle: Mapping[str, Params]) -> bool:
-    """Whether some model of the bundle compares a row with the model's rows before it (robust persistence), so
-    the history read before a window must be scored with the window (in time order)."""
-    return any(getattr(params, "gated", False) for params in bundle.values())
+def history_rows(bundle: Mapping[str, Params]) -> int:
+    """Rows before a scored row (of its model) that some model of the bundle compares it with (robust
+    persistence): so many of the history rows read before a window must be scored with it, in time order."""
+    return max((getattr(params, "history_rows", 0) for params in bundle.values()), default=0)
+
+
+def rows_before(bounds: np.ndarray, selected: np.ndarray, rows: int) -> np.ndarray:
+    """Per row (grouped by key, ``bounds`` as `fleetscore.core.plan.group_bounds` gives them): whether one of the
+    ``rows`` rows after it in its group is ``selected``."""
+    n = len(selected)
+    group = np.repeat(np.arange(len(bounds) - 1), np.diff(bounds))
+    out = np.zeros(n, dtype=bool)
+    for lag in range(1, min(rows, n) + 1):
+        out[:-lag] |= selected[lag:] & (group[lag:] == group[:-lag])
+    return out
 
 
 def score_bundle(bundle: Mapping[str, Params], kinds: Sequence[str] | pa.DictionaryArray, slots: np.ndarray,

@@ -170,6 +170,11 @@ class RobustParams:
         return self._gated  # type: ignore[attr-defined]
 
     @property
+    def history_rows(self) -> int:
+        """Rows of a model before a scored row that its score depends on (the persistence rule's `GATE`)."""
+        return GATE if self.gated else 0
+
+    @property
     def n_models(self) -> int:
         return self.center.shape[0]
 

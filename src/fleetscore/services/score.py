@@ -28,7 +28,8 @@ from fleetscore.core import ocsvm
 from fleetscore.core.features import build_features, day_phase, parse_features
 from fleetscore.core.health import MAX_LISTED as MAX_LISTED_UNHEALTHY
 from fleetscore.core.health import describe, expected_rate, unhealthy_counts
-from fleetscore.core.kinds import needs_history, needs_phase, score_bundle, severity_bundle
+from fleetscore.core.kinds import history_rows, needs_phase, rows_before, score_bundle, severity_bundle
+from fleetscore.core.plan import group_bounds
 from fleetscore.core.matching import match_runs
 from fleetscore.core.runs import ModelFailure, RunRecord, RunStatus, TaskRecord, backoff_delay, needs_rerun, run_status
 from fleetscore.core.times import iso, iso_us, parse_time
@@ -87,8 +88,8 @@ def score_shard(task: ScoreTask) -> ScoreOutcome:
     # only the shard's keys (its buckets, and their row groups holding its devices), sorted by key and time
     readings = ReadingStore(storage).read_range(task.from_us - spec.lookback_s * 1_000_000, task.to_us, task.lo, task.hi)
     meta, x = build_features(readings, spec)
-    # history is read for the features and scored with the window (rules compare a reading with the ones before
-    # it), but only the window's own readings are kept
+    # history is read for the features; the last rows of it are scored with the window (rules compare a reading
+    # with the ones before it), but only the window's own readings are kept
     in_window = np.ones(meta.num_rows, dtype=bool) if not spec.lookback_s else pc.greater_equal(
         meta.column("ts"), pa.scalar(task.from_us, pa.int64()).cast(meta.column("ts").type)).to_numpy(zero_copy_only=False)
     t1 = time.perf_counter()
@@ -98,8 +99,10 @@ def score_shard(task: ScoreTask) -> ScoreOutcome:
         ["device", "sensor", "slot", "status", "reason", "kind", "fallback"]
     )
     bundle = models.read_bundle(task.version, task.shard)
-    if not in_window.all() and not needs_history(bundle):
-        meta, x, in_window = meta.filter(pa.array(in_window)), x[in_window], in_window[in_window]
+    if not in_window.all():  # of the history, keep the rows the models' rules compare the window's first rows with
+        keep = in_window | rows_before(group_bounds(meta.column("device"), meta.column("sensor")), in_window,
+                                       history_rows(bundle))
+        meta, x, in_window = meta.filter(pa.array(keep)), x[keep], in_window[keep]
     t2 = time.perf_counter()
 
     # rows come in key order: match each run of one (device, sensor) to its model, not each row
