@@ -42,7 +42,10 @@ def test_defaults_give_cold_start_keys_a_fallback(fleet) -> None:  # type: ignor
     run = fleet.score(T6, T7)
     preds = fleet.predictions(run_id=run.run_id)
     assert preds.column_names[:8] == ["ts", "device", "sensor", "value", "score", "is_anomaly", "model_version", "run_id"]
-    assert preds.column_names[8:10] == ["model_kind", "fallback"]
+    assert preds.column_names[8:11] == ["model_kind", "fallback", "severity"]
+    severity = preds.column("severity").to_numpy()
+    assert np.all((severity >= 0) & (severity <= 100))
+    assert np.array_equal(severity > 50, preds.column("is_anomaly").to_numpy(zero_copy_only=False))
     assert run.unmatched_rows == 0 and preds.num_rows == 18 * 60
     mine = preds.filter(key(preds, "dev-00001", "temperature"))
     others = preds.filter(pc.invert(key(preds, "dev-00001", "temperature")))
@@ -129,3 +132,19 @@ def test_only_unhealthy_without_a_run_says_what_to_do(cli, fleet) -> None:  # ty
     fleet.train(T0, T6)
     r = cli("train", "--from", T0, "--to", T6, "--only-unhealthy", "--json")
     assert r.exit_code == 2 and "score first" in r.json["error"]
+
+
+def test_minute_data_scores_the_same_in_one_span_and_in_windows(fleet) -> None:  # type: ignore[no-untyped-def]
+    """The persistence rule compares a reading with the ones before it: those before a window are scored with it."""
+    trained = fleet.train(T0, T6)
+    span = fleet.predictions(run_id=fleet.score(T6, T7, version=trained.version).run_id)
+    parts = [fleet.predictions(run_id=fleet.score(f"2026-01-01T06:{a:02d}:00Z",
+                                                  "2026-01-01T07:00:00Z" if b == 60 else f"2026-01-01T06:{b:02d}:00Z",
+                                                  version=trained.version).run_id)
+             for a, b in ((0, 7), (7, 31), (31, 60))]
+    order = [("device", "ascending"), ("sensor", "ascending"), ("ts", "ascending")]
+    split = pa.concat_tables(parts).sort_by(order)
+    span = span.sort_by(order)
+    assert split.num_rows == span.num_rows == 18 * 60
+    for column in ("score", "severity", "is_anomaly"):
+        assert split.column(column).equals(span.column(column)), column

@@ -202,13 +202,13 @@ def test_auto_picks_the_device_kind_only_where_sensors_move_together(tmp_path: P
 
 
 def test_versions_without_intervals_read_their_fixed_look_back(fleet: Fleet) -> None:
-    """A version of format 3 (no interval_s in its manifest) still scores, with its features' fixed look-back."""
+    """A version of format 5 (no interval_s in its manifest) still scores, with its features' fixed look-back."""
     version = fleet.train(iso(0), iso(TRAIN_H * 60), kind="robust", features="context:30m").version
     store = ModelStore(fleet.storage)
     info, manifest = store.read_manifest(version)
     old = manifest.drop_columns(["interval_s", "sensor_index"])
-    store.write_manifest(replace(info, format_version=3), old, store.read_shards(version))
-    assert store.read_info(version).format_version == 3
+    store.write_manifest(replace(info, format_version=5), old, store.read_shards(version))
+    assert store.read_info(version).format_version == 5
     assert pc.all(pc.is_null(store.read_manifest(version)[1].column("interval_s"))).as_py()
     run = fleet.score(iso(TRAIN_H * 60), iso(TRAIN_H * 60 + 60), version=version)
     assert run.status.value == "succeeded" and run.rows > 0

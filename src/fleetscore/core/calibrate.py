@@ -11,6 +11,10 @@ exponential one; fitting ``k`` lets each model's (and each feature's) own tail s
 (or a degenerate body) a Gaussian tail on the robust spread is used instead, widened for the
 small sample. Rates large enough to be read straight from the data use the empirical quantile.
 
+`tail_exponent` summarises a tail for severities: the exponent ``k`` of ``p(r) = rate ** (r ** k)``,
+the tail probability of a deviation ``r`` thresholds out, through the threshold (``r = 1``) and the
+body quantile.
+
 Pure: arrays in, numbers out.
 """
 
@@ -32,6 +36,11 @@ MIN_TAIL_ROWS = 100
 #: An empirical quantile is used when at least this many training values lie beyond it.
 MIN_EMPIRICAL_EXCEEDANCES = 50
 _MAD_TO_SIGMA = 1.4826
+#: Quantile of the training deviations that a severity's tail passes through (with the threshold).
+SEVERITY_BODY = 0.95
+#: Tail exponent of severities where the body says nothing (a Gaussian-like tail), and its bounds.
+DEFAULT_TAIL_EXPONENT = 2.0
+TAIL_EXPONENT_RANGE = (0.2, 4.0)
 
 
 def check_alarm_rate(rate: float) -> float:
@@ -69,6 +78,15 @@ def tail_threshold(u: np.ndarray, rate: float, heavy: bool = False) -> float:
             lam = x2 / (-math.log(s2)) ** (1.0 / k)
             return median + lam * (-math.log(min(2.0 * rate, 0.5))) ** (1.0 / k)
     return median + small_sample_z(rate, n, heavy) * robust_spread(u, median)
+
+
+def tail_exponent(r_body: float, rate: float, body: float = SEVERITY_BODY) -> float:
+    """Exponent k of ``p(r) = rate ** (r ** k)`` through the threshold (r = 1, p = rate) and the body
+    quantile (``r_body``: its deviation over the threshold's, p = 1 - body), kept in `TAIL_EXPONENT_RANGE`."""
+    if not (0.0 < r_body < 1.0) or not 0.0 < rate < 1.0 - body:
+        return DEFAULT_TAIL_EXPONENT
+    k = math.log(math.log(1.0 - body) / math.log(rate)) / math.log(r_body)
+    return min(max(k, TAIL_EXPONENT_RANGE[0]), TAIL_EXPONENT_RANGE[1])
 
 
 def deviation_threshold(dev: np.ndarray, rate: float, heavy: bool = False) -> float:

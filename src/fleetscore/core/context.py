@@ -19,7 +19,13 @@ For readings sorted by (device, sensor, ts), reading t of a series gets (``CONTE
 
 Windows are counted in readings, never cross a series boundary, and a feature without enough
 history is NaN (models skip it). Medians rather than means keep a single spike from leaking into
-the readings after it. Scoring a window needs the ``LOOKBACK`` readings before it. Pure numpy.
+the readings after it.
+
+Features are computed from the readings alone, so a reading's features do not depend on where
+scoring windows start once the ``GAP + LONG`` readings before it are read. The robust kind then
+compares each deviation with the deviations of the ``GATE`` readings before it (`fleetscore.core.robust`,
+"Persistence"), each of which needs its own history: scoring a window needs the ``LOOKBACK``
+readings before it. Pure numpy.
 """
 
 from __future__ import annotations
@@ -43,8 +49,18 @@ GAP = 12
 #: The drift must also show against the ``LONG`` readings ending this many readings back (a second
 #: baseline: an anomaly that fills the first baseline's window has mostly left this one, or not yet reached it).
 NEAR_GAP = 6
-#: Readings of history the last feature needs; scoring reads a little more than this before a window.
-LOOKBACK = GAP + LONG - 1 + 1
+#: Features whose deviations are compared with those of the readings before them (`fleetscore.core.robust`:
+#: a change that persists, or no larger than the last few readings', stops alarming). Not the flat feature:
+#: a second stuck period is as anomalous as the first.
+GATED = (True, True, True, False)
+#: Features whose deviations count on one side only (-1: below the center): a stuck sensor makes the flat
+#: feature fall; large steps are the residual's to judge.
+ONE_SIDED = (0, 0, 0, -1)
+#: Previous readings whose deviations a reading's deviation is compared with (see GATED).
+GATE = 5
+#: Readings of history a scored reading needs, exactly: its features need ``GAP + LONG - 1`` readings before it
+#: (the drift's older baseline), and so does each of the ``GATE`` readings its deviation is compared with.
+LOOKBACK = GAP + LONG - 1 + GATE
 #: The flat feature adds this fraction of |value| so an exact repeat gives a finite, very low log.
 FLAT_EPS = 1e-9
 

@@ -17,7 +17,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from fleetscore.core.context import CONTEXT_FEATURES, HEAVY_TAILED, SEASONAL, SHORT_HISTORY, context_features
+from fleetscore.core.context import (
+    CONTEXT_FEATURES,
+    GATED,
+    HEAVY_TAILED,
+    ONE_SIDED,
+    SEASONAL,
+    SHORT_HISTORY,
+    context_features,
+)
 from fleetscore.core.history import MAX_LOOKBACK_S
 from fleetscore.core.plan import group_bounds
 from fleetscore.core.times import parse_duration
@@ -26,14 +34,16 @@ from fleetscore.errors import InputError, ModelFormatError
 
 _DAY_US = 86_400_000_000
 #: The most history scoring reads before a window for ``context`` features (plain ``context``); what it
-#: reads is counted in readings at each model's learned interval (`fleetscore.core.history`). Versions trained
-#: before intervals were learned say ``context:30m``, and read that fixed half hour.
+#: reads is counted in readings at each model's learned interval (`fleetscore.core.history`): ``LOOKBACK``
+#: readings. Versions trained before intervals were learned say ``context:30m`` (or ``31m``) and read that
+#: fixed span.
 DEFAULT_CONTEXT_LOOKBACK_S = MAX_LOOKBACK_S
-#: First model format whose ``context`` features mean what `context_features` computes now (format 3:
-#: the drift feature counts only a shift that the reading itself and a nearer baseline share, the
-#: residual only a departure from the drift's baseline too); older context models would score
-#: differently, so they are refused with a request to retrain.
-CONTEXT_FORMAT = 3
+#: First model format whose ``context`` features mean what `build_features` computes now (format 5: the four
+#: features alone, robust models with training envelopes, one-sided flat and the persistence rule; format 4:
+#: each feature followed by a novelty code; format 3: the drift feature counts only a shift that the reading
+#: itself and a nearer baseline share, the residual only a departure from the drift's baseline too); older
+#: context models would score differently, so they are refused with a request to retrain.
+CONTEXT_FORMAT = 5
 
 
 @dataclass(frozen=True)
@@ -45,6 +55,7 @@ class FeatureSpec:
 
     @property
     def n_features(self) -> int:
+        """Feature columns a model fits."""
         return {"raw": 1, "context": len(CONTEXT_FEATURES)}.get(self.name, len(WINDOW_FEATURES))
 
     @property
@@ -61,6 +72,21 @@ class FeatureSpec:
     def seasonal(self) -> tuple[bool, ...]:
         """Per feature: its center may follow a daily profile (the value itself, and context's level changes)."""
         return {"raw": (True,), "context": SEASONAL}.get(self.name, (False,) * self.n_features)
+
+    @property
+    def one_sided(self) -> tuple[int, ...]:
+        """Per feature: the side its deviations count on (-1 below, 0 both): context's flat counts only falls."""
+        return ONE_SIDED if self.name == "context" else (0,) * self.n_features
+
+    @property
+    def gated(self) -> tuple[bool, ...]:
+        """Per feature: a persisting or repeated deviation stops alarming (context's level, residual and drift)."""
+        return GATED if self.name == "context" else (False,) * self.n_features
+
+    @property
+    def capped(self) -> tuple[bool, ...]:
+        """Per feature: values far outside the training range alarm whatever the fitted tail (the level)."""
+        return {"raw": (True,), "context": (True, False, False, False)}.get(self.name, (False,) * self.n_features)
 
     @property
     def lookback_s(self) -> int:
@@ -105,7 +131,7 @@ def check_features_format(version: str, features: str, format_version: int) -> N
     if format_version < CONTEXT_FORMAT and parse_features(features).name == "context":
         raise ModelFormatError(
             f"model version {version} (format {format_version}) was trained on context features of an older "
-            f"fleetscore (its drift feature changed in format {CONTEXT_FORMAT}); retrain it with fleetscore train")
+            f"fleetscore (they changed in format {CONTEXT_FORMAT}); retrain it with fleetscore train")
 
 
 def day_phase(ts: pa.ChunkedArray | pa.Array) -> np.ndarray:

@@ -45,6 +45,10 @@ class FitSettings:
     heavy_tails: tuple[bool, ...] = ()  # per feature, see robust.fit_one
     short_history: tuple[bool, ...] = ()  # features the fallback models use (all when empty)
     seasonal: tuple[bool, ...] = ()  # features that get a daily profile (robust), see robust.fit_one
+    values: int = 0  # leading columns the models fit (0 = all)
+    side: tuple[int, ...] = ()  # per feature: the side its deviations count on (robust), see robust.fit_one
+    gated: tuple[bool, ...] = ()  # per feature: persistence rule (robust)
+    capped: tuple[bool, ...] = ()  # per feature: threshold capped at a multiple of the training range (robust)
     auto_device: bool = False  # devices whose sensors move together get a device model (module docstring)
 
 
@@ -108,6 +112,11 @@ def _fit_ocsvm(groups: Sequence[np.ndarray], s: FitSettings) -> tuple[ocsvm.Ocsv
     return params, np.array(fitted, dtype=np.int64), failures
 
 
+def _shape(s: FitSettings) -> dict[str, tuple]:
+    """The robust kind's per-feature rules (sides, persistence, capped thresholds) of the settings."""
+    return {"side": s.side, "gated": s.gated, "capped": s.capped}
+
+
 def _usable_rows(X: np.ndarray) -> int:
     return int(np.count_nonzero(np.isfinite(X[:, 0]))) if np.ndim(X) == 2 and np.shape(X)[1] else 0
 
@@ -119,6 +128,8 @@ def fit_shard(groups: Sequence[np.ndarray], settings: FitSettings,
     ``phases[i]``: time of day of each row of group i (lets robust models fit daily profiles);
     ``devices``: the shard's devices, for device models (``kind="device"`` or ``auto_device``).
     """
+    if settings.values:
+        groups = [X[:, : settings.values] if np.ndim(X) == 2 else X for X in groups]
     n = len(groups)
     kinds: list[str | None] = [None] * n
     slots = np.full(n, -1, dtype=np.int32)
@@ -140,7 +151,7 @@ def fit_shard(groups: Sequence[np.ndarray], settings: FitSettings,
             params, fitted, failures = robust.fit_many([groups[i] for i in enough],
                                                        settings.alarm_rate or DEFAULT_ALARM_RATE, settings.heavy_tails, (),
                                                        None if phases is None else [phases[i] for i in enough],
-                                                       settings.seasonal)
+                                                       settings.seasonal, **_shape(settings))
         else:
             params, fitted, failures = _fit_ocsvm([groups[i] for i in enough], settings)
         _place(bundle, settings.kind, params, [enough[k] for k in fitted], kinds, slots, sizes, reasons)
@@ -154,7 +165,7 @@ def fit_shard(groups: Sequence[np.ndarray], settings: FitSettings,
         rest = [i for i in range(n) if kinds[i] is None]
         rate = settings.alarm_rate or DEFAULT_ALARM_RATE
         params, fitted, failures = robust.fit_many([groups[i] for i in rest], rate, settings.heavy_tails,
-                                                   settings.short_history)
+                                                   settings.short_history, **_shape(settings))
         placed = [rest[k] for k in fitted]
         why_short = [reasons[i] for i in placed]
         _place(bundle, "robust", params, placed, kinds, slots, sizes, reasons)

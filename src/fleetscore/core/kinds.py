@@ -13,9 +13,10 @@ names, so a shard can be checked on its own) and the bundle ``format_version``. 
 
 Every kind keeps the rule "decision < 0 is an anomaly"; a calibrated threshold is folded into the
 model's intercept. A kind's ``severity`` puts every reading on one scale in [0, 100] from its tail
-probability under the model's own calibration (`fleetscore.core.severity`); a kind without
-calibration (ocsvm: its tuned intercept is calibrated, but not its tail) gives NaN. Pure: arrays in,
-arrays out.
+probability under the model's own calibration (`fleetscore.core.severity`; the robust kind's
+formula is in `fleetscore.core.robust`); a kind without calibration (ocsvm: its tuned intercept is
+calibrated, but not its tail) gives NaN. Both take feature columns followed by optional extra
+columns the kind ignores. Pure: arrays in, arrays out.
 """
 
 from __future__ import annotations
@@ -31,14 +32,15 @@ import pyarrow.compute as pc
 from fleetscore.core import device, ocsvm, robust
 from fleetscore.errors import InputError, ModelFormatError
 
-#: Shard files and manifests written now; `READABLE_FORMATS` are the ones this fleetscore loads. Format 4
-#: adds each model's learned sampling interval to the manifest (``interval_s``: scoring reads back as many
-#: readings as the features need, `fleetscore.core.history`) and the ``device`` kind (with ``sensor_index``);
-#: versions of formats 1-3 load, their interval unknown (they read their features' fixed look-back). Format 3
-#: has format 2's arrays; it marks versions whose context features have the current drift feature
-#: (`fleetscore.core.features.CONTEXT_FORMAT`: older context versions are refused, see `check_features_format`).
-FORMAT_VERSION = 4
-READABLE_FORMATS = (1, 2, 3, 4)
+#: Shard files and manifests written now; `READABLE_FORMATS` are the ones this fleetscore loads. Format 6
+#: holds both format 5's robust arrays (sides and the persistence rule, robust format 4) and format 4's
+#: learned sampling interval in the manifest (``interval_s``: scoring reads back as many readings as the
+#: features need, `fleetscore.core.history`) and the ``device`` kind (with ``sensor_index``). Versions of
+#: formats 1-5 load (format 5 and older without an interval read their features' fixed look-back); the
+#: context features' own format (`fleetscore.core.features.CONTEXT_FORMAT`) refuses older context versions
+#: with a request to retrain (`check_features_format`). Format 3 marked the current drift feature.
+FORMAT_VERSION = 6
+READABLE_FORMATS = (1, 2, 3, 4, 5, 6)
 
 Params = Any  # ocsvm.OcsvmParams | robust.RobustParams | device.DeviceParams
 Bundle = dict[str, Params]
@@ -76,7 +78,7 @@ class ModelKind:
 def _ocsvm_decision(params: ocsvm.OcsvmParams, model_idx: np.ndarray, X: np.ndarray,
                     phase: np.ndarray | None = None, kernel: str | None = None) -> np.ndarray:
     """ocsvm scores (``phase`` unused); a feature without history (NaN) is taken at the model's training mean."""
-    X = np.asarray(X, dtype=np.float64)
+    X = np.asarray(X, dtype=np.float64)[:, : params.n_features]  # extra columns are not its features
     missing = np.isnan(X)
     if missing.any():
         X = np.where(missing, params.mean[np.asarray(model_idx, dtype=np.int64)], X)
@@ -87,6 +89,11 @@ def _robust_decision(params: robust.RobustParams, model_idx: np.ndarray, X: np.n
                      phase: np.ndarray | None = None, kernel: str | None = None) -> np.ndarray:
     """robust scores (one kernel: ``kernel`` unused)."""
     return robust.decision_function(params, model_idx, X, phase)
+
+
+def _robust_severity(params: robust.RobustParams, model_idx: np.ndarray, X: np.ndarray,
+                     phase: np.ndarray | None = None, kernel: str | None = None) -> np.ndarray:
+    return robust.severity(params, model_idx, X, phase)
 
 
 def _no_severity(params: Params, model_idx: np.ndarray, X: np.ndarray, phase: np.ndarray | None = None,
@@ -108,7 +115,7 @@ KINDS: dict[str, ModelKind] = {
                        _ocsvm_with_intercept, lambda p: p.n_sv, _no_severity),
     "robust": ModelKind("robust", robust.RobustParams, _robust_decision, lambda p: p.intercept,
                         lambda p, i: p.with_intercept(i), lambda p: np.ones(p.n_models, dtype=np.int64),
-                        _no_severity),
+                        _robust_severity),
     "device": ModelKind("device", device.DeviceParams, device.decision_function, lambda p: p.intercept,
                         lambda p, i: p.with_intercept(i), lambda p: p.size(), _device_severity, per_device=True),
 }
@@ -158,6 +165,23 @@ def bundle_from_arrays(arrays: Mapping[str, np.ndarray]) -> Bundle:
 def needs_phase(bundle: Mapping[str, Params]) -> bool:
     """Whether some model of the bundle has a daily profile, so scoring needs each row's time of day."""
     return any(getattr(params, "seasonal", False) for params in bundle.values())
+
+
+def history_rows(bundle: Mapping[str, Params]) -> int:
+    """Rows before a scored row (of its model) that some model of the bundle compares it with (robust
+    persistence): so many of the history rows read before a window must be scored with it, in time order."""
+    return max((getattr(params, "history_rows", 0) for params in bundle.values()), default=0)
+
+
+def rows_before(bounds: np.ndarray, selected: np.ndarray, rows: int) -> np.ndarray:
+    """Per row (grouped by key, ``bounds`` as `fleetscore.core.plan.group_bounds` gives them): whether one of the
+    ``rows`` rows after it in its group is ``selected``."""
+    n = len(selected)
+    group = np.repeat(np.arange(len(bounds) - 1), np.diff(bounds))
+    out = np.zeros(n, dtype=bool)
+    for lag in range(1, min(rows, n) + 1):
+        out[:-lag] |= selected[lag:] & (group[lag:] == group[:-lag])
+    return out
 
 
 def score_bundle(bundle: Mapping[str, Params], kinds: Sequence[str] | pa.DictionaryArray, slots: np.ndarray,

@@ -13,6 +13,35 @@ with intercept 1 after fitting, so decision < 0 (an anomaly) exactly when some f
 its calibrated threshold, and -3 means "four times as far as the threshold". NaN features (no
 history yet) are skipped.
 
+Training envelope: the threshold extrapolated from the body of the training deviations is only
+as good as the tail it assumes. Where the training data went far beyond it again and again (at
+least twice the threshold in ``ENVELOPE_EPISODES`` separate episodes: bursty request counts, tweet
+volumes, a square wave's edges), such deviations are normal for this sensor, and the threshold
+moves out to the ``ENVELOPE_EPISODES``-th largest episode; a few anomalies in the training data
+(fewer episodes) leave it alone. Where the extrapolated threshold lies beyond ``CAP`` times anything
+the training data showed (a very heavy-tailed body: a mostly idle CPU, a byte counter), a *capped*
+feature's threshold comes in to ``CAP`` times the training's largest deviation: values far outside
+the training range alarm. Both only move a model's thresholds (its ``weight``), at fit time.
+
+Sides: a feature may count deviations on one side only (``side`` -1: below its center, +1: above).
+
+Persistence (``gate`` 1 for a feature; rows of one model in time order, as scoring passes them): a
+deviation counts in full only where it is a new extreme of the ``GATE`` readings before it on its
+side and those readings were not all beyond the threshold on that side already; elsewhere at most
+``NOT_NEW`` (half the threshold). A level shift alarms at its onset and stops when it persists; a
+burst no larger than the last few readings' does not alarm again. It depends only on the readings
+(never on earlier decisions), so the score of a reading does not depend on where a window starts
+once the model's previous ``GATE`` rows are scored with it (`fleetscore.core.context.LOOKBACK`).
+
+Severity: each feature's calibration gives a tail probability for any deviation ``r`` (in units
+of its threshold), ``p_j = rate_j ** (r ** tail[m, j])``: ``rate_j = rate[m] / (features used)`` at
+the threshold (r = 1), and the exponent ``tail`` fitted through the training body
+(`fleetscore.core.calibrate.tail_exponent`). The reading's tail probability is that of its most
+extreme feature, counted once per feature used (``p = min(1, used * min_j p_j)``, so ``p = rate``
+exactly at the decision threshold), and its severity is
+`fleetscore.core.severity.severity_from_tail` of p: 50 at the default rate 1e-4 where decision is
+0, and more the rarer the reading.
+
 Daily profile: when the training rows cover every hour of the day, a *seasonal* feature's center
 follows the model's own daily cycle: ``center[m, j] + profile[m, j] · daily_basis(phase)``, a few
 Fourier harmonics of the reading's time of day (``phase`` in [0, 1)), fitted robustly on the
@@ -29,12 +58,23 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fleetscore.core.calibrate import DEFAULT_ALARM_RATE, deviation_threshold, robust_spread
+from fleetscore.core.calibrate import (
+    DEFAULT_ALARM_RATE,
+    DEFAULT_TAIL_EXPONENT,
+    SEVERITY_BODY,
+    deviation_threshold,
+    robust_spread,
+    tail_exponent,
+)
+from fleetscore.core.context import GATE as CONTEXT_GATE
+from fleetscore.core.severity import severity_from_tail
 from fleetscore.errors import FleetscoreError, InputError, ModelFormatError
 
-#: Arrays written now; format 1 (no ``profile``, written before daily profiles) is still read.
-FORMAT_VERSION = 2
-READABLE_FORMATS = (1, 2)
+#: Arrays written now; format 3 (no ``side`` and ``gate``: both sides count, no persistence rule), format 2
+#: (no ``tail`` and ``rate`` either: severities assume a Gaussian-like tail at the default rate) and format 1
+#: (no ``profile`` either, written before daily profiles) are still read.
+FORMAT_VERSION = 4
+READABLE_FORMATS = (1, 2, 3, 4)
 #: Fourier harmonics of the time of day in a daily profile (1/day, 2/day, ...).
 HARMONICS = 3
 #: A daily profile is fitted only when every hour of the day has this many finite training values
@@ -49,8 +89,23 @@ MIN_ROWS = 3
 MIN_FEATURE_ROWS = 3
 #: Scores are clipped here so that absurd inputs give a very negative, never an infinite, decision.
 MAX_DEVIATION = 1e300
+#: A gated deviation that is not new, or that persists (see Persistence), counts at most this much of its threshold.
+NOT_NEW = 0.5
+#: Previous rows a gated deviation is compared with (the context features' ``GATE``).
+GATE = CONTEXT_GATE
+#: Training envelope: separate episodes that must reach a deviation for it to count as normal, how far beyond the
+#: threshold (in thresholds) that deviation must be to move it, and the episodes' grouping: deviations above
+#: ``EPISODE_LEVEL`` thresholds at most ``EPISODE_GAP`` rows apart are one episode.
+ENVELOPE_EPISODES = 3
+ENVELOPE_MIN = 2.0
+EPISODE_LEVEL = 0.5
+EPISODE_GAP = 10
+#: A capped feature's threshold is at most this many times the training's largest deviation.
+CAP = 2.0
 
-_FIELDS = ("center", "weight", "intercept", "profile")
+_FIELDS = ("center", "weight", "intercept", "profile", "tail", "rate", "side", "gate")
+#: Fields each format holds (later ones get defaults when an older file is read).
+_FORMAT_FIELDS = {1: _FIELDS[:3], 2: _FIELDS[:4], 3: _FIELDS[:6], 4: _FIELDS}
 
 
 def _bad(name: str, problem: str) -> ModelFormatError:
@@ -65,10 +120,21 @@ class RobustParams:
     weight: np.ndarray  # (M, F) float64, finite, >= 0 (0 = feature not used by the model)
     intercept: np.ndarray  # (M,) float64, finite
     profile: np.ndarray | None = None  # (M, F, 2 * HARMONICS) float64, finite; None = all zero
+    tail: np.ndarray | None = None  # (M, F) float64, > 0: severity tail exponents; None = DEFAULT_TAIL_EXPONENT
+    rate: np.ndarray | None = None  # (M,) float64 in (0, 1): tail probability at the threshold; None = default
+    side: np.ndarray | None = None  # (M, F) float64 in {-1, 0, 1}: the side deviations count on (0 both); None = 0
+    gate: np.ndarray | None = None  # (M, F) float64 in {0, 1}: persistence rule applies; None = 0
 
     def __post_init__(self) -> None:
         if self.profile is None:
             object.__setattr__(self, "profile", np.zeros((*np.shape(self.center), 2 * HARMONICS)))
+        if self.tail is None:
+            object.__setattr__(self, "tail", np.full(np.shape(self.center), DEFAULT_TAIL_EXPONENT))
+        if self.rate is None:
+            object.__setattr__(self, "rate", np.full(np.shape(self.center)[:1], DEFAULT_ALARM_RATE))
+        for name in ("side", "gate"):
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, np.zeros(np.shape(self.center)))
         for name in _FIELDS:
             a = np.asarray(getattr(self, name))
             if a.dtype.kind != "f":
@@ -86,14 +152,33 @@ class RobustParams:
             raise _bad("intercept", f"shape {self.intercept.shape}, expected ({self.center.shape[0]},)")
         if self.profile.shape != (*self.center.shape, 2 * HARMONICS):
             raise _bad("profile", f"shape {self.profile.shape}, expected {(*self.center.shape, 2 * HARMONICS)}")
+        if self.tail.shape != self.center.shape or np.any(self.tail <= 0):
+            raise _bad("tail", f"must be positive with shape {self.center.shape}, got shape {self.tail.shape}")
+        if self.rate.shape != self.intercept.shape or np.any((self.rate <= 0) | (self.rate >= 1)):
+            raise _bad("rate", f"must be in (0, 1) with shape {self.intercept.shape}, got shape {self.rate.shape}")
         if np.any(self.weight < 0):
             raise _bad("weight", "must be >= 0")
+        if self.side.shape != self.center.shape or not np.isin(self.side, (-1.0, 0.0, 1.0)).all():
+            raise _bad("side", f"must be -1, 0 or 1 with shape {self.center.shape}, got shape {self.side.shape}")
+        if self.gate.shape != self.center.shape or not np.isin(self.gate, (0.0, 1.0)).all():
+            raise _bad("gate", f"must be 0 or 1 with shape {self.center.shape}, got shape {self.gate.shape}")
         object.__setattr__(self, "_seasonal", bool(np.any(self.profile)))
+        object.__setattr__(self, "_gated", bool(np.any(self.gate)))
 
     @property
     def seasonal(self) -> bool:
         """Whether some model has a daily profile (scoring then needs each row's time of day)."""
         return self._seasonal  # type: ignore[attr-defined]
+
+    @property
+    def gated(self) -> bool:
+        """Whether some model applies the persistence rule (scoring then compares rows with the ones before)."""
+        return self._gated  # type: ignore[attr-defined]
+
+    @property
+    def history_rows(self) -> int:
+        """Rows of a model before a scored row that its score depends on (the persistence rule's `GATE`)."""
+        return GATE if self.gated else 0
 
     @property
     def n_models(self) -> int:
@@ -109,13 +194,13 @@ class RobustParams:
 
     @classmethod
     def from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> RobustParams:
-        """Validate arrays written by `to_arrays` (format 1 or 2); ModelFormatError if bad."""
+        """Validate arrays written by `to_arrays` (any of `READABLE_FORMATS`); ModelFormatError if bad."""
         if "format_version" not in arrays:
             raise ModelFormatError("robust model arrays missing: format_version")
         version = np.asarray(arrays["format_version"])
         if version.shape != () or version.dtype.kind not in "iu" or int(version) not in READABLE_FORMATS:
             raise _bad("format_version", f"got {version!r}, this version reads {READABLE_FORMATS}")
-        fields = _FIELDS if int(version) >= 2 else _FIELDS[:-1]
+        fields = _FORMAT_FIELDS[int(version)]
         missing = [k for k in fields if k not in arrays]
         if missing:
             raise ModelFormatError(f"robust model arrays missing: {', '.join(missing)}")
@@ -139,7 +224,8 @@ class RobustParams:
         return cls(np.empty((0, n_features)), np.empty((0, n_features)), np.empty(0))
 
     def with_intercept(self, intercept: np.ndarray) -> RobustParams:
-        return RobustParams(self.center, self.weight, intercept, self.profile)
+        return RobustParams(self.center, self.weight, intercept, self.profile, self.tail, self.rate, self.side,
+                            self.gate)
 
 
 def daily_basis(phase: np.ndarray) -> np.ndarray:
@@ -168,13 +254,36 @@ def fit_profile(col: np.ndarray, basis: np.ndarray) -> np.ndarray:
     return coef[1:]
 
 
+def episode_peaks(r: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Peak of each episode of ``r`` (deviations in thresholds at training rows ``rows``, in time order): values
+    above `EPISODE_LEVEL` at most `EPISODE_GAP` rows apart form one episode."""
+    above = np.flatnonzero(r > EPISODE_LEVEL)
+    if not above.size:
+        return np.empty(0)
+    breaks = np.r_[0, np.flatnonzero(np.diff(rows[above]) > EPISODE_GAP) + 1]
+    return np.maximum.reduceat(r[above], breaks)
+
+
+def envelope_scale(r: np.ndarray, rows: np.ndarray, capped: bool) -> float:
+    """Factor the threshold moves by (see Training envelope), from training deviations ``r`` in thresholds."""
+    peaks = np.sort(episode_peaks(r, rows))[::-1]
+    if peaks.size >= ENVELOPE_EPISODES and peaks[ENVELOPE_EPISODES - 1] >= ENVELOPE_MIN:
+        return float(peaks[ENVELOPE_EPISODES - 1])
+    largest = float(r.max(initial=0.0))
+    if capped and 0.0 < CAP * largest < 1.0:
+        return CAP * largest
+    return 1.0
+
+
 def fit_one(X: np.ndarray, alarm_rate: float = DEFAULT_ALARM_RATE, heavy: Sequence[bool] = (),
-            use: Sequence[bool] = (), phase: np.ndarray | None = None, seasonal: Sequence[bool] = ()) -> RobustParams:
-    """Fit one model on X (rows, features); NaN means "feature not available for this row".
+            use: Sequence[bool] = (), phase: np.ndarray | None = None, seasonal: Sequence[bool] = (), *,
+            side: Sequence[int] = (), gated: Sequence[bool] = (), capped: Sequence[bool] = ()) -> RobustParams:
+    """Fit one model on X (rows, features, in time order); NaN means "feature not available for this row".
 
     ``heavy[j]``: feature j has a heavy far tail (see `tail_threshold`); ``use[j]`` False: the model
     ignores feature j (weight 0). Both default to all False / all True. ``phase`` (time of day of
     each row) and ``seasonal[j]`` True: feature j gets a daily profile where its rows cover the day.
+    ``side[j]`` (-1, 0, 1), ``gated[j]`` and ``capped[j]``: see the module docstring (default 0 / False).
     """
     X = np.asarray(X, dtype=np.float64)
     if X.ndim != 2 or X.shape[1] == 0:
@@ -191,8 +300,12 @@ def fit_one(X: np.ndarray, alarm_rate: float = DEFAULT_ALARM_RATE, heavy: Sequen
     seasonal = np.asarray(seasonal, dtype=bool) if len(seasonal) else np.zeros(n_features, dtype=bool)
     if phase is not None and np.shape(phase) != (X.shape[0],):
         raise InputError(f"phase must have shape ({X.shape[0]},), got {np.shape(phase)}")
+    side = np.asarray(side, dtype=np.float64) if len(side) else np.zeros(n_features)
+    gate = np.asarray(gated, dtype=np.float64) if len(gated) else np.zeros(n_features)
+    capped = np.asarray(capped, dtype=bool) if len(capped) else np.zeros(n_features, dtype=bool)
     center = np.zeros(n_features)
     weight = np.zeros(n_features)
+    tail = np.full(n_features, DEFAULT_TAIL_EXPONENT)
     profile = np.zeros((n_features, 2 * HARMONICS))
     for j in range(n_features):
         finite = np.isfinite(X[:, j])
@@ -205,22 +318,30 @@ def fit_one(X: np.ndarray, alarm_rate: float = DEFAULT_ALARM_RATE, heavy: Sequen
             col = col - basis @ profile[j]
         center[j] = np.median(col)
         spread = robust_spread(col, center[j])
-        distance = deviation_threshold(np.abs(col - center[j]) / spread, per_feature, bool(heavy[j])) * spread
+        dev = np.abs(col - center[j])
+        distance = deviation_threshold(dev / spread, per_feature, bool(heavy[j])) * spread
         if np.isfinite(distance) and distance > 0:
+            r = (col - center[j]) / distance
+            r = np.abs(r) if side[j] == 0 else np.maximum(side[j] * r, 0.0)
+            distance *= envelope_scale(r, np.flatnonzero(finite), bool(capped[j]))
             weight[j] = 1.0 / distance
-    return RobustParams(center[None], weight[None], np.ones(1), profile[None])
+            tail[j] = tail_exponent(float(np.quantile(dev, SEVERITY_BODY)) / distance, per_feature)
+    return RobustParams(center[None], weight[None], np.ones(1), profile[None], tail[None], np.array([alarm_rate]),
+                        side[None], gate[None])
 
 
 def fit_many(groups: Sequence[np.ndarray], alarm_rate: float = DEFAULT_ALARM_RATE, heavy: Sequence[bool] = (),
              use: Sequence[bool] = (), phases: Sequence[np.ndarray] | None = None,
-             seasonal: Sequence[bool] = ()) -> tuple[RobustParams, np.ndarray, dict[int, str]]:
+             seasonal: Sequence[bool] = (), *, side: Sequence[int] = (), gated: Sequence[bool] = (),
+             capped: Sequence[bool] = ()) -> tuple[RobustParams, np.ndarray, dict[int, str]]:
     """Fit one model per group: (params of the fitted ones, their group indices, group -> failure reason)."""
     parts: list[RobustParams] = []
     fitted: list[int] = []
     failures: dict[int, str] = {}
     for i, X in enumerate(groups):
         try:
-            parts.append(fit_one(X, alarm_rate, heavy, use, None if phases is None else phases[i], seasonal))
+            parts.append(fit_one(X, alarm_rate, heavy, use, None if phases is None else phases[i], seasonal,
+                                 side=side, gated=gated, capped=capped))
         except FleetscoreError as exc:
             failures[i] = str(exc)
             continue
@@ -230,15 +351,17 @@ def fit_many(groups: Sequence[np.ndarray], alarm_rate: float = DEFAULT_ALARM_RAT
     return params, np.array(fitted, dtype=np.int64), failures
 
 
-def decision_function(params: RobustParams, model_idx: np.ndarray, X: np.ndarray,
-                      phase: np.ndarray | None = None) -> np.ndarray:
-    """Score row r of X (N, F) with model ``model_idx[r]``: intercept - max weighted |deviation|.
-
-    ``phase`` (each row's time of day) is required when some model has a daily profile.
-    """
+def deviations(params: RobustParams, model_idx: np.ndarray, X: np.ndarray,
+               phase: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of X (N, F; extra columns are ignored) and feature: |deviation| in units of its threshold
+    (0 where missing, unused or on a side the feature does not count; at most `NOT_NEW` where the
+    persistence rule says so), and the models' indices as an array. Rows of one model must be
+    contiguous and in time order (the persistence rule compares each with the model's rows before it).
+    ``phase`` is required when some model has a daily profile."""
     X = np.asarray(X, dtype=np.float64)
-    if X.ndim != 2 or X.shape[1] != params.n_features:
-        raise InputError(f"input has shape {X.shape}, the robust models take {params.n_features} features")
+    F = params.n_features
+    if X.ndim != 2 or X.shape[1] < F:
+        raise InputError(f"input has shape {X.shape}, the robust models take {F} features")
     idx = np.asarray(model_idx, dtype=np.int64)
     if idx.shape != (X.shape[0],):
         raise InputError(f"model_idx must have shape ({X.shape[0]},), got {idx.shape}")
@@ -251,7 +374,57 @@ def decision_function(params: RobustParams, model_idx: np.ndarray, X: np.ndarray
                              f"{None if phase is None else np.shape(phase)}")
         center = center + np.einsum("nfk,nk->nf", params.profile[idx], daily_basis(phase))
     with np.errstate(invalid="ignore", over="ignore"):
-        dev = np.abs(X - center) * params.weight[idx]
-    dev[np.isnan(dev)] = 0.0  # missing feature, or an unused one (weight 0) with an infinite deviation
-    worst = np.minimum(dev.max(axis=1, initial=0.0), MAX_DEVIATION)
-    return params.intercept[idx] - worst
+        signed = (X[:, :F] - center) * params.weight[idx]
+        signed[np.isnan(signed)] = 0.0  # missing feature, or an unused one (weight 0) with an infinite deviation
+        side = params.side[idx]
+        signed = np.where(side == 0, signed, side * np.maximum(side * signed, 0.0))
+        signed = np.clip(signed, -MAX_DEVIATION, MAX_DEVIATION)
+        dev = np.abs(signed)
+        if params.gated:
+            held = ~_counts_in_full(signed, idx, params.intercept[idx]) & (params.gate[idx] > 0)
+            dev = np.where(held, np.minimum(dev, NOT_NEW), dev)
+    return dev, idx
+
+
+def _counts_in_full(signed: np.ndarray, idx: np.ndarray, threshold: np.ndarray) -> np.ndarray:
+    """Per row and feature: whether the deviation is a new extreme on its side of the same model's `GATE`
+    previous rows, and those rows were not all beyond ``threshold`` on that side (see Persistence)."""
+    n = len(idx)
+    first = np.r_[True, idx[1:] != idx[:-1]] if n else np.zeros(0, dtype=bool)
+    pos = np.arange(n) - np.maximum.accumulate(np.where(first, np.arange(n), 0))
+    hi = np.full(signed.shape, -np.inf)
+    lo = np.full(signed.shape, np.inf)
+    above = np.ones(signed.shape, dtype=bool)
+    below = np.ones(signed.shape, dtype=bool)
+    thr = threshold[:, None]
+    for lag in range(1, GATE + 1):
+        prev = np.full(signed.shape, np.nan)
+        prev[lag:] = signed[:-lag]
+        prev[pos < lag] = np.nan  # another model's row, or none
+        hi, lo = np.fmax(hi, prev), np.fmin(lo, prev)
+        above &= prev > thr  # False where there is no such row: a model's first rows never persist
+        below &= prev < -thr
+    new = np.where(signed >= 0, signed > hi, signed < lo)
+    persists = np.where(signed >= 0, above, below)
+    return new & ~persists
+
+
+def decision_function(params: RobustParams, model_idx: np.ndarray, X: np.ndarray,
+                      phase: np.ndarray | None = None) -> np.ndarray:
+    """Score row r of X with model ``model_idx[r]``: intercept - max weighted |deviation| (see `deviations`)."""
+    dev, idx = deviations(params, model_idx, X, phase)
+    return params.intercept[idx] - dev.max(axis=1, initial=0.0)
+
+
+def severity(params: RobustParams, model_idx: np.ndarray, X: np.ndarray,
+             phase: np.ndarray | None = None) -> np.ndarray:
+    """Severity in [0, 100] of row r of X under model ``model_idx[r]``'s calibration (module docstring)."""
+    dev, idx = deviations(params, model_idx, X, phase)
+    used = np.maximum(np.count_nonzero(params.weight > 0, axis=1), 1)[idx]
+    scale = np.where(params.intercept > 0, params.intercept, 1.0)[idx]
+    r = dev / scale[:, None]
+    with np.errstate(over="ignore", divide="ignore"):
+        # log10 p_j = log10(rate_j) * r ** k, the most extreme feature's, counted once per feature used
+        log_rate = np.log10(params.rate[idx] / used)
+        decades = (-log_rate[:, None] * r ** params.tail[idx]).max(axis=1, initial=0.0) - np.log10(used)
+    return severity_from_tail(np.power(10.0, -np.maximum(decades, 0.0)))

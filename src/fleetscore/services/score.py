@@ -35,8 +35,9 @@ from fleetscore.core.health import MAX_LISTED as MAX_LISTED_UNHEALTHY
 from fleetscore.core.health import describe, expected_rate, unhealthy_counts
 from fleetscore.core.history import first_lookback_s, history_needs, max_lookback_s, short_units, widened
 from fleetscore.core.keys import KeyBound, device_bucket
-from fleetscore.core.kinds import KINDS, Bundle, needs_phase, score_bundle, severity_bundle
+from fleetscore.core.kinds import KINDS, Bundle, history_rows, needs_phase, rows_before, score_bundle, severity_bundle
 from fleetscore.core.matching import match_runs
+from fleetscore.core.plan import group_bounds
 from fleetscore.core.runs import ModelFailure, RunRecord, RunStatus, TaskRecord, backoff_delay, needs_rerun, run_status
 from fleetscore.core.times import iso, iso_us
 from fleetscore.errors import FleetscoreError, ModelFormatError
@@ -115,18 +116,30 @@ def score_shard(task: ScoreTask) -> ScoreOutcome:
         readings = readings.filter(pa.array(~mine))
 
     meta, x = build_features(readings, spec)
-    if lookback_us:  # history read only for the features: score the window's own readings (windows overlapping it)
+    # history is read for the features; of it, the rows the models' rules compare the window's first rows
+    # with are scored too (`history_rows`), but only the window's own readings (windows overlapping it) are kept
+    in_window = np.ones(meta.num_rows, dtype=bool)
+    if lookback_us:
         first = task.from_us - (spec.width_s * 1_000_000 - 1 if spec.name == "window" else 0)
-        in_window = pc.greater_equal(meta.column("ts"), pa.scalar(first, pa.int64()).cast(meta.column("ts").type))
-        meta, x = meta.filter(in_window), x[in_window.to_numpy(zero_copy_only=False)]
+        in_window = pc.greater_equal(meta.column("ts"), pa.scalar(first, pa.int64()).cast(meta.column("ts").type)
+                                     ).to_numpy(zero_copy_only=False)
+        keep = in_window | rows_before(group_bounds(meta.column("device"), meta.column("sensor")), in_window,
+                                       history_rows(bundle))
+        meta, x, in_window = meta.filter(pa.array(keep)), x[keep], in_window[keep]
 
     # rows come in key order: match each run of one (device, sensor) to its model, not each row
     bounds, run_model = match_runs(meta.column("device"), meta.column("sensor"), manifest)
     lengths = np.diff(bounds)
     run_slot = np.where(run_model >= 0, slot_of[np.maximum(run_model, 0)], -1) if len(manifest) else run_model
     has_run = run_slot >= 0
-    unmatched = _unmatched(meta, bounds, run_model, ~has_run, manifest)
     has_model = np.repeat(has_run, lengths)
+    if in_window.all():
+        unmatched = _unmatched(meta, bounds, run_model, ~has_run, manifest)
+    else:
+        window = meta.filter(pa.array(in_window))
+        w_bounds, w_model = match_runs(window.column("device"), window.column("sensor"), manifest)
+        w_slot = np.where(w_model >= 0, slot_of[np.maximum(w_model, 0)], -1) if len(manifest) else w_model
+        unmatched = _unmatched(window, w_bounds, w_model, w_slot < 0, manifest)
     scored = meta if has_model.all() else meta.filter(pa.array(has_model))
     rows_model = np.repeat(run_model[has_run], lengths[has_run])  # manifest row of every scored row
     kind = pa.DictionaryArray.from_arrays(pa.array(kinds.indices.to_numpy(zero_copy_only=False)[rows_model]),
@@ -137,6 +150,9 @@ def score_shard(task: ScoreTask) -> ScoreOutcome:
     score_args = (bundle, kind, slot_of[rows_model].astype(np.int64), x if has_model.all() else x[has_model],
                   day_phase(scored.column("ts")) if needs_phase(bundle) else None)
     scores, severity = score_bundle(*score_args, task.kernel), severity_bundle(*score_args)
+    if not in_window.all():
+        keep = in_window[has_model]
+        scored, slots, scores, severity = scored.filter(pa.array(keep)), slots[keep], scores[keep], severity[keep]
     top = pa.nulls(scored.num_rows, TOP_SENSORS_TYPE)
     if device_part is not None:
         scored, slots, scores, severity, top = _merge(device_part, (scored, slots, scores, severity, top))
@@ -162,7 +178,7 @@ def score_shard(task: ScoreTask) -> ScoreOutcome:
     record = TaskRecord(
         run_id=task.run_id, task=task.task, shard=task.shard, status="failed" if failures and not out.num_rows else "succeeded",
         models=tally.num_rows, rows=out.num_rows, anomalies=int(pc.sum(tally.column("anomalies")).as_py() or 0),
-        unmatched_rows=int((~has_model).sum()), failed_models=len(failures),
+        unmatched_rows=int((~has_model & in_window).sum()), failed_models=len(failures),
         wall_s=t4 - t0, cpu_s=time.process_time() - c0, load_data_s=t2 - t1, load_models_s=t1 - t0,
         score_s=t3 - t2, write_s=t4 - t3, worker=place.worker, node=place.node,
         attempts=task.attempt + place.attempt - 1,  # the executor's own retries (a dead Ray worker) count too

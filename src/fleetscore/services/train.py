@@ -147,6 +147,7 @@ def task_settings(task: TrainTask) -> FitSettings:
     spec = parse_features(task.features)
     return FitSettings(task.kind, task.nu, task.gamma, task.alarm_rate, task.min_history,
                        heavy_tails=spec.heavy_tailed, short_history=spec.short_history, seasonal=spec.seasonal,
+                       values=spec.n_features, side=spec.one_sided, gated=spec.gated, capped=spec.capped,
                        auto_device=task.auto_device)
 
 
