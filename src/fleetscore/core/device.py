@@ -509,7 +509,8 @@ def wilson_hilferty(d2: np.ndarray, df: np.ndarray) -> np.ndarray:
     """``d2`` on one scale whatever ``df``: about N(0, 1) when ``d2`` is chi-square with ``df`` degrees of freedom."""
     df = np.maximum(np.asarray(df, dtype=np.float64), 1.0)
     a = 2.0 / (9.0 * df)
-    return (np.cbrt(np.maximum(d2, 0.0) / df) - (1.0 - a)) / np.sqrt(a)
+    z: np.ndarray = (np.cbrt(np.maximum(d2, 0.0) / df) - (1.0 - a)) / np.sqrt(a)
+    return z
 
 
 def _weibull_tail(v: np.ndarray) -> tuple[float, float, float] | None:
@@ -872,7 +873,8 @@ def _log_erfc(x: np.ndarray) -> np.ndarray:
     poly = -1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418 + t * (-0.18628806 + t * (
         0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277))))))))
     log_pos = np.log(t) - ax * ax + poly  # log erfc(|x|)
-    return np.where(x >= 0, log_pos, np.log(2.0 - np.exp(log_pos)))
+    out: np.ndarray = np.where(x >= 0, log_pos, np.log(2.0 - np.exp(log_pos)))
+    return out
 
 
 def chi2_log10_sf(x: np.ndarray, df: np.ndarray) -> np.ndarray:

@@ -175,7 +175,7 @@ def retrain_unhealthy(ctx: Context, executor: Executor, base: VersionRecord, fro
                           int(p.get("min_history", MIN_TRAIN_ROWS)), trained_at_us=ctx.clock(),
                           auto_device=bool(p.get("auto_device", False)))
         tasks.append(RetrainTask(train, base.version, mine))
-    parts = {t.train.shard: None for t in tasks}
+    parts: dict[int, pa.Table | None] = {t.train.shard: None for t in tasks}
     errors: list[str] = []
     for done, (i, result) in enumerate(executor.map(retrain_shard, tasks), start=1):
         if isinstance(result, TaskError):

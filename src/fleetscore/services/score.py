@@ -195,8 +195,9 @@ def _on_device(manifest: pa.Table) -> np.ndarray:
     per_device = [name for name, spec in KINDS.items() if spec.per_device]
     kind = manifest.column("kind")
     slot = manifest.column("slot").to_numpy(zero_copy_only=False)
-    return pc.fill_null(pc.is_in(kind, pa.array(per_device, pa.string())), False).to_numpy(
-        zero_copy_only=False) & (slot >= 0)
+    device_kind: np.ndarray = pc.fill_null(pc.is_in(kind, pa.array(per_device, pa.string())), False).to_numpy(
+        zero_copy_only=False)
+    return np.asarray(device_kind & (slot >= 0), dtype=bool)
 
 
 def read_history(store: ReadingStore, task: ScoreTask, spec: FeatureSpec, manifest: pa.Table,

@@ -280,7 +280,8 @@ def _check_gamma(gamma: float | str) -> float | str:
         try:
             gamma = float(gamma)
         except ValueError:
-            raise InputError(f"--gamma must be 'scale', 'auto', 'median' or a positive number, got {gamma[:40]!r}") from None
+            raise InputError(f"--gamma must be 'scale', 'auto', 'median' or a positive number, got {str(gamma)[:40]!r}"
+                             ) from None
     if not np.isfinite(gamma) or gamma <= 0:
         raise InputError(f"--gamma must be a positive number, got {gamma}")
     return float(gamma)
