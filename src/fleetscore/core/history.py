@@ -146,20 +146,23 @@ def history_needs(kinds: Sequence[str | None], slots: np.ndarray, interval_s: np
     n = len(kinds)
     slots = np.asarray(slots, dtype=np.int64)
     interval = np.asarray(interval_s, dtype=np.float64)
+    names = sorted({k for k in kinds if k is not None})
+    code = np.array([-1 if k is None else names.index(k) for k in kinds], dtype=np.int64) if n else \
+        np.zeros(0, dtype=np.int64)
+    per_kind = np.array([readings_needed(features, k) for k in names] + [0], dtype=np.int64)
+    need = per_kind[code]  # code -1 (no kind) takes the trailing 0
+    per_device = np.array([k in KINDS and KINDS[k].per_device for k in names] + [False])[code] & (slots >= 0)
     unit = np.arange(n, dtype=np.int64)
-    by_kind = {k: readings_needed(features, k) for k in set(kinds) if k is not None}
-    need = np.array([by_kind.get(k, 0) if k is not None else 0 for k in kinds], dtype=np.int64)
     step = np.zeros(n, dtype=np.int64)
     known = np.isfinite(interval) & (interval > 0)
-    first_of: dict[int, int] = {}
-    for r, k in enumerate(kinds):
-        if k in KINDS and KINDS[k].per_device and slots[r] >= 0:
-            first = first_of.setdefault(int(slots[r]), r)
-            unit[r] = first
-            step[first] = int(device_ticks_us[slots[r]]) if device_ticks_us is not None else 0
-            known[first] = True  # a device model's tick is always stored with it
-            if first != r:
-                need[r] = 0
+    rows = np.flatnonzero(per_device)
+    if rows.size:  # rows of one device model share the unit of its first row, counted in device-times
+        _, first_at, inverse = np.unique(slots[rows], return_index=True, return_inverse=True)
+        first = rows[first_at]
+        unit[rows] = first[inverse]
+        step[first] = device_ticks_us[slots[first]] if device_ticks_us is not None else 0
+        known[first] = True  # a device model's tick is always stored with it
+        need[rows] = np.where(unit[rows] == rows, need[rows], 0)
     return HistoryNeeds(unit, need, step, known)
 
 
