@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
             runs[v] = default if v == base else per_series(series)
         setattr(robust, knob, base)
         for cat in cats:
-            chosen = max(values, key=lambda v, cat=cat: mean(runs[v], lambda c: c != cat))
+            chosen = max(values, key=lambda v, cat=cat: mean(runs[v], lambda c, cat=cat: c != cat))
             rows.append([knob, cat, base, chosen, rd.f3(mean(default, lambda c, cat=cat: c == cat)),
                          rd.f3(mean(runs[chosen], lambda c, cat=cat: c == cat))])
         rows.append([knob, "all (mean F1 per value)", base, "",

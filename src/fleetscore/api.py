@@ -147,7 +147,8 @@ class Fleet:
                              t.alarm_rate if alarm_rate is None else alarm_rate)
             return train(self.context, executor, lo, hi, kind=choice.kind, features=choice.features, nu=choice.nu,
                          gamma=choice.gamma, alarm_rate=choice.alarm_rate, min_history=choice.min_history,
-                         auto_device=choice.auto_device, shard_models=self.config.executor.shard_models, release=release, on_progress=on_progress)
+                         auto_device=choice.auto_device, shard_models=self.config.executor.shard_models,
+                         release=release, on_progress=on_progress)
         finally:
             executor.close()
 
