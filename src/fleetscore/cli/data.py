@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from fleetscore.cli.output import HomeOpt, JsonOpt, emit, handle_errors, open_fleet, parse_time_flag, table
+from fleetscore.cli.output import HomeOpt, JsonOpt, emit, export, handle_errors, open_fleet, parse_time_flag, table
 
 commands = typer.Typer()
 quarantine = typer.Typer(help="Rejected readings and why they were rejected.", no_args_is_help=True)
@@ -75,12 +75,7 @@ def readings(
     json_out: JsonOpt = False,
 ) -> None:
     """Export the landed readings of a time window."""
-    from fleetscore.storage.files import write_table
-
-    tbl = open_fleet(home).readings(start, end)
-    fmt = write_table(tbl, out)
-    emit(json_out, {"out": str(out), "format": fmt, "rows": tbl.num_rows},
-         lambda c: c.print(f"wrote {tbl.num_rows:,} readings to {out}"))
+    export(json_out, open_fleet(home).readings(start, end), out, "readings")
 
 
 @quarantine.command("list")

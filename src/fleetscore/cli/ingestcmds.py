@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from fleetscore.cli.output import HomeOpt, JsonOpt, console, emit, handle_errors, open_fleet, table
+from fleetscore.cli.output import HomeOpt, JsonOpt, console, emit, export, handle_errors, open_fleet, table
 
 commands = typer.Typer()
 ingest = typer.Typer(help="Streaming ingest clients (MQTT).", no_args_is_help=True)
@@ -101,12 +101,7 @@ def windows(
     json_out: JsonOpt = False,
 ) -> None:
     """Export closed stream windows (count, mean, std, min, max per device, sensor and window)."""
-    from fleetscore.storage.files import write_table
-
-    tbl = open_fleet(home).windows(start, end, width)
-    fmt = write_table(tbl, out)
-    emit(json_out, {"out": str(out), "format": fmt, "rows": tbl.num_rows},
-         lambda c: c.print(f"wrote {tbl.num_rows:,} windows to {out}"))
+    export(json_out, open_fleet(home).windows(start, end, width), out, "windows")
 
 
 @ingest.command("mqtt")

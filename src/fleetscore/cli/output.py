@@ -172,6 +172,15 @@ def duration(text: str, option: str, max_s: int = MAX_WINDOW_S, allow_zero: bool
         raise InputError(f"{option}: {exc}") from None
 
 
+def export(json_mode: bool, tbl: Any, out: Path, what: str, fmt: str | None = None) -> None:
+    """Write ``tbl`` to ``out`` (CSV or Parquet by ``fmt`` or the file name) and say so: ``wrote N <what> to out``."""
+    from fleetscore.storage.files import write_table
+
+    written = write_table(tbl, out, fmt)
+    emit(json_mode, {"out": str(out), "format": written, "rows": tbl.num_rows},
+         lambda c: c.print(f"wrote {tbl.num_rows:,} {what} to {out}"))
+
+
 def exit_for(*statuses: str) -> None:
     """After the output: exit 1 if any run failed, else 3 if any is partial."""
     if "failed" in statuses:

@@ -15,6 +15,7 @@ from fleetscore.cli.output import (
     duration,
     emit,
     exit_for,
+    export,
     handle_errors,
     open_fleet,
     progress_bar,
@@ -117,16 +118,14 @@ def predictions(
 ) -> None:
     """Export predictions of a run or a time range."""
     from fleetscore.errors import InputError
-    from fleetscore.storage.files import reference_table, write_table
+    from fleetscore.storage.files import reference_table
 
     if fmt not in (None, "parquet", "csv", "reference"):
         raise InputError(f"--format must be parquet, csv or reference, got {fmt!r}")
     tbl = open_fleet(home).predictions(run, start, end)
     if fmt == "reference":
         tbl, fmt = reference_table(tbl), "csv"
-    written = write_table(tbl, out, fmt)
-    emit(json_out, {"out": str(out), "format": written, "rows": tbl.num_rows},
-         lambda c: c.print(f"wrote {tbl.num_rows:,} predictions to {out}"))
+    export(json_out, tbl, out, "predictions", fmt)
 
 
 @runs.command("list")

@@ -30,27 +30,23 @@ DEFAULT_ALARM_RATE = None
 
 
 @dataclass(frozen=True, kw_only=True)
-class StorageSettings:
+class _UrlSection:
+    """A section holding one location (``url``)."""
+
+    url: str
+
+    KEYS: ClassVar[dict[str, tuple[str, Parser]]] = {"url": ("url", text)}
+
+    def checked(self, where: str) -> _UrlSection:
+        return self
+
+
+class StorageSettings(_UrlSection):
     """``[storage]``: where data, models, predictions and logs live (local path, s3://, az://)."""
 
-    url: str
 
-    KEYS: ClassVar[dict[str, tuple[str, Parser]]] = {"url": ("url", text)}
-
-    def checked(self, where: str) -> StorageSettings:
-        return self
-
-
-@dataclass(frozen=True, kw_only=True)
-class CatalogSettings:
+class CatalogSettings(_UrlSection):
     """``[catalog]``: the SQL database of versions, runs and schedules (SQLite default, PostgreSQL)."""
-
-    url: str
-
-    KEYS: ClassVar[dict[str, tuple[str, Parser]]] = {"url": ("url", text)}
-
-    def checked(self, where: str) -> CatalogSettings:
-        return self
 
 
 def kernel_choice(value: object, where: str) -> str:

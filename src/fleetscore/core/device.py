@@ -74,6 +74,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from fleetscore.core.calibrate import BODY, DEFAULT_ALARM_RATE, MIN_TAIL_ROWS
+from fleetscore.core.indices import check_index
 from fleetscore.core.severity import severity_from_tail
 from fleetscore.errors import FleetscoreError, InputError, ModelFormatError
 
@@ -274,7 +275,7 @@ class DeviceParams:
 
     def take(self, indices: Sequence[int] | np.ndarray) -> DeviceParams:
         """The devices at ``indices`` (in that order, repeats allowed) as a new shard."""
-        idx = _check_index(indices, self.n_models, "indices")
+        idx = check_index(indices, self.n_models, "indices", "device models")
         counts = self.n_sensors[idx]
         rows = _ranges(self.sensor_offsets[idx], counts)
         width = self.n_sensors * N_FEATURES
@@ -352,18 +353,6 @@ def _ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
     ends = np.cumsum(counts)
     total = int(ends[-1]) if ends.size else 0
     return np.repeat(np.asarray(starts, dtype=np.int64) - (ends - counts), counts) + np.arange(total)
-
-
-def _check_index(indices: object, n: int, what: str) -> np.ndarray:
-    idx = np.asarray(indices)
-    if idx.size == 0:
-        return np.zeros(0, dtype=np.int64)
-    if idx.ndim != 1 or idx.dtype.kind not in "iu":
-        raise InputError(f"{what} must be a 1-D integer array, got {idx.dtype} with shape {idx.shape}")
-    bad = np.flatnonzero((idx < 0) | (idx >= n))
-    if bad.size:
-        raise InputError(f"{what}[{bad[0]}] = {idx[bad[0]]} is out of range for {n} device models")
-    return idx.astype(np.int64)
 
 
 # ---------------------------------------------------------------------------------------------- features
@@ -800,7 +789,7 @@ def _check_rows(params: DeviceParams, model_idx: np.ndarray, X: np.ndarray) -> t
     n = np.shape(X)[0] if np.ndim(X) else -1
     if idx.shape != (n,):
         raise InputError(f"model_idx must have shape ({n},), got {idx.shape}")
-    idx = _check_index(idx, params.n_models, "model_idx")
+    idx = check_index(idx, params.n_models, "model_idx", "device models")
     return idx, _features_3d(params, X, idx)
 
 

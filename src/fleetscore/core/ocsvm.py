@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from fleetscore.core.indices import check_index
 from fleetscore.errors import ConfigError, FleetscoreError, InputError, ModelFormatError
 
 FORMAT_VERSION = 1
@@ -114,7 +115,7 @@ class OcsvmParams:
 
     def take(self, indices: Sequence[int] | np.ndarray) -> OcsvmParams:
         """The models at ``indices`` (in that order, repeats allowed) as a new shard."""
-        idx = _check_index(indices, self.n_models, "indices")
+        idx = check_index(indices, self.n_models, "indices")
         counts = self.n_sv[idx]
         offsets = np.zeros(len(idx) + 1, dtype=np.int64)
         np.cumsum(counts, out=offsets[1:])
@@ -151,18 +152,6 @@ class FitResult:
     params: OcsvmParams
     fitted_indices: np.ndarray  # (M,) int64
     failures: dict[int, str]  # group index -> reason
-
-
-def _check_index(indices: object, n: int, what: str) -> np.ndarray:
-    idx = np.asarray(indices)
-    if idx.size == 0:
-        return np.zeros(0, dtype=np.int64)
-    if idx.ndim != 1 or idx.dtype.kind not in "iu":
-        raise InputError(f"{what} must be a 1-D integer array, got {idx.dtype} with shape {idx.shape}")
-    bad = np.flatnonzero((idx < 0) | (idx >= n))
-    if bad.size:
-        raise InputError(f"{what}[{bad[0]}] = {idx[bad[0]]} is out of range for {n} models")
-    return idx.astype(np.int64)
 
 
 def _float_matrix(X: object, what: str) -> np.ndarray:
@@ -467,7 +456,7 @@ def decision_function(params: OcsvmParams, model_idx: np.ndarray, X: np.ndarray,
         raise InputError(f"input has {X.shape[1]} features, the models have {params.n_features}")
     if np.ndim(model_idx) != 1 or np.shape(model_idx)[0] != X.shape[0]:
         raise InputError(f"model_idx must have shape ({X.shape[0]},), got {np.shape(model_idx)}")
-    model_idx = _check_index(model_idx, params.n_models, "model_idx")
+    model_idx = check_index(model_idx, params.n_models, "model_idx")
     compiled = _select_kernel(kernel)
     if compiled is None:
         return _decision_numpy(params, model_idx, X)
