@@ -76,7 +76,7 @@ def tail_threshold(u: np.ndarray, rate: float, heavy: bool = False) -> float:
             k = (math.log(-math.log(s2)) - math.log(-math.log(s1))) / math.log(x2 / x1)
             k = min(k, 1.0) if heavy else k
             lam = x2 / (-math.log(s2)) ** (1.0 / k)
-            return median + lam * (-math.log(min(2.0 * rate, 0.5))) ** (1.0 / k)
+            return float(median + lam * (-math.log(min(2.0 * rate, 0.5))) ** (1.0 / k))
     return median + small_sample_z(rate, n, heavy) * robust_spread(u, median)
 
 

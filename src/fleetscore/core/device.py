@@ -931,7 +931,7 @@ def _top_sensors(contrib: np.ndarray) -> np.ndarray:
 
 
 def decision_function(params: DeviceParams, model_idx: np.ndarray, X: np.ndarray,
-                      phase: np.ndarray | None = None) -> np.ndarray:
-    """Decisions only (the `fleetscore.core.kinds.ModelKind` signature; ``phase`` unused)."""
+                      phase: np.ndarray | None = None, kernel: str | None = None) -> np.ndarray:
+    """Decisions only (the `fleetscore.core.kinds.ModelKind` signature; ``phase`` and ``kernel`` unused)."""
     idx, X = _check_rows(params, model_idx, X)
     return _decisions(params, idx, X)[0]

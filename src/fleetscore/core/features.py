@@ -136,8 +136,9 @@ def check_features_format(version: str, features: str, format_version: int) -> N
 
 def day_phase(ts: pa.ChunkedArray | pa.Array) -> np.ndarray:
     """Time of day of each timestamp as a fraction of a UTC day, in [0, 1)."""
-    us = pc.cast(ts, pa.int64()).to_numpy(zero_copy_only=False)
-    return (us % _DAY_US) / _DAY_US
+    us: np.ndarray = pc.cast(ts, pa.int64()).to_numpy(zero_copy_only=False)
+    phase: np.ndarray = (us % _DAY_US) / _DAY_US
+    return phase
 
 
 def build_features(readings: pa.Table, spec: FeatureSpec) -> tuple[pa.Table, np.ndarray]:

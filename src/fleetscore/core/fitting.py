@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -27,7 +28,7 @@ from fleetscore.core import device, ocsvm, robust
 from fleetscore.core.calibrate import DEFAULT_ALARM_RATE, decision_offset
 from fleetscore.core.devicegrid import build_grid, device_tick_us
 from fleetscore.core.history import series_intervals
-from fleetscore.core.kinds import Bundle, get_kind
+from fleetscore.core.kinds import Bundle, Params, get_kind
 from fleetscore.errors import FleetscoreError
 
 #: Rows sampled per model to compute the median-distance gamma.
@@ -112,7 +113,7 @@ def _fit_ocsvm(groups: Sequence[np.ndarray], s: FitSettings) -> tuple[ocsvm.Ocsv
     return params, np.array(fitted, dtype=np.int64), failures
 
 
-def _shape(s: FitSettings) -> dict[str, tuple]:
+def _shape(s: FitSettings) -> dict[str, tuple[Any, ...]]:
     """The robust kind's per-feature rules (sides, persistence, capped thresholds) of the settings."""
     return {"side": s.side, "gated": s.gated, "capped": s.capped}
 
@@ -147,6 +148,7 @@ def fit_shard(groups: Sequence[np.ndarray], settings: FitSettings,
         if kinds[i] is None and reasons[i] is None:
             reasons[i] = f"{_usable_rows(groups[i])} row(s) of history; {settings.kind} needs {settings.min_history}"
     if settings.kind != "device":  # device models are fitted above; sensors without one get the fallback
+        params: Params
         if settings.kind == "robust":
             params, fitted, failures = robust.fit_many([groups[i] for i in enough],
                                                        settings.alarm_rate or DEFAULT_ALARM_RATE, settings.heavy_tails, (),

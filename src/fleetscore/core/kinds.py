@@ -51,7 +51,7 @@ class ModelKind:
     """What fleetscore needs of a kind: its array type, scorer and how to shift its threshold."""
 
     name: str
-    params_type: type
+    params_type: type[Any]
     #: (params, model_idx, X, phase, kernel): ``phase`` is each row's time of day (kinds with daily
     #: profiles), ``kernel`` the scoring kernel of kinds that have several (ocsvm: auto, numba, numpy)
     decision_function: Callable[[Params, np.ndarray, np.ndarray, np.ndarray | None, str | None], np.ndarray]

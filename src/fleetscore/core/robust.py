@@ -54,7 +54,7 @@ arrays out.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -119,11 +119,13 @@ class RobustParams:
     center: np.ndarray  # (M, F) float64, finite
     weight: np.ndarray  # (M, F) float64, finite, >= 0 (0 = feature not used by the model)
     intercept: np.ndarray  # (M,) float64, finite
-    profile: np.ndarray | None = None  # (M, F, 2 * HARMONICS) float64, finite; None = all zero
-    tail: np.ndarray | None = None  # (M, F) float64, > 0: severity tail exponents; None = DEFAULT_TAIL_EXPONENT
-    rate: np.ndarray | None = None  # (M,) float64 in (0, 1): tail probability at the threshold; None = default
-    side: np.ndarray | None = None  # (M, F) float64 in {-1, 0, 1}: the side deviations count on (0 both); None = 0
-    gate: np.ndarray | None = None  # (M, F) float64 in {0, 1}: persistence rule applies; None = 0
+    profile: np.ndarray = None  # type: ignore[assignment]  # (M, F, 2 * HARMONICS) float64, finite; None = all zero
+    tail: np.ndarray = None  # type: ignore[assignment]  # (M, F) float64, > 0: severity tail exponents; None = DEFAULT_TAIL_EXPONENT
+    rate: np.ndarray = None  # type: ignore[assignment]  # (M,) float64 in (0, 1): tail probability at the threshold; None = default
+    side: np.ndarray = None  # type: ignore[assignment]  # (M, F) float64 in {-1, 0, 1}: the side deviations count on (0 both); None = 0
+    gate: np.ndarray = None  # type: ignore[assignment]  # (M, F) float64 in {0, 1}: persistence rule applies; None = 0
+    _seasonal: bool = field(init=False, default=False, repr=False)
+    _gated: bool = field(init=False, default=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.profile is None:
@@ -168,12 +170,12 @@ class RobustParams:
     @property
     def seasonal(self) -> bool:
         """Whether some model has a daily profile (scoring then needs each row's time of day)."""
-        return self._seasonal  # type: ignore[attr-defined]
+        return self._seasonal
 
     @property
     def gated(self) -> bool:
         """Whether some model applies the persistence rule (scoring then compares rows with the ones before)."""
-        return self._gated  # type: ignore[attr-defined]
+        return self._gated
 
     @property
     def history_rows(self) -> int:
@@ -182,11 +184,11 @@ class RobustParams:
 
     @property
     def n_models(self) -> int:
-        return self.center.shape[0]
+        return int(self.center.shape[0])
 
     @property
     def n_features(self) -> int:
-        return self.center.shape[1]
+        return int(self.center.shape[1])
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         """Plain numeric arrays (plus ``format_version``) for ``np.savez``; inverse of `from_arrays`."""
@@ -251,7 +253,8 @@ def fit_profile(col: np.ndarray, basis: np.ndarray) -> np.ndarray:
         coef = np.linalg.lstsq(design[keep], col[keep], rcond=None)[0]
         resid = col - design @ coef
         keep = np.abs(resid) <= PROFILE_CLIP * robust_spread(resid, 0.0)
-    return coef[1:]
+    coefficients: np.ndarray = coef[1:]
+    return coefficients
 
 
 def episode_peaks(r: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -293,16 +296,16 @@ def fit_one(X: np.ndarray, alarm_rate: float = DEFAULT_ALARM_RATE, heavy: Sequen
         raise InputError(f"training data has {np.count_nonzero(np.isfinite(X[:, 0]))} usable row(s); "
                          f"a robust model needs at least {MIN_ROWS}")
     n_features = X.shape[1]
-    use = np.asarray(use, dtype=bool) if len(use) else np.ones(X.shape[1], dtype=bool)
-    heavy = np.asarray(heavy, dtype=bool) if len(heavy) else np.zeros(X.shape[1], dtype=bool)
-    used = max(1, int(np.sum(use & (np.count_nonzero(np.isfinite(X), axis=0) >= MIN_FEATURE_ROWS))))
+    uses = np.asarray(use, dtype=bool) if len(use) else np.ones(X.shape[1], dtype=bool)
+    heavies = np.asarray(heavy, dtype=bool) if len(heavy) else np.zeros(X.shape[1], dtype=bool)
+    used = max(1, int(np.sum(uses & (np.count_nonzero(np.isfinite(X), axis=0) >= MIN_FEATURE_ROWS))))
     per_feature = alarm_rate / used  # each feature's share of the target rate
-    seasonal = np.asarray(seasonal, dtype=bool) if len(seasonal) else np.zeros(n_features, dtype=bool)
+    seasonals = np.asarray(seasonal, dtype=bool) if len(seasonal) else np.zeros(n_features, dtype=bool)
     if phase is not None and np.shape(phase) != (X.shape[0],):
         raise InputError(f"phase must have shape ({X.shape[0]},), got {np.shape(phase)}")
-    side = np.asarray(side, dtype=np.float64) if len(side) else np.zeros(n_features)
+    sides = np.asarray(side, dtype=np.float64) if len(side) else np.zeros(n_features)
     gate = np.asarray(gated, dtype=np.float64) if len(gated) else np.zeros(n_features)
-    capped = np.asarray(capped, dtype=bool) if len(capped) else np.zeros(n_features, dtype=bool)
+    caps = np.asarray(capped, dtype=bool) if len(capped) else np.zeros(n_features, dtype=bool)
     center = np.zeros(n_features)
     weight = np.zeros(n_features)
     tail = np.full(n_features, DEFAULT_TAIL_EXPONENT)
@@ -310,24 +313,24 @@ def fit_one(X: np.ndarray, alarm_rate: float = DEFAULT_ALARM_RATE, heavy: Sequen
     for j in range(n_features):
         finite = np.isfinite(X[:, j])
         col = X[:, j][finite]
-        if col.size < MIN_FEATURE_ROWS or not use[j]:
+        if col.size < MIN_FEATURE_ROWS or not uses[j]:
             continue
-        if seasonal[j] and phase is not None and covers_day(phase[finite]):
+        if seasonals[j] and phase is not None and covers_day(phase[finite]):
             basis = daily_basis(phase[finite])
             profile[j] = fit_profile(col, basis)
             col = col - basis @ profile[j]
         center[j] = np.median(col)
         spread = robust_spread(col, center[j])
         dev = np.abs(col - center[j])
-        distance = deviation_threshold(dev / spread, per_feature, bool(heavy[j])) * spread
+        distance = deviation_threshold(dev / spread, per_feature, bool(heavies[j])) * spread
         if np.isfinite(distance) and distance > 0:
             r = (col - center[j]) / distance
-            r = np.abs(r) if side[j] == 0 else np.maximum(side[j] * r, 0.0)
-            distance *= envelope_scale(r, np.flatnonzero(finite), bool(capped[j]))
+            r = np.abs(r) if sides[j] == 0 else np.maximum(sides[j] * r, 0.0)
+            distance *= envelope_scale(r, np.flatnonzero(finite), bool(caps[j]))
             weight[j] = 1.0 / distance
             tail[j] = tail_exponent(float(np.quantile(dev, SEVERITY_BODY)) / distance, per_feature)
     return RobustParams(center[None], weight[None], np.ones(1), profile[None], tail[None], np.array([alarm_rate]),
-                        side[None], gate[None])
+                        sides[None], gate[None])
 
 
 def fit_many(groups: Sequence[np.ndarray], alarm_rate: float = DEFAULT_ALARM_RATE, heavy: Sequence[bool] = (),
@@ -413,7 +416,8 @@ def decision_function(params: RobustParams, model_idx: np.ndarray, X: np.ndarray
                       phase: np.ndarray | None = None) -> np.ndarray:
     """Score row r of X with model ``model_idx[r]``: intercept - max weighted |deviation| (see `deviations`)."""
     dev, idx = deviations(params, model_idx, X, phase)
-    return params.intercept[idx] - dev.max(axis=1, initial=0.0)
+    decision: np.ndarray = params.intercept[idx] - dev.max(axis=1, initial=0.0)
+    return decision
 
 
 def severity(params: RobustParams, model_idx: np.ndarray, X: np.ndarray,
