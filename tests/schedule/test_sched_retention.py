@@ -43,8 +43,8 @@ def facts(**changes: object) -> RetentionFacts:
         released="v5",
         pinned_versions=frozenset({"v6"}),
         open_windows=frozenset({(us("2026-01-01T01:00:00Z"), us("2026-01-01T02:00:00Z"))}),
-        schedule_rows=[("h", "2026-01-01T00:00:00Z", (us("2026-01-01T00:00:00Z"), us("2026-01-01T01:00:00Z")), "succeeded"),
-                       ("h", "2026-01-01T01:00:00Z", (us("2026-01-01T01:00:00Z"), us("2026-01-01T02:00:00Z")), "pending")],
+        schedule_rows=[("h", (us("2026-01-01T00:00:00Z"), us("2026-01-01T01:00:00Z")), "succeeded"),
+                       ("h", (us("2026-01-01T01:00:00Z"), us("2026-01-01T02:00:00Z")), "pending")],
     )
     return RetentionFacts(**(base | changes))  # type: ignore[arg-type]
 
@@ -56,7 +56,7 @@ def test_policy_deletes_old_and_keeps_what_is_needed() -> None:
     assert plan.logs == ["a" * 16, "e" * 16]  # e's run no longer exists
     assert plan.versions == ["v1"]  # v2..v4 used by kept runs, v5 released, v6 pinned, v7 still training
     assert plan.kept["version v5"] == "released" and plan.kept["version v6"] == "pinned by a schedule"
-    assert plan.schedule_rows == [("h", "2026-01-01T00:00:00Z")]
+    assert plan.schedule_rows == [("h", us("2026-01-01T00:00:00Z"))]
     assert plan.reading_hours == []
 
 

@@ -65,7 +65,7 @@ def test_hourly_schedule_fires_each_window_once(fleet7) -> None:  # type: ignore
     assert [iso(r.window_from) for r in runs] == hours(3, 7)  # each window once, in order
     assert all(r.status.value == "succeeded" and r.rows == ROWS_PER_HOUR and r.schedule == "hourly" for r in runs)
     rows = ScheduleStore(fleet7.catalog).windows("hourly")
-    assert {(w.window_from, w.status, w.run_id) for w in rows} == {(iso(r.window_from), "succeeded", r.run_id) for r in runs}
+    assert {(w.window_from, w.status, w.run_id) for w in rows} == {(r.window_from, "succeeded", r.run_id) for r in runs}
     for run in runs:  # one run folder per window, holding one file per shard
         pointer = committed(fleet7.config.home, iso(run.window_from), iso(run.window_to))
         folder = window_dir(fleet7.config.home, iso(run.window_from), iso(run.window_to))
@@ -79,13 +79,13 @@ def test_downtime_of_five_hours_catches_up_five_windows_in_order(fleet7) -> None
     sched = Scheduler(fleet7, clock=clock)
     try:
         first = sched.tick()
-        assert [r.window_from for r in first.ran] == hours(1, 2)
+        assert [iso(r.window_from) for r in first.ran] == hours(1, 2)
         clock.set("2026-01-01T07:06:00Z")  # the scheduler was down from 02:06 to 07:06
         report = sched.tick()
     finally:
         sched.close()
     assert [p["window_from"] for p in report.planned] == hours(2, 7)
-    assert [r.window_from for r in report.ran] == hours(2, 7) and {r.status for r in report.ran} == {"succeeded"}
+    assert [iso(r.window_from) for r in report.ran] == hours(2, 7) and {r.status for r in report.ran} == {"succeeded"}
     runs = sorted(fleet7.runs(1000), key=lambda r: r.created_at)
     assert [iso(r.window_from) for r in runs] == hours(1, 7)
 
@@ -98,9 +98,9 @@ def test_catch_up_is_capped_and_skipped_windows_are_recorded(fleet7) -> None:  #
         report = sched.tick()
     finally:
         sched.close()
-    assert [r.window_from for r in report.ran] == hours(5, 7)
+    assert [iso(r.window_from) for r in report.ran] == hours(5, 7)
     assert report.skipped == [{"schedule": "hourly", "from": "2026-01-01T01:00:00Z", "to": "2026-01-01T05:00:00Z"}]
-    statuses = {w.window_from: w.status for w in ScheduleStore(fleet7.catalog).windows("hourly")}
+    statuses = {iso(w.window_from): w.status for w in ScheduleStore(fleet7.catalog).windows("hourly")}
     assert statuses == {"2026-01-01T01:00:00Z": "skipped", "2026-01-01T05:00:00Z": "succeeded",
                         "2026-01-01T06:00:00Z": "succeeded"}
 
@@ -186,7 +186,7 @@ def test_train_schedule_trains_and_releases(fleet7) -> None:  # type: ignore[no-
         sched.close()
     (row,) = report.ran
     assert (row.window_from, row.window_to, row.status, row.version) == (
-        "2026-01-01T01:00:00Z", "2026-01-01T05:00:00Z", "succeeded", "v2")
+        us("2026-01-01T01:00:00Z"), us("2026-01-01T05:00:00Z"), "succeeded", "v2")
     assert fleet7.catalog.released() == "v2" and fleet7.version("v2").train_from == "2026-01-01T01:00:00Z"
 
 
@@ -213,7 +213,7 @@ def test_paused_schedule_runs_nothing_until_resumed(fleet7) -> None:  # type: ig
     try:
         assert sched.tick().ran == [] and fleet7.runs() == []
         store.set_paused("hourly", False)
-        assert [r.window_from for r in sched.tick().ran] == hours(4, 6)  # missed while paused: caught up
+        assert [iso(r.window_from) for r in sched.tick().ran] == hours(4, 6)  # missed while paused: caught up
     finally:
         sched.close()
 
@@ -231,7 +231,7 @@ def test_an_abandoned_run_is_not_resumed_over_a_newer_one(fleet7) -> None:  # ty
     store.record_plan(spec, plan_due(spec, us("2026-01-01T06:06:00Z"), 24))
     lost = StopFlag()
     lost.set(LEASE_LOST)
-    store.update_window("hourly", "2026-01-01T05:00:00Z", status="running", run_id="ab" * 16)
+    store.update_window("hourly", us("2026-01-01T05:00:00Z"), status="running", run_id="ab" * 16)
     executor = fleet7.executor(workers=1)
     try:
         try:

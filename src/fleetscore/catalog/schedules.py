@@ -16,7 +16,7 @@ import sqlalchemy as sa
 
 from fleetscore.catalog.sql import Catalog, metadata
 from fleetscore.core.schedule import Plan, ScheduleSpec
-from fleetscore.core.times import iso
+from fleetscore.core.times import iso, parse_time
 from fleetscore.errors import InputError, NotFoundError
 
 PENDING, RUNNING, SKIPPED = "pending", "running", "skipped"
@@ -53,23 +53,28 @@ windows_table = sa.Table(
 )
 
 
+#: The window rows' times: µs since the epoch in the program, ISO 8601 text in the catalog and in `WindowRow.as_dict`.
+WINDOW_TIMES = ("window_from", "window_to", "fire_at", "updated_at")
+
+
 @dataclass(frozen=True)
 class WindowRow:
     """One (schedule, window): its status, the run that scores it (or the version a training made)."""
 
     schedule: str
-    window_from: str
-    window_to: str
-    fire_at: str
+    window_from: int  # µs since the epoch, like every time below
+    window_to: int
+    fire_at: int
     status: str
     run_id: str | None = None
     version: str | None = None
     attempts: int = 0
     error: str | None = None
-    updated_at: str = ""
+    updated_at: int = 0
 
     def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        """The row with its times as ISO 8601 text (JSON, tables)."""
+        return self.__dict__ | {name: iso(getattr(self, name)) for name in WINDOW_TIMES}
 
 
 _SPEC_FIELDS = [f.name for f in fields(ScheduleSpec)]
@@ -145,9 +150,9 @@ class ScheduleStore:
         w = windows_table
         return self._windows(sa.select(w).where(w.c.status.in_(OPEN_STATUSES)).order_by(w.c.window_from, w.c.schedule))
 
-    def window(self, name: str, window_from: str) -> WindowRow | None:
+    def window(self, name: str, window_from: int) -> WindowRow | None:
         w = windows_table
-        found = self._windows(sa.select(w).where((w.c.schedule == name) & (w.c.window_from == window_from)))
+        found = self._windows(sa.select(w).where((w.c.schedule == name) & (w.c.window_from == iso(window_from))))
         return found[0] if found else None
 
     def windows(self, name: str | None = None, limit: int = 100) -> list[WindowRow]:
@@ -162,18 +167,19 @@ class ScheduleStore:
         w = windows_table
         return self._windows(sa.select(w).where(w.c.run_id == run_id))
 
-    def update_window(self, name: str, window_from: str, **values: Any) -> None:
+    def update_window(self, name: str, window_from: int, **values: Any) -> None:
         w = windows_table
         with self.engine.begin() as conn:
-            conn.execute(sa.update(w).where((w.c.schedule == name) & (w.c.window_from == window_from))
+            conn.execute(sa.update(w).where((w.c.schedule == name) & (w.c.window_from == iso(window_from)))
                          .values(updated_at=self.catalog.now(), **values))
 
-    def delete_windows(self, keys: Iterable[tuple[str, str]]) -> None:
+    def delete_windows(self, keys: Iterable[tuple[str, int]]) -> None:
         w = windows_table
         with self.engine.begin() as conn:
             for name, window_from in keys:
-                conn.execute(sa.delete(w).where((w.c.schedule == name) & (w.c.window_from == window_from)))
+                conn.execute(sa.delete(w).where((w.c.schedule == name) & (w.c.window_from == iso(window_from))))
 
     def _windows(self, query: Any) -> list[WindowRow]:
         with self.engine.connect() as conn:
-            return [WindowRow(**row) for row in conn.execute(query).mappings().all()]
+            rows = conn.execute(query).mappings().all()
+        return [WindowRow(**(dict(r) | {name: parse_time(r[name], name) for name in WINDOW_TIMES})) for r in rows]

@@ -196,7 +196,7 @@ def _schedule_row(spec: Any, last: Any, now_us: int) -> dict[str, Any]:
             "lag": _human_s(spec.lag_s) if spec.lag_s else "0s",
             "version": spec.version or ("(new)" if spec.kind == "train" else "released"), "paused": spec.paused,
             "release": spec.release, "next_fire": iso(next_fire(spec, max(now_us, spec.cursor_us))),
-            "last_window": last.window_from if last else None, "last_status": last.status if last else None}
+            "last_window": iso(last.window_from) if last else None, "last_status": last.status if last else None}
 
 
 def window_cells(row: dict[str, Any]) -> list[Any]:

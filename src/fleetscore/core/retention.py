@@ -42,7 +42,7 @@ class RetentionFacts:
     released: str | None
     pinned_versions: frozenset[str]  # versions schedules score with
     open_windows: frozenset[Window]  # windows schedules still have to run
-    schedule_rows: list[tuple[str, str, Window, str]]  # (schedule, window_from text, window, status)
+    schedule_rows: list[tuple[str, Window, str]]  # (schedule, window, status)
     reading_hours: list[int] = field(default_factory=list)
     needed_from_us: int | None = None  # readings from here on are needed by a schedule
     readings: bool = False
@@ -56,7 +56,7 @@ class RetentionPlan:
     runs: list[str]
     logs: list[str]
     versions: list[str]
-    schedule_rows: list[tuple[str, str]]
+    schedule_rows: list[tuple[str, int]]  # (schedule, window start)
     reading_hours: list[int]
     kept: dict[str, str]
 
@@ -92,7 +92,7 @@ def plan_retention(f: RetentionFacts) -> RetentionPlan:
             kept[f"version {v.version}"] = why
         else:
             versions.append(v.version)
-    rows = [(name, text) for name, text, w, status in f.schedule_rows
+    rows = [(name, w[0]) for name, w, status in f.schedule_rows
             if w[1] < f.cutoff_us and w not in f.open_windows and status not in ("pending", "running")]
     hours: list[int] = []
     if f.readings:

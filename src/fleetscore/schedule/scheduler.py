@@ -26,7 +26,7 @@ from fleetscore.clock import Clock, wall_clock
 from fleetscore.config import ScheduleSettings
 from fleetscore.core.runs import RunRecord, RunStatus
 from fleetscore.core.schedule import ScheduleSpec, next_fire, plan_due
-from fleetscore.core.times import SECOND_US, iso, parse_time
+from fleetscore.core.times import SECOND_US, iso
 from fleetscore.errors import FleetscoreError, NotFoundError
 from fleetscore.exec.base import Executor
 from fleetscore.exec.control import CANCELLED, RunStopped
@@ -141,7 +141,7 @@ class Scheduler:
             return None
         if spec.paused:
             return None
-        lo, hi = parse_time(row.window_from), parse_time(row.window_to)
+        lo, hi = row.window_from, row.window_to
         key = score_lease_key(lo, hi) if spec.kind == "score" else f"train:{spec.name}"
         try:
             with hold_lease(self.context, key) as lease:
@@ -178,7 +178,7 @@ class Scheduler:
         self.store.update_window(row.schedule, row.window_from, status=RUNNING, run_id=run_id, version=version,
                                  attempts=row.attempts + 1, error=None)
         what = "resuming" if prior else "scoring"
-        self.say(f"{spec.name}: {what} {row.window_from}..{row.window_to} with {version} (run {run_id})")
+        self.say(f"{spec.name}: {what} {_span(row)} with {version} (run {run_id})")
         executor = self._ensure_executor()
         try:
             if prior is not None:
@@ -194,14 +194,14 @@ class Scheduler:
             self._failed(row, str(exc))
             return
         self.store.update_window(row.schedule, row.window_from, status=run.status.value, error=run.error)
-        self.say(f"{spec.name}: {row.window_from}..{row.window_to} {run.status.value}: {run.rows:,} rows, "
+        self.say(f"{spec.name}: {_span(row)} {run.status.value}: {run.rows:,} rows, "
                  f"{run.anomalies:,} anomalies, {run.failed_models} failed models (run {run_id})")
 
     def _train(self, spec: ScheduleSpec, row: WindowRow) -> None:
         self.store.update_window(row.schedule, row.window_from, status=RUNNING, attempts=row.attempts + 1, error=None)
-        self.say(f"{spec.name}: training on {row.window_from}..{row.window_to}")
+        self.say(f"{spec.name}: training on {_span(row)}")
         try:
-            result = self.fleet.train(row.window_from, row.window_to, release=spec.release, workers=self.workers)
+            result = self.fleet.train(iso(row.window_from), iso(row.window_to), release=spec.release, workers=self.workers)
         except FleetscoreError as exc:
             self._failed(row, str(exc))
             return
@@ -215,7 +215,7 @@ class Scheduler:
         attempts = row.attempts + 1
         status = PENDING if attempts <= self.settings.retries else RunStatus.FAILED.value
         self.store.update_window(row.schedule, row.window_from, status=status, attempts=attempts, error=error)
-        self.say(f"{row.schedule}: {row.window_from}..{row.window_to} failed ({error})"
+        self.say(f"{row.schedule}: {_span(row)} failed ({error})"
                  + (", will try again" if status == PENDING else ""))
 
     def _run_record(self, run_id: str | None) -> RunRecord | None:
@@ -282,3 +282,8 @@ def start_scheduler_thread(fleet: Fleet, *, settings: ScheduleSettings | None = 
 
     own = Fleet(fleet.config)
     return SchedulerThread(Scheduler(own, clock=clock, settings=settings, workers=workers, say=say)).start()
+
+
+def _span(row: WindowRow) -> str:
+    """The row's window as operators read it in the scheduler's log."""
+    return f"{iso(row.window_from)}..{iso(row.window_to)}"

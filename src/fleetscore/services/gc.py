@@ -42,7 +42,7 @@ def collect_facts(ctx: Context, cutoff_us: int, now_us: int, readings: bool) -> 
     specs = [s for s in store.all() if not s.paused]
     open_rows = store.open_windows()
     busy = {(r.window_from, r.window_to) for r in runs if not r.status.finished}
-    busy |= {(parse_time(r.window_from), parse_time(r.window_to)) for r in open_rows}
+    busy |= {(r.window_from, r.window_to) for r in open_rows}
     needed = [window_of(s, next_fire(s, now_us)).from_us for s in specs] + [lo for lo, _ in busy]
     log_runs = []
     for name in storage.list_dirs("logs"):
@@ -60,8 +60,7 @@ def collect_facts(ctx: Context, cutoff_us: int, now_us: int, readings: bool) -> 
         released=catalog.released(),
         pinned_versions=frozenset(s.version for s in store.all() if s.version),
         open_windows=frozenset(busy),
-        schedule_rows=[(r.schedule, r.window_from, (parse_time(r.window_from), parse_time(r.window_to)), r.status)
-                       for r in store.windows(limit=ALL)],
+        schedule_rows=[(r.schedule, (r.window_from, r.window_to), r.status) for r in store.windows(limit=ALL)],
         reading_hours=_reading_hours(storage) if readings else [],
         needed_from_us=min(needed) if needed else None,
         readings=readings,

@@ -54,9 +54,6 @@ class TrainingChoice:
     min_history: int
     auto_device: bool = False
 
-    def as_kwargs(self) -> dict[str, object]:
-        return dict(self.__dict__)
-
 
 def resolve(kind: str | None, nu: float | None, gamma: float | str | None, features: str | None,
             alarm_rate: float | None) -> TrainingChoice:
