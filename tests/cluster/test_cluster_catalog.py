@@ -36,7 +36,7 @@ def run_record(run_id: str, window_from: str = "2026-01-01T00:00:00Z") -> RunRec
 
 def test_catalog_records_round_trip(catalog_url: str) -> None:
     catalog = Catalog(catalog_url)
-    assert [catalog.new_version("ocsvm", "raw", {"nu": 0.1}, "a", "b") for _ in range(3)] == ["v1", "v2", "v3"]
+    assert [catalog.new_version("ocsvm", "raw", {"nu": 0.1}, 0, 3_600_000_000) for _ in range(3)] == ["v1", "v2", "v3"]
     catalog.finish_version("v2", "ready", 5, 1, 2, 0.5)
     catalog.release("v2")
     catalog.release("v2")  # releasing again replaces the row, never duplicates it
@@ -151,7 +151,7 @@ def test_version_ids_are_unique_when_allocated_concurrently(catalog_url: str) ->
     def train_some() -> None:
         catalog = Catalog(catalog_url)
         try:
-            allocated.extend(catalog.new_version("ocsvm", "raw", {}, "a", "b") for _ in range(3))
+            allocated.extend(catalog.new_version("ocsvm", "raw", {}, None, None) for _ in range(3))
         finally:
             catalog.close()
 

@@ -187,7 +187,7 @@ def test_train_schedule_trains_and_releases(fleet7) -> None:  # type: ignore[no-
     (row,) = report.ran
     assert (row.window_from, row.window_to, row.status, row.version) == (
         us("2026-01-01T01:00:00Z"), us("2026-01-01T05:00:00Z"), "succeeded", "v2")
-    assert fleet7.catalog.released() == "v2" and fleet7.version("v2").train_from == "2026-01-01T01:00:00Z"
+    assert fleet7.catalog.released() == "v2" and fleet7.version("v2").train_from == us("2026-01-01T01:00:00Z")
 
 
 def test_schedule_without_a_version_waits_then_fails_with_a_reason(fleet7) -> None:  # type: ignore[no-untyped-def]

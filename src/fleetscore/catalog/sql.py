@@ -19,7 +19,7 @@ from fleetscore.catalog.dialect import transaction_lock, upsert
 from fleetscore.catalog.migrate import upgrade
 from fleetscore.clock import Clock, wall_clock
 from fleetscore.core.runs import ModelFailure, RunRecord, RunStatus, TaskRecord
-from fleetscore.core.times import iso_us, parse_time
+from fleetscore.core.times import iso, iso_us, parse_time
 from fleetscore.errors import NotFoundError, StorageError
 
 #: Version of the tables' shape; :mod:`fleetscore.catalog.migrate` upgrades older catalogs to it.
@@ -128,9 +128,9 @@ class VersionRecord:
     features: str
     params: dict[str, Any]
     status: str
-    created_at: str
-    train_from: str | None = None
-    train_to: str | None = None
+    created_at: int  # µs since the epoch, like the training span; ISO 8601 only in as_dict()
+    train_from: int | None = None  # None: not trained here (an imported scikit-learn model)
+    train_to: int | None = None
     models: int = 0
     failed: int = 0
     shards: int = 0
@@ -138,7 +138,10 @@ class VersionRecord:
     released: bool = False
 
     def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        """The record with its times as ISO 8601 text (the training span to the second, created to the µs)."""
+        return self.__dict__ | {"created_at": iso_us(self.created_at),
+                                "train_from": None if self.train_from is None else iso(self.train_from),
+                                "train_to": None if self.train_to is None else iso(self.train_to)}
 
 
 class Catalog:
@@ -170,8 +173,9 @@ class Catalog:
         return iso_us(self.clock())
 
     # --- model versions ------------------------------------------------------------------------
-    def new_version(self, kind: str, features: str, params: dict[str, Any], train_from: str, train_to: str) -> str:
-        """Reserve the next version id (v1, v2, ...) in state 'training'."""
+    def new_version(self, kind: str, features: str, params: dict[str, Any], train_from: int | None,
+                    train_to: int | None) -> str:
+        """Reserve the next version id (v1, v2, ...) in state 'training', trained on [train_from, train_to) (µs)."""
         for _ in range(20):
             try:
                 with self.engine.begin() as conn:
@@ -181,7 +185,7 @@ class Catalog:
                     conn.execute(
                         sa.insert(versions_table).values(
                             version=version, seq=seq, kind=kind, features=features, params=json.dumps(params),
-                            status="training", created_at=self.now(), train_from=train_from, train_to=train_to,
+                            status="training", created_at=self.now(), train_from=_text(train_from), train_to=_text(train_to),
                             models=0, failed=0, shards=0,
                         )
                     )
@@ -309,9 +313,17 @@ def _redact(url: str) -> str:
         return "<invalid catalog url>"
 
 
+def _text(us: int | None) -> str | None:
+    return None if us is None else iso(us)
+
+
 def _version(row: Any, released: str | None) -> VersionRecord:
+    """A versions row (ISO 8601 text columns; an imported model's span empty or null) as a record (times in µs)."""
     data = {k: row[k] for k in row.keys() if k != "seq"}
     data["params"] = json.loads(data["params"])
+    data["created_at"] = parse_time(data["created_at"], "created_at")
+    for name in ("train_from", "train_to"):
+        data[name] = parse_time(data[name], name) if data[name] else None
     return VersionRecord(**data, released=row["version"] == released)
 
 

@@ -56,7 +56,7 @@ def collect_facts(ctx: Context, cutoff_us: int, now_us: int, readings: bool) -> 
         committed={(parse_time(lo), parse_time(hi)): run for (lo, hi), run in catalog.committed_runs().items()},
         prediction_windows=[b for b in map(layout.window_bounds, storage.list_dirs("predictions")) if b],
         log_runs=log_runs,
-        versions=[VersionFact(v.version, parse_time(v.created_at), v.status) for v in catalog.versions()],
+        versions=[VersionFact(v.version, v.created_at, v.status) for v in catalog.versions()],
         released=catalog.released(),
         pinned_versions=frozenset(s.version for s in store.all() if s.version),
         open_windows=frozenset(busy),

@@ -26,7 +26,6 @@ from fleetscore.core.fitting import DeviceSeries, fit_shard
 from fleetscore.core.keys import Key
 from fleetscore.core.kinds import FORMAT_VERSION, KINDS, Bundle, get_kind
 from fleetscore.core.runs import RunRecord, RunStatus
-from fleetscore.core.times import iso
 from fleetscore.errors import FleetscoreError, InputError
 from fleetscore.exec.base import Executor, TaskError
 from fleetscore.services.context import Context
@@ -158,7 +157,7 @@ def retrain_unhealthy(ctx: Context, executor: Executor, base: VersionRecord, fro
     shards = store.read_shards(base.version)
     p = info.params
     params = p | {"base_version": base.version, "retrained": len(keys)}
-    version = catalog.new_version(info.kind, info.features, params, iso(from_us), iso(to_us))
+    version = catalog.new_version(info.kind, info.features, params, from_us, to_us)
     shard_of = dict(zip(zip(manifest.column("device").to_pylist(), manifest.column("sensor").to_pylist()),
                         manifest.column("shard").to_pylist()))
     tasks: list[RetrainTask] = []

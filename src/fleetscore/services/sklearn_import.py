@@ -61,7 +61,7 @@ def import_sklearn(ctx: Context, path: Path, device: str, sensor: str, features:
             f"{path}: the pipeline takes {params.n_features} feature(s) but --features {spec.text} gives {spec.n_features}"
         )
     meta = {"source": "import-sklearn", "file": path.name}
-    version = ctx.catalog.new_version("ocsvm", spec.text, meta, "", "")
+    version = ctx.catalog.new_version("ocsvm", spec.text, meta, None, None)
     store = ModelStore(ctx.storage)
     store.write_shard(version, 0, params)
     now = iso_s(ctx.clock())

@@ -224,7 +224,7 @@ def train(
     params = ({"nu": nu, "gamma": gamma} if kind == "ocsvm" else {}) | {
         "alarm_rate": alarm_rate, "min_history": min_history, "min_train_rows": MIN_TRAIN_ROWS, "fallback": "robust"} | (
         {"auto_device": True} if auto_device else {})
-    version = catalog.new_version(kind, spec.text, params, iso(from_us), iso(to_us))
+    version = catalog.new_version(kind, spec.text, params, from_us, to_us)
     tasks = [
         TrainTask(ctx.storage_url, version, i, from_us, to_us, lo, hi, spec.text, nu, gamma, kind, alarm_rate,
                   min_history, trained_at_us=ctx.clock(), auto_device=auto_device)

@@ -61,19 +61,24 @@ class Span:
 
 #: Fields of a run record that hold times (µs inside the program, ISO 8601 text in pages and JSON).
 RUN_TIMES = ("window_from", "window_to", "created_at", "started_at", "finished_at")
-def _run_view_fields() -> list[tuple[str, Any, Any]]:
-    """`RunRecord`'s fields, with their defaults, the times typed as text."""
-    hints = get_type_hints(RunRecord)
+VERSION_TIMES = ("created_at", "train_from", "train_to")
+
+
+def _with_text_times(name: str, record: type, times: tuple[str, ...]) -> Any:
+    """A frozen dataclass with ``record``'s fields and defaults, the ``times`` typed as text (what its as_dict gives)."""
+    hints = get_type_hints(record)
     out = []
-    for f in fields(RunRecord):
+    for f in fields(record):
         default = (field(default=f.default) if f.default is not MISSING else
                    field(default_factory=f.default_factory) if f.default_factory is not MISSING else field())
-        out.append((f.name, str | None if f.name in RUN_TIMES else hints[f.name], default))
-    return out
+        out.append((f.name, str | None if f.name in times else hints[f.name], default))
+    return make_dataclass(name, out, frozen=True, namespace={"__module__": __name__})
 
 
 #: A run as pages and the JSON API show it: `RunRecord`'s fields, its times as ISO 8601 text (`RunRecord.as_dict`).
-RunView: Any = make_dataclass("RunView", _run_view_fields(), frozen=True, namespace={"__module__": __name__})
+RunView: Any = _with_text_times("RunView", RunRecord, RUN_TIMES)
+#: A model version as pages and the JSON API show it (`VersionRecord.as_dict`).
+VersionView: Any = _with_text_times("VersionView", VersionRecord, VERSION_TIMES)
 
 
 def _iso_stamp(us: int | None) -> str | None:
@@ -194,7 +199,7 @@ class ModelsView:
     """``/models``: all versions, the released one, and the models of the release that failed."""
 
     released: str | None
-    versions: list[VersionRecord]
+    versions: list[VersionView]
     release_failures: list[dict[str, Any]]
 
 
@@ -408,5 +413,5 @@ def models_view(fleet: Fleet, max_failures: int = 200) -> ModelsView:
         manifest = fleet.models(released)
         failed = manifest.filter(pc.equal(manifest.column("status"), "failed"))
         failures = failed.select(["device", "sensor", "reason"]).slice(0, max_failures).to_pylist()
-    return ModelsView(released, list(reversed(versions)), failures)
+    return ModelsView(released, [VersionView(**v.as_dict()) for v in reversed(versions)], failures)
 
