@@ -91,7 +91,7 @@ class ScheduleStore:
     def add(self, spec: ScheduleSpec) -> None:
         try:
             with self.engine.begin() as conn:
-                conn.execute(sa.insert(schedules_table).values(**spec.as_dict()))
+                conn.execute(sa.insert(schedules_table).values(**(spec.as_dict() | {"created_at": self.catalog.now()})))
         except sa.exc.IntegrityError:
             raise InputError(f"schedule {spec.name!r} exists (remove it first, or pick another name)") from None
 
@@ -100,12 +100,12 @@ class ScheduleStore:
             row = conn.execute(sa.select(schedules_table).where(schedules_table.c.name == name)).mappings().first()
         if row is None:
             raise NotFoundError(f"unknown schedule {name[:64]!r} (see `fleetscore schedule list`)")
-        return ScheduleSpec(**{k: row[k] for k in _SPEC_FIELDS})
+        return _spec(row)
 
     def all(self) -> list[ScheduleSpec]:
         with self.engine.connect() as conn:
             rows = conn.execute(sa.select(schedules_table).order_by(schedules_table.c.name)).mappings().all()
-        return [ScheduleSpec(**{k: r[k] for k in _SPEC_FIELDS}) for r in rows]
+        return [_spec(r) for r in rows]
 
     def remove(self, name: str) -> None:
         """Delete the schedule and its window rows (its runs and predictions stay)."""
@@ -183,3 +183,9 @@ class ScheduleStore:
         with self.engine.connect() as conn:
             rows = conn.execute(query).mappings().all()
         return [WindowRow(**(dict(r) | {name: parse_time(r[name], name) for name in WINDOW_TIMES})) for r in rows]
+
+
+def _spec(row: Any) -> ScheduleSpec:
+    """A schedules row as a spec (its creation time in µs; 0 where an older row has none)."""
+    values = {k: row[k] for k in _SPEC_FIELDS}
+    return ScheduleSpec(**(values | {"created_at": parse_time(values["created_at"]) if values["created_at"] else 0}))

@@ -50,8 +50,7 @@ def add(
     fleet = open_fleet(home)
     spec = new_schedule(name, cron, duration(window, "--window"), duration(lag, "--lag", allow_zero=True),
                         train=train, version=version, released=released, release=not no_release,
-                        cursor_us=fleet.clock() if start is None else parse_time_flag(start, "--start"),
-                        created_at=fleet.catalog.now())
+                        cursor_us=fleet.clock() if start is None else parse_time_flag(start, "--start"))
     fleet.add_schedule(spec)
     payload = _schedule_row(spec, None, fleet.clock()) | {"cursor": spec.cursor_us}
     emit(json_out, payload, lambda c: c.print(

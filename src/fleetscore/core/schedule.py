@@ -35,7 +35,7 @@ class ScheduleSpec:
     release: bool = True  # train: release the new version
     paused: bool = False
     cursor_us: int = 0  # fire times at or before the cursor are planned already
-    created_at: str = ""
+    created_at: int = 0  # µs; stamped by the catalog when the schedule is added
 
     def as_dict(self) -> dict[str, object]:
         return dict(self.__dict__)
@@ -82,7 +82,7 @@ def check_cron(expr: str) -> str:
 
 
 def new_schedule(name: str, cron: str, window_s: int, lag_s: int, *, train: bool, version: str | None,
-                 released: bool, release: bool, cursor_us: int, created_at: str) -> ScheduleSpec:
+                 released: bool, release: bool, cursor_us: int) -> ScheduleSpec:
     """A checked new schedule: scoring (with ``version``, or the ``released`` one at run time) or training."""
     if version and released:
         raise InputError("give --version V or --released, not both")
@@ -92,7 +92,7 @@ def new_schedule(name: str, cron: str, window_s: int, lag_s: int, *, train: bool
         raise InputError("--no-release only applies to --train schedules")
     return ScheduleSpec(name=check_name(name), cron=check_cron(cron), window_s=window_s, lag_s=lag_s,
                         kind="train" if train else "score", version=version or None, release=release,
-                        cursor_us=cursor_us, created_at=created_at)
+                        cursor_us=cursor_us)
 
 
 def window_of(spec: ScheduleSpec, fire_us: int) -> DueWindow:
