@@ -350,8 +350,8 @@ class Fleet:
         return pa.table({"ts": joined.column("ts"), "value": value, "score": joined.column("score"),
                          "is_anomaly": joined.column("is_anomaly")}).sort_by("ts")
 
-    def committed_windows(self) -> dict[tuple[str, str], str]:
-        """The run whose predictions each scored window holds: {(from, to): run id}."""
+    def committed_windows(self) -> dict[tuple[int, int], str]:
+        """The run whose predictions each scored window holds: {(from, to) in µs: run id}."""
         return self.catalog.committed_runs()
 
     def run_stats(self) -> Any:

@@ -19,7 +19,7 @@ from fleetscore.catalog import Catalog
 from fleetscore.catalog.sql import SCHEMA_VERSION, metadata, tasks_table
 from fleetscore.core.runs import ModelFailure, RunRecord, RunStatus, TaskRecord
 from fleetscore.core.simulate import simulate_fleet
-from fleetscore.core.times import iso, parse_time
+from fleetscore.core.times import parse_time
 from fleetscore.errors import StorageError
 
 pytestmark = pytest.mark.backend
@@ -59,7 +59,7 @@ def test_catalog_records_round_trip(catalog_url: str) -> None:
     catalog.replace_failures(run.run_id, [0], [ModelFailure("d1", "s1", "bad", 0)])
     catalog.replace_failures(run.run_id, [0], [ModelFailure("d2", "s1", "worse", 0)])
     assert catalog.failures(run.run_id) == [ModelFailure("d2", "s1", "worse", 0)]
-    lo, hi = iso(run.window_from), iso(run.window_to)
+    lo, hi = run.window_from, run.window_to
     catalog.commit_window(lo, hi, run.run_id)
     catalog.commit_window(lo, hi, "fedcba9876543210")
     assert catalog.committed_runs() == {(lo, hi): "fedcba9876543210"}

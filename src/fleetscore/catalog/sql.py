@@ -287,15 +287,17 @@ class Catalog:
             ).mappings().all()
         return [ModelFailure(r["device"], r["sensor"], r["reason"], r["task"]) for r in rows]
 
-    def commit_window(self, window_from: str, window_to: str, run_id: str) -> None:
-        row = {"window_from": window_from, "window_to": window_to, "run_id": run_id, "committed_at": self.now()}
+    def commit_window(self, window_from: int, window_to: int, run_id: str) -> None:
+        """Record ``run_id`` as the run whose predictions the window [window_from, window_to) (µs) holds."""
+        row = {"window_from": iso(window_from), "window_to": iso(window_to), "run_id": run_id, "committed_at": self.now()}
         with self.engine.begin() as conn:
             upsert(conn, commits_table, [row])
 
-    def committed_runs(self) -> dict[tuple[str, str], str]:
+    def committed_runs(self) -> dict[tuple[int, int], str]:
+        """{(window from, to) in µs: the run whose predictions the window holds}."""
         with self.engine.connect() as conn:
             rows = conn.execute(sa.select(commits_table)).mappings().all()
-        return {(r["window_from"], r["window_to"]): r["run_id"] for r in rows}
+        return {(parse_time(r["window_from"]), parse_time(r["window_to"])): r["run_id"] for r in rows}
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

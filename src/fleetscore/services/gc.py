@@ -12,7 +12,7 @@ from fleetscore.catalog.purge import delete_commits, delete_runs, mark_versions_
 from fleetscore.catalog.schedules import ScheduleStore
 from fleetscore.core.retention import RetentionFacts, RetentionPlan, VersionFact, plan_retention
 from fleetscore.core.schedule import next_fire, window_of
-from fleetscore.core.times import SECOND_US, iso, parse_time
+from fleetscore.core.times import SECOND_US, iso
 from fleetscore.errors import InputError
 from fleetscore.services.context import Context
 from fleetscore.storage import layout
@@ -53,7 +53,7 @@ def collect_facts(ctx: Context, cutoff_us: int, now_us: int, readings: bool) -> 
     return RetentionFacts(
         cutoff_us=cutoff_us,
         runs=runs,
-        committed={(parse_time(lo), parse_time(hi)): run for (lo, hi), run in catalog.committed_runs().items()},
+        committed=catalog.committed_runs(),
         prediction_windows=[b for b in map(layout.window_bounds, storage.list_dirs("predictions")) if b],
         log_runs=log_runs,
         versions=[VersionFact(v.version, v.created_at, v.status) for v in catalog.versions()],

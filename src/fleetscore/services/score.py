@@ -587,7 +587,7 @@ def _commit(ctx: Context, run: RunRecord, files: list[str], from_us: int, to_us:
     pointer = {"run_id": run.run_id, "version": run.version, "files": sorted(files),
                "committed_at": iso_us(ctx.clock())}
     storage.write_bytes(layout.commit_key(from_us, to_us), json.dumps(pointer).encode())
-    ctx.catalog.commit_window(iso(from_us), iso(to_us), run.run_id)
+    ctx.catalog.commit_window(from_us, to_us, run.run_id)
     keep = f"run={run.run_id}"
     for name in storage.list_dirs(layout.predictions_dir(from_us, to_us)):
         if name.startswith("run=") and name != keep:

@@ -272,8 +272,9 @@ def anomaly_counts(fleet: Fleet, span: Span) -> pa.Table:
     Predictions change only when a run commits a window, so the cube is kept (a few, most recent
     first) under the set of committed runs overlapping the span: overview, fleet page and API share it.
     """
+    lo, hi = parse_time(span.start), parse_time(span.end)
     commits = tuple(sorted((bounds, run) for bounds, run in fleet.committed_windows().items()
-                           if bounds[0] < span.end and bounds[1] > span.start))
+                           if bounds[0] < hi and bounds[1] > lo))
     key = (fleet.config.storage.url, span.start, span.end, commits)
     with _CUBES_LOCK:
         if key in _CUBES:
