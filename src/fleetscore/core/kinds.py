@@ -63,12 +63,23 @@ class ModelKind:
     severity: Callable[[Params, np.ndarray, np.ndarray, np.ndarray | None, str | None], np.ndarray]
     #: one model per device, scored on device-times (`fleetscore.core.devicegrid`), not per reading
     per_device: bool = False
+    #: decision and severity from one pass (kinds whose two share their work); None: the two functions
+    both: Callable[[Params, np.ndarray, np.ndarray, np.ndarray | None, str | None],
+                   tuple[np.ndarray, np.ndarray]] | None = None
 
     def from_arrays(self, arrays: Mapping[str, np.ndarray]) -> Params:
         return self.params_type.from_arrays(arrays)
 
     def empty(self, n_features: int) -> Params:
         return self.params_type.empty(n_features)
+
+    def decision_and_severity(self, params: Params, model_idx: np.ndarray, X: np.ndarray,
+                              phase: np.ndarray | None = None, kernel: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Decision and severity of every row (one pass where the kind has one)."""
+        if self.both is not None:
+            return self.both(params, model_idx, X, phase, kernel)
+        return (self.decision_function(params, model_idx, X, phase, kernel),
+                self.severity(params, model_idx, X, phase, kernel))
 
     def shift(self, params: Params, offsets: np.ndarray) -> Params:
         """Fold thresholds into the intercepts: decision' = decision - offset (per model)."""
@@ -96,6 +107,11 @@ def _robust_severity(params: robust.RobustParams, model_idx: np.ndarray, X: np.n
     return robust.severity(params, model_idx, X, phase)
 
 
+def _robust_both(params: robust.RobustParams, model_idx: np.ndarray, X: np.ndarray,
+                 phase: np.ndarray | None = None, kernel: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    return robust.decision_and_severity(params, model_idx, X, phase)
+
+
 def _no_severity(params: Params, model_idx: np.ndarray, X: np.ndarray, phase: np.ndarray | None = None,
                  kernel: str | None = None) -> np.ndarray:
     return np.full(len(model_idx), np.nan)
@@ -115,7 +131,7 @@ KINDS: dict[str, ModelKind] = {
                        _ocsvm_with_intercept, lambda p: p.n_sv, _no_severity),
     "robust": ModelKind("robust", robust.RobustParams, _robust_decision, lambda p: p.intercept,
                         lambda p, i: p.with_intercept(i), lambda p: np.ones(p.n_models, dtype=np.int64),
-                        _robust_severity),
+                        _robust_severity, both=_robust_both),
     "device": ModelKind("device", device.DeviceParams, device.decision_function, lambda p: p.intercept,
                         lambda p, i: p.with_intercept(i), lambda p: p.size(), _device_severity, per_device=True),
 }
@@ -194,24 +210,34 @@ def score_bundle(bundle: Mapping[str, Params], kinds: Sequence[str] | pa.Diction
     Arrow dictionary array of them. Rows keep their order within a kind, so rows grouped by model
     stay grouped for the kernel.
     """
-    return _per_kind("decision_function", bundle, kinds, slots, X, phase, kernel)
+    return _per_kind(lambda k, *a: (k.decision_function(*a),), bundle, kinds, slots, X, phase, kernel)[0]
 
 
 def severity_bundle(bundle: Mapping[str, Params], kinds: Sequence[str] | pa.DictionaryArray, slots: np.ndarray,
                     X: np.ndarray, phase: np.ndarray | None = None) -> np.ndarray:
     """Severity in [0, 100] (NaN for kinds without a calibrated tail) of each row, as `score_bundle` scores it."""
-    return _per_kind("severity", bundle, kinds, slots, X, phase, None)
+    return _per_kind(lambda k, *a: (k.severity(*a),), bundle, kinds, slots, X, phase, None)[0]
 
 
-def _per_kind(function: str, bundle: Mapping[str, Params], kinds: Sequence[str] | pa.DictionaryArray,
-              slots: np.ndarray, X: np.ndarray, phase: np.ndarray | None, kernel: str | None) -> np.ndarray:
-    """Apply each kind's ``function`` to the rows of that kind (one fused call per kind present)."""
+def score_and_severity_bundle(bundle: Mapping[str, Params], kinds: Sequence[str] | pa.DictionaryArray,
+                              slots: np.ndarray, X: np.ndarray, phase: np.ndarray | None = None,
+                              kernel: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """`score_bundle` and `severity_bundle` of every row together: one pass per kind where the kind has one."""
+    decision, severity = _per_kind(lambda k, *a: k.decision_and_severity(*a), bundle, kinds, slots, X, phase, kernel)
+    return decision, severity
+
+
+def _per_kind(apply: Callable[..., tuple[np.ndarray, ...]], bundle: Mapping[str, Params],
+              kinds: Sequence[str] | pa.DictionaryArray, slots: np.ndarray, X: np.ndarray, phase: np.ndarray | None,
+              kernel: str | None) -> list[np.ndarray]:
+    """``apply(kind, params, slots, X, phase, kernel)`` on the rows of each kind (one fused call per kind present);
+    each of the arrays it returns is placed back in row order."""
     if not isinstance(kinds, pa.DictionaryArray):
         kinds = pc.dictionary_encode(pa.array(kinds, pa.string()))
     if kinds.null_count:
         raise InputError(f"{kinds.null_count} row(s) have no model kind to score them with")
     codes = kinds.indices.to_numpy(zero_copy_only=False)
-    out = np.empty(len(slots), dtype=np.float64)
+    outs: list[np.ndarray] = []
     for code, name in enumerate(kinds.dictionary.to_pylist()):
         rows = np.flatnonzero(codes == code)
         if not rows.size:
@@ -219,7 +245,9 @@ def _per_kind(function: str, bundle: Mapping[str, Params], kinds: Sequence[str] 
         if name not in bundle:
             raise ModelFormatError(f"the manifest names {name} models that the shard file does not hold")
         every = rows.size == len(slots)  # one kind: no copies of X
-        out[rows] = getattr(get_kind(name), function)(
-            bundle[name], slots if every else slots[rows], X if every else X[rows],
-            phase if every or phase is None else phase[rows], kernel)
-    return out
+        results = apply(get_kind(name), bundle[name], slots if every else slots[rows], X if every else X[rows],
+                        phase if every or phase is None else phase[rows], kernel)
+        outs = outs or [np.empty(len(slots), dtype=np.float64) for _ in results]
+        for out, result in zip(outs, results):
+            out[rows] = result
+    return outs or [np.empty(0), np.empty(0)]  # no rows

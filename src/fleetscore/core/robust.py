@@ -56,6 +56,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+import bottleneck as bn
 import numpy as np
 
 from fleetscore.core.calibrate import (
@@ -391,39 +392,59 @@ def deviations(params: RobustParams, model_idx: np.ndarray, X: np.ndarray,
 
 def _counts_in_full(signed: np.ndarray, idx: np.ndarray, threshold: np.ndarray) -> np.ndarray:
     """Per row and feature: whether the deviation is a new extreme on its side of the same model's `GATE`
-    previous rows, and those rows were not all beyond ``threshold`` on that side (see Persistence)."""
+    previous rows, and those rows were not all beyond ``threshold`` on that side (see Persistence).
+
+    Each model's rows are laid out after `GATE` columns of NaN (features as rows, contiguous), so one moving
+    maximum and minimum over the whole layout (bottleneck's, skipping NaN) never reach into another model's rows."""
     n = len(idx)
-    first = np.r_[True, idx[1:] != idx[:-1]] if n else np.zeros(0, dtype=bool)
-    pos = np.arange(n) - np.maximum.accumulate(np.where(first, np.arange(n), 0))
-    hi = np.full(signed.shape, -np.inf)
-    lo = np.full(signed.shape, np.inf)
-    above = np.ones(signed.shape, dtype=bool)
-    below = np.ones(signed.shape, dtype=bool)
+    if n == 0:
+        return np.zeros(signed.shape, dtype=bool)
+    first = np.r_[True, idx[1:] != idx[:-1]]
+    block = np.cumsum(first)  # 1 for the first model's rows, 2 for the next, ...
+    rows = np.arange(n)
+    pos = rows - np.flatnonzero(first)[block - 1]  # rows of the same model before this one
+    at = rows + GATE * block  # each row's place in the padded layout
+    padded = np.full((signed.shape[1], n + GATE * int(block[-1])), np.nan)
+    padded[:, at] = signed.T
+    most = bn.move_max(padded, GATE, min_count=1, axis=1)[:, at - 1].T  # over the GATE rows before; NaN if none
+    least = bn.move_min(padded, GATE, min_count=1, axis=1)[:, at - 1].T
+    up = signed >= 0
+    full = (pos >= GATE)[:, None]  # all GATE rows before exist: a model's first rows never persist
     thr = threshold[:, None]
-    for lag in range(1, GATE + 1):
-        prev = np.full(signed.shape, np.nan)
-        prev[lag:] = signed[:-lag]
-        prev[pos < lag] = np.nan  # another model's row, or none
-        hi, lo = np.fmax(hi, prev), np.fmin(lo, prev)
-        above &= prev > thr  # False where there is no such row: a model's first rows never persist
-        below &= prev < -thr
-    new = np.where(signed >= 0, signed > hi, signed < lo)
-    persists = np.where(signed >= 0, above, below)
-    return new & ~persists
+    with np.errstate(invalid="ignore"):
+        new = np.where(up, ~(signed <= most), ~(signed >= least))  # no row before (NaN): new
+        persists = full & np.where(up, least > thr, most < -thr)
+    counts: np.ndarray = new & ~persists
+    return counts
 
 
 def decision_function(params: RobustParams, model_idx: np.ndarray, X: np.ndarray,
                       phase: np.ndarray | None = None) -> np.ndarray:
     """Score row r of X with model ``model_idx[r]``: intercept - max weighted |deviation| (see `deviations`)."""
     dev, idx = deviations(params, model_idx, X, phase)
-    decision: np.ndarray = params.intercept[idx] - dev.max(axis=1, initial=0.0)
-    return decision
+    return _decision(params, dev, idx)
 
 
 def severity(params: RobustParams, model_idx: np.ndarray, X: np.ndarray,
              phase: np.ndarray | None = None) -> np.ndarray:
     """Severity in [0, 100] of row r of X under model ``model_idx[r]``'s calibration (module docstring)."""
     dev, idx = deviations(params, model_idx, X, phase)
+    return _severity(params, dev, idx)
+
+
+def decision_and_severity(params: RobustParams, model_idx: np.ndarray, X: np.ndarray,
+                          phase: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """`decision_function` and `severity` of every row from one pass over the deviations (what scoring writes)."""
+    dev, idx = deviations(params, model_idx, X, phase)
+    return _decision(params, dev, idx), _severity(params, dev, idx)
+
+
+def _decision(params: RobustParams, dev: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    decision: np.ndarray = params.intercept[idx] - dev.max(axis=1, initial=0.0)
+    return decision
+
+
+def _severity(params: RobustParams, dev: np.ndarray, idx: np.ndarray) -> np.ndarray:
     used = np.maximum(np.count_nonzero(params.weight > 0, axis=1), 1)[idx]
     scale = np.where(params.intercept > 0, params.intercept, 1.0)[idx]
     r = dev / scale[:, None]

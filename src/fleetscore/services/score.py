@@ -35,7 +35,7 @@ from fleetscore.core.health import MAX_LISTED as MAX_LISTED_UNHEALTHY
 from fleetscore.core.health import describe, expected_rate, unhealthy_counts
 from fleetscore.core.history import first_lookback_s, history_needs, max_lookback_s, short_units, widened
 from fleetscore.core.keys import KeyBound, device_bucket
-from fleetscore.core.kinds import KINDS, Bundle, history_rows, needs_phase, rows_before, score_bundle, severity_bundle
+from fleetscore.core.kinds import KINDS, Bundle, history_rows, needs_phase, rows_before, score_and_severity_bundle
 from fleetscore.core.matching import match_runs
 from fleetscore.core.plan import group_bounds
 from fleetscore.core.runs import ModelFailure, RunRecord, RunStatus, TaskRecord, backoff_delay, needs_rerun, run_status
@@ -149,7 +149,7 @@ def score_shard(task: ScoreTask) -> ScoreOutcome:
     slots = rows_model  # one id per model of the shard, whatever its kind
     score_args = (bundle, kind, slot_of[rows_model].astype(np.int64), x if has_model.all() else x[has_model],
                   day_phase(scored.column("ts")) if needs_phase(bundle) else None)
-    scores, severity = score_bundle(*score_args, task.kernel), severity_bundle(*score_args)
+    scores, severity = score_and_severity_bundle(*score_args, task.kernel)
     if not in_window.all():
         keep = in_window[has_model]
         scored, slots, scores, severity = scored.filter(pa.array(keep)), slots[keep], scores[keep], severity[keep]
