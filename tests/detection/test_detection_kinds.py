@@ -11,7 +11,14 @@ from fleetscore.core import ocsvm, robust
 from fleetscore.core.calibrate import decision_offset, tail_threshold
 from fleetscore.core.context import CONTEXT_FEATURES, HEAVY_TAILED, SHORT_HISTORY, context_features
 from fleetscore.core.fitting import FitSettings, fit_shard
-from fleetscore.core.kinds import bundle_from_arrays, bundle_to_arrays, get_kind, score_bundle
+from fleetscore.core.kinds import (
+    bundle_from_arrays,
+    bundle_to_arrays,
+    get_kind,
+    score_and_severity_bundle,
+    score_bundle,
+    severity_bundle,
+)
 from fleetscore.errors import InputError, ModelFormatError
 
 RNG = np.random.default_rng(8)
@@ -71,6 +78,11 @@ def test_mixed_bundle_scores_each_kind_with_its_own_models() -> None:
     got = score_bundle(bundle, kinds, slots, X)
     np.testing.assert_array_equal(got[0::2], ocsvm.decision_function(oc, slots[0::2], X[0::2]))
     np.testing.assert_array_equal(got[1::2], robust.decision_function(rb, slots[1::2], X[1::2]))
+    # scoring writes both from one pass per kind: the same decisions, and each kind's own severities
+    decision, severity = score_and_severity_bundle(bundle, kinds, slots, X)
+    np.testing.assert_array_equal(decision, got)
+    np.testing.assert_array_equal(severity, severity_bundle(bundle, kinds, slots, X))
+    assert np.isnan(severity[0::2]).all() and np.isfinite(severity[1::2]).all()  # ocsvm has no calibrated tail
 
 
 def test_format_1_shards_still_load_as_ocsvm() -> None:
