@@ -141,14 +141,18 @@ def day_phase(ts: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return phase
 
 
-def build_features(readings: pa.Table, spec: FeatureSpec) -> tuple[pa.Table, np.ndarray]:
-    """Scored rows (with ts, device, sensor, value and, for windows, the aggregates) and X."""
+def build_features(readings: pa.Table, spec: FeatureSpec, grouped: bool = False) -> tuple[pa.Table, np.ndarray]:
+    """Scored rows (with ts, device, sensor, value and, for windows, the aggregates) and X.
+
+    ``grouped``: the readings already hold each (device, sensor)'s rows together and in time order (as
+    `fleetscore.storage.readings.ReadingStore.read_range` returns them), so context features keep that
+    order instead of sorting by key again."""
     if spec.name == "raw":
         meta = readings.select(["ts", "device", "sensor", "value"])
         x = readings.column("value").to_numpy().reshape(-1, 1).astype(np.float64, copy=False)
         return meta, x
     if spec.name == "context":
-        return _context(readings)
+        return _context(readings, grouped)
     agg = tumbling_aggregate(readings.select(["ts", "device", "sensor", "value"]), spec.width_s)
     meta = pa.table(
         {
@@ -163,10 +167,11 @@ def build_features(readings: pa.Table, spec: FeatureSpec) -> tuple[pa.Table, np.
     return meta, window_feature_matrix(agg)
 
 
-def _context(readings: pa.Table) -> tuple[pa.Table, np.ndarray]:
-    """One row per reading, sorted by (device, sensor, ts), with its context features."""
+def _context(readings: pa.Table, grouped: bool) -> tuple[pa.Table, np.ndarray]:
+    """One row per reading, grouped by (device, sensor) in time order (sorted so unless ``grouped``), with
+    its context features."""
     meta = readings.select(["ts", "device", "sensor", "value"])
-    if meta.num_rows:
+    if meta.num_rows and not grouped:
         meta = meta.sort_by([("device", "ascending"), ("sensor", "ascending"), ("ts", "ascending")])
     starts = group_bounds(meta.column("device"), meta.column("sensor"))[:-1]
     return meta, context_features(meta.column("value").to_numpy(), starts)

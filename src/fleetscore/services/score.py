@@ -115,7 +115,7 @@ def score_shard(task: ScoreTask) -> ScoreOutcome:
                                      task.from_us)
         readings = readings.filter(pa.array(~mine))
 
-    meta, x = build_features(readings, spec)
+    meta, x = build_features(readings, spec, grouped=True)  # read_history's rows: by key, then time
     # history is read for the features; of it, the rows the models' rules compare the window's first rows
     # with are scored too (`history_rows`), but only the window's own readings (windows overlapping it) are kept
     in_window = np.ones(meta.num_rows, dtype=bool)
