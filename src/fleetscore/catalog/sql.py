@@ -139,9 +139,8 @@ class VersionRecord:
 
     def as_dict(self) -> dict[str, Any]:
         """The record with its times as ISO 8601 text (the training span to the second, created to the µs)."""
-        return self.__dict__ | {"created_at": iso_us(self.created_at),
-                                "train_from": None if self.train_from is None else iso(self.train_from),
-                                "train_to": None if self.train_to is None else iso(self.train_to)}
+        return self.__dict__ | {"created_at": iso_us(self.created_at), "train_from": _text(self.train_from),
+                                "train_to": _text(self.train_to)}
 
 
 class Catalog:
