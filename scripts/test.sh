@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install everything the test suite needs on a fresh machine, then run the whole suite.
-# Services (mosquitto, moto, Azurite, Ray, Chromium) are started by the tests themselves on free
+# Services (mosquitto, nats-server, the Kafka-protocol broker of librdkafka, moto, Azurite, Ray, Chromium) are started by the tests themselves on free
 # loopback ports and stopped afterwards; PostgreSQL tests use localhost:5432 when it is reachable
 # (tests/schedule starts its own PostgreSQL server on a free port).
 set -euo pipefail
@@ -9,6 +9,8 @@ cd "$(dirname "$0")/.."
 need_apt=()
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 command -v mosquitto >/dev/null 2>&1 || need_apt+=(mosquitto)
+# a private JetStream server per NATS test (Kafka tests use the broker inside librdkafka: pip confluent-kafka)
+command -v nats-server >/dev/null 2>&1 || need_apt+=(nats-server)
 command -v node >/dev/null 2>&1 || need_apt+=(nodejs npm)
 # PostgreSQL server binaries: tests/schedule starts a private server (initdb + postgres) on a free port
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || need_apt+=(postgresql)

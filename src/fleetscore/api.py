@@ -42,6 +42,7 @@ from fleetscore.storage.readings import ReadingStore
 if TYPE_CHECKING:
     from fleetscore.config import IngestSettings
     from fleetscore.ingest.runtime import IngestRuntime
+    from fleetscore.ingest.streams import SourceStatus
 
 Progress = Callable[[int, int], None]
 Time = str | datetime
@@ -112,6 +113,13 @@ class Fleet:
         from fleetscore.ingest.runtime import IngestRuntime
 
         return IngestRuntime(self.config.home, self.storage, settings or self.config.ingest, source, self.clock)
+
+    def stream_sources(self) -> list[SourceStatus]:
+        """Each stream consumer's last status in this home (lag per partition, last message and commit)."""
+        from fleetscore.ingest.checkpoint import IngestPaths
+        from fleetscore.ingest.streams import read_statuses
+
+        return read_statuses(IngestPaths.of_home(self.config.home))
 
     def windows(self, start: Time, end: Time, width: str | None = None) -> pa.Table:
         """Closed stream windows starting in [start, end) (width default: the ``[ingest] window``)."""

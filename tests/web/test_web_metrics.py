@@ -92,3 +92,24 @@ def test_metrics_and_views_follow_runs_made_after_the_app_started(tmp_path) -> N
         assert value(m, "fleetscore_rows_scored_total") == sum(r.rows for r in runs) > 0
         assert client.get("/api/overview", params=window).json()["rows"] == sum(r.rows for r in runs)
     fleet.close()
+
+
+def test_stream_consumer_lag_is_exported_and_shown(client, web_fleet) -> None:  # type: ignore[no-untyped-def]
+    from fleetscore.ingest.checkpoint import IngestPaths, write_atomic
+    from fleetscore.ingest.streams import SourceStatus
+
+    paths = IngestPaths.of_home(web_fleet.config.home)
+    paths.status_dir.mkdir(parents=True, exist_ok=True)
+    kafka = SourceStatus("kafka:fleet:a", {("readings", "0"): 12, ("readings", "1"): 0},
+                         last_message_at_us=1_700_000_000_000_000, last_commit_at_us=1_700_000_000_500_000)
+    nats = SourceStatus("nats:D:b", {("READINGS", "-"): 7})
+    for status in (kafka, nats):
+        write_atomic(paths.status_dir / f"{status.source}.json", status.encode())
+    m = scrape(client)
+    assert value(m, "fleetscore_ingest_lag", source="kafka:fleet:a", partition="0") == 12
+    assert value(m, "fleetscore_ingest_lag", source="kafka:fleet:a", partition="1", topic="readings") == 0
+    assert value(m, "fleetscore_ingest_lag", source="nats:D:b", partition="-") == 7
+    page = client.get("/").text
+    assert "kafka:fleet:a" in page and "nats:D:b" in page
+    for status in (kafka, nats):
+        (paths.status_dir / f"{status.source}.json").unlink()

@@ -1,4 +1,5 @@
-"""Streaming commands: ``serve`` (HTTP ingest + dashboard), ``compact``, ``windows`` and the ``ingest`` group (mqtt)."""
+"""Streaming commands: ``serve`` (HTTP ingest + dashboard), ``compact``, ``windows`` and the ``ingest`` group
+(mqtt, kafka, nats, status)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import typer
 from fleetscore.cli.output import HomeOpt, JsonOpt, console, emit, export, handle_errors, open_fleet, table
 
 commands = typer.Typer()
-ingest = typer.Typer(help="Streaming ingest clients (MQTT).", no_args_is_help=True)
+ingest = typer.Typer(help="Streaming ingest clients (MQTT, Kafka protocol, NATS JetStream) and their status.",
+                     no_args_is_help=True)
 
 IntervalOpt = Annotated[
     str | None,
@@ -139,3 +141,152 @@ def mqtt(
     payload |= runtime.stats()
     emit(json_out, payload, lambda c: c.print(f"received {subscriber.messages:,} messages, "
                                               f"accepted {payload.get('accepted_total', 0):,} readings"))
+
+
+FormatOpt = Annotated[str, typer.Option(
+    "--format", help="Payload format of messages without a content-type header: json, ndjson, csv or arrow.")]
+MemberOpt = Annotated[str | None, typer.Option(
+    help="This process's name in the group (default: the host name); names its log, so one per process.")]
+
+
+def _member(member: str | None) -> str:
+    import re
+    import socket
+
+    return member or re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname())[:64] or "member"
+
+
+def _format(fmt: str) -> str:
+    from fleetscore.errors import InputError
+    from fleetscore.ingest.messages import FORMATS
+
+    if fmt not in FORMATS:
+        raise InputError(f"--format must be one of {', '.join(FORMATS)}, got {fmt[:40]!r}")
+    return fmt
+
+
+def _run_stream(fleet: Any, source: str, fmt: str, compact_interval: str | None, json_out: bool,
+                consume: Any, describe: str) -> None:
+    """Start the log writer of ``source``, run ``consume(sink, stop, err)`` until a signal, then stop cleanly."""
+    import signal
+    import threading
+
+    from fleetscore.ingest.streams import StreamSink
+
+    runtime = fleet.ingest_runtime(source, _settings(fleet, compact_interval))
+    err = console(stderr=True)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    err.print(f"{source}: connecting to {describe} (Ctrl-C to stop)")
+    sink = StreamSink(runtime.start(), fmt, fleet.clock)
+    consumer = None
+    try:
+        consumer = consume(sink, stop, err)
+    finally:
+        payload = (consumer.stats() if consumer is not None else sink.stats()) | runtime.stats()
+        runtime.stop(compact=True)
+    payload |= runtime.stats()
+    emit(json_out, payload, lambda c: c.print(f"received {sink.messages:,} messages, "
+                                              f"accepted {payload.get('accepted_total', 0):,} readings"))
+
+
+@ingest.command("kafka")
+@handle_errors
+def kafka(
+    topic: Annotated[list[str], typer.Option("--topic", help="Topic to consume (repeat for several).")],
+    group: Annotated[str, typer.Option(help="Consumer group: members of one group share the partitions.")],
+    bootstrap: Annotated[str | None, typer.Option(
+        help="Brokers, HOST:PORT[,HOST:PORT] (default for Event Hubs: from FLEETSCORE_KAFKA_CONNECTION_STRING).")] = None,
+    member: MemberOpt = None,
+    fmt: FormatOpt = "json",
+    start: Annotated[str, typer.Option(help="Where a group without committed offsets starts: earliest or latest.")] = "earliest",
+    sasl_mechanism: Annotated[str | None, typer.Option(
+        help="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (credentials: FLEETSCORE_KAFKA_USERNAME / _PASSWORD).")] = None,
+    tls: Annotated[bool, typer.Option("--tls", help="Connect with TLS.")] = False,
+    ca_file: Annotated[str | None, typer.Option(help="CA certificate (PEM) to verify the brokers.")] = None,
+    cert_file: Annotated[str | None, typer.Option(help="Client certificate (PEM) for mutual TLS.")] = None,
+    key_file: Annotated[str | None, typer.Option(help="Client key (PEM) for mutual TLS.")] = None,
+    prop: Annotated[list[str] | None, typer.Option(
+        "-X", "--property", help="Any other librdkafka property, KEY=VALUE (repeatable; not secrets).")] = None,
+    compact_interval: IntervalOpt = None,
+    home: HomeOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Consume Kafka-protocol topics as a group member; offsets are committed only once readings are durable."""
+    from fleetscore.errors import InputError
+    from fleetscore.ingest.kafka import KafkaIngest, client_config, parse_properties
+    from fleetscore.ingest.streams import source_name
+
+    name = _member(member)
+    source = source_name("kafka", group, name)
+    if start not in ("earliest", "latest"):
+        raise InputError(f"--start must be earliest or latest, got {start[:40]!r}")
+    fleet = open_fleet(home)
+    conf = client_config(bootstrap=bootstrap, group=group, member=name, credentials=fleet.config.kafka,
+                         sasl_mechanism=sasl_mechanism, tls=tls, ca_file=ca_file, cert_file=cert_file,
+                         key_file=key_file, start=start, extra=parse_properties(prop or []))
+
+    def consume(sink: Any, stop: Any, err: Any) -> Any:
+        consumer = KafkaIngest(sink, conf, list(topic), on_assigned=lambda parts: err.print(
+            f"assigned {len(parts)} partition(s): " + ", ".join(f"{t}/{p}" for t, p in parts)))
+        consumer.run(stop)
+        return consumer
+
+    _run_stream(fleet, source, _format(fmt), compact_interval, json_out, consume, conf["bootstrap.servers"])
+
+
+@ingest.command("nats")
+@handle_errors
+def nats(
+    stream: Annotated[str, typer.Option(help="JetStream stream to consume.")],
+    durable: Annotated[str, typer.Option(help="Durable pull consumer: processes with one durable share its messages.")],
+    server: Annotated[str, typer.Option(help="Server URL, nats://HOST:PORT (tls://HOST:PORT for TLS).")] = "nats://127.0.0.1:4222",
+    subject: Annotated[str, typer.Option(
+        help="Subject filter; the last two tokens may carry device and sensor (fleet.<device>.<sensor>).")] = "fleet.>",
+    create_stream: Annotated[bool, typer.Option("--create-stream", help="Create the stream if it does not exist.")] = False,
+    ack_wait: Annotated[str, typer.Option(
+        help="Redelivery delay of unacknowledged messages for a new durable, e.g. 30s.")] = "30s",
+    member: MemberOpt = None,
+    fmt: FormatOpt = "json",
+    ca_file: Annotated[str | None, typer.Option(help="CA certificate (PEM) to verify the server.")] = None,
+    cert_file: Annotated[str | None, typer.Option(help="Client certificate (PEM) for mutual TLS.")] = None,
+    key_file: Annotated[str | None, typer.Option(help="Client key (PEM) for mutual TLS.")] = None,
+    compact_interval: IntervalOpt = None,
+    home: HomeOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Pull from a JetStream durable consumer; each message is acknowledged once its readings are durable."""
+    from fleetscore.core.times import parse_duration
+    from fleetscore.ingest.nats import NatsIngest, NatsTarget
+    from fleetscore.ingest.streams import source_name
+
+    source = source_name("nats", durable, _member(member))
+    fleet = open_fleet(home)
+    target = NatsTarget.build(server=server, stream=stream, subject=subject, durable=durable,
+                              create_stream=create_stream, ack_wait_s=parse_duration(ack_wait),
+                              credentials=fleet.config.nats, ca_file=ca_file, cert_file=cert_file, key_file=key_file)
+
+    def consume(sink: Any, stop: Any, err: Any) -> Any:
+        consumer = NatsIngest(sink, target, on_subscribed=lambda: err.print(
+            f"consuming {stream} ({subject}) as durable {durable}"))
+        consumer.run(stop)
+        return consumer
+
+    _run_stream(fleet, source, _format(fmt), compact_interval, json_out, consume, server)
+
+
+@ingest.command("status")
+@handle_errors
+def status(home: HomeOpt = None, json_out: JsonOpt = False) -> None:
+    """Stream consumers of this home: lag per partition, last message and last commit."""
+    from fleetscore.ingest.checkpoint import IngestPaths
+    from fleetscore.ingest.streams import read_statuses
+
+    fleet = open_fleet(home)
+    sources = [s.as_dict() for s in read_statuses(IngestPaths.of_home(fleet.config.home))]
+    rows = [[s["source"], "-" if s["lag"] is None else f"{s['lag']:,}", s["last_message_at"] or "-",
+             s["last_commit_at"] or "-", s["updated_at"] or "-"] for s in sources]
+    emit(json_out, sources, lambda c: c.print(
+        table("stream sources", ["source", "lag", "last message", "last commit", "updated"], rows)
+        if rows else "no stream consumer has run on this home"))

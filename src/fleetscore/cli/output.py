@@ -64,7 +64,7 @@ def console(stderr: bool = False) -> Any:
     return Console(stderr=stderr, highlight=False, soft_wrap=True)
 
 
-def emit(json_mode: bool, payload: dict[str, Any], human: Callable[[Any], None]) -> None:
+def emit(json_mode: bool, payload: dict[str, Any] | list[Any], human: Callable[[Any], None]) -> None:
     if json_mode:
         sys.stdout.write(to_json(payload) + "\n")
     else:

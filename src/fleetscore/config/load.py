@@ -24,17 +24,20 @@ from fleetscore.config.sections import (
     WebSettings,
     kernel_choice,
 )
+from fleetscore.config.streams import KafkaSettings, NatsSettings
 from fleetscore.config.values import Parser, parse_section, text, whole
 from fleetscore.errors import ConfigError
 
 DEFAULT_HOME = "./fleetscore-home"
 CONFIG_FILE = "fleetscore.toml"
 
-Section = StorageSettings | CatalogSettings | ExecutorSettings | TrainSettings | ScheduleSettings | IngestSettings | WebSettings
+Section = (StorageSettings | CatalogSettings | ExecutorSettings | TrainSettings | ScheduleSettings | IngestSettings
+           | WebSettings | KafkaSettings | NatsSettings)
 #: toml section -> its settings class (the Config field of the same name)
 SECTIONS: dict[str, type[Section]] = {
     "storage": StorageSettings, "catalog": CatalogSettings, "executor": ExecutorSettings, "train": TrainSettings,
-    "schedule": ScheduleSettings, "ingest": IngestSettings, "web": WebSettings,
+    "schedule": ScheduleSettings, "ingest": IngestSettings, "web": WebSettings, "kafka": KafkaSettings,
+    "nats": NatsSettings,
 }
 #: environment variable -> (section, field, parser)
 ENV_KEYS: dict[str, tuple[str, str, Parser]] = {
@@ -47,6 +50,12 @@ ENV_KEYS: dict[str, tuple[str, str, Parser]] = {
     "FLEETSCORE_SHARD_MODELS": ("executor", "shard_models", whole),
     "FLEETSCORE_KERNEL": ("executor", "kernel", kernel_choice),
     "FLEETSCORE_TOKEN": ("web", "token", text),
+    "FLEETSCORE_KAFKA_CONNECTION_STRING": ("kafka", "connection_string", text),
+    "FLEETSCORE_KAFKA_USERNAME": ("kafka", "username", text),
+    "FLEETSCORE_KAFKA_PASSWORD": ("kafka", "password", text),
+    "FLEETSCORE_NATS_CREDS": ("nats", "creds", text),
+    "FLEETSCORE_NATS_USER": ("nats", "user", text),
+    "FLEETSCORE_NATS_PASSWORD": ("nats", "password", text),
 }
 #: flag (keyword of `Config.with_overrides`, `Fleet.open`) -> (section, field)
 FLAGS: dict[str, tuple[str, str]] = {
@@ -70,6 +79,8 @@ class Config:
     schedule: ScheduleSettings = field(default_factory=ScheduleSettings)
     ingest: IngestSettings = field(default_factory=IngestSettings)
     web: WebSettings = field(default_factory=WebSettings)
+    kafka: KafkaSettings = field(default_factory=KafkaSettings)
+    nats: NatsSettings = field(default_factory=NatsSettings)
 
     @property
     def file(self) -> Path:

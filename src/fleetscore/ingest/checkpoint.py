@@ -1,10 +1,11 @@
 """Where compaction stands: the ingest folders of a home and the checkpoint file.
 
-    <home>/ingest/log/<source>/seg-*.log   the durable log of each writer (http, mqtt)
+    <home>/ingest/log/<source>/seg-*.log   the durable log of each writer (http, mqtt, kafka:…, nats:…)
     <home>/ingest/checkpoint.json          per log (segment, offset) compacted so far, the stream state file
     <home>/ingest/state/state-<seq>.arrow  open stream windows as of that checkpoint
     <home>/ingest/staged/                  one compaction step decided but not yet applied (see compact.py)
     <home>/ingest/keys/keys-<seq>.arrow    Idempotency-Keys of the batches compacted in step <seq>
+    <home>/ingest/sources/<source>.json    a stream consumer's lag and last message / commit times
     <home>/ingest/compact.lock             one compaction at a time, in whichever process
 
 A position ``(segment, offset)`` means: every record before it is compacted. The checkpoint file
@@ -14,15 +15,14 @@ is replaced atomically (written aside, fsynced, renamed), so a crash leaves the 
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fleetscore.errors import StorageError
 from fleetscore.storage.fs import atomic_local_write
+from fleetscore.storage.layout import SOURCE_RE
 
-_SOURCE_RE = re.compile(r"^[a-z0-9_-]{1,32}$")
 Position = tuple[int, int]
 
 
@@ -41,13 +41,13 @@ class IngestPaths:
         return self.root / "log"
 
     def log_dir(self, source: str) -> Path:
-        if not _SOURCE_RE.match(source):
+        if not SOURCE_RE.match(source):
             raise StorageError(f"bad ingest source name {source[:40]!r}")
         return self.log_root / source
 
     def sources(self) -> list[str]:
         try:
-            return sorted(p.name for p in self.log_root.iterdir() if p.is_dir() and _SOURCE_RE.match(p.name))
+            return sorted(p.name for p in self.log_root.iterdir() if p.is_dir() and SOURCE_RE.match(p.name))
         except FileNotFoundError:
             return []
 
@@ -66,6 +66,11 @@ class IngestPaths:
     @property
     def keys_dir(self) -> Path:
         return self.root / "keys"
+
+    @property
+    def status_dir(self) -> Path:
+        """Stream consumers' status files (lag, last message and commit), one per source."""
+        return self.root / "sources"
 
     @property
     def compact_lock(self) -> Path:

@@ -92,11 +92,15 @@ def media_kind(content_type: str | None) -> str:
     return kind
 
 
-def parse_body(body: bytes, kind: str, max_rows: int) -> ParsedBody:
-    """Parse a body of the given kind (see :func:`media_kind`); at most ``max_rows`` rows."""
+def parse_body(body: bytes, kind: str, max_rows: int, optional: tuple[str, ...] = ()) -> ParsedBody:
+    """Parse a body of the given kind (see :func:`media_kind`); at most ``max_rows`` rows. A CSV or
+    Arrow body may lack the ``optional`` columns (a stream message that names its device or sensor)."""
     if not body.strip():
         raise BodyError("the request body is empty; send a batch of readings")
-    parsed = {"json": parse_json, "ndjson": parse_ndjson, "csv": parse_csv, "arrow": parse_arrow}[kind](body, max_rows)
+    if kind in ("csv", "arrow"):
+        parsed = (parse_csv if kind == "csv" else parse_arrow)(body, max_rows, optional)
+    else:
+        parsed = (parse_json if kind == "json" else parse_ndjson)(body, max_rows)
     if parsed.total > max_rows:
         raise BodyTooLarge(f"the batch has {parsed.total} rows; the limit is {max_rows} per request")
     return parsed
@@ -176,7 +180,7 @@ def _text(value: object, is_time: bool) -> str | None:
     return orjson.dumps(value).decode()[:_SNIPPET]
 
 
-def parse_csv(body: bytes, max_rows: int) -> ParsedBody:
+def parse_csv(body: bytes, max_rows: int, optional: tuple[str, ...] = ()) -> ParsedBody:
     import pyarrow.csv as pacsv
 
     from fleetscore.storage.files import resolve_columns
@@ -184,7 +188,7 @@ def parse_csv(body: bytes, max_rows: int) -> ParsedBody:
     header = body.split(b"\n", 1)[0] + b"\n"
     try:
         names = pacsv.read_csv(pa.py_buffer(header)).schema.names
-        cols = resolve_columns(names, None)
+        cols = resolve_columns(names, None, optional)
     except (pa.ArrowInvalid, UnicodeDecodeError, InputError):
         raise BodyError("the CSV header must name the columns ts, device, sensor, value (or TS,Device,Tag,Value); "
                         f"found {header[:200].decode('utf-8', 'replace')!r}") from None
@@ -215,7 +219,7 @@ def parse_csv(body: bytes, max_rows: int) -> ParsedBody:
     return ParsedBody(table, rows, bad)
 
 
-def parse_arrow(body: bytes, max_rows: int) -> ParsedBody:
+def parse_arrow(body: bytes, max_rows: int, optional: tuple[str, ...] = ()) -> ParsedBody:
     try:
         reader = pa.ipc.open_stream(pa.py_buffer(body))
         batches, n = [], 0
@@ -227,8 +231,8 @@ def parse_arrow(body: bytes, max_rows: int) -> ParsedBody:
         table.validate(full=True)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, OSError) as exc:
         raise BodyError(f"the body is not a valid Arrow IPC stream: {str(exc)[:300]}") from None
-    missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
+    missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names and c not in optional]
     if missing:
         raise BodyError(f"the Arrow stream lacks column(s) {', '.join(missing)}; "
                         f"it has {', '.join(table.column_names)[:200] or 'none'}")
-    return ParsedBody(table.select(list(REQUIRED_COLUMNS)))
+    return ParsedBody(table.select([c for c in REQUIRED_COLUMNS if c in table.column_names]))

@@ -46,8 +46,9 @@ def parse_column_map(text: str | None) -> dict[str, str] | None:
     return mapping
 
 
-def resolve_columns(names: list[str], mapping: dict[str, str] | None) -> dict[str, str]:
-    """Map canonical names to the file's column names, by --columns or by known aliases."""
+def resolve_columns(names: list[str], mapping: dict[str, str] | None, optional: tuple[str, ...] = ()) -> dict[str, str]:
+    """Map canonical names to the file's column names, by --columns or by known aliases; an ``optional``
+    column may be absent (it is then left out of the mapping)."""
     if mapping:
         absent = [src for src in mapping.values() if src not in names]
         if absent:
@@ -57,6 +58,8 @@ def resolve_columns(names: list[str], mapping: dict[str, str] | None) -> dict[st
     found: dict[str, str] = {}
     for canonical, aliases in ALIASES.items():
         match = next((lower[a] for a in aliases if a in lower), None)
+        if match is None and canonical in optional:
+            continue
         if match is None:
             raise InputError(
                 f"cannot find a {canonical} column among {', '.join(names)[:200]}; "

@@ -23,7 +23,9 @@ from fleetscore.errors import InputError
 
 _VERSION_RE = re.compile(r"^v[0-9]{1,9}$")
 _RUN_RE = re.compile(r"^[0-9a-f]{8,32}$")
-_SOURCE_RE = re.compile(r"^[a-z0-9_-]{1,32}$")
+#: An ingest source: ``http``, ``mqtt``, ``import``, ``late``, or a stream consumer ``kafka:<group>:<member>`` /
+#: ``nats:<durable>:<member>`` (it names log folders and quarantine partitions).
+SOURCE_RE = re.compile(r"^(?:[a-z0-9_-]{1,32}|(?:kafka|nats):[A-Za-z0-9._-]{1,64}:[A-Za-z0-9._-]{1,64})$")
 _PART_RE = re.compile(r"^part-[0-9a-f-]{1,100}\.parquet$")
 
 
@@ -142,7 +144,7 @@ def commit_key(from_us: int, to_us: int) -> str:
 
 def quarantine_key(source: str, day_us: int, batch: str) -> str:
     """The quarantine file of one batch of ``source``, in the folder of the UTC day ``day_us`` falls on."""
-    if not _SOURCE_RE.match(source) or not _RUN_RE.match(batch):
+    if not SOURCE_RE.match(source) or not _RUN_RE.match(batch):
         raise InputError(f"bad quarantine source/batch {source!r}/{batch!r}")
     return f"quarantine/source={source}/date={day_text(day_us)}/{batch}.parquet"
 

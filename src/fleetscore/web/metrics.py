@@ -14,6 +14,8 @@ ingest metrics come from ``app.state.ingest.stats()`` when the app runs ingest.
     fleetscore_ingest_accepted_total / _rejected_total   readings accepted / rejected by ingest
     fleetscore_ingest_<name>                             every other number ingest reports (``*_total``
                                                          as counters, the rest as gauges)
+    fleetscore_ingest_lag{source,partition,topic}        messages a stream consumer is behind (Kafka: per
+                                                         partition; NATS: per consumer, partition "-")
 
 Totals come from the catalog, so they go down if old runs are deleted by retention; Prometheus
 treats that as a counter reset.
@@ -67,6 +69,12 @@ class FleetCollector:
                                     "Unix time the last succeeded run finished.",
                                     value=stats.last_success_at / 1e6)
         yield from _ingest_families(self.ingest())
+        lag = GaugeMetricFamily("fleetscore_ingest_lag", "Messages a stream consumer is behind its broker.",
+                                labels=["source", "partition", "topic"])
+        for source in self.fleet.stream_sources():
+            for (topic, partition), behind in sorted(source.lag.items()):
+                lag.add_metric([source.source, partition, topic], behind)
+        yield lag
 
 
 def _ingest_families(stats: dict[str, Any] | None) -> Iterator[Any]:

@@ -111,6 +111,7 @@ class Overview:
     anomalies: int
     anomalies_per_hour: list[HourCount]
     ingest: dict[str, Any] | None
+    streams: list[dict[str, Any]]  # stream consumers' status (``SourceStatus.as_dict``)
 
 
 @dataclass(frozen=True)
@@ -322,6 +323,7 @@ def overview(fleet: Fleet, ingest: dict[str, Any] | None, hours: int = DEFAULT_H
         anomalies_per_hour=[HourCount(h, int(r), int(a)) for h, r, a in
                             zip(_hours(grid.hours_us), grid.rows[0], grid.anomalies[0])],
         ingest=ingest,
+        streams=[source.as_dict() for source in fleet.stream_sources()],
     )
 
 
