@@ -1,7 +1,7 @@
 """Ingest throughput with durability on: HTTP (Arrow, JSON, CSV bodies of 10k readings), MQTT (1 and 100
 readings per message), and the stream window engine; client and server on this machine.
 
-    python bench/ingest.py [--seconds 5] [--connections 4] [--messages 20000] [--skip-mqtt]
+    python bench/ingest.py [--source all|http|mqtt|kafka|nats] [--seconds 5] [--connections 4] [--messages 20000]
 
 HTTP: a fresh home, ``fleetscore serve`` (compaction off during the run), and a lean load generator
 (raw sockets, pre-built requests, several keep-alive connections in a separate process) sending for
@@ -12,6 +12,13 @@ MQTT: a private mosquitto, ``fleetscore ingest mqtt``, and a raw-socket QoS 1 pu
 controlled on the broker's PUBACKs); the clock stops when the subscriber's log holds every reading
 (written and fsynced: the subscriber acknowledges only then). Reports readings/s, messages/s and the
 subscriber's CPU-seconds per million readings.
+
+Kafka: librdkafka's Kafka-protocol broker (``tests/ingest/kafka_broker.py``), ``fleetscore ingest kafka``
+with its member assigned, then a producer process sends every message; the clock stops when the
+consumer's log holds every reading (durable: offsets are committed only then). 100 readings per
+message as Arrow IPC and 1 per message as JSON; beside them the broker's own limit: a plain
+confluent-kafka consumer that does nothing with the same messages. NATS: a private ``nats-server
+-js``, ``fleetscore ingest nats --create-stream``, a publisher process, 100 readings per message.
 
 Window engine: :func:`fleetscore.core.stream.advance` over batches of 1M readings (1,000 keys),
 readings/s. Prints one Markdown table.
@@ -31,6 +38,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -246,6 +254,165 @@ def bench_mqtt(per_message: int, messages: int) -> dict:
         shutil.rmtree(root, ignore_errors=True)
 
 
+def _kafka_producer(bootstrap: str, topic: str, per_message: int, messages: int, fmt: str, ready: Any = None) -> None:
+    from confluent_kafka import Producer
+
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "batch.num.messages": 10_000,
+                         "queue.buffering.max.messages": 2_000_000})
+    payloads = _payloads(per_message, messages, fmt, "/")
+    if ready is not None:
+        ready.set()  # the clock starts once the messages are built
+    for m, (key, value) in enumerate(payloads):
+        while True:
+            try:
+                producer.produce(topic, value, key=key)
+                break
+            except BufferError:
+                producer.poll(0.01)
+        if m % 10_000 == 0:
+            producer.poll(0)
+    assert producer.flush(120) == 0
+
+
+def _payloads(per_message: int, messages: int, fmt: str, sep: str) -> list[tuple[str, bytes]]:
+    """``(device<sep>sensor, value)`` per message: JSON arrays or Arrow IPC streams of ts/value."""
+    start_us = (time.time_ns() // 1000) - 3_600_000_000
+    out = []
+    for m in range(messages):
+        base = start_us + m * per_message * 1000
+        key = f"dev-{m % 250:04d}{sep}s{m % 4}"
+        if fmt == "arrow":
+            table = pa.table({"ts": pa.array(base + np.arange(per_message) * 1000, pa.timestamp("us", "UTC")),
+                              "value": np.arange(per_message, dtype=np.float64)})
+            out.append((key, body(table, "arrow")[0]))
+        else:
+            items = [{"ts": (base + j * 1000) / 1e6, "value": float(j)} for j in range(per_message)]
+            out.append((key, json.dumps(items[0] if per_message == 1 else items).encode()))
+    return out
+
+
+def _wait_logged(log_dir: Path, total: int) -> None:
+    seen: dict[str, int] = {}
+    got = 0
+    while got < total:
+        got += logged_readings(log_dir, seen)
+        if got < total:
+            time.sleep(0.02)
+
+
+def bench_kafka(per_message: int, messages: int, fmt: str) -> list[dict]:
+    root = Path(tempfile.mkdtemp(prefix="fleetscore-bench-"))
+    broker = subprocess.Popen([sys.executable, str(Path(__file__).resolve().parents[1] / "tests/ingest/kafka_broker.py")],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    home, sub = root / "home", None
+    try:
+        bootstrap = broker.stdout.readline().strip() if broker.stdout else ""
+        warm = mp.Process(target=_kafka_producer, args=(bootstrap, "bench", 1, 1, fmt))  # creates the topic
+        warm.start()
+        warm.join()
+        sub = subprocess.Popen([*CLI, "ingest", "kafka", "--bootstrap", bootstrap, "--topic", "bench", "--group", "bench",
+                                "--member", "m", "--home", str(home), "--compact-interval", "0", "--format", fmt],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        while "assigned" not in (sub.stderr.readline() if sub.stderr else "assigned"):
+            pass
+        total = messages * per_message + 1
+        ready = mp.Event()
+        producer = mp.Process(target=_kafka_producer, args=(bootstrap, "bench", per_message, messages, fmt, ready))
+        producer.start()
+        ready.wait()
+        cpu0, t0 = cpu_seconds(sub.pid), time.perf_counter()
+        _wait_logged(home / "ingest" / "log" / "kafka:bench:m", total)
+        wall, cpu = time.perf_counter() - t0, cpu_seconds(sub.pid) - cpu0
+        producer.join()
+        rows = [{"path": f"Kafka {per_message}/message ({fmt})", "readings_s": total / wall, "cpu_per_m": cpu / total * 1e6,
+                 "detail": f"{messages} messages, {messages / wall:,.0f} messages/s, {wall:.1f}s, producer in its own process"}]
+        rows.append(_plain_consumer(bootstrap, messages + 1, per_message))
+        return rows
+    finally:
+        for proc in (sub, broker):
+            if proc is not None:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _plain_consumer(bootstrap: str, messages: int, per_message: int) -> dict:
+    """The broker's limit: a consumer that only counts the messages (timed from its first message)."""
+    from confluent_kafka import Consumer
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "plain", "auto.offset.reset": "earliest",
+                         "enable.auto.commit": False})
+    consumer.subscribe(["bench"])
+    n, t0, last = 0, None, time.perf_counter()
+    deadline = time.perf_counter() + 120
+    while n < messages and time.perf_counter() < deadline:
+        got = consumer.consume(1000, 0.5)
+        if got:
+            t0 = t0 or time.perf_counter()
+            n += len(got)
+            last = time.perf_counter()
+    consumer.close()
+    wall = max(last - (t0 or last), 1e-9)
+    return {"path": f"  broker limit: plain consumer, {per_message}/message", "readings_s": n * per_message / wall,
+            "cpu_per_m": float("nan"), "detail": f"{n} messages, {n / wall:,.0f} messages/s, does nothing with them"}
+
+
+def _nats_publisher(port: int, per_message: int, messages: int, ready: Any) -> None:
+    import asyncio
+
+    import nats
+
+    payloads = _payloads(per_message, messages, "json", ".")
+
+    async def run() -> None:
+        nc = await nats.connect(f"nats://127.0.0.1:{port}")
+        js = nc.jetstream()
+        pending = []
+        ready.set()
+        for key, value in payloads:
+            pending.append(js.publish(f"fleet.{key}", value))
+            if len(pending) >= 500:
+                await asyncio.gather(*pending)
+                pending = []
+        await asyncio.gather(*pending)
+        await nc.close()
+
+    asyncio.run(run())
+
+
+def bench_nats(per_message: int, messages: int) -> dict:
+    root = Path(tempfile.mkdtemp(prefix="fleetscore-bench-"))
+    port = free_port()
+    server = subprocess.Popen(["nats-server", "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(root / "js")],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    home, sub = root / "home", None
+    try:
+        wait_port(port)
+        sub = subprocess.Popen([*CLI, "ingest", "nats", "--server", f"nats://127.0.0.1:{port}", "--stream", "BENCH",
+                                "--subject", "fleet.>", "--durable", "bench", "--create-stream", "--member", "m",
+                                "--home", str(home), "--compact-interval", "0"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        while "consuming" not in (sub.stderr.readline() if sub.stderr else "consuming"):
+            pass
+        total = messages * per_message
+        ready = mp.Event()
+        publisher = mp.Process(target=_nats_publisher, args=(port, per_message, messages, ready))
+        publisher.start()
+        ready.wait()
+        cpu0, t0 = cpu_seconds(sub.pid), time.perf_counter()
+        _wait_logged(home / "ingest" / "log" / "nats:bench:m", total)
+        wall, cpu = time.perf_counter() - t0, cpu_seconds(sub.pid) - cpu0
+        publisher.join()
+        return {"path": f"NATS JetStream {per_message}/message", "readings_s": total / wall, "cpu_per_m": cpu / total * 1e6,
+                "detail": f"{messages} messages, {messages / wall:,.0f} messages/s, {wall:.1f}s, publisher in its own process"}
+    finally:
+        for proc in (sub, server):
+            if proc is not None:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def bench_windows(batches: int = 10, size: int = 1_000_000) -> dict:
     from fleetscore.core.stream import advance, new_state
 
@@ -267,12 +434,22 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=4)
     parser.add_argument("--messages", type=int, default=20_000)
     parser.add_argument("--skip-mqtt", action="store_true")
+    parser.add_argument("--source", choices=["all", "http", "mqtt", "kafka", "nats"], default="all")
     args = parser.parse_args()
-    rows = [bench_http(fmt, args.seconds, args.connections) for fmt in ("arrow", "json", "csv")]
-    if not args.skip_mqtt:
+    want = {"http", "mqtt", "kafka", "nats"} if args.source == "all" else {args.source}
+    if args.skip_mqtt:
+        want.discard("mqtt")
+    rows = [bench_http(fmt, args.seconds, args.connections) for fmt in ("arrow", "json", "csv")] if "http" in want else []
+    if "mqtt" in want:
         rows.append(bench_mqtt(1, args.messages))
         rows.append(bench_mqtt(100, max(args.messages // 3, 100)))
-    rows.append(bench_windows())
+    if "kafka" in want:
+        rows += bench_kafka(100, max(args.messages // 2, 100), "arrow")
+        rows += bench_kafka(1, args.messages * 5, "json")
+    if "nats" in want:
+        rows.append(bench_nats(100, max(args.messages // 2, 100)))
+    if args.source == "all":
+        rows.append(bench_windows())
     print(f"cores: {os.cpu_count()}, durability: fsync per group commit\n")
     print("| path | readings/s | server CPU s per 1M readings | detail |")
     print("|---|---:|---:|---|")
