@@ -152,7 +152,14 @@ def parse_group(messages: list[StreamMessage], default_kind: str, max_bytes: int
     flush_json()
     origins = np.repeat(np.arange(len(messages)), counts)
     firsts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64) if len(messages) else counts
-    bodies = [ParsedBody(t, r) for t, r in zip(pieces, rows)]
+    runs: list[tuple[list[pa.Table], list[np.ndarray]]] = []  # consecutive pieces of one schema: admitted together
+    for table, local in zip(pieces, rows):
+        if runs and runs[-1][0][-1].schema.equals(table.schema):
+            runs[-1][0].append(table)
+            runs[-1][1].append(local)
+        else:
+            runs.append(([table], [local]))
+    bodies = [ParsedBody(pa.concat_tables(tables), np.concatenate(locals_)) for tables, locals_ in runs]
     if errors:
         bodies.append(from_objects([], np.array([], dtype=np.int64), sorted(errors)))
     return ParsedGroup(bodies, origins, firsts, [m.where for m in messages])
