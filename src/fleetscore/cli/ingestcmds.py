@@ -118,30 +118,19 @@ def mqtt(
     json_out: JsonOpt = False,
 ) -> None:
     """Subscribe with QoS 1 and acknowledge each message once its readings are durable; runs until stopped."""
-    import signal
-    import threading
-
     from fleetscore.ingest.mqtt import SOURCE, Broker, MqttIngest
 
     target = Broker.parse(broker)
     fleet = open_fleet(home)
-    runtime = fleet.ingest_runtime(SOURCE, _settings(fleet, compact_interval))
-    err = console(stderr=True)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    err.print(f"connecting to mqtt://{target.host}:{target.port} (Ctrl-C to stop)")
-    subscriber = MqttIngest(runtime.start(), target, topic, client_id,
-                            on_subscribed=lambda: err.print(f"subscribed to {topic} on mqtt://{target.host}:{target.port}"))
-    try:
-        subscriber.run(stop)
-    finally:
-        payload = subscriber.stats() | runtime.stats()
-        runtime.stop(compact=True)
-    payload |= runtime.stats()
-    emit(json_out, payload, lambda c: c.print(f"received {subscriber.messages:,} messages, "
-                                              f"accepted {payload.get('accepted_total', 0):,} readings"))
 
+    def consume(service: Any, stop: Any, err: Any) -> Any:
+        subscriber = MqttIngest(service, target, topic, client_id, on_subscribed=lambda: err.print(
+            f"subscribed to {topic} on mqtt://{target.host}:{target.port}"))
+        subscriber.run(stop)
+        return subscriber
+
+    _run_front_door(fleet, SOURCE, compact_interval, json_out, consume,
+                    f"connecting to mqtt://{target.host}:{target.port} (Ctrl-C to stop)")
 
 FormatOpt = Annotated[str, typer.Option(
     "--format", help="Payload format of messages without a content-type header: json, ndjson, csv or arrow.")]
@@ -165,30 +154,35 @@ def _format(fmt: str) -> str:
     return fmt
 
 
-def _run_stream(fleet: Any, source: str, fmt: str, compact_interval: str | None, json_out: bool,
-                consume: Any, describe: str) -> None:
-    """Start the log writer of ``source``, run ``consume(sink, stop, err)`` until a signal, then stop cleanly."""
+def _run_front_door(fleet: Any, source: str, compact_interval: str | None, json_out: bool, consume: Any,
+                    greeting: str) -> None:
+    """Start the log writer of ``source``, run ``consume(service, stop, err)`` until a signal, then stop
+    cleanly: the last records fsynced and compacted; prints the consumer's and the log's counters."""
     import signal
     import threading
-
-    from fleetscore.ingest.streams import StreamSink
 
     runtime = fleet.ingest_runtime(source, _settings(fleet, compact_interval))
     err = console(stderr=True)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    err.print(f"{source}: connecting to {describe} (Ctrl-C to stop)")
-    sink = StreamSink(runtime.start(), fmt, fleet.clock)
+    err.print(greeting)
+    service = runtime.start()
     consumer = None
     try:
-        consumer = consume(sink, stop, err)
+        consumer = consume(service, stop, err)
     finally:
-        payload = (consumer.stats() if consumer is not None else sink.stats()) | runtime.stats()
+        payload = (consumer.stats() if consumer is not None else {}) | runtime.stats()
         runtime.stop(compact=True)
     payload |= runtime.stats()
-    emit(json_out, payload, lambda c: c.print(f"received {sink.messages:,} messages, "
+    emit(json_out, payload, lambda c: c.print(f"received {payload.get('messages_total', 0):,} messages, "
                                               f"accepted {payload.get('accepted_total', 0):,} readings"))
+
+
+def _stream_sink(fleet: Any, service: Any, fmt: str) -> Any:
+    from fleetscore.ingest.streams import StreamSink
+
+    return StreamSink(service, fmt, fleet.clock)
 
 
 @ingest.command("kafka")
@@ -227,13 +221,16 @@ def kafka(
                          sasl_mechanism=sasl_mechanism, tls=tls, ca_file=ca_file, cert_file=cert_file,
                          key_file=key_file, start=start, extra=parse_properties(prop or []))
 
-    def consume(sink: Any, stop: Any, err: Any) -> Any:
-        consumer = KafkaIngest(sink, conf, list(topic), on_assigned=lambda parts: err.print(
+    kind = _format(fmt)
+
+    def consume(service: Any, stop: Any, err: Any) -> Any:
+        consumer = KafkaIngest(_stream_sink(fleet, service, kind), conf, list(topic), on_assigned=lambda parts: err.print(
             f"assigned {len(parts)} partition(s): " + ", ".join(f"{t}/{p}" for t, p in parts)))
         consumer.run(stop)
         return consumer
 
-    _run_stream(fleet, source, _format(fmt), compact_interval, json_out, consume, conf["bootstrap.servers"])
+    _run_front_door(fleet, source, compact_interval, json_out, consume,
+                    f"{source}: connecting to {conf['bootstrap.servers']} (Ctrl-C to stop)")
 
 
 @ingest.command("nats")
@@ -267,13 +264,15 @@ def nats(
                               create_stream=create_stream, ack_wait_s=parse_duration(ack_wait),
                               credentials=fleet.config.nats, ca_file=ca_file, cert_file=cert_file, key_file=key_file)
 
-    def consume(sink: Any, stop: Any, err: Any) -> Any:
-        consumer = NatsIngest(sink, target, on_subscribed=lambda: err.print(
+    kind = _format(fmt)
+
+    def consume(service: Any, stop: Any, err: Any) -> Any:
+        consumer = NatsIngest(_stream_sink(fleet, service, kind), target, on_subscribed=lambda: err.print(
             f"consuming {stream} ({subject}) as durable {durable}"))
         consumer.run(stop)
         return consumer
 
-    _run_stream(fleet, source, _format(fmt), compact_interval, json_out, consume, server)
+    _run_front_door(fleet, source, compact_interval, json_out, consume, f"{source}: connecting to {server} (Ctrl-C to stop)")
 
 
 @ingest.command("status")

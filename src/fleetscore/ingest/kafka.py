@@ -133,23 +133,8 @@ def key_ids(key: bytes | None) -> tuple[str | None, str | None]:
 
 def to_message(msg: Any) -> StreamMessage:
     """A confluent-kafka message → :class:`StreamMessage` (headers win over the key for the ids)."""
-    content_type = device = sensor = None
-    for name, raw in msg.headers() or ():
-        lowered = name.lower()
-        if raw is None:
-            continue
-        if lowered == "content-type":
-            content_type = raw.decode("latin-1")
-        elif lowered == "device":
-            device = raw.decode("utf-8", "replace")
-        elif lowered == "sensor":
-            sensor = raw.decode("utf-8", "replace")
-    if device is None or sensor is None:
-        key_device, key_sensor = key_ids(msg.key())
-        device = device if device is not None else key_device
-        sensor = sensor if sensor is not None else key_sensor
-    return StreamMessage(msg.value() or b"", f"topic={msg.topic()} partition={msg.partition()} offset={msg.offset()}",
-                         content_type, device, sensor)
+    return StreamMessage.of(msg.value() or b"", f"topic={msg.topic()} partition={msg.partition()} offset={msg.offset()}",
+                            msg.headers() or (), key_ids(msg.key()))
 
 
 class KafkaIngest:

@@ -14,6 +14,7 @@ message, so the quarantine says exactly which message to look at.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -40,6 +41,20 @@ class StreamMessage:
     content_type: str | None = None
     device: str | None = None
     sensor: str | None = None
+
+    @classmethod
+    def of(cls, value: bytes, where: str, headers: Iterable[tuple[str, str | bytes | None]],
+           fallback: tuple[str | None, str | None]) -> StreamMessage:
+        """A message whose ``content-type`` / ``device`` / ``sensor`` headers (any case) win over the
+        ``fallback`` ids the source derives otherwise (a Kafka key, a NATS subject)."""
+        found: dict[str, str] = {}
+        for name, raw in headers:
+            lowered = name.lower()
+            if raw is not None and lowered in ("content-type", "device", "sensor"):
+                found[lowered] = raw if isinstance(raw, str) else raw.decode("utf-8", "replace")
+        device = found.get("device", fallback[0])
+        sensor = found.get("sensor", fallback[1])
+        return cls(value, where, found.get("content-type"), device, sensor)
 
 
 @dataclass

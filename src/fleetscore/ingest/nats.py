@@ -150,24 +150,12 @@ def subject_ids(subject: str) -> tuple[str | None, str | None]:
 
 def to_message(msg: Any, stream: str) -> StreamMessage:
     """A nats-py JetStream message → :class:`StreamMessage` (headers win over the subject for the ids)."""
-    content_type = device = sensor = None
-    for name, value in (msg.headers or {}).items():
-        lowered = name.lower()
-        if lowered == "content-type":
-            content_type = value
-        elif lowered == "device":
-            device = value
-        elif lowered == "sensor":
-            sensor = value
-    if device is None or sensor is None:
-        subject_device, subject_sensor = subject_ids(msg.subject)
-        device = device if device is not None else subject_device
-        sensor = sensor if sensor is not None else subject_sensor
     try:
         seq: Any = msg.metadata.sequence.stream
     except Exception:  # noqa: BLE001 - not a JetStream message: cannot happen on a pull subscription
         seq = "?"
-    return StreamMessage(msg.data or b"", f"stream={stream} seq={seq} subject={msg.subject}", content_type, device, sensor)
+    return StreamMessage.of(msg.data or b"", f"stream={stream} seq={seq} subject={msg.subject}",
+                            (msg.headers or {}).items(), subject_ids(msg.subject))
 
 
 class NatsIngest:
