@@ -41,6 +41,7 @@ from fleetscore.storage.readings import ReadingStore
 
 if TYPE_CHECKING:
     from fleetscore.config import IngestSettings
+    from fleetscore.ingest.replay import ReplayResult
     from fleetscore.ingest.runtime import IngestRuntime
     from fleetscore.ingest.streams import SourceStatus
 
@@ -100,6 +101,12 @@ class Fleet:
     def quarantine(self, limit: int = 1000, source: str | None = None) -> pa.Table:
         """The most recent quarantined rows (of all sources, or of one: import, http, mqtt, late), newest files first."""
         return QuarantineStore(self.storage).recent(limit, source)
+
+    def replay_quarantine(self, reason: str = "late", device: str | None = None) -> ReplayResult:
+        """Land the readings quarantined as ``reason`` (late) and list the scored windows they touch."""
+        from fleetscore.ingest.replay import replay_quarantine
+
+        return replay_quarantine(self.storage, self.config.home, reason, device)
 
     # --- streaming ingest ----------------------------------------------------------------------
     def compact(self) -> Any:
@@ -208,10 +215,12 @@ class Fleet:
         return {"model_kind": "device", "sensors": sensors, "tick_s": float(params.tick_us[slot]) / 1e6,
                 "n_components": int(params.n_components[slot]), "n_train": int(pc.sum(same.column("n_train")).as_py())}
 
-    def import_sklearn(self, path: str | Path, device: str, sensor: str, features: str = "raw") -> VersionRecord:
+    def import_sklearn(self, path: str | Path, device: str, sensor: str, features: str = "raw",
+                       trust_pickle: bool = False) -> VersionRecord:
+        """A pickled scikit-learn pipeline as a new unreleased version; refused unless ``trust_pickle``."""
         from fleetscore.services.sklearn_import import import_sklearn
 
-        return self.catalog.get_version(import_sklearn(self.context, Path(path), device, sensor, features))
+        return self.catalog.get_version(import_sklearn(self.context, Path(path), device, sensor, features, trust_pickle))
 
     def health(self, run_id: str | None = None, last: int = 1) -> dict[str, Any]:
         """Models that runs marked unhealthy: of one run, or of the ``last`` finished runs."""

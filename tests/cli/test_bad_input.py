@@ -153,3 +153,46 @@ def test_corrupt_shard_fails_its_models_only(cli, home, fleet_csv, monkeypatch: 
     assert "task errors" in human and "times in ms" in human
     error_rows = [line for line in human.split("task errors", 1)[1].splitlines() if "not a readable model file" in line]
     assert error_rows and error_rows[0].split("│")[1].strip() == "1"  # the failed task's whole error, by its number
+
+
+def run_cli(*args: object, env: dict[str, str] | None = None) -> tuple[int, list[dict], str]:
+    """``fleetscore ARGS`` in a real process: exit code, the JSON objects on stdout (one per line), stderr."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", "from fleetscore.cli.main import main; main()", *map(str, args)],
+                          capture_output=True, text=True, timeout=120, env=os.environ | (env or {}))
+    return proc.returncode, [json.loads(line) for line in proc.stdout.splitlines() if line.strip()], proc.stderr
+
+
+def test_import_of_nanosecond_and_bad_parquet_keeps_the_json_contract(home, tmp_path: Path) -> None:
+    ns = 1_767_225_600_000_000_000
+    stamps = pa.array([ns + 1, ns + 999, ns + 1_000_000_001], pa.timestamp("ns"))  # the pandas default unit
+    pq.write_table(pa.table({"ts": stamps, "device": ["d"] * 3, "sensor": ["s"] * 3, "value": [1.0, 2.0, 3.0]}),
+                   tmp_path / "ns.parquet")
+    code, out, err = run_cli("import", tmp_path / "ns.parquet", "--json")
+    assert (code, len(out)) == (0, 1), err
+    assert out[0]["accepted"] == 2 and out[0]["duplicates"] == 1  # the first two truncate to the same µs
+    pq.write_table(pa.table({"ts": ["2026-01-01T00:00:00Z"], "device": ["d"], "sensor": ["s"],
+                             "value": pa.array([{"celsius": 1.0}])}), tmp_path / "struct.parquet")
+    truncated = tmp_path / "truncated.parquet"
+    truncated.write_bytes((tmp_path / "ns.parquet").read_bytes()[:-40])
+    for path, needle in ((tmp_path / "struct.parquet", "column 'value' has type struct<celsius: double>"),
+                         (truncated, "Parquet")):
+        code, out, err = run_cli("import", path, "--json")
+        assert code == 2 and len(out) == 1 and needle in out[0]["error"] and str(path) in out[0]["error"]
+        assert "Traceback" not in err and needle in err
+
+
+@pytest.mark.parametrize("url,needle,code", [
+    ("nosuch://x", "unknown database kind 'nosuch'", 2),
+    ("not a url at all", "not a database URL", 2),
+    ("postgresql+psycopg://fleet:s3cret-pw@127.0.0.1:1/fleet", "cannot open catalog postgresql+psycopg://fleet:***@", 1),
+])
+def test_bad_catalog_url_is_a_clear_message_and_one_json_object(home, url: str, needle: str, code: int) -> None:
+    for args in (("runs", "list"), ("catalog", "status"), ("import", "missing.csv")):
+        rc, out, err = run_cli(*args, "--json", env={"FLEETSCORE_CATALOG_URL": url})
+        assert rc == code and len(out) == 1 and needle in out[0]["error"], (args, out, err)
+        assert "Traceback" not in err and "s3cret" not in err + str(out) and "Background on this error" not in err

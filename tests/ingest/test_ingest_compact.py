@@ -119,7 +119,7 @@ def test_late_readings_are_quarantined_not_landed(tmp_path: Path) -> None:
     assert result.late == 10 and result.landed == 0
     late = quarantine(home).to_pylist()
     assert len(late) == 10 and {r["source"] for r in late} == {"late"}
-    assert late[0]["reason"].startswith("late: ts is before the watermark")
+    assert late[0]["reason"].startswith("late: ts is before its device's watermark")
     assert landed(home).num_rows == 20
 
 

@@ -1,4 +1,5 @@
-"""MQTT ingest against a private mosquitto: subscriber SIGKILLed mid-stream, and a broker restart.
+"""MQTT ingest against a private mosquitto: subscriber SIGKILLed mid-stream, a broker restart, and a broker
+with a password file (credentials from the environment or the URL; wrong ones end the subscriber, no password shown).
 
 The publisher counts a message as sent once the broker acknowledged it (QoS 1). The subscriber
 acknowledges to the broker only after the readings are fsynced, and the session is persistent, so
@@ -24,16 +25,24 @@ PER_MESSAGE = 10
 
 
 class Broker:
-    """``mosquitto -c conf`` on a free loopback port, with persistence (kept across restarts)."""
+    """``mosquitto -c conf`` on a free loopback port, with persistence (kept across restarts); with ``users``
+    (name -> password) only those may connect."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, users: dict[str, str] | None = None) -> None:
         if shutil.which("mosquitto") is None:
             pytest.skip("mosquitto is not installed (scripts/test.sh installs it)")
         self.port = free_port()
         self.conf = root / "mosquitto.conf"
         (root / "db").mkdir()
+        access = "allow_anonymous true\n"
+        if users:
+            passwords = root / "passwords"
+            for i, (name, password) in enumerate(users.items()):
+                subprocess.run(["mosquitto_passwd", "-b", *(["-c"] if i == 0 else []), str(passwords), name, password],
+                               check=True, capture_output=True)
+            access = f"allow_anonymous false\npassword_file {passwords}\n"
         self.conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\nuser {getpass.getuser()}\npersistence true\n"
+            f"listener {self.port} 127.0.0.1\n{access}user {getpass.getuser()}\npersistence true\n"
             f"persistence_location {root / 'db'}/\nmax_queued_messages 0\n"
         )
         self.log = root / "mosquitto.log"
@@ -64,13 +73,15 @@ class Broker:
 class Publisher:
     """A paho QoS 1 publisher; ``sent`` holds the messages the broker acknowledged."""
 
-    def __init__(self, port: int, start_us: int) -> None:
+    def __init__(self, port: int, start_us: int, auth: tuple[str, str] | None = None) -> None:
         import paho.mqtt.client as mqtt
         from paho.mqtt.enums import CallbackAPIVersion
 
         self.start_us = start_us
         self.sent: list[int] = []
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"pub-{port}-{start_us}")
+        if auth:
+            self.client.username_pw_set(*auth)
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
 
@@ -98,10 +109,10 @@ class Publisher:
                 for m in self.sent for j in range(PER_MESSAGE)}
 
 
-def subscriber(home: Path, port: int) -> Proc:
+def subscriber(home: Path, port: int, url: str | None = None, env: dict[str, str] | None = None) -> Proc:
     log = home.parent / "subscriber.log"
-    proc = Proc(["ingest", "mqtt", "--broker", f"mqtt://127.0.0.1:{port}", "--home", str(home),
-                 "--compact-interval", "1s", "--json"], log=log)
+    proc = Proc(["ingest", "mqtt", "--broker", url or f"mqtt://127.0.0.1:{port}", "--home", str(home),
+                 "--compact-interval", "1s", "--json"], env=env, log=log)
     size = log.stat().st_size if log.exists() else 0
     wait_until(lambda: "subscribed" in log.read_text(errors="replace")[size:] or proc.proc.poll() is not None,
                60, "the subscriber to subscribe")
@@ -159,3 +170,58 @@ def test_broker_restart_is_survived(tmp_path: Path, broker: Broker) -> None:
         sub.stop()
     counts = key_set(landed(home))
     assert max(counts.values()) == 1 and set(counts) == pub2.keys()
+
+
+USER, PASSWORD = "ingest", "pw-Xq7-secret"
+
+
+@pytest.fixture
+def private_broker(tmp_path: Path) -> Iterator[Broker]:
+    b = Broker(tmp_path, users={USER: PASSWORD, "publisher": "pub-pw"})
+    yield b
+    b.stop()
+
+
+def test_credentials_from_the_environment_or_the_url_ingest(tmp_path: Path, private_broker: Broker) -> None:
+    home = tmp_path / "home"
+    pub = Publisher(private_broker.port, recent_us(), auth=("publisher", "pub-pw"))
+    try:
+        sub = subscriber(home, private_broker.port,
+                         env={"FLEETSCORE_MQTT_USERNAME": USER, "FLEETSCORE_MQTT_PASSWORD": PASSWORD})
+        pub.publish(0, 20)
+        wait_landed(home, pub.keys())
+        assert sub.stop() == 0
+        sub = subscriber(home, private_broker.port, url=f"mqtt://{USER}:{PASSWORD}@127.0.0.1:{private_broker.port}")
+        pub.publish(20, 20)
+        wait_landed(home, pub.keys())
+        assert sub.stop() == 0
+    finally:
+        pub.close()
+    assert PASSWORD not in sub.stderr_text()
+    counts = key_set(landed(home))
+    assert max(counts.values()) == 1 and set(counts) == pub.keys()
+
+
+def ended(args: list[str], home: Path, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    """Run ``fleetscore ingest mqtt ARGS --json`` to its end: (exit code, stdout, stderr)."""
+    proc = Proc(["ingest", "mqtt", *args, "--home", str(home), "--json"], env=env, log=home.parent / "ended.log")
+    rc = proc.proc.wait(60)
+    return rc, proc.proc.stdout.read().decode(), proc.stderr_text()  # type: ignore[union-attr]
+
+
+def test_wrong_credentials_end_clearly_without_the_password(tmp_path: Path, private_broker: Broker) -> None:
+    home, url = tmp_path / "home", f"127.0.0.1:{private_broker.port}"
+    wrong = "wrong-pw-Zz9"
+    cases = [
+        (["--broker", f"mqtt://{USER}:{wrong}@{url}"], None, "refused the connection"),
+        (["--broker", f"mqtt://{url}"], {"FLEETSCORE_MQTT_USERNAME": USER, "FLEETSCORE_MQTT_PASSWORD": wrong},
+         "refused the connection"),
+        (["--broker", f"mqtt://{url}"], None, "refused the connection"),  # anonymous
+        (["--broker", f"mqtt://{USER}:{wrong}@127.0.0.1:99999"], None, "--broker"),  # a bad URL with a password
+        (["--broker", f"mqtt://{USER}:{wrong}@{url}"], {"FLEETSCORE_MQTT_USERNAME": USER}, "not both"),
+    ]
+    for args, env, needle in cases:
+        rc, out, err = ended(args, home, env)
+        assert rc == 2, (args, out, err)
+        assert needle in json.loads(out)["error"], (args, out)
+        assert wrong not in out + err and "Traceback" not in err, (args, out, err)

@@ -42,7 +42,7 @@ def facts(**changes: object) -> RetentionFacts:
         + [VersionFact("v7", us("2026-01-01T00:00:00Z"), "training")],
         released="v5",
         pinned_versions=frozenset({"v6"}),
-        open_windows=frozenset({(us("2026-01-01T01:00:00Z"), us("2026-01-01T02:00:00Z"))}),
+        open_windows={(us("2026-01-01T01:00:00Z"), us("2026-01-01T02:00:00Z")): "schedule h has not finished this window"},
         schedule_rows=[("h", (us("2026-01-01T00:00:00Z"), us("2026-01-01T01:00:00Z")), "succeeded"),
                        ("h", (us("2026-01-01T01:00:00Z"), us("2026-01-01T02:00:00Z")), "pending")],
     )

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from http.cookies import SimpleCookie
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from web_support import HOSTILE_IDS
 
 from fleetscore.web.auth import COOKIE_NAME
+from fleetscore.web.ids import id_segment
 
 TOKEN = "s3cret-token-for-tests"
 HTML = {"accept": "text/html"}
@@ -61,10 +64,31 @@ def test_login_sets_an_httponly_strict_cookie_that_opens_pages(locked, web_fleet
     assert "max-age=0" in out.headers["set-cookie"].lower() or "expires" in out.headers["set-cookie"].lower()
 
 
-@pytest.mark.parametrize("target", ["//evil.example/x", "https://evil.example/", "/\\evil.example", "javascript:alert(1)"])
+#: ``next`` values that browsers (dropping tabs and newlines, reading ``\\`` as ``/``) or a decoding proxy would
+#: take off this site, or that hide characters: each as it arrives at the app, after the form or query is decoded.
+OFF_SITE = ["//evil.example/x", "https://evil.example/", "/\\evil.example", "javascript:alert(1)",
+            "/\t/evil.example", "/\n/evil.example", "/\x7f/evil.example", "/\u2028/evil.example", "/\xa0/evil.example",
+            "/ /evil.example", "/\u202e/evil.example", "/\u200b/evil.example", "/\ufeff/evil.example",
+            "/%2F/evil.example", "/%2f%2fevil.example", "/%5Cevil.example", "/%09/evil.example", "/%7F/evil.example",
+            "/%E2%80%A8/evil.example", "/%C2%A0/evil.example", "/%252F/evil.example", "/%25252525252F/evil.example"]
+
+
+@pytest.mark.parametrize("target", OFF_SITE)
 def test_login_never_redirects_off_site(locked, target: str) -> None:  # type: ignore[no-untyped-def]
     r = locked.post("/login", data={"token": TOKEN, "next": target}, headers=HTML)
     assert r.status_code == 303 and r.headers["location"] == "/"
+    form = locked.get("/login", params={"next": target}, headers=HTML)
+    assert form.status_code == 200 and 'name="next" value="/"' in form.text
+
+
+def test_a_page_of_a_hostile_id_comes_back_after_login(locked) -> None:  # type: ignore[no-untyped-def]
+    device, sensor = HOSTILE_IDS[1]  # "..", a sensor id with a space, & and quotes
+    page = f"/devices/{id_segment(device)}/sensors/{id_segment(sensor)}"
+    asked = locked.get(page, headers=HTML)
+    assert asked.status_code == 303
+    next_value = parse_qs(urlsplit(asked.headers["location"]).query)["next"][0]
+    r = locked.post("/login", data={"token": TOKEN, "next": next_value}, headers=HTML)
+    assert r.status_code == 303 and r.headers["location"] == page
 
 
 def test_missing_form_field_is_a_400_page(locked) -> None:  # type: ignore[no-untyped-def]

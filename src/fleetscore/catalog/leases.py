@@ -4,7 +4,12 @@ A lease is a row inserted only if absent, with an expiry; its holder renews it w
 holder that crashes (kill -9) loses it when it expires and another process takes over. The row also
 carries the run id and a cancel flag: ``runs cancel`` sets the flag and the holder, which reads it
 when it renews, stops the run. Works the same on SQLite and PostgreSQL (SQLAlchemy Core, primary key
-conflict = someone else holds it). Expiry uses wall-clock seconds of the processes involved.
+conflict = someone else holds it). Expiry is in wall-clock seconds whatever clock the catalog stamps
+its rows with (``--now`` freezes that one): a lease is about a process being alive, in real time.
+
+A run that is queued or running with no live lease naming it, and a version still training whose
+``training:<version>`` lease expired, have lost their process: the catalog marks them abandoned
+when it reads them (:mod:`fleetscore.catalog.sql`).
 """
 
 from __future__ import annotations
@@ -14,20 +19,9 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from fleetscore.catalog.sql import Catalog, metadata
-from fleetscore.clock import Clock
+from fleetscore.catalog.sql import Catalog, leases_table
+from fleetscore.clock import Clock, wall_clock
 from fleetscore.core.times import iso_us
-
-leases_table = sa.Table(
-    "leases",
-    metadata,
-    sa.Column("key", sa.String(200), primary_key=True),
-    sa.Column("holder", sa.String(200), nullable=False),
-    sa.Column("run_id", sa.String(32), index=True),
-    sa.Column("acquired_at", sa.String(32), nullable=False),
-    sa.Column("expires_at", sa.Float, nullable=False),  # Unix seconds
-    sa.Column("cancel", sa.Boolean, nullable=False),
-)
 
 
 class LeaseState(str, enum.Enum):
@@ -54,10 +48,10 @@ class Leases:
     def __init__(self, catalog: Catalog, clock: Clock | None = None) -> None:
         self.catalog = catalog
         self.engine = catalog.engine
-        self._clock = clock or catalog.clock
+        self._clock = clock or wall_clock
 
     def clock(self) -> float:
-        """Now in seconds, as lease expiries are stored (by the catalog's clock unless one is given)."""
+        """Now in seconds, as lease expiries are stored (by the wall clock unless one is given)."""
         return self._clock() / 1e6
 
     def acquire(self, key: str, holder: str, ttl_s: float, run_id: str | None = None) -> bool:

@@ -3,6 +3,11 @@
 The schema is created on first use and upgraded by :mod:`fleetscore.catalog.migrate`; every write is
 one transaction, and rows that several processes may write (runs, tasks, window commits, the released
 version) are upserts, so concurrent runs and workers update their own rows safely.
+
+Reading runs (or versions) first marks those whose process died ``abandoned``: a queued or running
+run that no live lease holds (:mod:`fleetscore.catalog.leases`), and a version still ``training``
+whose trainer's lease expired. One conditional UPDATE each, so a run that finishes meanwhile keeps
+its own status.
 """
 
 from __future__ import annotations
@@ -18,9 +23,10 @@ import sqlalchemy as sa
 from fleetscore.catalog.dialect import transaction_lock, upsert
 from fleetscore.catalog.migrate import upgrade
 from fleetscore.clock import Clock, wall_clock
-from fleetscore.core.runs import ModelFailure, RunRecord, RunStatus, TaskRecord
+from fleetscore.core.runs import ACTIVE_STATUSES, ModelFailure, RunRecord, RunStatus, TaskRecord
 from fleetscore.core.times import iso, iso_us, parse_time
-from fleetscore.errors import NotFoundError, StorageError
+from fleetscore.errors import ConfigError, NotFoundError, StorageError
+from fleetscore.redact import redact
 
 #: Version of the tables' shape; :mod:`fleetscore.catalog.migrate` upgrades older catalogs to it.
 SCHEMA_VERSION = 2
@@ -113,8 +119,25 @@ commits_table = sa.Table(
     sa.Column("run_id", sa.String(32), nullable=False),
     sa.Column("committed_at", sa.String(32), nullable=False),
 )
+leases_table = sa.Table(
+    "leases",
+    metadata,
+    sa.Column("key", sa.String(200), primary_key=True),
+    sa.Column("holder", sa.String(200), nullable=False),
+    sa.Column("run_id", sa.String(32), index=True),
+    sa.Column("acquired_at", sa.String(32), nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=False),  # Unix seconds, by the wall clock
+    sa.Column("cancel", sa.Boolean, nullable=False),
+)
 
 RELEASED_KEY = "released_version"
+#: Status of a version whose training process died (its lease expired while it was ``training``).
+ABANDONED_VERSION = "abandoned"
+#: Lease key prefix of a version being trained: ``training:<version>``.
+TRAINING_LEASE = "training:"
+#: Error of a run found abandoned.
+ABANDONED_ERROR = ("abandoned: the process running it died or stopped renewing its lease; "
+                   "`fleetscore runs retry RUN` finishes it")
 #: PostgreSQL advisory lock that serialises version id allocation (SQLite serialises writers itself).
 VERSION_LOCK = 0x666C7432
 
@@ -152,17 +175,17 @@ class Catalog:
     def __init__(self, url: str, clock: Clock = wall_clock) -> None:
         self.url = url
         self.clock = clock
-        if url.startswith("sqlite:///"):
-            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         try:
+            if url.startswith("sqlite:///"):
+                Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
             if url.startswith("sqlite"):
-                self.engine = sa.create_engine(url, connect_args={"timeout": 60})
+                self.engine = create_engine(url, connect_args={"timeout": 60})
                 sa.event.listen(self.engine, "connect", _sqlite_pragmas)
             else:
-                self.engine = sa.create_engine(url, pool_pre_ping=True)
+                self.engine = create_engine(url, pool_pre_ping=True)
             upgrade(self.engine, metadata, SCHEMA_VERSION)
-        except sa.exc.SQLAlchemyError as exc:
-            raise StorageError(f"cannot open catalog {_redact(url)}: {exc.__class__.__name__}: {exc}") from exc
+        except (sa.exc.SQLAlchemyError, OSError) as exc:
+            raise open_error(url, exc) from exc
 
     def close(self) -> None:
         self.engine.dispose()
@@ -202,6 +225,8 @@ class Catalog:
             )
 
     def get_version(self, version: str) -> VersionRecord:
+        """One version (marked abandoned first if its trainer died)."""
+        self._abandon_dead_versions()
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(versions_table).where(versions_table.c.version == version)).mappings().first()
             released = self._released(conn)
@@ -210,6 +235,8 @@ class Catalog:
         return _version(row, released)
 
     def versions(self) -> list[VersionRecord]:
+        """Every version, oldest first (those whose trainer died marked abandoned first)."""
+        self._abandon_dead_versions()
         with self.engine.connect() as conn:
             rows = conn.execute(sa.select(versions_table).order_by(versions_table.c.seq)).mappings().all()
             released = self._released(conn)
@@ -239,6 +266,8 @@ class Catalog:
             upsert(conn, runs_table, [values])
 
     def get_run(self, run_id: str) -> RunRecord:
+        """One run (marked abandoned first if its process died)."""
+        self._abandon_dead_runs()
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(runs_table).where(runs_table.c.run_id == run_id)).mappings().first()
         if row is None:
@@ -246,11 +275,40 @@ class Catalog:
         return _run(row)
 
     def runs(self, limit: int = 100, status: Iterable[str] | None = None) -> list[RunRecord]:
+        """The newest runs (those whose process died marked abandoned first)."""
+        self._abandon_dead_runs()
         query = sa.select(runs_table).order_by(runs_table.c.created_at.desc()).limit(limit)
         if status:
             query = query.where(runs_table.c.status.in_(list(status)))
         with self.engine.connect() as conn:
             return [_run(r) for r in conn.execute(query).mappings().all()]
+
+    def _abandon_dead_runs(self) -> None:
+        """Mark queued or running runs that no live lease holds as abandoned (a cheap read first, so
+        the usual case takes no write lock)."""
+        r, lease = runs_table, leases_table
+        held = sa.select(lease.c.run_id).where((lease.c.run_id == r.c.run_id) & (lease.c.expires_at >= _now_s()))
+        dead = r.c.status.in_([s.value for s in ACTIVE_STATUSES]) & ~held.exists()
+        with self.engine.connect() as conn:
+            if conn.execute(sa.select(r.c.run_id).where(dead).limit(1)).first() is None:
+                return
+        with self.engine.begin() as conn:
+            conn.execute(sa.update(r).where(dead).values(status=RunStatus.ABANDONED.value, finished_at=self.now(),
+                                                         error=ABANDONED_ERROR))
+
+    def _abandon_dead_versions(self) -> None:
+        """Mark versions still ``training`` whose trainer's lease expired (it died) as abandoned."""
+        v, lease = versions_table, leases_table
+        key = sa.literal(TRAINING_LEASE) + v.c.version
+        expired = sa.select(lease.c.key).where((lease.c.key == key) & (lease.c.expires_at < _now_s())).exists()
+        dead = (v.c.status == "training") & expired
+        with self.engine.connect() as conn:
+            found = conn.execute(sa.select(v.c.version).where(dead)).scalars().all()
+        if found:
+            with self.engine.begin() as conn:
+                conn.execute(sa.update(v).where(dead).values(status=ABANDONED_VERSION))
+                conn.execute(sa.delete(lease).where(lease.c.key.in_([TRAINING_LEASE + x for x in found])
+                                                    & (lease.c.expires_at < _now_s())))
 
     def save_tasks(self, tasks: Iterable[TaskRecord]) -> None:
         rows = [t.as_dict() for t in tasks]
@@ -299,12 +357,42 @@ class Catalog:
         return {(parse_time(r["window_from"]), parse_time(r["window_to"])): r["run_id"] for r in rows}
 
 
+def _now_s() -> float:
+    """Now in Unix seconds by the wall clock, as lease expiries are kept (liveness is real time)."""
+    return wall_clock() / 1e6
+
+
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA busy_timeout=60000")
     cur.close()
+
+
+_BACKGROUND = "(Background on this error at:"
+_URL_HINT = ("set catalog.url in fleetscore.toml or FLEETSCORE_CATALOG_URL to a database URL such as "
+             "sqlite:///path/catalog.db or postgresql+psycopg://user@host/db")
+
+
+def create_engine(url: str, **kwargs: Any) -> sa.Engine:
+    """``sa.create_engine``, with a catalog URL that does not parse, names an unknown database kind or
+    needs a driver that is not installed refused as a :class:`ConfigError` that says so."""
+    try:
+        return sa.create_engine(url, **kwargs)
+    except sa.exc.NoSuchModuleError:
+        problem = f"unknown database kind {url.split(':', 1)[0][:40]!r}"
+    except sa.exc.ArgumentError:
+        problem = "not a database URL"
+    except ImportError as exc:
+        problem = f"its database driver is not installed ({exc})"
+    raise ConfigError(f"catalog URL {_redact(url)}: {problem}; {_URL_HINT}") from None
+
+
+def open_error(url: str, exc: Exception) -> StorageError:
+    """The error for a catalog that could not be opened: the URL without its password, and the cause."""
+    cause = str(exc).split(_BACKGROUND, 1)[0].strip()
+    return StorageError(redact(f"cannot open catalog {_redact(url)}: {exc.__class__.__name__}: {cause}"))
 
 
 def _redact(url: str) -> str:

@@ -8,8 +8,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from fleetscore.catalog.migrate import schema_version
-from fleetscore.catalog.sql import SCHEMA_VERSION, meta_table
-from fleetscore.errors import StorageError
+from fleetscore.catalog.sql import SCHEMA_VERSION, create_engine, meta_table, open_error
 from fleetscore.redact import redact
 
 
@@ -18,12 +17,12 @@ def catalog_state(url: str) -> dict[str, Any]:
     state: dict[str, Any] = {"catalog": redact(url), "schema_version": None, "supported_schema_version": SCHEMA_VERSION}
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
         return state | {"database": "sqlite", "up_to_date": False}
-    engine = sa.create_engine(url)
+    engine = create_engine(url)
     try:
         with engine.connect() as conn:
             state["schema_version"] = schema_version(conn, meta_table)
     except sa.exc.SQLAlchemyError as exc:
-        raise StorageError(redact(f"cannot open catalog {url}: {type(exc).__name__}: {exc}")) from exc
+        raise open_error(url, exc) from exc
     finally:
         engine.dispose()
     return state | {"database": engine.dialect.name, "up_to_date": state["schema_version"] == SCHEMA_VERSION}

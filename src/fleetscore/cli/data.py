@@ -91,3 +91,24 @@ def quarantine_list(
     cols = ["source", "row", "ts", "device", "sensor", "value", "reason"]
     emit(json_out, {"rows": rows, "count": len(rows)},
          lambda c: c.print(table(f"quarantine ({len(rows)} rows)", cols, [[r.get(k) for k in cols] for r in rows])))
+
+
+@quarantine.command("replay")
+@handle_errors
+def quarantine_replay(
+    reason: Annotated[str, typer.Option(help="Replay the readings quarantined for this reason (late).")] = "late",
+    device: Annotated[str | None, typer.Option(help="Only this device's readings.")] = None,
+    home: HomeOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Land quarantined late readings (idempotently) and list the scored windows they touch, for backfill."""
+    result = open_fleet(home).replay_quarantine(reason, device).as_dict()
+
+    def human(c: Any) -> None:
+        c.print(f"replayed {result['replayed']:,} readings: landed {result['landed']:,}, "
+                f"already stored {result['duplicates']:,}", markup=False)
+        for w in result["windows"]:
+            c.print(f"scored window {w['window_from']}..{w['window_to']} changed; rescore it: {w['backfill']}",
+                    markup=False)
+
+    emit(json_out, result, human)

@@ -109,7 +109,7 @@ def demo(
     from fleetscore.config import DEFAULT_HOME
 
     err = console(stderr=True)
-    step = None if json_out else (lambda msg: err.print(f"[dim]• {msg}[/]"))
+    step = None if json_out else (lambda msg: err.print(f"• {msg}", style="dim"))
     summary = run_demo(Path(home or DEFAULT_HOME), devices, sensors, train_hours, score_hours,
                        workers=workers, step=step)
 

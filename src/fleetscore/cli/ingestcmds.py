@@ -66,16 +66,19 @@ def serve(
     from fleetscore.ingest.log import writer_active
     from fleetscore.web.app import create_app
     from fleetscore.web.ingest import SOURCE
+    from fleetscore.web.limits import fit_descriptors, limited_protocol
 
     if writer_active(IngestPaths.of_home(fleet.config.home).log_dir(SOURCE)):
         raise InputError(f"another `fleetscore serve` is already running on {fleet.config.home}")
     settings = _settings(fleet, compact_interval)
+    fit_descriptors(fleet.config.server)
     application = create_app(fleet, compact_interval_s=settings.compact_interval_s)
     url = f"http://{host}:{port}"
     emit(json_out, {"url": url, "home": str(fleet.config.home), "pid": os.getpid()},
          lambda c: c.print(f"fleetscore serving {fleet.config.home} on {url} (Ctrl-C to stop)"))
     server = uvicorn.Server(uvicorn.Config(application, host=host, port=port, log_level="warning",
-                                           access_log=False, lifespan="on"))
+                                           access_log=False, lifespan="on", http=limited_protocol(fleet.config.server),
+                                           proxy_headers=False))  # the client address is the peer (failed-token limits)
     for sig in (signal.SIGTERM, signal.SIGINT):  # uvicorn re-raises the stop signal: end with exit 0
         signal.signal(sig, lambda *_: None)
     server.run()
@@ -109,10 +112,16 @@ def windows(
 @ingest.command("mqtt")
 @handle_errors
 def mqtt(
-    broker: Annotated[str, typer.Option(help="Broker URL, mqtt://HOST:PORT.")],
+    broker: Annotated[str, typer.Option(
+        help="Broker URL, mqtt://[USER:PASSWORD@]HOST:PORT (mqtts:// for TLS); or credentials from "
+             "FLEETSCORE_MQTT_USERNAME / FLEETSCORE_MQTT_PASSWORD.")],
     topic: Annotated[str, typer.Option(help="Topic filter; the last two levels are device and sensor.")] = "fleet/+/+",
     client_id: Annotated[str, typer.Option(
         help="MQTT client id (keeps the broker session across restarts).")] = "fleetscore-ingest",
+    tls: Annotated[bool, typer.Option("--tls", help="Connect with TLS (as mqtts://).")] = False,
+    ca_file: Annotated[str | None, typer.Option(help="CA certificate (PEM) to verify the broker.")] = None,
+    cert_file: Annotated[str | None, typer.Option(help="Client certificate (PEM) for mutual TLS.")] = None,
+    key_file: Annotated[str | None, typer.Option(help="Client key (PEM) for mutual TLS.")] = None,
     compact_interval: IntervalOpt = None,
     home: HomeOpt = None,
     json_out: JsonOpt = False,
@@ -120,17 +129,17 @@ def mqtt(
     """Subscribe with QoS 1 and acknowledge each message once its readings are durable; runs until stopped."""
     from fleetscore.ingest.mqtt import SOURCE, Broker, MqttIngest
 
-    target = Broker.parse(broker)
     fleet = open_fleet(home)
+    target = Broker.build(broker, fleet.config.mqtt, tls, ca_file, cert_file, key_file)
 
     def consume(service: Any, stop: Any, err: Any) -> Any:
         subscriber = MqttIngest(service, target, topic, client_id, on_subscribed=lambda: err.print(
-            f"subscribed to {topic} on mqtt://{target.host}:{target.port}"))
+            f"subscribed to {topic} on {target.url}"))
         subscriber.run(stop)
         return subscriber
 
     _run_front_door(fleet, SOURCE, compact_interval, json_out, consume,
-                    f"connecting to mqtt://{target.host}:{target.port} (Ctrl-C to stop)")
+                    f"connecting to {target.url} (Ctrl-C to stop)")
 
 FormatOpt = Annotated[str, typer.Option(
     "--format", help="Payload format of messages without a content-type header: json, ndjson, csv or arrow.")]

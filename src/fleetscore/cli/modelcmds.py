@@ -119,11 +119,14 @@ def import_sklearn(
     device: Annotated[str, typer.Option(help="Device the model is for.")],
     sensor: Annotated[str, typer.Option(help="Sensor the model is for.")],
     features: Annotated[str, typer.Option(help="Features the pipeline takes: raw or window:DURATION.")] = "raw",
+    trust_pickle: Annotated[bool, typer.Option(
+        "--trust-pickle", help="Required: you trust the file, since unpickling can run code. Even then only "
+                               "scikit-learn/numpy/scipy model classes are loaded.")] = False,
     home: HomeOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Convert a pickled scikit-learn pipeline to the safe array format, as a new unreleased version."""
-    record = open_fleet(home).import_sklearn(file, device, sensor, features)
+    record = open_fleet(home).import_sklearn(file, device, sensor, features, trust_pickle=trust_pickle)
     emit(json_out, record.as_dict(),
          lambda c: c.print(f"imported {file} as {record.version} (release it with `fleetscore models release {record.version}`)"))
 

@@ -59,9 +59,14 @@ def to_json(obj: Any) -> str:
 
 
 def console(stderr: bool = False) -> Any:
+    """A Rich console that prints strings literally: no markup, emoji codes or highlighting from data.
+
+    Styling is explicit (``print(..., style=...)`` or Text objects), so an id like ``[/]`` or
+    ``[link=...]`` is text, never a tag.
+    """
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+    return Console(stderr=stderr, highlight=False, soft_wrap=True, markup=False, emoji=False)
 
 
 def emit(json_mode: bool, payload: dict[str, Any] | list[Any], human: Callable[[Any], None]) -> None:
@@ -72,20 +77,25 @@ def emit(json_mode: bool, payload: dict[str, Any] | list[Any], human: Callable[[
 
 
 def table(title: str | None, columns: list[str], rows: list[list[Any]]) -> Any:
+    """A Rich table whose title and cells are plain Text: values from data are never read as markup."""
     from rich.table import Table
+    from rich.text import Text
 
-    t = Table(title=title, show_lines=False, header_style="bold")
+    t = Table(title=None if title is None else Text(title), show_lines=False, header_style="bold")
     for col in columns:
-        t.add_column(col, overflow="fold")
+        t.add_column(Text(col), overflow="fold")
     for row in rows:
-        t.add_row(*["" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v)) for v in row])
+        t.add_row(*[Text("" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))) for v in row])
     return t
 
 
 def fail(message: str, code: int, json_mode: bool) -> None:
+    """Report ``message`` (printed literally) on stderr, and with --json as the one object on stdout; exit ``code``."""
+    from rich.text import Text
+
     if json_mode:
         sys.stdout.write(to_json({"error": message, "exit_code": code}) + "\n")
-    console(stderr=True).print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
+    console(stderr=True).print(Text.assemble(("error:", "bold red"), f" {message}"))
     raise typer.Exit(code)
 
 
@@ -102,17 +112,11 @@ def handle_errors(fn: F) -> F:
         except typer.Exit:
             raise
         except FleetscoreError as exc:
-            fail(_escape(str(exc)), exc.exit_code, json_mode)
+            fail(str(exc), exc.exit_code, json_mode)
         except KeyboardInterrupt:
             fail("interrupted", 130, json_mode)
 
     return wrapper  # type: ignore[return-value]
-
-
-def _escape(text: str) -> str:
-    from rich.markup import escape
-
-    return escape(text)
 
 
 def progress_bar(json_mode: bool, description: str) -> Any:
@@ -182,8 +186,10 @@ def export(json_mode: bool, tbl: Any, out: Path, what: str, fmt: str | None = No
 
 
 def exit_for(*statuses: str) -> None:
-    """After the output: exit 1 if any run failed, else 3 if any is partial."""
-    if "failed" in statuses:
+    """After the output: exit 1 if any run failed or was abandoned, else 3 if any is partial."""
+    from fleetscore.core.runs import FAILED_STATUSES
+
+    if any(s.value in statuses for s in FAILED_STATUSES):
         raise typer.Exit(EXIT_FAILURE)
     if "partial" in statuses:
         raise typer.Exit(EXIT_PARTIAL)

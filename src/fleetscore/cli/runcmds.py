@@ -99,7 +99,7 @@ def backfill(
         cols = ["run_id", "window_from", "window_to", "status", "rows", "anomalies", "failed_models", "elapsed_s"]
         c.print(table(f"backfill: {len(result.runs)} runs", cols, [[r.as_dict()[k] for k in cols] for r in result.runs]))
         for e in result.errors:
-            c.print(f"[red]{e['window_from']}..{e['window_to']}: {e['error']}[/]")
+            c.print(f"{e['window_from']}..{e['window_to']}: {e['error']}", style="red")
 
     emit(json_out, payload, human)
     exit_for(*[r.status.value for r in result.runs], *["failed"] * bool(result.errors))
@@ -148,7 +148,10 @@ def show(
     home: HomeOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Show one run: its record, per-task timings and the models that failed, with reasons."""
+    """Show one run: its record, per-task timings and the models that failed, with reasons.
+
+    Exits like ``score`` for the run's status: 1 when it failed or was abandoned (its process died), 3 when partial.
+    """
     run, tasks, failures = open_fleet(home).run(run_id)
     payload = run.as_dict() | {"tasks": [t.as_dict() for t in tasks], "failures": [f.__dict__ for f in failures]}
 
@@ -168,6 +171,7 @@ def show(
                           [[u["device"], u["sensor"], u["rows"], u["reason"]] for u in run.extra["unmatched"]]))
 
     emit(json_out, payload, human)
+    exit_for(run.status.value)
 
 
 @runs.command("retry")
@@ -178,7 +182,7 @@ def retry(
     home: HomeOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Re-run only the failed (or unfinished) tasks of a run into the same run, then commit its window again."""
+    """Re-run only the failed, unfinished or abandoned tasks of a run into the same run, then commit its window again."""
     with progress_bar(json_out, "retrying tasks") as progress:
         result = open_fleet(home).retry(run_id, workers=workers, on_progress=progress)
     run = result.run
@@ -196,7 +200,7 @@ def cancel(
     home: HomeOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Cancel a running run: it stops between tasks (tasks already running finish)."""
+    """Cancel a running run: it stops between tasks (tasks already running finish); an abandoned run is closed."""
     run = open_fleet(home).cancel(run_id, duration(wait, "--wait", allow_zero=True))
     status = run.status.value if run.status.finished else "cancelling"
     emit(json_out, {"run_id": run.run_id, "status": status},
@@ -231,27 +235,25 @@ def logs(
 
 
 def _print_lines(c: Any, lines: list[dict[str, Any]]) -> None:
-    from rich.markup import escape
+    from rich.text import Text
 
     colors = {"error": "red", "warning": "yellow"}
     for line in lines:
         fields = " ".join(f"{k}={v}" for k, v in line.items() if k not in _HIDDEN_FIELDS and v not in (None, "", [], {}))
         level = str(line.get("level", "info"))
         color = colors.get(level, "default")
-        c.print(f"{line.get('ts', '')} [{color}]{level.upper():7}[/] {escape(str(line.get('event', '')))} {escape(fields)}")
+        c.print(Text.assemble(f"{line.get('ts', '')} ", (f"{level.upper():7}", color), f" {line.get('event', '')} {fields}"))
         if line.get("traceback"):
-            c.print(escape(str(line["traceback"]).rstrip()))
+            c.print(str(line["traceback"]).rstrip())
 
 
 def _print_attempts(c: Any, attempts: list[Any]) -> None:
-    from rich.markup import escape
-
     if not attempts:
         c.print("no log for this task (it has not run, or its worker died before writing one)")
     for a in attempts:
-        c.print(f"[bold]task {a.task} attempt {a.attempt}[/]")
+        c.print(f"task {a.task} attempt {a.attempt}", style="bold")
         _print_lines(c, a.lines)
         for name, text in (("stdout", a.stdout), ("stderr", a.stderr)):
             if text:
-                c.print(f"[bold]--- {name} ---[/]")
-                c.print(escape(text.rstrip()))
+                c.print(f"--- {name} ---", style="bold")
+                c.print(text.rstrip())

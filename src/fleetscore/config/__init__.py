@@ -4,7 +4,7 @@
     sections.py   [storage] [catalog] [executor] [train] [web]
     schedule.py   [schedule]: retries, backoff, lease, poll, catch-up
     ingest.py     [ingest]: body and batch limits, log segments, compaction, stream windows
-    streams.py    [kafka] [nats]: stream consumers' credentials (environment only)
+    streams.py    [kafka] [nats] [mqtt]: stream consumers' credentials (environment only)
     values.py     parsers of setting values that say where a bad value is
 
 This package is the only reader of fleetscore.toml and of the environment's settings; unknown

@@ -7,7 +7,8 @@
     compact_chunk_rows = 2000000  # rows per compaction step (bounds compaction's memory)
     compact_interval = "10s"      # how often `serve` compacts the log ("0s" or 0: never on its own)
     window = "1m"                 # stream window width
-    allowed_lateness = "5m"       # watermark = max event time seen − this; older readings are late
+    allowed_lateness = "5m"       # per device: watermark = its max event time seen − this; older readings are late
+    max_tracked_devices = 1000000  # devices whose watermark is kept (least recently seen forgotten first)
     max_future = "1h"             # readings further ahead of the receive time are rejected
     idempotency_ttl = "24h"       # how long an Idempotency-Key is remembered
 """
@@ -28,6 +29,7 @@ DEFAULT_LATENESS_S = 300
 DEFAULT_MAX_FUTURE_S = 3600
 DEFAULT_IDEMPOTENCY_TTL_S = 86_400
 DEFAULT_COMPACT_CHUNK_ROWS = 2_000_000
+DEFAULT_MAX_TRACKED_DEVICES = 1_000_000
 
 _OFF_OR_SECONDS = whole_seconds(allow_zero=True)
 _SECONDS = whole_seconds(allow_zero=False)
@@ -46,13 +48,15 @@ class IngestSettings:
     lateness_s: int = DEFAULT_LATENESS_S
     max_future_s: int = DEFAULT_MAX_FUTURE_S
     idempotency_ttl_s: int = DEFAULT_IDEMPOTENCY_TTL_S
+    max_tracked_devices: int = DEFAULT_MAX_TRACKED_DEVICES
 
     KEYS: ClassVar[dict[str, tuple[str, Parser]]] = {
         "max_body_bytes": ("max_body_bytes", positive_whole), "max_batch_rows": ("max_batch_rows", positive_whole),
         "segment_bytes": ("segment_bytes", positive_whole), "compact_chunk_rows": ("compact_chunk_rows", positive_whole),
         "compact_interval": ("compact_interval_s", _OFF_OR_SECONDS), "window": ("window_s", _SECONDS),
         "allowed_lateness": ("lateness_s", _OFF_OR_SECONDS), "max_future": ("max_future_s", _OFF_OR_SECONDS),
-        "idempotency_ttl": ("idempotency_ttl_s", _SECONDS)}
+        "idempotency_ttl": ("idempotency_ttl_s", _SECONDS),
+        "max_tracked_devices": ("max_tracked_devices", positive_whole)}
 
     def with_overrides(self, **overrides: Any) -> IngestSettings:
         """A copy with the given non-None field values replaced (as CLI flags set them)."""

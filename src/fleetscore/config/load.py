@@ -24,7 +24,8 @@ from fleetscore.config.sections import (
     WebSettings,
     kernel_choice,
 )
-from fleetscore.config.streams import KafkaSettings, NatsSettings
+from fleetscore.config.server import ServerSettings
+from fleetscore.config.streams import KafkaSettings, MqttSettings, NatsSettings
 from fleetscore.config.values import Parser, parse_section, text, whole
 from fleetscore.errors import ConfigError
 
@@ -32,12 +33,12 @@ DEFAULT_HOME = "./fleetscore-home"
 CONFIG_FILE = "fleetscore.toml"
 
 Section = (StorageSettings | CatalogSettings | ExecutorSettings | TrainSettings | ScheduleSettings | IngestSettings
-           | WebSettings | KafkaSettings | NatsSettings)
+           | WebSettings | ServerSettings | KafkaSettings | NatsSettings | MqttSettings)
 #: toml section -> its settings class (the Config field of the same name)
 SECTIONS: dict[str, type[Section]] = {
     "storage": StorageSettings, "catalog": CatalogSettings, "executor": ExecutorSettings, "train": TrainSettings,
     "schedule": ScheduleSettings, "ingest": IngestSettings, "web": WebSettings, "kafka": KafkaSettings,
-    "nats": NatsSettings,
+    "nats": NatsSettings, "server": ServerSettings, "mqtt": MqttSettings,
 }
 #: environment variable -> (section, field, parser)
 ENV_KEYS: dict[str, tuple[str, str, Parser]] = {
@@ -56,6 +57,8 @@ ENV_KEYS: dict[str, tuple[str, str, Parser]] = {
     "FLEETSCORE_NATS_CREDS": ("nats", "creds", text),
     "FLEETSCORE_NATS_USER": ("nats", "user", text),
     "FLEETSCORE_NATS_PASSWORD": ("nats", "password", text),
+    "FLEETSCORE_MQTT_USERNAME": ("mqtt", "username", text),
+    "FLEETSCORE_MQTT_PASSWORD": ("mqtt", "password", text),
 }
 #: flag (keyword of `Config.with_overrides`, `Fleet.open`) -> (section, field)
 FLAGS: dict[str, tuple[str, str]] = {
@@ -79,8 +82,10 @@ class Config:
     schedule: ScheduleSettings = field(default_factory=ScheduleSettings)
     ingest: IngestSettings = field(default_factory=IngestSettings)
     web: WebSettings = field(default_factory=WebSettings)
+    server: ServerSettings = field(default_factory=ServerSettings)
     kafka: KafkaSettings = field(default_factory=KafkaSettings)
     nats: NatsSettings = field(default_factory=NatsSettings)
+    mqtt: MqttSettings = field(default_factory=MqttSettings)
 
     @property
     def file(self) -> Path:

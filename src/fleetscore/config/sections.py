@@ -119,4 +119,10 @@ class WebSettings:
     KEYS: ClassVar[dict[str, tuple[str, Parser]]] = {}
 
     def checked(self, where: str) -> WebSettings:
+        """Refuse a token that is only whitespace (it would pass for set) or has whitespace around it (never matches)."""
+        if self.token and not self.token.strip():
+            raise ConfigError(f"{where}: FLEETSCORE_TOKEN is only whitespace; set a real token or unset it")
+        if self.token and self.token != self.token.strip():
+            raise ConfigError(f"{where}: FLEETSCORE_TOKEN starts or ends with whitespace, which clients cannot send "
+                              "in an Authorization header; remove it")
         return self

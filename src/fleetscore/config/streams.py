@@ -1,12 +1,13 @@
-"""``[kafka]`` and ``[nats]``: the credentials of the stream consumers, from the environment only.
+"""``[kafka]``, ``[nats]`` and ``[mqtt]``: the credentials of the stream consumers, from the environment only.
 
-Both sections take no toml keys (their settings are secrets); brokers, topics and TLS files are
-flags of ``fleetscore ingest kafka`` / ``ingest nats``.
+These sections take no toml keys (their settings are secrets); brokers, topics and TLS files are
+flags of ``fleetscore ingest kafka`` / ``ingest nats`` / ``ingest mqtt``.
 
     FLEETSCORE_KAFKA_CONNECTION_STRING   Azure Event Hubs: ``Endpoint=sb://NS.servicebus.windows.net/;...``
     FLEETSCORE_KAFKA_USERNAME / _PASSWORD   SASL (PLAIN or SCRAM) for other brokers
     FLEETSCORE_NATS_CREDS                a NATS credentials file (JWT + nkey seed)
     FLEETSCORE_NATS_USER / _PASSWORD     NATS user and password
+    FLEETSCORE_MQTT_USERNAME / _PASSWORD MQTT broker user name and password
 """
 
 from __future__ import annotations
@@ -42,4 +43,17 @@ class NatsSettings:
     KEYS: ClassVar[dict[str, tuple[str, Parser]]] = {}
 
     def checked(self, where: str) -> NatsSettings:
+        return self
+
+
+@dataclass(frozen=True, kw_only=True)
+class MqttSettings:
+    """MQTT broker credentials (``Config.mqtt``); never printed."""
+
+    username: str | None = field(default=None, repr=False)
+    password: str | None = field(default=None, repr=False)
+
+    KEYS: ClassVar[dict[str, tuple[str, Parser]]] = {}
+
+    def checked(self, where: str) -> MqttSettings:
         return self

@@ -2,11 +2,13 @@
 
 Older than the cutoff (now - keep) and so deleted:
 
-* the predictions of a window that ended before the cutoff, unless a schedule still has the window open;
+* the predictions of a window that ended before the cutoff, unless a live run or a schedule still has
+  the window open (the plan says which);
 * finished runs created before the cutoff (their tasks, failures and logs), unless they hold
   predictions that are kept; logs whose run no longer exists;
 * model versions created before the cutoff, unless released, pinned by a schedule, or used by a run
-  that is kept; versions still training are left alone;
+  that is kept; versions still training are left alone, those whose training process died
+  (``abandoned``) go;
 * schedule window rows that ended before the cutoff and are finished;
 * readings, only when asked: hours that ended before the cutoff and before the oldest data a
   schedule still needs (the next window it scores, the span it trains on, its open windows).
@@ -14,12 +16,15 @@ Older than the cutoff (now - keep) and so deleted:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from fleetscore.core.runs import RunRecord
 from fleetscore.core.times import HOUR_US, iso
 
 Window = tuple[int, int]
+#: Version statuses retention may delete (``training`` is left to its process; ``deleted`` is done).
+DELETABLE_VERSIONS = ("ready", "failed", "abandoned")
 
 
 @dataclass(frozen=True)
@@ -41,7 +46,7 @@ class RetentionFacts:
     versions: list[VersionFact]
     released: str | None
     pinned_versions: frozenset[str]  # versions schedules score with
-    open_windows: frozenset[Window]  # windows schedules still have to run
+    open_windows: Mapping[Window, str]  # windows live runs or schedules still work on -> which one (why kept)
     schedule_rows: list[tuple[str, Window, str]]  # (schedule, window, status)
     reading_hours: list[int] = field(default_factory=list)
     needed_from_us: int | None = None  # readings from here on are needed by a schedule
@@ -73,7 +78,7 @@ def plan_retention(f: RetentionFacts) -> RetentionPlan:
     drop_windows = [w for w in old_windows if w not in f.open_windows]
     for w in old_windows:
         if w in f.open_windows:
-            kept[f"predictions {iso(w[0])}..{iso(w[1])}"] = "a schedule still has this window open"
+            kept[f"predictions {iso(w[0])}..{iso(w[1])}"] = f.open_windows[w]
     dropped = set(drop_windows)
     holding = {run for w, run in f.committed.items() if w not in dropped}
     runs = [r.run_id for r in f.runs
@@ -84,7 +89,7 @@ def plan_retention(f: RetentionFacts) -> RetentionPlan:
     used = {r.version for r in f.runs if r.run_id not in gone}
     versions = []
     for v in f.versions:
-        if v.created_us >= f.cutoff_us or v.status not in ("ready", "failed"):
+        if v.created_us >= f.cutoff_us or v.status not in DELETABLE_VERSIONS:
             continue
         why = ("released" if v.version == f.released else "pinned by a schedule" if v.version in f.pinned_versions
                else "used by a run that is kept" if v.version in used else None)

@@ -13,9 +13,11 @@ from fleetscore.core.times import iso, iso_us
 
 
 class RunStatus(str, enum.Enum):
-    """Life cycle of a run: queued → running → succeeded | partial | failed | cancelled.
+    """Life cycle of a run: queued → running → succeeded | partial | failed | cancelled | abandoned.
 
-    ``runs retry`` takes a finished run back to running and re-runs only its tasks that did not succeed.
+    ``abandoned``: the process running it died (its lease expired with the run unfinished); found by
+    whatever looks at the run next. ``runs retry`` takes a finished run back to running and re-runs
+    only its tasks that did not succeed.
     """
 
     QUEUED = "queued"
@@ -24,14 +26,18 @@ class RunStatus(str, enum.Enum):
     PARTIAL = "partial"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    ABANDONED = "abandoned"
 
     @property
     def finished(self) -> bool:
         return self in FINISHED_STATUSES
 
 
-FINISHED_STATUSES = frozenset({RunStatus.SUCCEEDED, RunStatus.PARTIAL, RunStatus.FAILED, RunStatus.CANCELLED})
+FINISHED_STATUSES = frozenset({RunStatus.SUCCEEDED, RunStatus.PARTIAL, RunStatus.FAILED, RunStatus.CANCELLED,
+                               RunStatus.ABANDONED})
 ACTIVE_STATUSES = frozenset({RunStatus.QUEUED, RunStatus.RUNNING})
+#: Finished statuses a command reporting the run exits 1 for: nothing, or not everything, was scored.
+FAILED_STATUSES = frozenset({RunStatus.FAILED, RunStatus.ABANDONED})
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ the rejected rows with a reason each, so that no input row is ever dropped silen
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -14,6 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from fleetscore.core.times import parse_time_us
+from fleetscore.errors import InputError
 
 TS_TYPE = pa.timestamp("us", tz="UTC")
 
@@ -69,18 +71,20 @@ def empty_rejects() -> pa.Table:
 def validate_readings(table: pa.Table, row_offset: int = 0) -> Validated:
     """Check and convert a table with columns ts, device, sensor, value into the canonical schema.
 
-    ``ts`` may be a timestamp (naive means UTC), an ISO 8601 string (no zone means UTC) or a number
-    of seconds since the epoch; ``value`` a number or numeric text. Rows with an unparseable time,
-    a non-finite or non-numeric value, or an empty, overlong or control-character id are returned in
-    ``rejected`` with a reason; ``row`` there is the row's index in the input plus ``row_offset``.
+    ``ts`` may be a timestamp or date of any unit (naive means UTC; finer than µs is truncated), an
+    ISO 8601 string (no zone means UTC) or epoch seconds (a number or numeric text); ``value`` a
+    number of any type (integers beyond 2**53 lose precision as float64) or numeric text. Rows with
+    an unparseable time, a non-finite or non-numeric value, or an empty, overlong, non-UTF-8,
+    control- or invisible-character id are returned in ``rejected`` with a reason; ``row`` there is
+    the row's index in the input plus ``row_offset``. A column of a compound type (struct, list,
+    map, union) raises :class:`~fleetscore.errors.InputError` naming the column and its type.
     """
     missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
     if missing:
-        from fleetscore.errors import InputError
-
         raise InputError(
             f"missing column(s) {', '.join(missing)}; found {', '.join(table.column_names) or 'none'}"
         )
+    check_column_types(table.schema)
     n = table.num_rows
     ts_us, ts_reason = _parse_ts(table.column("ts"))
     value, value_reason = _parse_value(table.column("value"))
@@ -110,14 +114,11 @@ def validate_readings(table: pa.Table, row_offset: int = 0) -> Validated:
         schema=READING_SCHEMA,
     )
     idx = np.flatnonzero(bad)
-    raw = table.take(pa.array(idx))
+    at = pa.array(idx)
     rejected = pa.table(
         {
             "row": pa.array(idx + row_offset, type=pa.int64()),
-            "ts": _as_text(raw.column("ts")),
-            "device": _as_text(raw.column("device")),
-            "sensor": _as_text(raw.column("sensor")),
-            "value": _as_text(raw.column("value")),
+            **{name: _as_text(_plain(table.column(name))[0].take(at)) for name in REQUIRED_COLUMNS},
             "reason": pa.array(list(reasons[idx]), type=pa.string()),
         },
         schema=REJECT_SCHEMA,
@@ -125,51 +126,167 @@ def validate_readings(table: pa.Table, row_offset: int = 0) -> Validated:
     return Validated(good, rejected)
 
 
+def check_column_types(schema: pa.Schema) -> None:
+    """Refuse a reading column of a compound type (struct, list, map, union): no row of it can be one
+    reading, so it is a sender error (InputError naming the column and its type), not a row to quarantine."""
+    for name in REQUIRED_COLUMNS:
+        if name in schema.names and _is_compound(schema.field(name).type):
+            raise InputError(f"column {name!r} has type {str(schema.field(name).type)[:200]}; "
+                             f"expected {_EXPECTED[name]}")
+
+
+_EXPECTED = {"ts": "a timestamp, ISO 8601 text or epoch seconds", "device": "text", "sensor": "text",
+             "value": "a number or numeric text"}
+
+
+def _is_compound(t: pa.DataType) -> bool:
+    if isinstance(t, pa.ExtensionType):
+        return _is_compound(t.storage_type)
+    if pa.types.is_dictionary(t):
+        return _is_compound(t.value_type)
+    return bool(pa.types.is_nested(t) or pa.types.is_union(t) or pa.types.is_run_end_encoded(t))
+
+
 def _as_text(col: pa.ChunkedArray) -> pa.Array:
     """Raw values as text for the quarantine (ids truncated so a hostile 10 MB id stays small)."""
-    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    arr = _plain(col)[0]
     if pa.types.is_null(arr.type):
         return pa.nulls(len(arr), pa.string())
-    if pa.types.is_timestamp(arr.type):
-        text = pc.strftime(arr, format="%Y-%m-%dT%H:%M:%S")
-    else:
-        text = pc.cast(arr, pa.string())
+    try:
+        text = _render(arr)
+    except pa.ArrowException:  # a type with no text form: the reason says what was wrong
+        text = pa.nulls(len(arr), pa.string())
     return pc.utf8_slice_codeunits(text, 0, 1024)
+
+
+def _render(arr: pa.Array) -> pa.Array:
+    if pa.types.is_timestamp(arr.type):
+        try:
+            return pc.strftime(arr, format="%Y-%m-%dT%H:%M:%S")
+        except pa.ArrowException:  # beyond what strftime handles, or an unknown zone: the raw number
+            return pc.cast(arr.cast(pa.int64()), pa.string())
+    if _is_text(arr.type):
+        return _as_string(arr, np.full(len(arr), None, dtype=object), "")
+    return pc.cast(arr, pa.string())
 
 
 def _plain(col: pa.ChunkedArray | pa.Array) -> tuple[pa.Array, int, np.ndarray]:
     """One contiguous, dictionary-decoded array, its length, and an empty reason per row."""
-    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
-    if pa.types.is_dictionary(arr.type):
-        arr = arr.dictionary_decode()
+    chunks = [_decoded(c) for c in (col.chunks if isinstance(col, pa.ChunkedArray) else [col])]
+    if not chunks:
+        arr = _unviewed(pa.array([], _value_type(col.type)))
+    else:
+        arr = chunks[0] if len(chunks) == 1 else pa.concat_arrays(chunks)
     return arr, len(arr), np.full(len(arr), None, dtype=object)
+
+
+def _decoded(arr: pa.Array) -> pa.Array:
+    """An extension array's storage, a dictionary array's values."""
+    if isinstance(arr, pa.ExtensionArray):
+        arr = arr.storage
+    if not pa.types.is_dictionary(arr.type):
+        return _unviewed(arr)
+    return _unviewed(arr.dictionary).take(arr.indices)
+
+
+def _unviewed(arr: pa.Array) -> pa.Array:
+    """A string or binary view array as plain string or binary (take and filter have no view kernels)."""
+    if pa.types.is_string_view(arr.type):
+        return arr.cast(pa.string())
+    return arr.cast(pa.binary()) if pa.types.is_binary_view(arr.type) else arr
+
+
+def _value_type(t: pa.DataType) -> pa.DataType:
+    """The type :func:`_decoded` turns an array of type ``t`` into."""
+    if isinstance(t, pa.ExtensionType):
+        t = t.storage_type
+    return t.value_type if pa.types.is_dictionary(t) else t
+
+
+def _is_text(t: pa.DataType) -> bool:
+    """String or binary (views are already plain, see :func:`_unviewed`); binary must then be UTF-8."""
+    return bool(pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t)
+                or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t))
+
+
+def _as_string(arr: pa.Array, reason: np.ndarray, what: str) -> pa.Array:
+    """A text-like array as ``string``; values that are not valid UTF-8 are decoded with replacement
+    characters and get the reason ``<what> is not valid UTF-8`` (only then is each distinct value
+    looked at in Python)."""
+    if pa.types.is_string(arr.type):
+        return arr
+    try:
+        return pc.cast(arr, pa.string())
+    except pa.ArrowInvalid:
+        pass
+    encoded = pc.dictionary_encode(pc.cast(arr, pa.binary()))
+    raw = encoded.dictionary.to_pylist()
+    valid = np.array([_is_utf8(b) for b in raw], dtype=bool)
+    at = encoded.indices.fill_null(0).to_numpy(zero_copy_only=False)
+    invalid = ~valid[at] & ~arr.is_null().to_numpy(zero_copy_only=False)
+    reason[invalid & (reason == None)] = f"{what} is not valid UTF-8"  # noqa: E711
+    texts = pa.array([b.decode("utf-8", "replace") for b in raw], pa.string())
+    return texts.take(encoded.indices)
+
+
+def _is_utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _parse_ts(col: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
     arr, n, reason = _plain(col)
     t = arr.type
-    if pa.types.is_timestamp(t):
-        us = pc.cast(arr, pa.timestamp("us", tz=t.tz)).cast(pa.int64())
-    elif pa.types.is_date(t):
-        us = pc.cast(pc.cast(arr, pa.timestamp("us")), pa.int64())
-    elif pa.types.is_integer(t) or pa.types.is_floating(t):
-        secs = arr.to_numpy(zero_copy_only=False).astype("float64")
-        ok = np.isfinite(secs)
-        out = np.zeros(n, dtype="int64")
-        out[ok] = np.round(secs[ok] * 1_000_000).astype("int64")
-        reason[~ok] = "timestamp is missing or not finite"
-        return _range_check(out, reason, arr.is_null().to_numpy(zero_copy_only=False))
-    elif pa.types.is_string(t) or pa.types.is_large_string(t):
-        us = _parse_ts_strings(arr, reason)
+    nulls = arr.is_null().to_numpy(zero_copy_only=False)
+    if pa.types.is_timestamp(t) or pa.types.is_date(t):
+        us = _timestamp_us(arr)
+    elif pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t):
+        us = _seconds_us(_floats(arr), reason)
+    elif _is_text(t):
+        us = _parse_ts_text(_as_string(arr, reason, "timestamp"), reason)
     elif pa.types.is_null(t):
         reason[:] = "timestamp is missing"
         return np.zeros(n, dtype="int64"), reason
     else:
         reason[:] = f"timestamp has unsupported type {t}"
         return np.zeros(n, dtype="int64"), reason
-    nulls = us.is_null().to_numpy(zero_copy_only=False)
-    values = us.fill_null(0).to_numpy(zero_copy_only=False).astype("int64")
-    return _range_check(values, reason, nulls)
+    return _range_check(us, reason, nulls)
+
+
+#: µs per unit of a timestamp or date; None: nanoseconds, divided (truncated) instead.
+_UNIT_US: dict[str, int | None] = {"s": 1_000_000, "ms": 1_000, "us": 1, "ns": None}
+
+
+def _timestamp_us(arr: pa.Array) -> np.ndarray:
+    """Timestamps (any unit; zoned ones are stored as UTC) or dates as µs since the epoch: finer
+    units truncated, values far outside 1970..2200 clipped so nothing overflows (the range check
+    then rejects them)."""
+    if pa.types.is_date32(arr.type):
+        per: int | None = 86_400_000_000
+        raw = arr.cast(pa.int32())
+    else:
+        per = 1_000 if pa.types.is_date64(arr.type) else _UNIT_US[arr.type.unit]
+        raw = arr.cast(pa.int64())
+    ints: np.ndarray = raw.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+    return ints // 1_000 if per is None else np.clip(ints, -1, MAX_TS_US // per + 1) * per
+
+
+def _floats(arr: pa.Array) -> np.ndarray:
+    """Any numeric array as float64 (integers of any size and decimals rounded to the nearest float); nulls as 0."""
+    values: np.ndarray = pc.cast(arr, pa.float64(), safe=False).fill_null(0.0).to_numpy(zero_copy_only=False)
+    return values
+
+
+def _seconds_us(secs: np.ndarray, reason: np.ndarray) -> np.ndarray:
+    """Epoch seconds → µs, rounded; non-finite ones get a reason, huge ones are clipped (then rejected by range)."""
+    finite = np.isfinite(secs)
+    reason[~finite & (reason == None)] = "timestamp is not finite (NaN or inf)"  # noqa: E711
+    clipped = np.clip(np.where(finite, secs, 0.0), -1.0, MAX_TS_US / 1_000_000 + 1)
+    us: np.ndarray = np.round(clipped * 1_000_000).astype(np.int64)
+    return us
 
 
 def _range_check(us: np.ndarray, reason: np.ndarray, nulls: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -180,40 +297,58 @@ def _range_check(us: np.ndarray, reason: np.ndarray, nulls: np.ndarray) -> tuple
     return us, reason
 
 
-def _parse_ts_strings(arr: pa.Array, reason: np.ndarray) -> pa.Array:
-    """Vectorised ISO 8601 parse; falls back to one-by-one only when formats are mixed or bad."""
-    for target, tz in ((pa.timestamp("us", tz="UTC"), True), (pa.timestamp("us"), False)):
+def _parse_ts_text(arr: pa.Array, reason: np.ndarray) -> np.ndarray:
+    """Vectorised ISO 8601, then epoch-seconds parse of a whole column; one by one only when the
+    column mixes forms or holds bad values."""
+    for target in (pa.timestamp("us", tz="UTC"), pa.timestamp("us")):
         try:
             parsed = pc.cast(arr, target)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             continue
-        return parsed.cast(pa.int64()) if tz else pc.cast(parsed, pa.int64())
-    values = arr.to_pylist()
-    out: list[int | None] = []
+        us: np.ndarray = parsed.cast(pa.int64()).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+        return us
+    try:
+        secs = pc.cast(pc.utf8_trim_whitespace(arr), pa.float64())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return _parse_ts_rows(arr.to_pylist(), reason)
+    return _seconds_us(secs.fill_null(0.0).to_numpy(zero_copy_only=False), reason)
+
+
+_NUMBER = re.compile(r"\s*[+-]?(?:\d+\.?\d*(?:[eE][+-]?\d+)?|\.\d+(?:[eE][+-]?\d+)?|nan|inf(?:inity)?)\s*",
+                     re.IGNORECASE)
+
+
+def _parse_ts_rows(values: list[str | None], reason: np.ndarray) -> np.ndarray:
+    """One by one: plain decimal numbers are epoch seconds, anything else must be ISO 8601."""
+    us = np.zeros(len(values), dtype=np.int64)
+    secs = np.zeros(len(values))
+    numeric = np.zeros(len(values), dtype=bool)
     for i, text in enumerate(values):
-        us = parse_time_us(text) if text is not None else None
-        if us is None:
-            reason[i] = "timestamp is missing" if text is None else "timestamp is not a valid ISO 8601 time"
-        out.append(us)
-    return pa.array(out, type=pa.int64())
+        if text is None:
+            continue
+        if _NUMBER.fullmatch(text):
+            numeric[i], secs[i] = True, float(text)
+            continue
+        parsed = parse_time_us(text)
+        if parsed is None:
+            reason[i] = "timestamp is not a valid ISO 8601 time"
+        else:
+            us[i] = parsed
+    if numeric.any():
+        sub = reason[numeric]
+        us[numeric] = _seconds_us(secs[numeric], sub)
+        reason[numeric] = sub
+    return us
 
 
 def _parse_value(col: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
     arr, n, reason = _plain(col)
     t = arr.type
+    nulls = arr.is_null().to_numpy(zero_copy_only=False)
     if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t):
-        values = pc.cast(arr, pa.float64()).fill_null(np.nan).to_numpy(zero_copy_only=False)
-        nulls = arr.is_null().to_numpy(zero_copy_only=False)
-    elif pa.types.is_string(t) or pa.types.is_large_string(t):
-        stripped = pc.utf8_trim_whitespace(arr)
-        try:
-            values = pc.cast(stripped, pa.float64()).fill_null(np.nan).to_numpy(zero_copy_only=False)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            values = np.array([_float_or_text(v) for v in stripped.to_pylist()], dtype=object)
-            text = np.array([isinstance(v, str) for v in values])
-            reason[text] = "value is not a number"
-            values = np.where(text, np.nan, values).astype("float64")
-        nulls = arr.is_null().to_numpy(zero_copy_only=False)
+        values = _floats(arr)
+    elif _is_text(t):
+        values = _parse_numbers(pc.utf8_trim_whitespace(_as_string(arr, reason, "value")), reason)
     elif pa.types.is_boolean(t):
         reason[:] = "value is a boolean, not a number"
         return np.zeros(n), reason
@@ -230,13 +365,33 @@ def _parse_value(col: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
     return values, reason
 
 
+def _parse_numbers(text: pa.Array, reason: np.ndarray) -> np.ndarray:
+    """Numeric text as float64 (nulls 0), vectorised; one by one only when some value is not a number."""
+    try:
+        return _floats(text)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        pass
+    values = np.array([_float_or_text(v) for v in text.to_pylist()], dtype=object)
+    words = np.array([isinstance(v, str) for v in values], dtype=bool)
+    reason[words & (reason == None)] = "value is not a number"  # noqa: E711
+    return np.where(words, 0.0, values).astype("float64")
+
+
 def _float_or_text(v: str | None) -> float | str:
     if v is None:
-        return float("nan")
+        return 0.0
     try:
         return float(v)
     except ValueError:
         return v
+
+
+#: C0, DEL and C1 controls (Unicode Cc).
+_CONTROL = r"\p{Cc}"
+#: Invisible or direction-changing characters: format characters (Cf: bidi overrides and isolates,
+#: zero-width space and joiners, BOM, soft hyphen), line and paragraph separators (Zl, Zp), and the
+#: Hangul fillers, which are letters that render as nothing.
+_INVISIBLE = r"[\p{Cf}\p{Zl}\p{Zp}\x{115F}\x{1160}\x{3164}\x{FFA0}]"
 
 
 def _check_ids(col: pa.ChunkedArray, what: str) -> tuple[pa.Array, np.ndarray]:
@@ -244,9 +399,9 @@ def _check_ids(col: pa.ChunkedArray, what: str) -> tuple[pa.Array, np.ndarray]:
     if pa.types.is_null(arr.type):
         reason[:] = f"{what} id is missing"
         return pa.nulls(n, pa.string()), reason
-    if pa.types.is_large_string(arr.type):
-        arr = arr.cast(pa.string())
-    if not pa.types.is_string(arr.type):
+    if _is_text(arr.type):
+        arr = _as_string(arr, reason, f"{what} id")
+    else:
         try:
             arr = pc.cast(arr, pa.string())
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
@@ -259,9 +414,12 @@ def _check_ids(col: pa.ChunkedArray, what: str) -> tuple[pa.Array, np.ndarray]:
     uniq, at = encoded.dictionary, encoded.indices.to_numpy(zero_copy_only=False)
     empty = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(uniq)), 0).to_numpy(zero_copy_only=False)[at]
     too_long = pc.greater(pc.utf8_length(uniq), MAX_ID_LENGTH).to_numpy(zero_copy_only=False)[at]
-    control = pc.match_substring_regex(uniq, r"[\x00-\x1f\x7f]").to_numpy(zero_copy_only=False)[at]
-    reason[nulls] = f"{what} id is missing"
+    control = pc.match_substring_regex(uniq, _CONTROL).to_numpy(zero_copy_only=False)[at]
+    invisible = pc.match_substring_regex(uniq, _INVISIBLE).to_numpy(zero_copy_only=False)[at]
+    reason[nulls & (reason == None)] = f"{what} id is missing"  # noqa: E711
     reason[(reason == None) & empty] = f"{what} id is empty"  # noqa: E711
     reason[(reason == None) & too_long] = f"{what} id is longer than {MAX_ID_LENGTH} characters"  # noqa: E711
     reason[(reason == None) & control] = f"{what} id contains control characters"  # noqa: E711
+    reason[(reason == None) & invisible] = (f"{what} id contains invisible or direction-changing characters "  # noqa: E711
+                                            "(Unicode Cf, Zl or Zp, e.g. U+200B, U+202E, U+2028, U+FEFF)")
     return filled, reason

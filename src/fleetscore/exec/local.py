@@ -1,19 +1,46 @@
-"""Local executor: tasks in a process pool (forkserver), or in-process when one worker suffices."""
+"""Local executor: tasks in a process pool (forkserver), or in-process when one worker suffices.
+
+Workers end when their driver dies, even by kill -9: each pool hands its workers the read end of a
+pipe (the *lifeline*) whose only write end the driver holds, and a watchdog thread in every worker
+exits the worker when that pipe reports end of file. (A parent-death signal cannot do this: a
+worker's parent is the fork server, which itself waits for its workers to exit.) With the workers
+gone the fork server and the resource tracker end too.
+"""
 
 from __future__ import annotations
 
 import multiprocessing
+import os
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
+from multiprocessing.connection import Connection
 from typing import Any
 
 from fleetscore.credentials import call_with_credentials, credential_env
 from fleetscore.exec.base import TaskError
 
+#: Exit status of a worker that ended because its driver was gone.
+DRIVER_GONE_EXIT = 70
+
 
 class WorkerDied(RuntimeError):
     """A worker process ended while running a task: the task can run again in a new one."""
+
+
+def watch_driver(lifeline: Connection) -> None:
+    """Pool worker initializer: start the watchdog that ends this worker once its driver is gone."""
+    threading.Thread(target=_exit_at_eof, args=(lifeline,), name="driver watchdog", daemon=True).start()
+
+
+def _exit_at_eof(lifeline: Connection) -> None:
+    """Block on the lifeline (nothing is ever sent on it) and exit the process when it closes."""
+    try:
+        lifeline.recv_bytes()
+    except (EOFError, OSError):
+        pass
+    os._exit(DRIVER_GONE_EXIT)
 
 
 class LocalExecutor:
@@ -26,6 +53,7 @@ class LocalExecutor:
         #: Modules the fork server imports before forking workers (plus the kernel warm-up), given by the caller.
         self.preload = preload
         self._pool: ProcessPoolExecutor | None = None
+        self._lifeline: tuple[Connection, Connection] | None = None  # (read end for workers, write end)
 
     def map(self, fn: Callable[[Any], Any], specs: Sequence[Any]) -> Iterator[tuple[int, Any]]:
         if self.workers == 1 or len(specs) <= 1:
@@ -65,7 +93,9 @@ class LocalExecutor:
         if self._pool is None:
             ctx = multiprocessing.get_context("forkserver")
             ctx.set_forkserver_preload([*self.preload, "fleetscore.exec.warm"])
-            self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx)
+            self._lifeline = ctx.Pipe(duplex=False)
+            self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx, initializer=watch_driver,
+                                             initargs=(self._lifeline[0],))
         return self._pool
 
     def close(self) -> None:
@@ -77,3 +107,7 @@ class LocalExecutor:
                 for process in list((pool._processes or {}).values()):  # noqa: SLF001
                     process.kill()
             pool.shutdown(wait=True, cancel_futures=True)
+        if self._lifeline is not None:  # after the shutdown: closing it earlier would end workers mid-shutdown
+            for end in self._lifeline:
+                end.close()
+            self._lifeline = None

@@ -3,6 +3,7 @@
     <home>/ingest/log/<source>/seg-*.log   the durable log of each writer (http, mqtt, kafka:…, nats:…)
     <home>/ingest/checkpoint.json          per log (segment, offset) compacted so far, the stream state file
     <home>/ingest/state/state-<seq>.arrow  open stream windows as of that checkpoint
+    <home>/ingest/state/devices-<seq>.arrow  each tracked device's max event time (its watermark, lateness.py)
     <home>/ingest/staged/                  one compaction step decided but not yet applied (see compact.py)
     <home>/ingest/keys/keys-<seq>.arrow    Idempotency-Keys of the batches compacted in step <seq>
     <home>/ingest/sources/<source>.json    a stream consumer's lag and last message / commit times
@@ -14,7 +15,10 @@ is replaced atomically (written aside, fsynced, renamed), so a crash leaves the 
 
 from __future__ import annotations
 
+import fcntl
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,6 +88,7 @@ class Checkpoint:
     seq: int = 0
     positions: dict[str, Position] = field(default_factory=dict)
     state: str | None = None  # file name under state/
+    devices: str | None = None  # file name under state/: the device clock
     compacted_at_us: int | None = None
     totals: dict[str, int] = field(default_factory=dict)
 
@@ -92,7 +97,7 @@ class Checkpoint:
 
     def as_dict(self) -> dict[str, Any]:
         return {"seq": self.seq, "positions": {k: list(v) for k, v in self.positions.items()}, "state": self.state,
-                "compacted_at_us": self.compacted_at_us, "totals": self.totals}
+                "devices": self.devices, "compacted_at_us": self.compacted_at_us, "totals": self.totals}
 
 
 def load_checkpoint(paths: IngestPaths) -> Checkpoint:
@@ -107,6 +112,7 @@ def load_checkpoint(paths: IngestPaths) -> Checkpoint:
             seq=int(data["seq"]),
             positions={k: (int(v[0]), int(v[1])) for k, v in data["positions"].items()},
             state=data.get("state"),
+            devices=data.get("devices"),
             compacted_at_us=data.get("compacted_at_us"),
             totals={k: int(v) for k, v in data.get("totals", {}).items()},
         )
@@ -124,3 +130,15 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 def save_checkpoint(paths: IngestPaths, checkpoint: Checkpoint) -> None:
     write_atomic(paths.checkpoint, json.dumps(checkpoint.as_dict(), indent=1).encode())
+
+
+@contextmanager
+def compaction_lock(paths: IngestPaths) -> Iterator[None]:
+    """Hold ``compact.lock``: one compaction (or quarantine replay) at a time per home, in any process."""
+    paths.compact_lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(paths.compact_lock, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)

@@ -4,29 +4,32 @@ Compaction runs in steps; each step takes the records after the checkpoint (all 
 number of rows) and goes through three phases:
 
 1. **decide** — drop readings already seen (earlier in the step, or already stored: a re-sent
-   batch, an MQTT redelivery), feed the rest to the stream engine (late readings come out), and
-   write everything the step will change to ``staged/``: rows to land, quarantine rows, closed
-   windows, the new stream state, Idempotency-Keys; ``staged/step.json`` last, atomically. From
-   then on the step is decided and no longer depends on what storage holds.
+   batch, an MQTT redelivery), quarantine the readings late for their own device (see
+   :mod:`~fleetscore.ingest.lateness`), feed the rest to the stream engine, and write everything
+   the step will change: rows to land, quarantine rows, closed windows, Idempotency-Keys to
+   ``staged/``, the new stream state and device clock to ``state/``; ``staged/step.json`` last,
+   atomically. From then on the step is decided and no longer depends on what storage holds.
 2. **apply** — land the rows (idempotent by key), write quarantine and window files under names
    derived from the step number (a re-apply overwrites them with the same content), file the keys.
 3. **commit** — replace the checkpoint atomically; then delete ``staged/``, the previous state
-   file and the log segments wholly behind the checkpoint.
+   files (stream state, device clock) and the log segments wholly behind the checkpoint.
 
 A crash before ``step.json`` exists redoes the step from the log; a crash after it re-applies
 the staged step: nothing is lost and nothing is stored twice. One compaction runs at a time per
 home (``compact.lock``), whether in ``fleetscore serve`` or ``fleetscore compact``.
+
+Stream windows close by the fleet's clock (max event time seen − allowed lateness), so a window
+closes once; a reading on time for its device but behind that clock (a backlog after an outage)
+lands in the readings without entering a stream window, counted as ``unwindowed``.
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -41,7 +44,16 @@ from fleetscore.core.schema import READING_SCHEMA, REJECT_SCHEMA
 from fleetscore.core.stream import StreamState, advance, flush, new_state
 from fleetscore.core.times import day_text, iso, parse_time
 from fleetscore.errors import StorageError
-from fleetscore.ingest.checkpoint import Checkpoint, IngestPaths, Position, load_checkpoint, save_checkpoint, write_atomic
+from fleetscore.ingest.checkpoint import (
+    Checkpoint,
+    IngestPaths,
+    Position,
+    compaction_lock,
+    load_checkpoint,
+    save_checkpoint,
+    write_atomic,
+)
+from fleetscore.ingest.lateness import advance_clock, device_watermarks, empty_clock, late_reasons
 from fleetscore.ingest.log import list_segments, read_frames, segment_name, writer_active
 from fleetscore.ingest.records import IngestBatch, decode, ipc_file_bytes, read_ipc_file
 from fleetscore.storage.fs import Storage
@@ -68,6 +80,7 @@ class CompactResult:
     segments_deleted: int = 0
     open_windows: int = 0
     watermark: str | None = None
+    late_total: int | None = None  # readings quarantined as late, over the home's whole history
     counts: dict[str, int] = field(default_factory=dict, repr=False)
 
     def add(self, counts: dict[str, int]) -> None:
@@ -101,7 +114,7 @@ class Compactor:
     def run(self) -> CompactResult:
         """Compact every record written so far (apply a staged step first, if a crash left one)."""
         result = CompactResult()
-        with _exclusive(self.paths.compact_lock):
+        with compaction_lock(self.paths):
             checkpoint = load_checkpoint(self.paths)
             staged = self._staged()
             if staged is not None:
@@ -111,6 +124,7 @@ class Compactor:
                 self._hook("decided")
                 checkpoint = self._apply(checkpoint, staged, result)
             result.segments_deleted = self._delete_consumed(checkpoint)
+            result.late_total = checkpoint.totals.get("late", 0)
             state = self._load_state(checkpoint)
         result.open_windows = state.open_windows
         result.watermark = None if state.watermark_us is None else iso(state.watermark_us)
@@ -194,17 +208,9 @@ class Compactor:
             state, windows[state.width_s] = flush(state)
             state = new_state(self.settings.window_s, self.settings.lateness_s)
         state = replace(state, lateness_s=self.settings.lateness_s)
-        watermark = state.watermark_us
+        fresh, clock = self._judge_lateness(checkpoint, fresh, seq, quarantine, counts)
         step = advance(state, fresh)
-        if step.late_count:
-            late = fresh.take(pa.array(step.late))
-            reason = (f"late: ts is before the watermark {iso(watermark or 0)} "
-                      f"(max event time seen − allowed lateness {state.lateness_s} s)")
-            quarantine.setdefault(LATE_SOURCE, []).append(as_rejects(late, [reason] * late.num_rows))
-            keep = np.ones(fresh.num_rows, dtype=bool)
-            keep[step.late] = False
-            fresh = fresh.filter(pa.array(keep))
-        counts["late"] = step.late_count
+        counts["unwindowed"] = step.late_count  # on time for their device, behind the fleet's closed windows
         windows[self.settings.window_s] = step.closed
 
         files: dict[str, Any] = {"land": "land.arrow", "quarantine": {}, "windows": {}}
@@ -222,14 +228,34 @@ class Compactor:
         if keyed:
             write_atomic(staged / "keys.arrow", ipc_file_bytes(_keys_table(keyed)))
             files["keys"] = "keys.arrow"
-        state_name = f"state-{seq:012d}.arrow"
+        state_name, devices_name = f"state-{seq:012d}.arrow", f"devices-{seq:012d}.arrow"
         write_atomic(self.paths.state_dir / state_name, ipc_file_bytes(step.state.to_arrow()))
+        write_atomic(self.paths.state_dir / devices_name, ipc_file_bytes(clock))
         counts.update(landed=fresh.num_rows, windows=sum(t.num_rows for t in windows.values()),
                       quarantined=sum(sum(t.num_rows for t in parts) for parts in quarantine.values()))
         manifest = {"seq": seq, "positions": {k: list(v) for k, v in chunk.positions.items()}, "state": state_name,
-                    "day": day_text(self.clock()), "files": files, "counts": counts}
+                    "devices": devices_name, "day": day_text(self.clock()), "files": files, "counts": counts}
         write_atomic(staged / "step.json", json.dumps(manifest).encode())
         return manifest
+
+    def _judge_lateness(self, checkpoint: Checkpoint, fresh: pa.Table, seq: int,
+                        quarantine: dict[str, list[pa.Table]], counts: dict[str, int]) -> tuple[pa.Table, pa.Table]:
+        """Quarantine the readings late for their own device; the on-time rest and the advanced device clock."""
+        lateness_s = self.settings.lateness_s
+        clock = self._load_clock(checkpoint)
+        late, watermark = device_watermarks(clock, fresh, lateness_s)
+        counts["late"] = int(late.sum())
+        clock = advance_clock(clock, fresh, seq, self.settings.max_tracked_devices)  # late rows count as seen
+        if counts["late"]:
+            reasons = late_reasons(watermark[late], lateness_s)
+            quarantine.setdefault(LATE_SOURCE, []).append(as_rejects(fresh.filter(pa.array(late)), reasons))
+            fresh = fresh.filter(pa.array(~late))
+        return fresh, clock
+
+    def _load_clock(self, checkpoint: Checkpoint) -> pa.Table:
+        if checkpoint.devices is None:
+            return empty_clock()
+        return read_ipc_file(self.paths.state_dir / checkpoint.devices)
 
     def _stored(self, good: pa.Table) -> np.ndarray:
         """True for rows whose (device, sensor, ts) is already in the landed readings."""
@@ -252,11 +278,12 @@ class Compactor:
         for name, value in manifest["counts"].items():
             totals[name] = totals.get(name, 0) + int(value)
         new = Checkpoint(seq=seq, positions={k: (int(v[0]), int(v[1])) for k, v in manifest["positions"].items()},
-                         state=manifest["state"], compacted_at_us=self.clock(), totals=totals)
+                         state=manifest["state"], devices=manifest.get("devices"), compacted_at_us=self.clock(), totals=totals)
         save_checkpoint(self.paths, new)
         shutil.rmtree(staged, ignore_errors=True)
-        if checkpoint.state and checkpoint.state != new.state:
-            (self.paths.state_dir / checkpoint.state).unlink(missing_ok=True)
+        for old, now in ((checkpoint.state, new.state), (checkpoint.devices, new.devices)):
+            if old and old != now:
+                (self.paths.state_dir / old).unlink(missing_ok=True)
         result.add(manifest["counts"])
         return new
 
@@ -351,18 +378,8 @@ class CompactionLoop:
         last = self.last.as_dict() if self.last else {}
         return {"compactions_total": self.runs, "compaction_errors_total": self.errors,
                 "last_compaction_at_us": self.last_at_us, "last_compaction_error": self.last_error,
-                "open_windows": last.get("open_windows"), "watermark": last.get("watermark")}
-
-
-@contextmanager
-def _exclusive(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+                "open_windows": last.get("open_windows"), "watermark": last.get("watermark"),
+                "late_total": last.get("late_total")}
 
 
 def _keys_table(batches: list[IngestBatch]) -> pa.Table:
@@ -370,4 +387,5 @@ def _keys_table(batches: list[IngestBatch]) -> pa.Table:
         "key": pa.array([b.key for b in batches], pa.string()),
         "received_at_us": pa.array([b.received_at_us for b in batches], pa.int64()),
         "reply": pa.array([json.dumps(b.reply()) for b in batches], pa.string()),
+        "digest": pa.array([b.digest for b in batches], pa.string()),
     })

@@ -34,6 +34,7 @@ class IngestBatch:
     key: str | None
     good: pa.Table
     rejected: pa.Table
+    digest: str | None = None  # of the body, binding ``key`` to it (fleetscore.ingest.service.body_digest)
 
     def reply(self) -> dict[str, Any]:
         """The answer to the batch: ``{"accepted", "rejected", "errors": [{"index", "error"}]}``."""
@@ -43,8 +44,10 @@ class IngestBatch:
         return {"accepted": self.good.num_rows, "rejected": self.rejected.num_rows, "errors": errors}
 
     def encode(self) -> bytes:
-        header = json.dumps({"source": self.source, "received_at": self.received_at_us, "key": self.key},
-                            separators=(",", ":")).encode()
+        fields = {"source": self.source, "received_at": self.received_at_us, "key": self.key}
+        if self.digest is not None:
+            fields["digest"] = self.digest
+        header = json.dumps(fields, separators=(",", ":")).encode()
         good = _ipc(self.good.cast(READING_SCHEMA))
         rejected = _ipc(self.rejected.cast(REJECT_SCHEMA)) if self.rejected.num_rows else b""
         return b"".join([_HEAD.pack(len(header)), header, _BODY.pack(len(good)), good, rejected])
@@ -65,7 +68,8 @@ def decode(payload: bytes) -> IngestBatch:
         good = pa.ipc.open_stream(pa.py_buffer(payload)[pos:pos + size]).read_all()
         rest = pa.py_buffer(payload)[pos + size:]
         rejected = pa.ipc.open_stream(rest).read_all() if rest.size else REJECT_SCHEMA.empty_table()
-        return IngestBatch(header["source"], int(header["received_at"]), header.get("key"), good, rejected)
+        return IngestBatch(header["source"], int(header["received_at"]), header.get("key"), good, rejected,
+                           header.get("digest"))
     except (ValueError, KeyError, struct.error, pa.ArrowException) as exc:
         raise StorageError(f"ingest log record cannot be decoded: {exc}") from exc
 

@@ -35,6 +35,11 @@ class IngestRuntime:
     def running(self) -> bool:
         return self.service is not None
 
+    @property
+    def fault(self) -> str | None:
+        """Why the log writer cannot take batches right now (None while it can, or when stopped)."""
+        return self.service.log.fault if self.service is not None else None
+
     def start(self) -> IngestService:
         """Open the log writer and start background compaction; the service that takes batches."""
         self.service = IngestService(self.home, self.settings, self.source, self.clock)

@@ -4,18 +4,22 @@ An answer (``{"accepted", "rejected", "errors"}``) is only produced after the ba
 on disk, so an acknowledged reading survives any crash. Rejected rows travel in the same record
 and reach the quarantine at compaction.
 
-**Idempotency-Key**: the key is written in the record's header. A batch re-sent with a key seen
-within the TTL is not appended again; it gets the first answer (``replayed``). Keys are rebuilt at
-start from the key files of past compactions and from the records not yet compacted, so a retry
-after a crash is recognised too. A second request with a key still in flight waits for the first.
+**Idempotency-Key**: the key and a digest of the body (:func:`body_digest`) are written in the
+record's header. A batch re-sent with a key seen within the TTL is not appended again; it gets the
+first answer (``replayed``). The same key with a different body is refused
+(:class:`IdempotencyConflict`, HTTP 422): it is a client bug, and replaying would drop the new data.
+Keys are rebuilt at start from the key files of past compactions and from the records not yet
+compacted, so a retry after a crash is recognised too (keys stored before digests existed match any
+body). A second request with a key still in flight waits for the first.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import threading
-from concurrent.futures import Future
+from concurrent.futures import Executor, Future
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +37,17 @@ from fleetscore.ingest.records import IngestBatch, decode, decode_header, read_i
 MAX_KEY_LENGTH = 200
 
 
+class IdempotencyConflict(InputError):
+    """An Idempotency-Key already used for a different body."""
+
+
+def body_digest(body: bytes, kind: str) -> str:
+    """What an Idempotency-Key is bound to: a blake2b digest of the body and its kind (``json``, ``csv``...)."""
+    digest = hashlib.blake2b(kind.encode() + b"\0", digest_size=16)
+    digest.update(body)
+    return digest.hexdigest()
+
+
 def check_key(key: str | None) -> str | None:
     """An Idempotency-Key must be 1..200 printable ASCII characters."""
     if key is None:
@@ -43,36 +58,42 @@ def check_key(key: str | None) -> str | None:
 
 
 class KeyCache:
-    """Answers by Idempotency-Key, for ``ttl_s`` seconds; thread-safe."""
+    """Answers (and body digests) by Idempotency-Key, for ``ttl_s`` seconds; thread-safe."""
 
     def __init__(self, ttl_s: int) -> None:
         self.ttl_us = ttl_s * 1_000_000
-        self._done: dict[str, tuple[int, dict[str, Any]]] = {}
-        self._inflight: dict[str, Future[dict[str, Any]]] = {}
+        self._done: dict[str, tuple[int, str | None, dict[str, Any]]] = {}
+        self._inflight: dict[str, tuple[str | None, Future[dict[str, Any]]]] = {}
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._done)
 
-    def remember(self, key: str, received_at_us: int, reply: dict[str, Any]) -> None:
+    def remember(self, key: str, received_at_us: int, reply: dict[str, Any], digest: str | None = None) -> None:
         with self._lock:
-            self._done[key] = (received_at_us, reply)
+            self._done[key] = (received_at_us, digest, reply)
 
-    def claim(self, key: str) -> tuple[dict[str, Any] | None, Future[dict[str, Any]] | None, bool]:
-        """(answer if done, future if in flight, True if the caller now owns the key)."""
+    def claim(self, key: str, digest: str | None = None
+              ) -> tuple[dict[str, Any] | None, Future[dict[str, Any]] | None, bool]:
+        """(answer if done, future if in flight, True if the caller now owns the key); raises
+        :class:`IdempotencyConflict` when the key was used for a body of another ``digest``."""
         with self._lock:
             if key in self._done:
-                return self._done[key][1], None, False
+                _, seen, reply = self._done[key]
+                _check_same_body(key, seen, digest)
+                return reply, None, False
             if key in self._inflight:
-                return None, self._inflight[key], False
-            self._inflight[key] = Future()
+                seen, future = self._inflight[key]
+                _check_same_body(key, seen, digest)
+                return None, future, False
+            self._inflight[key] = (digest, Future())
             return None, None, True
 
     def finish(self, key: str, received_at_us: int, reply: dict[str, Any] | None, error: BaseException | None) -> None:
         with self._lock:
-            future = self._inflight.pop(key)
+            digest, future = self._inflight.pop(key)
             if reply is not None:
-                self._done[key] = (received_at_us, reply)
+                self._done[key] = (received_at_us, digest, reply)
                 if len(self._done) % 1024 == 0:  # forget keys past the TTL now and then
                     self._expire(received_at_us)
         if error is not None or reply is None:
@@ -82,9 +103,17 @@ class KeyCache:
 
     def _expire(self, now: int) -> None:
         """Called with the lock held."""
-        old = [k for k, (t, _) in self._done.items() if t < now - self.ttl_us]
+        old = [k for k, (t, _, _) in self._done.items() if t < now - self.ttl_us]
         for k in old:
             del self._done[k]
+
+
+def _check_same_body(key: str, seen: str | None, digest: str | None) -> None:
+    if seen is not None and digest is not None and seen != digest:
+        raise IdempotencyConflict(
+            f"Idempotency-Key {key!r} was already used for a different body; a retry must send the same "
+            "body, and a new batch needs a new key"
+        )
 
 
 class IngestService:
@@ -103,7 +132,8 @@ class IngestService:
         self.counters = {"batches": 0, "accepted": 0, "rejected": 0, "replayed": 0, "bytes": 0}
         self.last_batch_at_us: int | None = None
 
-    def admit(self, parsed: ParsedBody, key: str | None = None, received_at_us: int | None = None) -> IngestBatch:
+    def admit(self, parsed: ParsedBody, key: str | None = None, received_at_us: int | None = None,
+              digest: str | None = None) -> IngestBatch:
         """Validate a parsed body into a log record (good rows + every rejected row with its reason)."""
         received = self.clock() if received_at_us is None else received_at_us
         admitted = admit_readings(parsed.table, received, self.settings.max_future_s * 1_000_000)
@@ -113,7 +143,7 @@ class IngestService:
             rejected = rejected.set_column(0, "row", pa.array(rows, pa.int64()))
         if parsed.errors:
             rejected = pa.concat_tables([rejected, parsed.unparsed()]).sort_by("row")
-        return IngestBatch(self.source, received, key, admitted.good, rejected)
+        return IngestBatch(self.source, received, key, admitted.good, rejected, digest)
 
     def append(self, batch: IngestBatch) -> Future[None]:
         """Start writing the record; the future resolves when it is durable."""
@@ -122,23 +152,33 @@ class IngestService:
         future.add_done_callback(lambda f: self._count(batch, len(payload)) if f.exception() is None else None)
         return future
 
-    async def submit_async(self, parsed: ParsedBody, key: str | None = None) -> tuple[dict[str, Any], bool]:
-        """Admit, append and await the fsync (without blocking the event loop); returns (answer, replayed)."""
+    async def submit_async(self, parsed: ParsedBody, key: str | None = None, digest: str | None = None,
+                           executor: Executor | None = None) -> tuple[dict[str, Any], bool]:
+        """Admit and append in ``executor`` (default: the loop's), then await the fsync, so the event loop
+        never blocks; returns (answer, replayed). ``digest`` binds ``key`` to the body (see module doc)."""
         if key is None:
-            batch = self.admit(parsed)
-            await asyncio.wrap_future(self.append(batch))
-            return batch.reply(), False
-        reply, waiting, owner = self.keys.claim(key)
+            return (await self._write(parsed, None, None, executor)).reply(), False
+        reply, waiting, owner = self.keys.claim(key, digest)
         if not owner:
             return self._replayed(reply if reply is not None else await asyncio.wrap_future(waiting))  # type: ignore[arg-type]
         try:
-            batch = self.admit(parsed, key)
-            await asyncio.wrap_future(self.append(batch))
+            batch = await self._write(parsed, key, digest, executor)
         except BaseException as exc:
             self.keys.finish(key, 0, None, exc)
             raise
         self.keys.finish(key, batch.received_at_us, batch.reply(), None)
         return batch.reply(), False
+
+    async def _write(self, parsed: ParsedBody, key: str | None, digest: str | None,
+                     executor: Executor | None) -> IngestBatch:
+        """The admitted batch, once durable."""
+        def start() -> tuple[IngestBatch, Future[None]]:
+            batch = self.admit(parsed, key, digest=digest)
+            return batch, self.append(batch)
+
+        batch, durable = await asyncio.get_running_loop().run_in_executor(executor, start)
+        await asyncio.wrap_future(durable)
+        return batch
 
     def _replayed(self, reply: dict[str, Any]) -> tuple[dict[str, Any], bool]:
         with self._lock:
@@ -157,7 +197,8 @@ class IngestService:
         with self._lock:
             out: dict[str, Any] = {f"{k}_total": v for k, v in self.counters.items()}
         out.update(last_batch_at_us=self.last_batch_at_us, fsyncs_total=self.log.fsyncs,
-                   log_pending_records=self.log.pending, idempotency_keys=len(self.keys))
+                   log_pending_records=self.log.pending, idempotency_keys=len(self.keys),
+                   healthy=int(self.log.fault is None), log_failures_total=self.log.failures, log_fault=self.log.fault)
         return out
 
     def close(self) -> None:
@@ -168,9 +209,11 @@ class IngestService:
         cutoff = self.clock() - self.keys.ttl_us
         for path in sorted(self.paths.keys_dir.glob("keys-*.arrow")):
             table = read_ipc_file(path)
-            for key, at, reply in zip(*(table.column(c).to_pylist() for c in ("key", "received_at_us", "reply"))):
+            digests = table.column("digest").to_pylist() if "digest" in table.column_names else [None] * len(table)
+            columns = (table.column(c).to_pylist() for c in ("key", "received_at_us", "reply"))
+            for key, at, reply, digest in zip(*columns, digests):
                 if at >= cutoff:
-                    self.keys.remember(key, at, json.loads(reply))
+                    self.keys.remember(key, at, json.loads(reply), digest)
         checkpoint = load_checkpoint(self.paths)
         for source in self.paths.sources():
             directory = self.paths.log_dir(source)
@@ -183,4 +226,4 @@ class IngestService:
                     header = decode_header(frame.payload)
                     if header.get("key") and header["received_at"] >= cutoff:
                         batch = decode(frame.payload)
-                        self.keys.remember(header["key"], batch.received_at_us, batch.reply())
+                        self.keys.remember(header["key"], batch.received_at_us, batch.reply(), batch.digest)

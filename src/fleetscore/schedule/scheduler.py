@@ -159,7 +159,8 @@ class Scheduler:
     def _score(self, spec: ScheduleSpec, row: WindowRow, lease: HeldLease, lo: int, hi: int) -> None:
         ctx = self.context
         prior = self._run_record(row.run_id)
-        if prior is not None and prior.status.finished:  # its run ended after all (e.g. cancelled)
+        # its run ended after all (e.g. cancelled); one whose process died (abandoned) is resumed below
+        if prior is not None and prior.status.finished and prior.status is not RunStatus.ABANDONED:
             self.store.update_window(row.schedule, row.window_from, status=prior.status.value)
             return
         current = committed_run(ctx, lo, hi)

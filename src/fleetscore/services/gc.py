@@ -1,7 +1,10 @@
 """``fleetscore gc``: gather what exists, let :func:`~fleetscore.core.retention.plan_retention` decide, delete.
 
 Windows with a run in progress count as open, like the windows schedules still have to run, so gc
-never deletes under a live run. Model versions keep their catalog row (status ``deleted``).
+never deletes under a live run; each kept window says which run or schedule holds it. A run or a
+training version whose process died is abandoned (the catalog marks it when it reads it) and pins
+nothing: its files go like any other old run's or version's. Model versions keep their catalog row
+(status ``deleted``).
 """
 
 from __future__ import annotations
@@ -10,7 +13,8 @@ from dataclasses import dataclass
 
 from fleetscore.catalog.purge import delete_commits, delete_runs, mark_versions_deleted
 from fleetscore.catalog.schedules import ScheduleStore
-from fleetscore.core.retention import RetentionFacts, RetentionPlan, VersionFact, plan_retention
+from fleetscore.core.retention import RetentionFacts, RetentionPlan, VersionFact, Window, plan_retention
+from fleetscore.core.runs import RunRecord
 from fleetscore.core.schedule import next_fire, window_of
 from fleetscore.core.times import SECOND_US, iso
 from fleetscore.errors import InputError
@@ -39,10 +43,9 @@ def collect_facts(ctx: Context, cutoff_us: int, now_us: int, readings: bool) -> 
     catalog, storage = ctx.catalog, ctx.storage
     store = ScheduleStore(catalog)
     runs = catalog.runs(ALL)
-    specs = [s for s in store.all() if not s.paused]
-    open_rows = store.open_windows()
-    busy = {(r.window_from, r.window_to) for r in runs if not r.status.finished}
-    busy |= {(r.window_from, r.window_to) for r in open_rows}
+    schedules = store.all()
+    specs = [s for s in schedules if not s.paused]
+    busy = _open_windows(runs, store, {s.name for s in schedules})
     needed = [window_of(s, next_fire(s, now_us)).from_us for s in specs] + [lo for lo, _ in busy]
     log_runs = []
     for name in storage.list_dirs("logs"):
@@ -59,12 +62,21 @@ def collect_facts(ctx: Context, cutoff_us: int, now_us: int, readings: bool) -> 
         versions=[VersionFact(v.version, v.created_at, v.status) for v in catalog.versions()],
         released=catalog.released(),
         pinned_versions=frozenset(s.version for s in store.all() if s.version),
-        open_windows=frozenset(busy),
+        open_windows=busy,
         schedule_rows=[(r.schedule, (r.window_from, r.window_to), r.status) for r in store.windows(limit=ALL)],
         reading_hours=_reading_hours(storage) if readings else [],
         needed_from_us=min(needed) if needed else None,
         readings=readings,
     )
+
+
+def _open_windows(runs: list[RunRecord], store: ScheduleStore, schedules: set[str]) -> dict[Window, str]:
+    """Windows a live run or an existing schedule still works on, with who holds each (the reason gc keeps it)."""
+    held = {(r.window_from, r.window_to): f"schedule {r.schedule} has not finished this window ({r.status})"
+            for r in store.open_windows() if r.schedule in schedules}
+    held |= {(r.window_from, r.window_to): f"run {r.run_id} is still {r.status.value}"
+             for r in runs if not r.status.finished}  # the catalog marked the runs whose process died abandoned
+    return held
 
 
 def _reading_hours(storage: Storage) -> list[int]:

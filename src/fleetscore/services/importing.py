@@ -7,6 +7,7 @@ abort the good ones.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 import pyarrow as pa
 
 from fleetscore.core.schema import validate_readings
+from fleetscore.errors import InputError
 from fleetscore.services.context import Context
 from fleetscore.storage.files import parse_column_map, read_batches
 from fleetscore.storage.quarantine import QuarantineStore
@@ -43,6 +45,14 @@ def import_table(ctx: Context, table: pa.Table, source: str, row_offset: int = 0
     return result
 
 
+def _batches(path: Path, mapping: dict[str, str] | None, bad_rows: list[dict[str, Any]]) -> Iterator[pa.Table]:
+    """The file's batches; any Arrow failure while reading (an unsupported Parquet type or codec) is an InputError."""
+    try:
+        yield from read_batches(path, mapping, bad_rows)
+    except pa.ArrowException as exc:
+        raise InputError(f"{path}: cannot read: {str(exc)[:300]}") from None
+
+
 def import_file(ctx: Context, path: Path, columns: str | None = None) -> ImportResult:
     """Import a CSV or Parquet file in batches; bad rows never abort the good ones."""
     mapping = parse_column_map(columns)
@@ -50,8 +60,11 @@ def import_file(ctx: Context, path: Path, columns: str | None = None) -> ImportR
     total = ImportResult()
     quarantined: list[dict[str, Any]] = []
     offset = 0
-    for batch in read_batches(path, mapping, bad_rows):
-        part = import_table(ctx, batch, "import", row_offset=offset)
+    for batch in _batches(path, mapping, bad_rows):
+        try:
+            part = import_table(ctx, batch, "import", row_offset=offset)
+        except InputError as exc:  # e.g. a column of a compound type: say which file
+            raise InputError(f"{path}: {exc}") from None
         offset += batch.num_rows
         total.accepted += part.accepted
         total.duplicates += part.duplicates

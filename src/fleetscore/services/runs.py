@@ -6,7 +6,9 @@ runs at once, by any number of processes. A keeper thread renews the lease and r
 flag; when the run is cancelled (or the lease was lost) it sets the run's stop flag, and the run
 stops between tasks. A holder that crashes stops renewing: its lease expires and the window can be
 taken over. A caller that already holds the lease (the scheduler, which checks its window row under
-it) passes it in.
+it) passes it in. A run left queued or running by a crashed holder is marked ``abandoned`` by the
+catalog as soon as anything reads it after the lease expired; ``runs retry`` (or the scheduler)
+finishes it, or ``runs cancel`` closes it.
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ import sqlalchemy as sa
 
 from fleetscore.catalog.leases import LeaseInfo, Leases, LeaseState
 from fleetscore.catalog.schedules import OPEN_STATUSES, ScheduleStore
+from fleetscore.catalog.sql import TRAINING_LEASE
 from fleetscore.config import ScheduleSettings
-from fleetscore.core.runs import RunRecord, RunStatus, needs_rerun
+from fleetscore.core.runs import ACTIVE_STATUSES, RunRecord, RunStatus, needs_rerun
 from fleetscore.core.times import SECOND_US, iso
 from fleetscore.errors import FleetscoreError, InputError
 from fleetscore.exec.base import Executor
@@ -92,6 +95,11 @@ def hold_lease(ctx: Context, key: str, *, wait_s: float = 0.0) -> Iterator[HeldL
         done.set()
         keeper.join()
         leases.release(key, lease.holder)
+
+
+def training_lease_key(version: str) -> str:
+    """The lease a process holds while it trains ``version``: once it expires the version is abandoned."""
+    return TRAINING_LEASE + version
 
 
 def _keep(lease: HeldLease, ttl_s: float, done: threading.Event) -> None:
@@ -194,19 +202,21 @@ def _set_window_status(ctx: Context, run: RunRecord) -> None:
 def cancel_run(ctx: Context, run_id: str, wait_s: float = 10.0) -> RunRecord:
     """Cancel a queued or running run: its process stops it between tasks (waits up to ``wait_s`` for that).
 
-    A run that no live process holds (its process crashed, and its lease expired) is marked cancelled here.
+    A run that no live process holds (abandoned: its process crashed, and its lease expired) is marked
+    cancelled here, so nothing resumes it.
     """
     layout.check_run_id(run_id)
     run = ctx.catalog.get_run(run_id)
-    if run.status.finished:
-        raise InputError(f"run {run_id} already {run.status.value}; only a queued or running run can be cancelled")
+    if run.status.finished and run.status is not RunStatus.ABANDONED:
+        raise InputError(f"run {run_id} already {run.status.value}; only a queued, running or abandoned run "
+                         "can be cancelled")
     leases = Leases(ctx.catalog)
     if leases.request_cancel(run_id):
         deadline = time.monotonic() + wait_s
         while not run.status.finished and time.monotonic() < deadline and leases.live(run_id=run_id):
             time.sleep(0.2)
             run = ctx.catalog.get_run(run_id)
-        if run.status.finished or leases.live(run_id=run_id):
+        if run.status not in (RunStatus.ABANDONED, *ACTIVE_STATUSES) or leases.live(run_id=run_id):
             return run  # stopped, or still stopping (its holder is alive and will stop it)
     run = run.with_status(RunStatus.CANCELLED, finished_at=ctx.clock(),
                           error="cancelled (no live process was running it)")

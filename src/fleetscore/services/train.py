@@ -11,7 +11,8 @@ so a device's sensors are trained, and scored, together.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,6 +30,7 @@ from fleetscore.core.times import iso, iso_s
 from fleetscore.errors import FleetscoreError, InputError
 from fleetscore.exec.base import Executor, TaskError
 from fleetscore.services.context import Context
+from fleetscore.services.runs import hold_lease, training_lease_key
 from fleetscore.storage.fs import open_storage
 from fleetscore.storage.models import ModelStore, VersionInfo, library_versions
 from fleetscore.storage.readings import ReadingStore
@@ -225,52 +227,66 @@ def train(
         "alarm_rate": alarm_rate, "min_history": min_history, "min_train_rows": MIN_TRAIN_ROWS, "fallback": "robust"} | (
         {"auto_device": True} if auto_device else {})
     version = catalog.new_version(kind, spec.text, params, from_us, to_us)
-    tasks = [
-        TrainTask(ctx.storage_url, version, i, from_us, to_us, lo, hi, spec.text, nu, gamma, kind, alarm_rate,
-                  min_history, trained_at_us=ctx.clock(), auto_device=auto_device)
-        for i, (lo, hi) in enumerate(shard_bounds(keys, starts))
-    ]
-    parts: list[pa.Table | None] = [None] * len(tasks)
-    errors: dict[int, str] = {}
-    # costliest shards first: one started last would finish last and hold up the whole version
-    pending = [int(k) for k in np.argsort(-np.add.reduceat(costs, starts), kind="stable")]
-    done = 0
-    for _ in range(TRAIN_ATTEMPTS):
-        errors = {}
-        for j, result in executor.map(train_shard, [tasks[k] for k in pending]):
-            if isinstance(result, TaskError):
-                errors[pending[j]] = result.error
-                continue
-            parts[pending[j]] = result
-            done += 1
-            if on_progress:
-                on_progress(done, len(tasks))
-        pending = [i for i in pending if i in errors]  # shard files are written atomically: a rerun replaces
-        if not pending:
-            break
-    elapsed = time.perf_counter() - started
-    if errors:
-        catalog.finish_version(version, "failed", 0, 0, len(tasks), elapsed)
-        raise FleetscoreError(f"training {version} failed after {TRAIN_ATTEMPTS} attempts: "
-                              + "; ".join(f"shard {i}: {e}" for i, e in sorted(errors.items())[:5]))
-    manifest = pa.concat_tables([p for p in parts if p is not None])
-    shards = _shard_table(tasks, manifest)
-    info = VersionInfo(version, kind, spec.text, params, library_versions(), kinds.FORMAT_VERSION)
-    ModelStore(storage).write_manifest(info, manifest, shards)
-    failed_mask = pc.equal(manifest.column("status"), "failed")
-    failed = manifest.filter(failed_mask)
-    n_ok = manifest.num_rows - failed.num_rows
-    elapsed = time.perf_counter() - started
-    catalog.finish_version(version, "ready" if n_ok else "failed", n_ok, failed.num_rows, len(tasks), elapsed)
-    released = False
-    if release and n_ok:
-        catalog.release(version)
-        released = True
-    failures = [
-        {"device": d, "sensor": s, "reason": r}
-        for d, s, r in zip(*(failed.column(c).to_pylist()[:100] for c in ("device", "sensor", "reason")))
-    ]
-    return TrainResult(version, n_ok, failed.num_rows, len(tasks), round(elapsed, 3), released, failures)
+    with _training(ctx, version, started):
+        tasks = [
+            TrainTask(ctx.storage_url, version, i, from_us, to_us, lo, hi, spec.text, nu, gamma, kind, alarm_rate,
+                      min_history, trained_at_us=ctx.clock(), auto_device=auto_device)
+            for i, (lo, hi) in enumerate(shard_bounds(keys, starts))
+        ]
+        parts: list[pa.Table | None] = [None] * len(tasks)
+        errors: dict[int, str] = {}
+        # costliest shards first: one started last would finish last and hold up the whole version
+        pending = [int(k) for k in np.argsort(-np.add.reduceat(costs, starts), kind="stable")]
+        done = 0
+        for _ in range(TRAIN_ATTEMPTS):
+            errors = {}
+            for j, result in executor.map(train_shard, [tasks[k] for k in pending]):
+                if isinstance(result, TaskError):
+                    errors[pending[j]] = result.error
+                    continue
+                parts[pending[j]] = result
+                done += 1
+                if on_progress:
+                    on_progress(done, len(tasks))
+            pending = [i for i in pending if i in errors]  # shard files are written atomically: a rerun replaces
+            if not pending:
+                break
+        elapsed = time.perf_counter() - started
+        if errors:
+            catalog.finish_version(version, "failed", 0, 0, len(tasks), elapsed)
+            raise FleetscoreError(f"training {version} failed after {TRAIN_ATTEMPTS} attempts: "
+                                  + "; ".join(f"shard {i}: {e}" for i, e in sorted(errors.items())[:5]))
+        manifest = pa.concat_tables([p for p in parts if p is not None])
+        shards = _shard_table(tasks, manifest)
+        info = VersionInfo(version, kind, spec.text, params, library_versions(), kinds.FORMAT_VERSION)
+        ModelStore(storage).write_manifest(info, manifest, shards)
+        failed_mask = pc.equal(manifest.column("status"), "failed")
+        failed = manifest.filter(failed_mask)
+        n_ok = manifest.num_rows - failed.num_rows
+        elapsed = time.perf_counter() - started
+        catalog.finish_version(version, "ready" if n_ok else "failed", n_ok, failed.num_rows, len(tasks), elapsed)
+        released = False
+        if release and n_ok:
+            catalog.release(version)
+            released = True
+        failures = [
+            {"device": d, "sensor": s, "reason": r}
+            for d, s, r in zip(*(failed.column(c).to_pylist()[:100] for c in ("device", "sensor", "reason")))
+        ]
+        return TrainResult(version, n_ok, failed.num_rows, len(tasks), round(elapsed, 3), released, failures)
+
+
+@contextmanager
+def _training(ctx: Context, version: str, started: float) -> Iterator[None]:
+    """Hold ``version``'s training lease while it trains (should this process die, the version is abandoned
+    once the lease expires, and ``gc`` removes it); a version an error ends while ``training`` is marked failed."""
+    with hold_lease(ctx, training_lease_key(version)):
+        try:
+            yield
+        except BaseException:
+            if ctx.catalog.get_version(version).status == "training":
+                ctx.catalog.finish_version(version, "failed", 0, 0, 0, time.perf_counter() - started)
+            raise
 
 
 def _check_gamma(gamma: float | str) -> float | str:

@@ -9,6 +9,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from fleetscore.errors import InputError
 from fleetscore.storage import layout
 from fleetscore.storage.fs import Storage
 
@@ -34,6 +35,23 @@ class QuarantineStore:
             "reasons": dict(reasons.most_common()),
             "sample": rejected.slice(0, 20).to_pylist(),
         }
+
+    def files(self, source: str) -> list[str]:
+        """Keys of the quarantine files of ``source``, oldest day first."""
+        if not layout.SOURCE_RE.match(source):
+            raise InputError(f"bad quarantine source {source[:40]!r}")
+        return self.storage.list(f"quarantine/source={source}")
+
+    def read(self, key: str) -> pa.Table:
+        """The rows of one quarantine file (:data:`~fleetscore.core.schema.REJECT_SCHEMA`)."""
+        return self.storage.read_parquet(key)
+
+    def keep_only(self, key: str, remaining: pa.Table) -> None:
+        """Rewrite one quarantine file with just ``remaining`` (delete it when nothing remains)."""
+        if remaining.num_rows:
+            self.storage.write_parquet(key, remaining)
+        else:
+            self.storage.delete(key)
 
     def recent(self, limit: int = 1000, source: str | None = None) -> pa.Table:
         """The most recent quarantined rows (of all sources, or of one: import, http, mqtt, late), newest files first."""

@@ -4,36 +4,47 @@
 Content-Type) and answers **202** ``{"accepted": n, "rejected": m, "errors": [{"index": i,
 "error": "..."}]}`` only once the batch's log record is fsynced (group commit). Valid rows are
 kept when others are bad. 400: the body cannot be parsed at all; 401: token missing or wrong
-(when one is configured); 413: body or batch over the limits; 415: unknown Content-Type; 503:
-ingest is not running or the log failed. ``Idempotency-Key`` makes a re-sent batch count once
-(the answer then carries the header ``Idempotent-Replayed: true``).
+(when one is configured); 413: body or batch over the limits (an Arrow stream also once
+decompressed: ``server.max_decompressed_bytes``); 415: unknown Content-Type, or a Content-Encoding
+other than identity; 422: the Idempotency-Key was used for a different body; 503: ingest is not running or the log failed (the
+batch was not stored; retry). ``Idempotency-Key`` makes a re-sent batch count once (the answer then
+carries the header ``Idempotent-Replayed: true``).
+
+Parsing and admission run in a bounded pool of :data:`WORKERS` threads (pyarrow releases the GIL),
+never on the event loop, so ``/healthz`` and other requests are answered while a heavy body parses.
 
 ``app.state.ingest`` is an :class:`~fleetscore.ingest.runtime.IngestRuntime`; its API for other parts of the app:
 
     runtime.running -> bool                 True between lifespan start and stop
     runtime.stats() -> dict                 numbers for /metrics and the overview page:
         accepted_total, rejected_total, batches_total, replayed_total, bytes_total   (since start)
-        fsyncs_total, log_pending_records, log_lag_bytes (not yet compacted), idempotency_keys
+        fsyncs_total, log_pending_records, log_lag_bytes (not yet compacted), idempotency_keys,
+        healthy (1, or 0 while the log is faulted), log_failures_total, log_fault (text or None)
         last_batch_at_us, compactions_total, compaction_errors_total, last_compaction_at_us,
         open_windows, plus text: last_compaction_error, watermark (ISO time)
     runtime.compact_now() -> CompactResult | None   compact at once (also sealing the active segment)
+    runtime.fault -> str | None             why the log cannot take batches now (``/healthz`` answers 503)
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from starlette.requests import ClientDisconnect
 
 from fleetscore.config import IngestSettings
 from fleetscore.errors import FleetscoreError, InputError
-from fleetscore.ingest.parse import BodyError, BodyTooLarge, media_kind, parse_body
+from fleetscore.ingest.parse import BodyError, BodyTooLarge, ParsedBody, UnsupportedMediaType, media_kind, parse_body
 from fleetscore.ingest.runtime import IngestRuntime
+from fleetscore.ingest.service import IdempotencyConflict, body_digest, check_key
 from fleetscore.web.auth import require_token
 
 if TYPE_CHECKING:
@@ -42,6 +53,8 @@ if TYPE_CHECKING:
     from fleetscore.api import Fleet
 
 SOURCE = "http"
+#: Threads that parse and admit request bodies (at most this many bodies are worked on at once).
+WORKERS = min(8, max(2, os.cpu_count() or 2))
 
 
 class RowError(BaseModel):
@@ -74,10 +87,18 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
         return
     runtime.start()
+    app.state.ingest_workers = ThreadPoolExecutor(WORKERS, thread_name_prefix="fleetscore-parse")
     try:
         yield
     finally:
+        app.state.ingest_workers.shutdown()
         await asyncio.get_running_loop().run_in_executor(None, runtime.stop)
+
+
+def ingest_fault(app: FastAPI) -> str | None:
+    """Why this app's ingest cannot take batches right now (for ``/healthz``); None when it can or is off."""
+    runtime: IngestRuntime | None = getattr(app.state, "ingest", None)
+    return runtime.fault if runtime is not None else None
 
 
 router = APIRouter(tags=["ingest"])
@@ -106,7 +127,7 @@ _BODY_DOC = {
     dependencies=[Depends(require_token)],
     openapi_extra=_BODY_DOC,
     responses={400: {"model": ErrorReply}, 401: {"model": ErrorReply}, 413: {"model": ErrorReply},
-               415: {"model": ErrorReply}, 503: {"model": ErrorReply}},
+               415: {"model": ErrorReply}, 422: {"model": ErrorReply}, 503: {"model": ErrorReply}},
     summary="Ingest a batch of readings",
 )
 async def post_readings(
@@ -118,21 +139,41 @@ async def post_readings(
     if runtime is None or runtime.service is None:
         return _error(503, "ingest is not running on this server")
     service = runtime.service
+    workers: ThreadPoolExecutor | None = getattr(request.app.state, "ingest_workers", None)
     try:
-        from fleetscore.ingest.service import check_key
-
         key = check_key(idempotency_key)
         kind = media_kind(request.headers.get("content-type"))
+        _check_encoding(request.headers.get("content-encoding"))
         body = await _read_body(request, runtime.settings.max_body_bytes)
-        parsed = parse_body(body, kind, runtime.settings.max_batch_rows)
-        reply, replayed = await service.submit_async(parsed, key)
+        inflated = request.app.state.fleet.config.server.max_decompressed_bytes
+        parsed, digest = await asyncio.get_running_loop().run_in_executor(
+            workers, _prepare, body, kind, runtime.settings.max_batch_rows, inflated, key is not None)
+        reply, replayed = await service.submit_async(parsed, key, digest, workers)
     except BodyError as exc:
         return _error(exc.status, str(exc))
+    except ClientDisconnect:  # never sent: it only ends the request without a logged traceback
+        return _error(400, "the client closed the connection before the body was complete")
+    except IdempotencyConflict as exc:
+        return _error(422, str(exc))
     except InputError as exc:
         return _error(400, str(exc))
     except FleetscoreError as exc:
         return _error(503, f"the batch was not stored: {exc}")
     return JSONResponse(reply, status_code=202, headers={"Idempotent-Replayed": "true"} if replayed else None)
+
+
+def _prepare(body: bytes, kind: str, max_rows: int, max_inflated: int, keyed: bool) -> tuple[ParsedBody, str | None]:
+    """In a worker thread: the parsed body, and its digest when it carries an Idempotency-Key."""
+    parsed = parse_body(body, kind, max_rows, max_decompressed_bytes=max_inflated)
+    return parsed, body_digest(body, kind) if keyed else None
+
+
+def _check_encoding(encoding: str | None) -> None:
+    """Bodies travel uncompressed (an Arrow IPC stream may compress its own buffers, checked when parsed)."""
+    name = (encoding or "").strip().lower()
+    if name not in ("", "identity"):
+        raise UnsupportedMediaType(f"Content-Encoding {name[:40]!r} is not supported; send the body uncompressed "
+                                   "(an Arrow IPC stream may compress its own buffers with lz4 or zstd)")
 
 
 async def _read_body(request: Request, limit: int) -> bytes:

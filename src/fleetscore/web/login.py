@@ -8,6 +8,7 @@ over HTTPS) and redirects back to the page that asked, ``POST /logout`` removes 
 from __future__ import annotations
 
 from typing import Annotated
+from urllib.parse import quote
 
 from fastapi import APIRouter, Form, Request, Response
 from fastapi.responses import RedirectResponse
@@ -24,7 +25,7 @@ def require_login(request: Request) -> None:
     """Page dependency: without the token, redirect to the login form (then back here)."""
     if not token_ok(request):
         query = f"?{request.url.query}" if request.url.query else ""
-        raise LoginRequired(f"{request.url.path}{query}")
+        raise LoginRequired(f"{quote(request.url.path)}{query}")  # percent-encoded: ids may hold spaces
 
 
 def build_router() -> APIRouter:

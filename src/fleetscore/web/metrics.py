@@ -12,6 +12,10 @@ ingest metrics come from ``app.state.ingest.stats()`` when the app runs ingest.
     fleetscore_failed_models_total                       models that could not be scored
     fleetscore_last_successful_run_timestamp_seconds     when the last succeeded run finished
     fleetscore_ingest_accepted_total / _rejected_total   readings accepted / rejected by ingest
+    fleetscore_ingest_late_total                         readings quarantined as late for their own device
+                                                         (compaction's checkpoint totals: survives restarts)
+    fleetscore_ingest_healthy                            1, or 0 while the ingest log cannot store batches
+    fleetscore_ingest_log_failures_total                 open/write/fsync failures of the ingest log
     fleetscore_ingest_<name>                             every other number ingest reports (``*_total``
                                                          as counters, the rest as gauges)
     fleetscore_ingest_lag{source,partition,topic}        messages a stream consumer is behind (Kafka: per

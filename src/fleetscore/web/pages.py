@@ -32,6 +32,7 @@ STATUS_COLORS = {
     RunStatus.FAILED.value: "#dc2626",
     RunStatus.RUNNING.value: "#2563eb",
     RunStatus.QUEUED.value: "#94a3b8",
+    RunStatus.ABANDONED.value: "#7c3aed",
 }
 #: Task phases drawn on the run page, in order, with their colours.
 PHASES = (("load data", "load_data_s", "#60a5fa"), ("load models", "load_models_s", "#a78bfa"),

@@ -6,6 +6,7 @@
   routes (:class:`ApiRoute`). Nothing else reaches the client: no stack trace, no file contents.
 * Unmatched URLs get the same 404 page when a browser asks (``Accept: text/html``), else JSON.
 * Pages without the token raise :class:`LoginRequired`, answered by a redirect to the login form.
+  Where to go after logging in (``next``) must be a path on this site (:func:`safe_next`), else ``/``.
 * Device and sensor ids are arbitrary text (``/``, ``..``, ``<script>``): :func:`id_segment` turns an
   id into one URL path segment and :func:`segment_id` back. ``~`` escapes ``~`` and ``/`` always, and
   dots when the id is only dots (clients collapse ``.`` and ``..`` segments); ids without those
@@ -14,9 +15,10 @@
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote, urlsplit
 
 from fastapi import Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -29,6 +31,10 @@ if TYPE_CHECKING:
     from fleetscore.api import Fleet
 
 Handler = Callable[[Request], Coroutine[Any, Any, Response]]
+#: Percent-decoding layers looked through; a target still changing after this many is refused.
+_MAX_DECODES = 4
+#: Unicode categories refused anywhere in a redirect target: controls, format (bidi, zero-width), separators.
+_UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Zs"})
 
 
 class LoginRequired(Exception):
@@ -55,10 +61,35 @@ def status_for(exc: FleetscoreError) -> int:
 
 
 def safe_next(target: str | None) -> str:
-    """A post-login target restricted to a path on this site (no ``//host`` or scheme: no open redirect)."""
-    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
-        return "/"
-    return "".join(ch for ch in target if ch.isprintable())
+    """``target`` when it is a path on this site (see :func:`is_local_path`), else ``/``: no open redirect after login."""
+    return target if target and is_local_path(target) else "/"
+
+
+def is_local_path(target: str) -> bool:
+    """True when ``target``, as given and at every depth of percent-decoding, is a path with one leading ``/``.
+
+    Refused: a scheme or authority, ``//`` or ``/\\`` at the start, any backslash, and any control, invisible
+    or separator character (Unicode Cc, Cf, Zl, Zp, Zs), since browsers drop tabs and newlines, read ``\\``
+    as ``/`` and some proxies decode once more. Decoded layers may hold plain spaces (ids can).
+    """
+    layer, strict = target, True
+    for _ in range(_MAX_DECODES):
+        if not _plain_path(layer, allow_space=not strict):
+            return False
+        decoded = unquote(layer)
+        if decoded == layer:
+            return True
+        layer, strict = decoded, False
+    return False
+
+
+def _plain_path(text: str, *, allow_space: bool) -> bool:
+    if not text.startswith("/") or text.startswith("//") or "\\" in text:
+        return False
+    if any(unicodedata.category(ch) in _UNSAFE_CATEGORIES and not (allow_space and ch == " ") for ch in text):
+        return False
+    parts = urlsplit(text)
+    return not parts.scheme and not parts.netloc
 
 
 class _AnsweringRoute(APIRoute):
@@ -109,7 +140,8 @@ def wants_html(request: Request) -> bool:
 def error_page(request: Request, status: int, message: str) -> Response:
     from fleetscore.web.render import render
 
-    titles = {400: "Bad request", 401: "Sign in needed", 403: "Forbidden", 404: "Not found", 405: "Not allowed"}
+    titles = {400: "Bad request", 401: "Sign in needed", 403: "Forbidden", 404: "Not found", 405: "Not allowed",
+              429: "Too many attempts"}
     title = titles.get(status, "Service unavailable" if status == 503 else "Error")
     return render(request, "error.html", status=status, title=title, status_code=status, message=message)
 
@@ -125,7 +157,9 @@ def install_handlers(app: Any) -> None:
 
     async def http_error(request: Request, exc: HTTPException) -> Response:
         if wants_html(request) and exc.status_code >= 400:
-            return error_page(request, exc.status_code, str(exc.detail))
+            page = error_page(request, exc.status_code, str(exc.detail))
+            page.headers.update(exc.headers or {})
+            return page
         return await http_exception_handler(request, exc)
 
     app.add_exception_handler(LoginRequired, login_redirect)
