@@ -4,9 +4,6 @@ scripts, wrong tokens limited per client address, blank tokens refused."""
 from __future__ import annotations
 
 import http.client
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from urllib.parse import urljoin, urlsplit
@@ -14,6 +11,7 @@ from urllib.parse import urljoin, urlsplit
 import httpx
 import pytest
 from fastapi import HTTPException
+from web_support import served
 
 from fleetscore.web.auth import DEFAULT_FAILURE_BURST, FailedAttempts
 
@@ -26,33 +24,13 @@ BYPASSES = ["/%09/evil.example", "/%0A/evil.example", "/%7F/evil.example", "/%E2
             "/%2509/evil.example", "/%20/evil.example", "/%0D%0ASet-Cookie:%20x=1"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
 def serving(fleet, **settings) -> Iterator[str]:  # type: ignore[no-untyped-def]
     """``create_app(fleet, **settings)`` under uvicorn on a free loopback port (ingest off: the home is shared)."""
-    import uvicorn
-
     from fleetscore.web.app import create_app
 
-    port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(create_app(fleet, ingest=False, **settings), host="127.0.0.1", port=port,
-                                        log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not srv.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        srv.should_exit = True
-        thread.join(timeout=30)
+    with served(create_app(fleet, ingest=False, **settings)) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

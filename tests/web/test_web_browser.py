@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from web_support import HOSTILE_IDS, as_int
+from web_support import HOSTILE_IDS, as_int, served
 
 pytestmark = pytest.mark.backend
 
@@ -26,35 +24,20 @@ SCREENSHOTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "screensh
 TOKEN = "browser-test-token"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(scored_home, tmp_path_factory) -> Iterator[tuple[str, object]]:  # type: ignore[no-untyped-def]
     """uvicorn on a free loopback port serving a copy of the scored home, with a token and ingest on."""
-    uvicorn = pytest.importorskip("uvicorn")
+    pytest.importorskip("uvicorn")
     from fleetscore.api import Fleet
     from fleetscore.web.app import create_app
 
     home = tmp_path_factory.mktemp("browser") / "home"
     shutil.copytree(scored_home.path, home)
     fleet = Fleet.open(home)
-    port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(create_app(fleet, token=TOKEN), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not srv.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
     try:
-        yield f"http://127.0.0.1:{port}", fleet
+        with served(create_app(fleet, token=TOKEN)) as url:
+            yield url, fleet
     finally:
-        srv.should_exit = True
-        thread.join(timeout=30)
         fleet.close()
 
 

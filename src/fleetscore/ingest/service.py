@@ -19,6 +19,7 @@ import asyncio
 import hashlib
 import json
 import threading
+from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from pathlib import Path
 from typing import Any
@@ -152,10 +153,11 @@ class IngestService:
         future.add_done_callback(lambda f: self._count(batch, len(payload)) if f.exception() is None else None)
         return future
 
-    async def submit_async(self, parsed: ParsedBody, key: str | None = None, digest: str | None = None,
-                           executor: Executor | None = None) -> tuple[dict[str, Any], bool]:
+    async def submit_async(self, parsed: ParsedBody | Callable[[], ParsedBody], key: str | None = None,
+                           digest: str | None = None, executor: Executor | None = None) -> tuple[dict[str, Any], bool]:
         """Admit and append in ``executor`` (default: the loop's), then await the fsync, so the event loop
-        never blocks; returns (answer, replayed). ``digest`` binds ``key`` to the body (see module doc)."""
+        never blocks; returns (answer, replayed). ``parsed`` may be a function that parses the body, called
+        in the same hop to the executor. ``digest`` binds ``key`` to the body (see module doc)."""
         if key is None:
             return (await self._write(parsed, None, None, executor)).reply(), False
         reply, waiting, owner = self.keys.claim(key, digest)
@@ -169,11 +171,11 @@ class IngestService:
         self.keys.finish(key, batch.received_at_us, batch.reply(), None)
         return batch.reply(), False
 
-    async def _write(self, parsed: ParsedBody, key: str | None, digest: str | None,
+    async def _write(self, parsed: ParsedBody | Callable[[], ParsedBody], key: str | None, digest: str | None,
                      executor: Executor | None) -> IngestBatch:
         """The admitted batch, once durable."""
         def start() -> tuple[IngestBatch, Future[None]]:
-            batch = self.admit(parsed, key, digest=digest)
+            batch = self.admit(parsed if isinstance(parsed, ParsedBody) else parsed(), key, digest=digest)
             return batch, self.append(batch)
 
         batch, durable = await asyncio.get_running_loop().run_in_executor(executor, start)

@@ -33,6 +33,7 @@ import os
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Depends, Header, Request
@@ -42,7 +43,7 @@ from starlette.requests import ClientDisconnect
 
 from fleetscore.config import IngestSettings
 from fleetscore.errors import FleetscoreError, InputError
-from fleetscore.ingest.parse import BodyError, BodyTooLarge, ParsedBody, UnsupportedMediaType, media_kind, parse_body
+from fleetscore.ingest.parse import BodyError, BodyTooLarge, UnsupportedMediaType, media_kind, parse_body
 from fleetscore.ingest.runtime import IngestRuntime
 from fleetscore.ingest.service import IdempotencyConflict, body_digest, check_key
 from fleetscore.web.auth import require_token
@@ -146,9 +147,10 @@ async def post_readings(
         _check_encoding(request.headers.get("content-encoding"))
         body = await _read_body(request, runtime.settings.max_body_bytes)
         inflated = request.app.state.fleet.config.server.max_decompressed_bytes
-        parsed, digest = await asyncio.get_running_loop().run_in_executor(
-            workers, _prepare, body, kind, runtime.settings.max_batch_rows, inflated, key is not None)
-        reply, replayed = await service.submit_async(parsed, key, digest, workers)
+        digest = None if key is None else await asyncio.get_running_loop().run_in_executor(
+            workers, body_digest, body, kind)
+        parse = partial(parse_body, body, kind, runtime.settings.max_batch_rows, max_decompressed_bytes=inflated)
+        reply, replayed = await service.submit_async(parse, key, digest, workers)
     except BodyError as exc:
         return _error(exc.status, str(exc))
     except ClientDisconnect:  # never sent: it only ends the request without a logged traceback
@@ -160,12 +162,6 @@ async def post_readings(
     except FleetscoreError as exc:
         return _error(503, f"the batch was not stored: {exc}")
     return JSONResponse(reply, status_code=202, headers={"Idempotent-Replayed": "true"} if replayed else None)
-
-
-def _prepare(body: bytes, kind: str, max_rows: int, max_inflated: int, keyed: bool) -> tuple[ParsedBody, str | None]:
-    """In a worker thread: the parsed body, and its digest when it carries an Idempotency-Key."""
-    parsed = parse_body(body, kind, max_rows, max_decompressed_bytes=max_inflated)
-    return parsed, body_digest(body, kind) if keyed else None
 
 
 def _check_encoding(encoding: str | None) -> None:
