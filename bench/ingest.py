@@ -236,22 +236,14 @@ def bench_mqtt(per_message: int, messages: int) -> dict:
             payload = json.dumps([{"ts": round(base + j * 0.001, 3), "value": float(j)} for j in range(per_message)])
             msgs.append((f"fleet/dev-{m % 250:04d}/s{m % 4}", payload.encode()))
         total = messages * per_message
-        log_dir, seen, got = home / "ingest" / "log" / "mqtt", {}, 0
         cpu0, t0 = cpu_seconds(sub.pid), time.perf_counter()
         publish_raw(port, msgs)
-        while got < total:
-            got += logged_readings(log_dir, seen)
-            if got < total:
-                time.sleep(0.02)
+        _wait_logged(home / "ingest" / "log" / "mqtt", total)
         wall, cpu = time.perf_counter() - t0, cpu_seconds(sub.pid) - cpu0
         return {"path": f"MQTT {per_message}/message", "readings_s": total / wall, "cpu_per_m": cpu / total * 1e6,
                 "detail": f"{messages} messages, {messages / wall:,.0f} messages/s, {wall:.1f}s"}
     finally:
-        for proc in (sub, broker):
-            if proc is not None:
-                proc.send_signal(signal.SIGKILL)
-                proc.wait()
-        shutil.rmtree(root, ignore_errors=True)
+        _end(root, *(sub, broker))
 
 
 def _kafka_producer(bootstrap: str, topic: str, per_message: int, messages: int, fmt: str, ready: Any = None) -> None:
@@ -289,6 +281,15 @@ def _payloads(per_message: int, messages: int, fmt: str, sep: str) -> list[tuple
             items = [{"ts": (base + j * 1000) / 1e6, "value": float(j)} for j in range(per_message)]
             out.append((key, json.dumps(items[0] if per_message == 1 else items).encode()))
     return out
+
+
+def _end(root: Path, *procs: subprocess.Popen[Any] | None) -> None:
+    """Kill a bench's helper processes and remove its scratch folder."""
+    for proc in procs:
+        if proc is not None:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def _wait_logged(log_dir: Path, total: int) -> None:
@@ -329,11 +330,7 @@ def bench_kafka(per_message: int, messages: int, fmt: str) -> list[dict]:
         rows.append(_plain_consumer(bootstrap, messages + 1, per_message))
         return rows
     finally:
-        for proc in (sub, broker):
-            if proc is not None:
-                proc.send_signal(signal.SIGKILL)
-                proc.wait()
-        shutil.rmtree(root, ignore_errors=True)
+        _end(root, *(sub, broker))
 
 
 def _plain_consumer(bootstrap: str, messages: int, per_message: int) -> dict:
@@ -406,11 +403,7 @@ def bench_nats(per_message: int, messages: int) -> dict:
         return {"path": f"NATS JetStream {per_message}/message", "readings_s": total / wall, "cpu_per_m": cpu / total * 1e6,
                 "detail": f"{messages} messages, {messages / wall:,.0f} messages/s, {wall:.1f}s, publisher in its own process"}
     finally:
-        for proc in (sub, server):
-            if proc is not None:
-                proc.send_signal(signal.SIGKILL)
-                proc.wait()
-        shutil.rmtree(root, ignore_errors=True)
+        _end(root, *(sub, server))
 
 
 def bench_windows(batches: int = 10, size: int = 1_000_000) -> dict:

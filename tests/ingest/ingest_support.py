@@ -71,6 +71,22 @@ def landed(home: Path) -> pa.Table:
         fleet.close()
 
 
+def listening(port: int) -> bool:
+    """Whether something accepts TCP connections on 127.0.0.1:``port``."""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
+
+
+def terminate(proc: subprocess.Popen[Any] | None) -> None:
+    """End a helper server (SIGTERM) and wait for it, if it still runs."""
+    if proc is not None and proc.poll() is None:
+        proc.terminate()
+        proc.wait(20)
+
+
 def wait_until(check: Any, timeout: float = 30.0, what: str = "condition") -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from ingest_support import Proc, free_port, key_set, landed, recent_us, wait_until
+from ingest_support import Proc, free_port, key_set, landed, listening, recent_us, terminate, wait_until
 
 pytestmark = pytest.mark.backend
 
@@ -53,21 +53,10 @@ class Broker:
         self.proc = subprocess.Popen(["mosquitto", "-c", str(self.conf)], stdout=subprocess.DEVNULL,
                                      stderr=open(self.log, "ab"))
 
-        def up() -> bool:
-            import socket
-
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                return True
-            except OSError:
-                return False
-
-        wait_until(up, 20, "mosquitto to listen")
+        wait_until(lambda: listening(self.port), 20, "mosquitto to listen")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(20)
+        terminate(self.proc)
 
 
 class Publisher:

@@ -13,7 +13,6 @@ import json
 import os
 import random
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -22,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ingest_support import CLI, Proc, free_port, key_set, landed, recent_us, wait_until
+from ingest_support import CLI, Proc, free_port, key_set, landed, listening, recent_us, terminate, wait_until
 
 pytestmark = pytest.mark.backend
 
@@ -57,18 +56,12 @@ class NatsServer:
 
         def up() -> bool:
             assert self.proc is not None and self.proc.poll() is None, self.log.read_text()[-2000:]
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                return True
-            except OSError:
-                return False
+            return listening(self.port)
 
         wait_until(up, 20, "nats-server to listen")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(20)
+        terminate(self.proc)
 
 
 @pytest.fixture

@@ -14,6 +14,10 @@ commands = typer.Typer()
 ingest = typer.Typer(help="Streaming ingest clients (MQTT, Kafka protocol, NATS JetStream) and their status.",
                      no_args_is_help=True)
 
+#: TLS files of the stream front doors (mqtt, kafka, nats)
+CaFileOpt = Annotated[str | None, typer.Option(help="CA certificate (PEM) to verify the broker or server.")]
+CertFileOpt = Annotated[str | None, typer.Option(help="Client certificate (PEM) for mutual TLS.")]
+KeyFileOpt = Annotated[str | None, typer.Option(help="Client key (PEM) for mutual TLS.")]
 IntervalOpt = Annotated[
     str | None,
     typer.Option(
@@ -119,9 +123,9 @@ def mqtt(
     client_id: Annotated[str, typer.Option(
         help="MQTT client id (keeps the broker session across restarts).")] = "fleetscore-ingest",
     tls: Annotated[bool, typer.Option("--tls", help="Connect with TLS (as mqtts://).")] = False,
-    ca_file: Annotated[str | None, typer.Option(help="CA certificate (PEM) to verify the broker.")] = None,
-    cert_file: Annotated[str | None, typer.Option(help="Client certificate (PEM) for mutual TLS.")] = None,
-    key_file: Annotated[str | None, typer.Option(help="Client key (PEM) for mutual TLS.")] = None,
+    ca_file: CaFileOpt = None,
+    cert_file: CertFileOpt = None,
+    key_file: KeyFileOpt = None,
     compact_interval: IntervalOpt = None,
     home: HomeOpt = None,
     json_out: JsonOpt = False,
@@ -207,9 +211,9 @@ def kafka(
     sasl_mechanism: Annotated[str | None, typer.Option(
         help="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (credentials: FLEETSCORE_KAFKA_USERNAME / _PASSWORD).")] = None,
     tls: Annotated[bool, typer.Option("--tls", help="Connect with TLS.")] = False,
-    ca_file: Annotated[str | None, typer.Option(help="CA certificate (PEM) to verify the brokers.")] = None,
-    cert_file: Annotated[str | None, typer.Option(help="Client certificate (PEM) for mutual TLS.")] = None,
-    key_file: Annotated[str | None, typer.Option(help="Client key (PEM) for mutual TLS.")] = None,
+    ca_file: CaFileOpt = None,
+    cert_file: CertFileOpt = None,
+    key_file: KeyFileOpt = None,
     prop: Annotated[list[str] | None, typer.Option(
         "-X", "--property", help="Any other librdkafka property, KEY=VALUE (repeatable; not secrets).")] = None,
     compact_interval: IntervalOpt = None,
@@ -255,9 +259,9 @@ def nats(
         help="Redelivery delay of unacknowledged messages for a new durable, e.g. 30s.")] = "30s",
     member: MemberOpt = None,
     fmt: FormatOpt = "json",
-    ca_file: Annotated[str | None, typer.Option(help="CA certificate (PEM) to verify the server.")] = None,
-    cert_file: Annotated[str | None, typer.Option(help="Client certificate (PEM) for mutual TLS.")] = None,
-    key_file: Annotated[str | None, typer.Option(help="Client key (PEM) for mutual TLS.")] = None,
+    ca_file: CaFileOpt = None,
+    cert_file: CertFileOpt = None,
+    key_file: KeyFileOpt = None,
     compact_interval: IntervalOpt = None,
     home: HomeOpt = None,
     json_out: JsonOpt = False,
