@@ -23,9 +23,10 @@ import pyarrow.compute as pc
 from fleetscore.catalog import Catalog, VersionRecord
 from fleetscore.clock import Clock, wall_clock
 from fleetscore.config import Config, load_config
+from fleetscore.core.incidents import Incident
 from fleetscore.core.runs import ModelFailure, RunRecord, TaskRecord
 from fleetscore.core.schedule import ScheduleSpec
-from fleetscore.core.times import parse_window
+from fleetscore.core.times import parse_time, parse_window
 from fleetscore.errors import InputError, NotFoundError
 from fleetscore.exec.base import Executor
 from fleetscore.exec.factory import make_executor
@@ -41,6 +42,7 @@ from fleetscore.storage.readings import ReadingStore
 
 if TYPE_CHECKING:
     from fleetscore.config import IngestSettings
+    from fleetscore.config.alerts import AlertSettings
     from fleetscore.ingest.replay import ReplayResult
     from fleetscore.ingest.runtime import IngestRuntime
     from fleetscore.ingest.streams import SourceStatus
@@ -222,11 +224,21 @@ class Fleet:
 
         return self.catalog.get_version(import_sklearn(self.context, Path(path), device, sensor, features, trust_pickle))
 
-    def health(self, run_id: str | None = None, last: int = 1) -> dict[str, Any]:
-        """Models that runs marked unhealthy: of one run, or of the ``last`` finished runs."""
+    def health(self, run_id: str | None = None, last: int = 1, min_false_marks: int | None = None) -> dict[str, Any]:
+        """Models that runs marked unhealthy: of one run, or of the ``last`` finished runs; and the released
+        version's models with at least ``min_false_marks`` incidents marked false, with a suggested action."""
+        from fleetscore.core.health import FALSE_MARKS
         from fleetscore.services.retrain import health_report
 
-        return health_report(self.context, run_id, last)
+        return health_report(self.context, run_id, last, FALSE_MARKS if min_false_marks is None else min_false_marks)
+
+    def adjust_model(self, device: str, sensor: str, alarm_rate: float, *, version: str | None = None,
+                     release: bool = False) -> Any:
+        """A new version (of ``version``, default the released one) with one model's threshold recalibrated to
+        ``alarm_rate`` on its training readings; the base version stays (an ``adjust.AdjustResult``)."""
+        from fleetscore.services.adjust import adjust_threshold
+
+        return adjust_threshold(self.context, self.version(version), device, sensor, alarm_rate, release=release)
 
     # --- runs ----------------------------------------------------------------------------------
     def score(self, start: Time, end: Time, *, version: str | None = None, executor: str | None = None,
@@ -306,11 +318,45 @@ class Fleet:
         lo, hi = parse_window(start, end)
         return store.for_range(lo, hi)
 
-    def evaluate(self, run_id: str, labels: str | Path) -> tuple[RunRecord, Any]:
-        """The run and its ``Evaluation`` against a labels file (ts, device, sensor, label[, anomaly_kind])."""
+    def evaluate(self, run_id: str, labels: str | Path | None = None, *, from_marks: bool = False) -> tuple[RunRecord, Any]:
+        """The run and its ``Evaluation`` against a labels file (ts, device, sensor, label[, anomaly_kind]),
+        or ``from_marks``: against the operators' marks on incidents (`fleetscore.services.quality.mark_labels`)."""
         from fleetscore.services.quality import evaluate_run
 
-        return evaluate_run(self.context, run_id, Path(labels))
+        return evaluate_run(self.context, run_id, None if labels is None else Path(labels), from_marks=from_marks)
+
+    # --- incidents -----------------------------------------------------------------------------
+    def incidents(self, status: str | None = None, device: str | None = None, since: Time | None = None,
+                  limit: int = 100, sensor: str | None = None, min_severity: float | None = None) -> list[Incident]:
+        """Incidents, active first, then newest; ``since``: those with a flag at or after it (superseded ones
+        only with ``status="superseded"``)."""
+        from fleetscore.catalog.incidents import IncidentStore
+
+        since_us = None if since is None else parse_time(since, "--since")
+        return IncidentStore(self.catalog).list(status, device, since_us, limit, sensor, min_severity)
+
+    def incident(self, incident_id: str) -> Incident:
+        from fleetscore.catalog.incidents import IncidentStore
+
+        return IncidentStore(self.catalog).get(incident_id)
+
+    def ack_incident(self, incident_id: str, by: str) -> Incident:
+        """An operator (``by``) takes the incident: acknowledged until it resolves."""
+        from fleetscore.catalog.incidents import IncidentStore
+
+        return IncidentStore(self.catalog).acknowledge(incident_id, by, self.clock())
+
+    def mark_incident(self, incident_id: str, mark: str, note: str, by: str) -> Incident:
+        """Keep an operator's verdict on the incident (``true``, ``false`` or ``ignore``) with a note."""
+        from fleetscore.catalog.incidents import IncidentStore
+
+        return IncidentStore(self.catalog).mark(incident_id, mark, note, by, self.clock())
+
+    def active_incidents(self) -> int:
+        """How many incidents are open or acknowledged (the overview's count, ``fleetscore_incidents_open``)."""
+        from fleetscore.catalog.incidents import IncidentStore
+
+        return IncidentStore(self.catalog).count_active()
 
     # --- schedules and upkeep ------------------------------------------------------------------
     def add_schedule(self, spec: ScheduleSpec) -> ScheduleSpec:
@@ -355,17 +401,23 @@ class Fleet:
         return hourly_counts(PredictionStore(self.storage).for_range(lo, hi, columns=["is_anomaly"]))
 
     def series(self, device: str, sensor: str, start: Time, end: Time) -> pa.Table:
-        """One (device, sensor) in [start, end): ts, value, and score / is_anomaly where it was scored."""
+        """One (device, sensor) in [start, end): ts, value, and score / is_anomaly / expected / lower / upper /
+        reason where it was scored (the explanation columns null where older predictions lack them)."""
         lo, hi = parse_window(start, end)
         readings = ReadingStore(self.storage).read_window(lo, hi, devices=(device, device))
         readings = readings.filter(pc.equal(readings.column("sensor"), sensor)).select(["ts", "value"])
-        scored = PredictionStore(self.storage).for_range(
-            lo, hi, columns=["value", "score", "is_anomaly"], filters=[("device", "=", device), ("sensor", "=", sensor)]
-        ).select(["ts", "value", "score", "is_anomaly"])
+        scored = PredictionStore(self.storage).for_range(  # every column: files written before explanations lack some
+            lo, hi, filters=[("device", "=", device), ("sensor", "=", sensor)])
+        explained = {"expected": pa.float64(), "lower": pa.float64(), "upper": pa.float64(), "reason": pa.string()}
+        for name, kind in explained.items():
+            if name not in scored.column_names:
+                scored = scored.append_column(name, pa.nulls(scored.num_rows, kind))
+        scored = scored.select(["ts", "value", "score", "is_anomaly", *explained])
         joined = readings.join(scored, keys="ts", join_type="full outer", left_suffix="", right_suffix="_scored")
         value = pc.coalesce(joined.column("value"), joined.column("value_scored"))
         return pa.table({"ts": joined.column("ts"), "value": value, "score": joined.column("score"),
-                         "is_anomaly": joined.column("is_anomaly")}).sort_by("ts")
+                         "is_anomaly": joined.column("is_anomaly"),
+                         **{name: joined.column(name) for name in explained}}).sort_by("ts")
 
     def committed_windows(self) -> dict[tuple[int, int], str]:
         """The run whose predictions each scored window holds: {(from, to) in µs: run id}."""
@@ -376,3 +428,70 @@ class Fleet:
         from fleetscore.catalog.stats import run_stats
 
         return run_stats(self.catalog)
+
+    # --- alerts --------------------------------------------------------------------------------
+    def alert_settings(self) -> AlertSettings:
+        """The ``[alerts]`` rules and receivers of fleetscore.toml (secrets are never in ``as_dict``)."""
+        return self.config.alerts
+
+    def test_alert(self, rule: str) -> list[Any]:
+        """Send a test notification to each receiver of ``rule`` now; a ``delivery.TestResult`` per receiver."""
+        from fleetscore.services.delivery import send_test
+
+        return send_test(self.context, rule)
+
+    def deliver_alerts(self, deadline_s: float | None = None) -> Any:
+        """Send the due notifications of the outbox for at most ``deadline_s`` (default ``[alerts] deliver_wait``)."""
+        from fleetscore.services.delivery import deliver
+
+        wait = self.config.alerts.deliver_wait_s if deadline_s is None else deadline_s
+        return deliver(self.context, deadline_s=wait)
+
+    def alert_delivery_thread(self, say: Callable[[str], None] | None = None) -> Any:
+        """A started ``delivery.DeliveryThread`` when receivers are configured (else None); ``.stop()`` it."""
+        from fleetscore.services.delivery import DeliveryThread
+
+        return DeliveryThread(self.context, say).start() if self.config.alerts.receivers else None
+
+    def notifications(self, status: str | None = None, limit: int = 100) -> list[Any]:
+        """The outbox's notifications (``catalog.alerts.Notification``), newest first, of one status or all."""
+        from fleetscore.catalog.alerts import AlertStore
+
+        return AlertStore(self.catalog).notifications(status, limit)
+
+    def dead_letters(self, limit: int = 100) -> list[Any]:
+        """Notifications that reached their receiver's last attempt, newest first, with the reason."""
+        return self.notifications("dead", limit)
+
+    def retry_dead_letters(self, ids: list[int] | None = None) -> int:
+        """Queue dead letters again with fresh attempts (the given ids, or all); how many."""
+        from fleetscore.catalog.alerts import AlertStore
+        from fleetscore.clock import wall_clock
+
+        return AlertStore(self.catalog).redrive(ids, wall_clock() / 1e6)
+
+    def silences(self, active: bool = False) -> list[Any]:
+        """Silences and maintenance windows (``catalog.alerts.Silence``), by start; ``active``: not yet over."""
+        from fleetscore.catalog.alerts import AlertStore
+
+        return AlertStore(self.catalog).silences(self.clock() if active else None)
+
+    def add_silence(self, device: str, start: Time, end: Time, *, sensor: str | None = None, note: str = "",
+                    by: str = "") -> Any:
+        """Silence notifications of incidents of ``device`` (and ``sensor``) patterns in [start, end)."""
+        from fleetscore.catalog.alerts import AlertStore
+        from fleetscore.core.times import parse_time
+
+        lo, hi = parse_time(start, "--start"), parse_time(end, "--end")
+        return AlertStore(self.catalog).add_silence(device, sensor, lo, hi, note, by)
+
+    def remove_silence(self, silence_id: int) -> Any:
+        from fleetscore.catalog.alerts import AlertStore
+
+        return AlertStore(self.catalog).remove_silence(silence_id)
+
+    def alert_counts(self) -> dict[str, int]:
+        """Notifications ``sent``, ``dead``, ``pending``, ``suppressed``, and ``failed`` delivery attempts (for /metrics)."""
+        from fleetscore.catalog.alerts import AlertStore
+
+        return AlertStore(self.catalog).counts()

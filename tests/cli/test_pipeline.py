@@ -54,7 +54,8 @@ def test_train_score_predictions_roundtrip(cli, home, trained, tmp_path: Path) -
     assert r.exit_code == 0, r.stderr
     table = pq.read_table(out)
     assert table.column_names == ["ts", "device", "sensor", "value", "score", "is_anomaly", "model_version", "run_id",
-                                  "model_kind", "fallback", "severity", "top_sensors"]
+                                  "model_kind", "fallback", "severity", "top_sensors", "expected", "lower", "upper",
+                                  "reason"]
     assert table.num_rows == run["rows"]
     assert sum(table.column("is_anomaly").to_pylist()) == run["anomalies"]
     assert set(table.column("run_id").to_pylist()) == {run["run_id"]}

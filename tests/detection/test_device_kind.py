@@ -109,7 +109,7 @@ def test_device_models_train_score_and_name_sensors(fleet: Fleet, series, cli, t
     run = fleet.score(iso(TRAIN_H * 60), iso(N))
     assert run.status.value == "succeeded" and run.unmatched_rows == 0 and run.failed_models == 0
     preds = fleet.predictions(run_id=run.run_id)
-    assert preds.column_names[-3:] == ["fallback", "severity", "top_sensors"]
+    assert preds.column_names[-7:] == ["fallback", "severity", "top_sensors", "expected", "lower", "upper", "reason"]
     scored = sum(int(np.sum(t >= TRAIN_H * 60 * MIN)) for t, _ in series.values())
     assert preds.num_rows == scored  # one row per (device, sensor, ts), nothing dropped or doubled
     frame = preds.to_pandas()
@@ -136,7 +136,8 @@ def test_device_models_train_score_and_name_sensors(fleet: Fleet, series, cli, t
     out = tmp_path / "preds.csv"  # CSV has no lists: top sensors joined by |
     assert cli("predictions", "--run", run.run_id, "--out", out, "--home", fleet.config.home).exit_code == 0
     text = out.read_text()
-    assert text.splitlines()[0].endswith('"severity","top_sensors"') and '"s1|' in text
+    assert text.splitlines()[0].endswith('"severity","top_sensors","expected","lower","upper","reason"')
+    assert '"s1|' in text
 
     # misaligned clocks: the three sensors of a minute form one device-time, scored together
     skew = device[device["device"] == "skew"]

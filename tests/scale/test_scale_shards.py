@@ -21,6 +21,7 @@ from fleetscore.core.times import HOUR_US
 from fleetscore.services.score import plan_tasks
 from fleetscore.services.train import shard_bounds
 from fleetscore.storage import layout
+from fleetscore.storage.models import ModelStore
 from fleetscore.storage.readings import ReadingStore
 
 OCSVM = {"kind": "ocsvm", "features": "raw", "nu": 0.05, "gamma": "scale"}
@@ -84,6 +85,27 @@ def test_shards_are_key_ranges_and_the_manifest_has_one_row_group_per_shard(trai
     assert manifest.num_row_groups == shards.num_rows
     for i in range(manifest.num_row_groups):
         assert len(set(manifest.read_row_group(i, columns=["shard"]).column("shard").to_pylist())) == 1
+
+
+def test_a_task_reads_its_own_shard_manifest_file_never_the_whole_manifest(trained: Fleet) -> None:
+    version = trained.version().version
+    storage = RecordingStorage(trained.config.storage.url)
+    store = ModelStore(storage)
+    whole = pq.read_table(trained.storage.path(layout.manifest_key(version)))
+    shards = trained.storage.read_parquet(layout.shards_key(version)).column("shard").to_pylist()
+    for shard in shards:
+        rows = store.read_shard_manifest(version, shard)
+        assert rows.to_pylist() == whole.filter(pc.equal(whole.column("shard"), shard)).to_pylist()
+    assert layout.manifest_key(version) not in storage.opened  # a task's cost does not grow with the shards
+    # versions written before the per-shard files: the same rows from the whole manifest's row groups
+    trained.storage.delete(f"{layout.model_dir(version)}/manifest", recursive=True)
+    try:
+        rows = store.read_shard_manifest(version, shards[1])
+        assert rows.to_pylist() == whole.filter(pc.equal(whole.column("shard"), shards[1])).to_pylist()
+        assert layout.manifest_key(version) in storage.opened
+    finally:
+        info, manifest = ModelStore(trained.storage).read_manifest(version)
+        ModelStore(trained.storage).write_manifest(info, manifest, trained.storage.read_parquet(layout.shards_key(version)))
 
 
 def test_a_sensor_with_100x_the_readings_gets_a_shard_of_its_own_and_is_scored_first(tmp_path: Path) -> None:

@@ -199,3 +199,43 @@ def test_ingested_readings_show_on_the_overview(page, server) -> None:  # type: 
     assert field(page, "[data-field=ingest-accepted_total]") == 25
     assert field(page, "[data-field=ingest-rejected_total]") == 1
     shot(page, "overview-ingest")
+
+
+def test_incidents_list_and_one_incident_with_its_mark_form(page, server) -> None:  # type: ignore[no-untyped-def]
+    _, fleet = server
+    incidents = fleet.incidents(limit=1000)
+    assert incidents, "the scored home's runs built no incident"
+    page.goto("/incidents")
+    assert page.locator("table.incidents tbody tr").count() == len(incidents)
+    shot(page, "incidents")
+    incident = max(incidents, key=lambda i: (i.active, len(i.sensors), i.flags))
+    page.click(f"tr[data-incident='{incident.id}'] a[data-field=id]")
+    page.wait_for_url(f"**/incidents/{incident.id}")
+    assert field(page, ".cards [data-field=flags]") == incident.flags
+    assert page.locator(".panel svg.chart").count() == len(incident.sensors)
+    page.check("form[data-form=mark] input[value=false]")
+    page.fill("form[data-form=mark] textarea[name=note]", "sensor was being recalibrated")
+    page.fill("form[data-form=mark] input[name=by]", "browser-operator")
+    page.click("form[data-form=mark] button[type=submit]")
+    page.wait_for_selector("[data-field=mark-by]")
+    assert page.locator("[data-field=mark-by]").first.inner_text() == "browser-operator"
+    stored = fleet.incident(incident.id)
+    assert (stored.mark, stored.marks[-1].by) == ("false", "browser-operator")
+    shot(page, "incident")
+    assert page.errors == []
+
+
+def test_sensor_page_of_an_incident_draws_the_expected_band(page, server) -> None:  # type: ignore[no-untyped-def]
+    from fleetscore.web.charts import BAND
+
+    _, fleet = server
+    incident = max(fleet.incidents(limit=1000), key=lambda i: (i.active, i.flags))
+    sensor = incident.sensors[0].sensor
+    page.goto(f"/incidents/{incident.id}")
+    page.click(f".panel[data-sensor='{sensor}'] a[data-field=sensor]")
+    page.wait_for_selector("[data-field=readings]")
+    assert page.locator("[data-field=sensor]").inner_text() == sensor
+    assert field(page, "[data-field=anomalies]") > 0
+    assert page.locator(f"svg.chart [fill='{BAND}']").count() > 0  # the band the flagged readings left
+    shot(page, "sensor-band")
+    assert page.errors == []

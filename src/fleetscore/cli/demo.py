@@ -24,6 +24,12 @@ commands = typer.Typer()
 
 DEMO_MARKER = ".fleetscore-demo"
 DEMO_START = datetime(2026, 1, 1, tzinfo=UTC)
+#: Incidents the demo shows (highest severity first); all of them are in `fleetscore incidents list`.
+DEMO_TOP_INCIDENTS = 5
+
+
+def _peak(incident: Any) -> float:
+    return -1.0 if incident.severity is None else float(incident.severity)
 
 
 def prepare_home(home: Path) -> None:
@@ -44,8 +50,12 @@ def prepare_home(home: Path) -> None:
 def run_demo(home: Path, devices: int = 50, sensors: int = 4, train_hours: int = 24, score_hours: int = 6,
              seed: int = 7, workers: int | None = None, step: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run the whole pipeline on a fresh home and return a summary (what the CLI prints)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     from fleetscore.api import Fleet
     from fleetscore.core.evaluate import evaluate
+    from fleetscore.core.incidents import labelled_events, match_events
     from fleetscore.core.simulate import simulate_fleet
     from fleetscore.core.times import iso
     from fleetscore.storage.files import write_table
@@ -73,6 +83,11 @@ def run_demo(home: Path, devices: int = 50, sensors: int = 4, train_hours: int =
     scored_end = train_end + timedelta(hours=score_hours)
     predictions = fleet.predictions(start=train_end, end=scored_end)
     metrics = evaluate(predictions, fleet_table)  # point metrics, event recall overall and per anomaly kind
+    ts = pc.cast(fleet_table.column("ts"), pa.int64())
+    scored = fleet_table.filter(pc.and_(pc.greater_equal(ts, int(train_end.timestamp() * 1e6)),
+                                        pc.less(ts, int(scored_end.timestamp() * 1e6))))
+    incidents = fleet.incidents(limit=100_000)
+    matched = match_events(incidents, labelled_events(scored))  # incident-level: one per labelled event is ideal
     out = home / "demo-predictions.csv"
     write_table(predictions, out)
     fleet.close()
@@ -88,6 +103,9 @@ def run_demo(home: Path, devices: int = 50, sensors: int = 4, train_hours: int =
         "rows_scored": sum(r.rows for r in runs),
         "anomalies": sum(r.anomalies for r in runs),
         "evaluation": metrics.as_dict(),
+        "incidents": {"count": len(incidents), "open": sum(1 for i in incidents if i.active),
+                      "vs_labelled_events": matched.as_dict(),
+                      "top": [i.as_dict() for i in sorted(incidents, key=_peak, reverse=True)[:DEMO_TOP_INCIDENTS]]},
         "outputs": {"predictions_csv": str(out), "data": fleet.config.storage.url,
                     "catalog": fleet.config.catalog.url},
         "elapsed_s": round(time.perf_counter() - started, 2),
@@ -105,7 +123,7 @@ def demo(
     home: HomeOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Simulate a fleet, import it, train, score each hour and report precision/recall."""
+    """Simulate a fleet, import it, train, score each hour and report precision/recall and the incidents found."""
     from fleetscore.config import DEFAULT_HOME
 
     err = console(stderr=True)
@@ -126,6 +144,17 @@ def demo(
                 f"F1 {fmt_ratio(ev['f1'])}"
                 f"  event recall {fmt_ratio(ev['event_recall'])}")
         c.print(table("recall per anomaly kind", KIND_COLUMNS, quality_rows(ev)))
+        inc = summary["incidents"]
+        vs = inc["vs_labelled_events"]
+        c.print(f"incidents          {inc['count']:,} ({inc['open']} open) from {summary['anomalies']:,} flags: "
+                f"precision {fmt_ratio(vs['precision'])}, {fmt_ratio(vs['incidents_per_event'])} incidents per detected event, "
+                f"event recall {fmt_ratio(vs['event_recall'])} of {vs['events']} labelled events")
+        c.print(table("highest-severity incidents (all: fleetscore incidents list)",
+                      ["incident", "device", "start (UTC)", "sev.", "flags", "sensors", "status"],
+                      [[i["id"], i["device"], i["start"][5:16].replace("T", " "),
+                        "" if i["severity"] is None else f"{i['severity']:.0f}", i["flags"],
+                        ", ".join(f"{s['sensor']} ({s['flags']})" for s in i["sensors"]), i["status"]]
+                       for i in inc["top"]]))
         c.print(f"predictions        {summary['outputs']['predictions_csv']}")
         c.print(f"data / catalog     {summary['outputs']['data']}  /  {summary['outputs']['catalog']}")
         c.print(f"done in {summary['elapsed_s']:.1f}s")

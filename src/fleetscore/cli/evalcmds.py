@@ -1,4 +1,4 @@
-"""Detection quality: ``evaluate`` a run against labels (and the per-kind rows the demo prints too)."""
+"""Detection quality: ``evaluate`` a run against labels or operators' marks (and the per-kind rows the demo prints too)."""
 
 from __future__ import annotations
 
@@ -30,12 +30,17 @@ def fmt_ratio(value: float | None) -> str:
 @handle_errors
 def evaluate(
     run: Annotated[str, typer.Option("--run", help="Run id whose predictions are evaluated.")],
-    labels: Annotated[Path, typer.Option("--labels", help="CSV/Parquet with ts, device, sensor, label[, anomaly_kind].")],
+    labels: Annotated[Path | None, typer.Option(
+        "--labels", help="CSV/Parquet with ts, device, sensor, label[, anomaly_kind].")] = None,
+    from_marks: Annotated[bool, typer.Option(
+        "--from-marks", help="Use operators' marks as labels instead of a file: readings of incidents marked true "
+                             "are anomalies, of incidents marked false normal (their flags false alarms).")] = False,
     home: HomeOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Precision, recall, F1 and event recall of a run against labels, overall and per anomaly kind."""
-    record, result = open_fleet(home).evaluate(run, labels)
+    """Precision, recall, F1 and event recall of a run against labels (a file, or --from-marks), overall and per
+    anomaly kind."""
+    record, result = open_fleet(home).evaluate(run, labels, from_marks=from_marks)
     info = record.as_dict()
     payload = {k: info[k] for k in ("run_id", "version", "window_from", "window_to")} | result.as_dict()
 

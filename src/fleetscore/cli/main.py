@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from fleetscore.cli import catalogcmds, data, demo, evalcmds, ingestcmds, modelcmds, runcmds, schedcmds
+from fleetscore.cli import alertcmds, catalogcmds, data, demo, evalcmds, incidentcmds, ingestcmds, modelcmds, runcmds, schedcmds
 
 app = typer.Typer(
     name="fleetscore",
@@ -27,6 +27,8 @@ app.add_typer(schedcmds.schedule, name="schedule")
 app.add_typer(schedcmds.commands)
 app.add_typer(evalcmds.commands)
 app.add_typer(catalogcmds.catalog, name="catalog")
+app.add_typer(alertcmds.alerts, name="alerts")
+app.add_typer(incidentcmds.incidents, name="incidents")
 
 
 @app.callback()

@@ -1,4 +1,4 @@
-"""Model commands: train, and the ``models`` group (versions, list, show, release, import-sklearn, health)."""
+"""Model commands: train, and the ``models`` group (versions, list, show, release, import-sklearn, health, adjust)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ models = typer.Typer(help="Model versions, the released version, and single mode
 VERSION_COLUMNS = ["version", "status", "released", "kind", "features", "models", "failed", "shards", "created_at",
                    "train_from", "train_to"]
 HEALTH_COLUMNS = ["device", "sensor", "run_id", "rows", "anomalies", "rate", "expected", "reason"]
+FALSE_ALARM_COLUMNS = ["device", "sensor", "false_marks", "expected", "action", "suggested_alarm_rate"]
 
 
 @commands.command()
@@ -51,6 +52,8 @@ def train(
     def human(c: Any) -> None:
         c.print(f"version {result.version}: {result.models:,} models, {result.failed:,} failed, "
                 f"{result.shards} shards in {result.elapsed_s:.2f}s" + (" (released)" if result.released else ""))
+        if result.excluded_marked_true:
+            c.print(f"left out {result.excluded_marked_true:,} readings inside incidents marked true")
         if result.failures:
             c.print(table("failed models", ["device", "sensor", "reason"],
                           [[f["device"], f["sensor"], f["reason"]] for f in result.failures[:20]]))
@@ -136,15 +139,51 @@ def import_sklearn(
 def health(
     run: Annotated[str | None, typer.Option("--run", help="Run id (default: the latest finished runs).")] = None,
     last: Annotated[int, typer.Option(help="Without --run: look at this many latest finished runs.", min=1, max=1000)] = 1,
+    min_false_marks: Annotated[int, typer.Option(
+        "--min-false-marks", help="List the released version's models with at least this many incidents marked false.",
+        min=1, max=1_000_000)] = 2,
     home: HomeOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Models that runs marked unhealthy (flagging far more than calibrated); retrain with train --only-unhealthy."""
-    report = open_fleet(home).health(run, last)
+    """Models that runs marked unhealthy (flagging far more than calibrated; retrain with train --only-unhealthy),
+    and models whose incidents operators marked false, each with a suggested command."""
+    report = open_fleet(home).health(run, last, min_false_marks)
 
     def cell(u: dict[str, Any], k: str) -> Any:
         return ", ".join(u["sensors"]) if k == "sensor" and u.get("sensors") else u.get(k)  # a device model: once
 
-    emit(json_out, report, lambda c: c.print(table(
-        f"{len(report['unhealthy'])} unhealthy model(s) in {len(report['runs'])} run(s)", HEALTH_COLUMNS,
-        [[cell(u, k) for k in HEALTH_COLUMNS] for u in report["unhealthy"]])))
+    def human(c: Any) -> None:
+        c.print(table(f"{len(report['unhealthy'])} unhealthy model(s) in {len(report['runs'])} run(s)", HEALTH_COLUMNS,
+                      [[cell(u, k) for k in HEALTH_COLUMNS] for u in report["unhealthy"]]))
+        c.print(table(f"{len(report['false_alarms'])} model(s) with at least {min_false_marks} incidents marked false",
+                      FALSE_ALARM_COLUMNS, [[u[k] for k in FALSE_ALARM_COLUMNS] for u in report["false_alarms"]]))
+        for u in report["false_alarms"]:  # whole lines, to paste
+            c.print(f"{u['device']} {u['sensor']}: {u['command']}")
+
+    emit(json_out, report, human)
+
+
+@models.command("adjust")
+@handle_errors
+def adjust(
+    device: Annotated[str, typer.Argument(help="Device id.")],
+    sensor: Annotated[str, typer.Argument(help="Sensor id (of a device model: any of its sensors).")],
+    alarm_rate: Annotated[float, typer.Option(
+        "--alarm-rate", help="Alarm rate in (0, 0.5) the model's threshold is recalibrated to on its training "
+                             "readings (lower: fewer alarms).")],
+    version: Annotated[str | None, typer.Option(help="Version to adjust (default: the released one).")] = None,
+    release_new: Annotated[bool, typer.Option("--release", help="Release the new version.")] = False,
+    home: HomeOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Write a new version in which one model's threshold gives the alarm rate R; the old version stays as it is."""
+    result = open_fleet(home).adjust_model(device, sensor, alarm_rate, version=version, release=release_new)
+    payload = result.as_dict()
+
+    def human(c: Any) -> None:
+        was = "unknown" if result.previous_rate is None else f"{result.previous_rate:g}"
+        c.print(f"version {result.version} (from {result.base_version}): {result.device} "
+                f"{', '.join(result.sensors)} alarm rate {was} -> {result.alarm_rate:g}"
+                + (" (released)" if result.released else f"; release it with `fleetscore models release {result.version}`"))
+
+    emit(json_out, payload, human)

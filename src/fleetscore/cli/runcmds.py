@@ -67,7 +67,19 @@ def score(
             c.print(f"{run.unmatched_rows:,} readings had no model (see `fleetscore runs show {run.run_id}`)")
 
     emit(json_out, payload, human)
+    deliver_before_exit(fleet)
     exit_for(run.status.value)
+
+
+def deliver_before_exit(fleet: Any) -> None:
+    """Deliver the alert notifications a one-shot run queued, for at most ``[alerts] deliver_wait``; what is
+    left stays in the outbox for the next process that delivers (``serve``, ``scheduler``, ``alerts deliver``)."""
+    if not fleet.config.alerts.receivers:
+        return
+    left = fleet.deliver_alerts().pending
+    if left:
+        console(stderr=True).print(f"{left} alert notification(s) still pending: `fleetscore alerts deliver`, "
+                                   "`serve` or `scheduler` sends them")
 
 
 @commands.command()
@@ -102,6 +114,7 @@ def backfill(
             c.print(f"{e['window_from']}..{e['window_to']}: {e['error']}", style="red")
 
     emit(json_out, payload, human)
+    deliver_before_exit(fleet)
     exit_for(*[r.status.value for r in result.runs], *["failed"] * bool(result.errors))
 
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from fleetscore.config.alerts import AlertSettings
+from fleetscore.config.incidents import IncidentSettings
 from fleetscore.config.ingest import IngestSettings
 from fleetscore.config.schedule import ScheduleSettings
 from fleetscore.config.sections import (
@@ -33,12 +35,14 @@ DEFAULT_HOME = "./fleetscore-home"
 CONFIG_FILE = "fleetscore.toml"
 
 Section = (StorageSettings | CatalogSettings | ExecutorSettings | TrainSettings | ScheduleSettings | IngestSettings
-           | WebSettings | ServerSettings | KafkaSettings | NatsSettings | MqttSettings)
+           | WebSettings | ServerSettings | KafkaSettings | NatsSettings | MqttSettings | AlertSettings
+           | IncidentSettings)
 #: toml section -> its settings class (the Config field of the same name)
 SECTIONS: dict[str, type[Section]] = {
     "storage": StorageSettings, "catalog": CatalogSettings, "executor": ExecutorSettings, "train": TrainSettings,
     "schedule": ScheduleSettings, "ingest": IngestSettings, "web": WebSettings, "kafka": KafkaSettings,
-    "nats": NatsSettings, "server": ServerSettings, "mqtt": MqttSettings,
+    "nats": NatsSettings, "server": ServerSettings, "mqtt": MqttSettings, "alerts": AlertSettings,
+    "incidents": IncidentSettings,
 }
 #: environment variable -> (section, field, parser)
 ENV_KEYS: dict[str, tuple[str, str, Parser]] = {
@@ -86,6 +90,8 @@ class Config:
     kafka: KafkaSettings = field(default_factory=KafkaSettings)
     nats: NatsSettings = field(default_factory=NatsSettings)
     mqtt: MqttSettings = field(default_factory=MqttSettings)
+    alerts: AlertSettings = field(default_factory=AlertSettings)
+    incidents: IncidentSettings = field(default_factory=IncidentSettings)
 
     @property
     def file(self) -> Path:
@@ -122,6 +128,7 @@ def load_config(home: str | os.PathLike[str] | None = None, env: Mapping[str, st
             values.setdefault(section, {})[key] = parse(env[name], name)
     sections: dict[str, Any] = {s: SECTIONS[s](**v) for s, v in values.items()}
     config = Config(home=home_path, **sections)
+    config = replace(config, alerts=config.alerts.with_secrets(env))  # receivers' secrets: environment only
     return _checked(config, str(toml_path) if toml_path.is_file() else "environment")
 
 

@@ -6,15 +6,24 @@ model that flags a large share of them (``UNHEALTHY_RATE``) has gone bad: its se
 normal (drift, recalibration, replaced hardware) or the model was trained on the wrong data. Such a
 model is listed in the run record and can be retrained on its own (``train --only-unhealthy``).
 
-Pure: a task's per-model counts in, a list of unhealthy models out.
+Operators' feedback is the other sign: a model whose incidents operators marked ``false`` at least
+`FALSE_MARKS` times while its version scored (`false_alarms`) is listed with a suggested action:
+retrain on recent data when runs also find it unhealthy (its normal moved), else raise its
+threshold (``fleetscore models adjust``) to `ADJUST_FACTOR` times fewer alarms than it was calibrated for.
+
+Pure: a task's per-model counts in, a list of unhealthy models out; false-mark counts in, suggestions out.
 """
 
 from __future__ import annotations
 
+import shlex
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from fleetscore.core.calibrate import DEFAULT_ALARM_RATE
 
 #: A model flagging at least this share of its rows in a run is unhealthy.
 UNHEALTHY_RATE = 0.25
@@ -22,6 +31,10 @@ UNHEALTHY_RATE = 0.25
 MIN_ROWS = 20
 #: At most this many unhealthy models are listed per run (all are counted).
 MAX_LISTED = 1000
+#: A model whose incidents were marked false this often (while its version scored) is listed with an action.
+FALSE_MARKS = 2
+#: Raising a threshold suggests an alarm rate this many times below the model's current one (or the default rate).
+ADJUST_FACTOR = 10.0
 
 
 def unhealthy_counts(counts: pa.Table) -> list[dict[str, Any]]:
@@ -54,3 +67,36 @@ def expected_rate(params: dict[str, Any]) -> float | None:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
     return None
+
+
+def suggested_rate(expected: float | None) -> float:
+    """The alarm rate to suggest for a model with too many false alarms: `ADJUST_FACTOR` times below its own."""
+    base = expected if expected is not None and 0 < expected < 0.5 else DEFAULT_ALARM_RATE
+    return float(f"{base / ADJUST_FACTOR:.2g}")
+
+
+def false_alarms(marks: Mapping[tuple[str, str], int], expected: Mapping[tuple[str, str], float | None],
+                 unhealthy: Collection[tuple[str, str]], retrain_command: str,
+                 min_marks: int = FALSE_MARKS) -> list[dict[str, Any]]:
+    """Models with at least ``min_marks`` incidents marked false, each with a suggested action and its command.
+
+    ``marks``: false marks per (device, sensor); ``expected``: each model's calibrated alarm rate;
+    ``unhealthy``: models runs found flagging far more than calibrated (they are retrained with ``retrain_command``).
+    """
+    out = []
+    for (device, sensor), n in sorted(marks.items()):
+        if n < min_marks:
+            continue
+        rate = expected.get((device, sensor))
+        entry: dict[str, Any] = {"device": device, "sensor": sensor, "false_marks": n, "expected": rate}
+        if (device, sensor) in unhealthy:
+            entry |= {"action": "retrain", "suggested_alarm_rate": None, "command": retrain_command,
+                      "reason": f"{n} incidents marked false and it flags far more than calibrated: "
+                                "retrain on recent data"}
+        else:
+            r = suggested_rate(rate)
+            entry |= {"action": "adjust", "suggested_alarm_rate": r,
+                      "command": f"fleetscore models adjust {shlex.quote(device)} {shlex.quote(sensor)} --alarm-rate {r:g}",
+                      "reason": f"{n} incidents marked false: raise its threshold"}
+        out.append(entry)
+    return out

@@ -390,6 +390,24 @@ def deviations(params: RobustParams, model_idx: np.ndarray, X: np.ndarray,
     return dev, idx
 
 
+def feature_bounds(params: RobustParams, model_idx: np.ndarray, feature: np.ndarray,
+                   phase: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row: the centre of feature ``feature[r]`` of model ``model_idx[r]`` (on its daily profile at ``phase``)
+    and the values of that feature within its threshold, [lo, hi] (±inf on a side it does not count; NaN
+    where the feature is unused or the threshold leaves no room): where the decision does not flag it."""
+    idx = np.asarray(model_idx, dtype=np.int64)
+    j = np.asarray(feature, dtype=np.int64)
+    centre = params.center[idx, j]
+    if params.seasonal and phase is not None:
+        centre = centre + np.einsum("nk,nk->n", params.profile[idx, j], daily_basis(phase))
+    weight, intercept, side = params.weight[idx, j], params.intercept[idx], params.side[idx, j]
+    with np.errstate(divide="ignore"):
+        distance = np.where((weight > 0) & (intercept > 0), intercept / weight, np.nan)
+    lo = np.where(side > 0, -np.inf, centre - distance) + 0.0 * distance  # NaN stays NaN
+    hi = np.where(side < 0, np.inf, centre + distance) + 0.0 * distance
+    return centre, lo, hi
+
+
 def _counts_in_full(signed: np.ndarray, idx: np.ndarray, threshold: np.ndarray) -> np.ndarray:
     """Per row and feature: whether the deviation is a new extreme on its side of the same model's `GATE`
     previous rows, and those rows were not all beyond ``threshold`` on that side (see Persistence).

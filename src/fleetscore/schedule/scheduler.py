@@ -234,13 +234,19 @@ class Scheduler:
 
 
 def run_until_signalled(scheduler: Scheduler, total: TickReport) -> TickReport:
-    """Tick until SIGTERM or SIGINT (``fleetscore scheduler``), adding every tick's report to ``total``."""
+    """Tick until SIGTERM or SIGINT (``fleetscore scheduler``), adding every tick's report to ``total``; alert
+    notifications are delivered meanwhile in a thread (when receivers are configured)."""
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     s = scheduler.settings
     scheduler.say(f"scheduler started (poll {s.poll_s:g}s, lease {s.lease_s:g}s, max catch-up {s.max_catch_up})")
-    scheduler.run(stop, on_tick=total.add)
+    delivery = scheduler.fleet.alert_delivery_thread(scheduler.say)  # alerts go out while windows run
+    try:
+        scheduler.run(stop, on_tick=total.add)
+    finally:
+        if delivery is not None:
+            delivery.stop()
     scheduler.say("scheduler stopped")
     return total
 

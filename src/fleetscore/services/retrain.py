@@ -1,4 +1,4 @@
-"""Model health across runs, and retraining only the unhealthy models (``train --only-unhealthy``).
+"""Model health across runs and operators' marks, and retraining only the unhealthy models (``train --only-unhealthy``).
 
 Each scoring run lists the models that flagged far more than they were calibrated for
 (`fleetscore.core.health`) in its record (``extra.health``). `health_report` gathers them from
@@ -8,11 +8,15 @@ on the given window, every other model copied unchanged (shard files without an 
 copied byte for byte; the others are rewritten with the refitted models appended). A key without
 readings in the window keeps its old model and is reported as not retrained. A device model is one
 model: an unhealthy sensor of it refits the whole device (every sensor the device has in the shard).
+`copy_shards` and `commit_derived` are the one road of versions derived from another (also
+``models adjust``, `fleetscore.services.adjust`). `health_report` also lists the released version's
+models whose incidents operators repeatedly marked false (`fleetscore.core.health.false_alarms`).
 """
 
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -23,20 +27,35 @@ import pyarrow.compute as pc
 
 from fleetscore.catalog import Catalog, VersionRecord
 from fleetscore.core.fitting import DeviceSeries, fit_shard
+from fleetscore.core.health import FALSE_MARKS, expected_rate, false_alarms
 from fleetscore.core.keys import Key
 from fleetscore.core.kinds import FORMAT_VERSION, KINDS, Bundle, get_kind
 from fleetscore.core.runs import RunRecord, RunStatus
+from fleetscore.core.times import iso
 from fleetscore.errors import FleetscoreError, InputError
 from fleetscore.exec.base import Executor, TaskError
 from fleetscore.services.context import Context
-from fleetscore.services.train import MIN_TRAIN_ROWS, TrainResult, TrainTask, intervals, load_groups, manifest_rows, task_settings
+from fleetscore.services.train import (
+    MIN_TRAIN_ROWS,
+    ShardTrained,
+    TrainResult,
+    TrainTask,
+    intervals,
+    load_groups,
+    manifest_rows,
+    marked_true_spans,
+    task_settings,
+)
 from fleetscore.storage import layout
 from fleetscore.storage.fs import open_storage
-from fleetscore.storage.models import ModelStore, library_versions
+from fleetscore.storage.models import ModelStore, VersionInfo, library_versions
 
 #: Start of the manifest reason of a model refitted by `retrain_unhealthy`.
 RETRAINED = "retrained: unhealthy"
 _FINISHED = (RunStatus.SUCCEEDED, RunStatus.PARTIAL)
+#: False marks count for the released version over (at most) this many of its latest finished runs' windows.
+FEEDBACK_RUNS = 200
+_DAY_US = 86_400 * 1_000_000
 
 
 def _finished_runs(catalog: Catalog, limit: int, version: str | None = None) -> list[RunRecord]:
@@ -44,16 +63,46 @@ def _finished_runs(catalog: Catalog, limit: int, version: str | None = None) -> 
     return [r for r in runs if version is None or r.version == version][:limit]
 
 
-def health_report(ctx: Context, run_id: str | None = None, last: int = 1) -> dict[str, Any]:
-    """Unhealthy models of one run, or of the ``last`` finished runs (the newest entry per model wins)."""
+def health_report(ctx: Context, run_id: str | None = None, last: int = 1,
+                  min_false_marks: int = FALSE_MARKS) -> dict[str, Any]:
+    """Unhealthy models of one run, or of the ``last`` finished runs (the newest entry per model wins), and the
+    released version's models with at least ``min_false_marks`` incidents marked false (``false_alarms``)."""
     if run_id is not None:
         layout.check_run_id(run_id)
+    if not isinstance(min_false_marks, int) or min_false_marks < 1:
+        raise InputError(f"--min-false-marks must be a whole number >= 1, got {min_false_marks!r}")
     runs = [ctx.catalog.get_run(run_id)] if run_id else _finished_runs(ctx.catalog, last)
     found: dict[Key, dict[str, Any]] = {}
     for run in reversed(runs):  # oldest first, so newer runs overwrite
         for entry in run.extra.get("health", {}).get("unhealthy", []):
             found[(entry["device"], entry["sensor"])] = entry | {"run_id": run.run_id, "version": run.version}
-    return {"runs": [r.run_id for r in runs], "unhealthy": [found[k] for k in sorted(found)]}
+    return {"runs": [r.run_id for r in runs], "unhealthy": [found[k] for k in sorted(found)],
+            "false_alarms": false_alarm_report(ctx, min_false_marks)}
+
+
+def false_alarm_report(ctx: Context, min_marks: int = FALSE_MARKS) -> list[dict[str, Any]]:
+    """The released version's models whose incidents were marked false at least ``min_marks`` times within the
+    windows its latest runs scored, with a suggested action (`fleetscore.core.health.false_alarms`)."""
+    from fleetscore.catalog.incidents import IncidentStore
+
+    released = ctx.catalog.released()
+    runs = [] if released is None else _finished_runs(ctx.catalog, FEEDBACK_RUNS, released)
+    if released is None or not runs:
+        return []
+    lo, hi = min(r.window_from for r in runs), max(r.window_to for r in runs)
+    marks = Counter((device, sensor) for device, start, last, sensors in IncidentStore(ctx.catalog).marked_spans("false")
+                    if last >= lo and start < hi for sensor in sensors)
+    if not marks:
+        return []
+    record = ctx.catalog.get_version(released)
+    rate = expected_rate(record.params)
+    adjusted = {(a["device"], a["sensor"]): float(a["alarm_rate"]) for a in record.params.get("adjusted", [])}
+    expected = {k: adjusted.get(k, rate) for k in marks}
+    sick = runs[0].extra.get("health", {}).get("unhealthy", [])
+    unhealthy = {(u["device"], s) for u in sick for s in u.get("sensors") or [u["sensor"]]}
+    span = (record.train_to - record.train_from) if record.train_from is not None and record.train_to else _DAY_US
+    command = f"fleetscore train --only-unhealthy --from {iso(hi - span)} --to {iso(hi)}"
+    return false_alarms(marks, expected, unhealthy, command, min_marks)
 
 
 @dataclass(frozen=True)
@@ -72,7 +121,7 @@ class RetrainResult(TrainResult):
     not_retrained: list[dict[str, str]] = field(default_factory=list)
 
 
-def retrain_shard(task: RetrainTask) -> pa.Table:
+def retrain_shard(task: RetrainTask) -> ShardTrained:
     """Write the new version's shard: the base shard's models, with ``keys`` refitted; its manifest rows."""
     t = task.train
     storage = open_storage(t.storage_url)
@@ -110,7 +159,7 @@ def retrain_shard(task: RetrainTask) -> pa.Table:
         fresh = fresh.set_column(fresh.schema.get_field_index("slot"), "slot", pc.cast(slot, pa.int32()))
     store.write_bundle(t.version, t.shard, bundle)
     rows = pa.concat_tables([kept.select(fresh.column_names).cast(fresh.schema), fresh])
-    return rows.sort_by([("device", "ascending"), ("sensor", "ascending")])
+    return ShardTrained(rows.sort_by([("device", "ascending"), ("sensor", "ascending")]), data.excluded)
 
 
 def _take_models(bundle: Bundle, manifest: pa.Table) -> tuple[Bundle, pa.Table]:
@@ -139,6 +188,42 @@ def _whole_devices(keys: set[Key], manifest: pa.Table) -> set[Key]:
     return keys | {(d, s) for d, s in zip(devices, sensors) if d in whole}
 
 
+def copy_shards(ctx: Context, base: str, version: str, shards: list[int]) -> None:
+    """Copy ``shards`` of ``base`` byte for byte into ``version`` (models a derived version keeps unchanged)."""
+    for shard in shards:
+        ctx.storage.write_bytes(layout.shard_key(version, shard), ctx.storage.read_bytes(layout.shard_key(base, shard)))
+
+
+@dataclass(frozen=True)
+class Derived:
+    """A version derived from another, committed: its manifest, how many models are ok, the failed rows."""
+
+    manifest: pa.Table
+    n_ok: int
+    failed: pa.Table
+    released: bool
+
+
+def commit_derived(ctx: Context, info: VersionInfo, version: str, params: dict[str, Any], manifest: pa.Table,
+                   shards: pa.Table, replaced: dict[int, pa.Table], started: float, release: bool) -> Derived:
+    """Finish ``version`` derived from ``info``'s version (``manifest``, ``shards``): its manifest is the base's
+    with the rows of the ``replaced`` shards exchanged (their files already written, the others copied);
+    marked ready (or failed, without a model) and released if asked."""
+    untouched = manifest.filter(pc.invert(pc.is_in(manifest.column("shard"), pa.array(list(replaced), pa.int32()))))
+    rewritten = [t.select(manifest.column_names).cast(manifest.schema) for t in replaced.values()]
+    new_manifest = pa.concat_tables([untouched.select(manifest.column_names), *rewritten])
+    new_manifest = new_manifest.sort_by([("device", "ascending"), ("sensor", "ascending")])
+    ModelStore(ctx.storage).write_manifest(replace(info, version=version, params=params, libraries=library_versions(),
+                                                   format_version=FORMAT_VERSION), new_manifest, shards)
+    failed = new_manifest.filter(pc.equal(new_manifest.column("status"), "failed"))
+    n_ok = new_manifest.num_rows - failed.num_rows
+    elapsed = time.perf_counter() - started
+    ctx.catalog.finish_version(version, "ready" if n_ok else "failed", n_ok, failed.num_rows, shards.num_rows, elapsed)
+    if release and n_ok:
+        ctx.catalog.release(version)
+    return Derived(new_manifest, n_ok, failed, bool(release and n_ok))
+
+
 def retrain_unhealthy(ctx: Context, executor: Executor, base: VersionRecord, from_us: int, to_us: int, *,
                       release: bool = True, on_progress: Callable[[int, int], None] | None = None) -> RetrainResult:
     """New version = ``base`` (the released one) with its latest run's unhealthy models refitted on [from, to)."""
@@ -160,21 +245,23 @@ def retrain_unhealthy(ctx: Context, executor: Executor, base: VersionRecord, fro
     version = catalog.new_version(info.kind, info.features, params, from_us, to_us)
     shard_of = dict(zip(zip(manifest.column("device").to_pylist(), manifest.column("sensor").to_pylist()),
                         manifest.column("shard").to_pylist()))
+    marked = marked_true_spans(ctx, from_us, to_us)
     tasks: list[RetrainTask] = []
+    unchanged: list[int] = []
     for s in shards.to_pylist():
         mine = tuple(sorted(k for k in keys if shard_of.get(k) == s["shard"]))
         if not mine:
-            copy = storage.read_bytes(layout.shard_key(base.version, s["shard"]))
-            storage.write_bytes(layout.shard_key(version, s["shard"]), copy)
+            unchanged.append(int(s["shard"]))
             continue
         lo = None if s["lo_device"] is None else (s["lo_device"], s["lo_sensor"])
         hi = None if s["hi_device"] is None else (s["hi_device"], s["hi_sensor"])
         train = TrainTask(ctx.storage_url, version, int(s["shard"]), from_us, to_us, lo, hi, info.features,
                           p.get("nu", 0.05), p.get("gamma", "scale"), info.kind, p.get("alarm_rate"),
                           int(p.get("min_history", MIN_TRAIN_ROWS)), trained_at_us=ctx.clock(),
-                          auto_device=bool(p.get("auto_device", False)))
+                          auto_device=bool(p.get("auto_device", False)), excluded=marked)
         tasks.append(RetrainTask(train, base.version, mine))
-    parts: dict[int, pa.Table | None] = {t.train.shard: None for t in tasks}
+    copy_shards(ctx, base.version, version, unchanged)
+    parts: dict[int, ShardTrained] = {}
     errors: list[str] = []
     for done, (i, result) in enumerate(executor.map(retrain_shard, tasks), start=1):
         if isinstance(result, TaskError):
@@ -186,24 +273,16 @@ def retrain_unhealthy(ctx: Context, executor: Executor, base: VersionRecord, fro
     if errors:
         catalog.finish_version(version, "failed", 0, 0, shards.num_rows, time.perf_counter() - started)
         raise FleetscoreError(f"retraining {version} failed: " + "; ".join(errors[:5]))
-    untouched = manifest.filter(pc.invert(pc.is_in(manifest.column("shard"), pa.array(list(parts), pa.int32()))))
-    refitted = [t.select(manifest.column_names).cast(manifest.schema) for t in parts.values() if t is not None]
-    new_manifest = pa.concat_tables([untouched.select(manifest.column_names), *refitted])
-    new_manifest = new_manifest.sort_by([("device", "ascending"), ("sensor", "ascending")])
-    store.write_manifest(replace(info, version=version, params=params, libraries=library_versions(),
-                                 format_version=FORMAT_VERSION), new_manifest, shards)
-    failed = new_manifest.filter(pc.equal(new_manifest.column("status"), "failed"))
-    n_ok = new_manifest.num_rows - failed.num_rows
-    elapsed = time.perf_counter() - started
-    catalog.finish_version(version, "ready" if n_ok else "failed", n_ok, failed.num_rows, shards.num_rows, elapsed)
-    if release and n_ok:
-        catalog.release(version)
-    marked = new_manifest.filter(pc.starts_with(pc.fill_null(new_manifest.column("reason"), ""), RETRAINED))
-    retrained = sorted(zip(marked.column("device").to_pylist(), marked.column("sensor").to_pylist()))
+    derived = commit_derived(ctx, info, version, params, manifest, shards,
+                             {shard: part.rows for shard, part in parts.items()}, started, release)
+    new_manifest, failed = derived.manifest, derived.failed
+    refit = new_manifest.filter(pc.starts_with(pc.fill_null(new_manifest.column("reason"), ""), RETRAINED))
+    retrained = sorted(zip(refit.column("device").to_pylist(), refit.column("sensor").to_pylist()))
     return RetrainResult(
-        version, n_ok, failed.num_rows, shards.num_rows, round(elapsed, 3), bool(release and n_ok),
+        version, derived.n_ok, failed.num_rows, shards.num_rows, round(time.perf_counter() - started, 3), derived.released,
         [{"device": d, "sensor": s, "reason": r} for d, s, r in
          zip(*(failed.column(c).to_pylist()[:100] for c in ("device", "sensor", "reason")))],
+        excluded_marked_true=sum(part.excluded for part in parts.values()),
         base_version=base.version,
         retrained=[{"device": d, "sensor": s} for d, s in retrained],
         not_retrained=[{"device": d, "sensor": s, "reason": "no readings in the training window"}

@@ -30,6 +30,7 @@ import pyarrow.compute as pc
 from fleetscore.catalog import Catalog
 from fleetscore.core import ocsvm
 from fleetscore.core.devicegrid import score_readings
+from fleetscore.core.explain import HISTORY, Explanation, device_reason, explain_bundle
 from fleetscore.core.features import FeatureSpec, build_features, day_phase, parse_features
 from fleetscore.core.health import MAX_LISTED as MAX_LISTED_UNHEALTHY
 from fleetscore.core.health import describe, expected_rate, unhealthy_counts
@@ -116,6 +117,7 @@ def score_shard(task: ScoreTask) -> ScoreOutcome:
         readings = readings.filter(pa.array(~mine))
 
     meta, x = build_features(readings, spec, grouped=True)  # read_history's rows: by key, then time
+    built, kept = meta, None  # every built row (explanations read a flagged reading's history) and the ones kept
     # history is read for the features; of it, the rows the models' rules compare the window's first rows
     # with are scored too (`history_rows`), but only the window's own readings (windows overlapping it) are kept
     in_window = np.ones(meta.num_rows, dtype=bool)
@@ -125,7 +127,7 @@ def score_shard(task: ScoreTask) -> ScoreOutcome:
                                      ).to_numpy(zero_copy_only=False)
         keep = in_window | rows_before(group_bounds(meta.column("device"), meta.column("sensor")), in_window,
                                        history_rows(bundle))
-        meta, x, in_window = meta.filter(pa.array(keep)), x[keep], in_window[keep]
+        meta, x, in_window, kept = meta.filter(pa.array(keep)), x[keep], in_window[keep], np.flatnonzero(keep)
 
     # rows come in key order: match each run of one (device, sensor) to its model, not each row
     bounds, run_model = match_runs(meta.column("device"), meta.column("sensor"), manifest)
@@ -150,6 +152,9 @@ def score_shard(task: ScoreTask) -> ScoreOutcome:
     score_args = (bundle, kind, slot_of[rows_model].astype(np.int64), x if has_model.all() else x[has_model],
                   day_phase(scored.column("ts")) if needs_phase(bundle) else None)
     scores, severity = score_and_severity_bundle(*score_args, task.kernel)
+    flagged = np.flatnonzero((scores < 0) & in_window[has_model])  # explained: the window's flagged readings
+    built_row = np.flatnonzero(has_model) if kept is None else kept[has_model]  # each scored row's built row
+    scored = _with_explanation(scored, flagged, _explain(score_args, scored, flagged, spec, built, built_row))
     if not in_window.all():
         keep = in_window[has_model]
         scored, slots, scores, severity = scored.filter(pa.array(keep)), slots[keep], scores[keep], severity[keep]
@@ -188,6 +193,48 @@ def score_shard(task: ScoreTask) -> ScoreOutcome:
 
 #: The ``top_sensors`` column: up to 3 sensor names of a device model's flagged device-time, most contributing first.
 TOP_SENSORS_TYPE = pa.list_(pa.string())
+#: The explanation columns (`fleetscore.core.explain`), after all others: in the reading's units, and why it was flagged.
+EXPLANATION_COLUMNS = ("expected", "lower", "upper", "reason")
+
+
+def _explain(score_args: tuple[Any, ...], scored: pa.Table, flagged: np.ndarray, spec: FeatureSpec, built: pa.Table,
+             built_row: np.ndarray) -> Explanation:
+    """Why each of the ``flagged`` rows of a scoring pass (``score_args``, its ``scored`` rows) was flagged; context
+    features read each one's history from the ``built`` rows (``built_row``: each scored row's)."""
+    if not flagged.size:
+        return Explanation.unbounded([])
+    bundle, kind, slots, x, phase = score_args
+    value = scored.column("value").take(pa.array(flagged)).to_numpy(zero_copy_only=False).astype(np.float64)
+    previous = _history(built, built_row[flagged], HISTORY) if spec.name == "context" else None
+    return explain_bundle(bundle, kind, slots, x, value, phase, flagged, spec.name, previous)
+
+
+def _history(built: pa.Table, rows: np.ndarray, depth: int) -> np.ndarray:
+    """The ``depth`` readings of the same (device, sensor) before each of ``rows`` of ``built`` (grouped by key, in
+    time order), oldest first, NaN before the series starts."""
+    back = rows[:, None] - np.arange(depth, 0, -1)
+    at, own = pa.array(np.maximum(back, 0).ravel()), pa.array(np.repeat(rows, depth))
+    same = np.ones(back.size, dtype=bool)
+    for name in ("device", "sensor"):
+        column = built.column(name)
+        same &= pc.equal(column.take(at), column.take(own)).to_numpy(zero_copy_only=False)
+    values = built.column("value").take(at).to_numpy(zero_copy_only=False).astype(np.float64)
+    return np.where(same.reshape(back.shape) & (back >= 0), values.reshape(back.shape), np.nan)
+
+
+def _with_explanation(table: pa.Table, rows: np.ndarray, why: Explanation) -> pa.Table:
+    """``table`` with the `EXPLANATION_COLUMNS` of its ``rows`` (``why``); null on every other row."""
+    n = table.num_rows
+    for name, values in zip(EXPLANATION_COLUMNS, (why.expected, why.lower, why.upper)):
+        full = np.full(n, np.nan)
+        full[rows] = values
+        table = table.append_column(name, pa.array(full, pa.float64(), from_pandas=True) if rows.size
+                                    else pa.nulls(n, pa.float64()))
+    texts = sorted(set(why.reason))
+    indices = np.full(n, -1, dtype=np.int32)
+    indices[rows] = np.searchsorted(np.array(texts, dtype=object), np.array(why.reason, dtype=object))
+    reason = pa.DictionaryArray.from_arrays(pa.array(indices, mask=indices < 0), pa.array(texts, pa.string()))
+    return table.append_column("reason", reason.cast(pa.string()))
 
 
 def _on_device(manifest: pa.Table) -> np.ndarray:
@@ -279,7 +326,9 @@ def _score_devices(readings: pa.Table, row_model: np.ndarray, manifest: pa.Table
                                           kinds.dictionary)
     out = readings.select(["ts", "device", "sensor", "value"]).filter(pa.array(keep))
     out = out.append_column("kind", kind).append_column("fallback", pa.array(np.zeros(out.num_rows, dtype=bool)))
-    return out, rows_model, result.decision[keep], result.severity[keep], top_list
+    flagged = np.flatnonzero(result.decision[keep] < 0)
+    why = Explanation.unbounded([device_reason(flat[offsets[r]:offsets[r + 1]].tolist()) for r in flagged.tolist()])
+    return _with_explanation(out, flagged, why), rows_model, result.decision[keep], result.severity[keep], top_list
 
 
 def _merge(device_part: tuple[pa.Table, np.ndarray, np.ndarray, np.ndarray, pa.Array],
@@ -378,6 +427,8 @@ def _predictions(scored: pa.Table, scores: np.ndarray, severity: np.ndarray, top
     for name in ("window_start", "count", "mean", "std", "min", "max"):
         if name in scored.column_names:
             columns[name] = scored.column(name)
+    for name in EXPLANATION_COLUMNS:  # flagged rows: expected value, band (null where none) and reason; else null
+        columns[name] = scored.column(name)
     return pa.table(columns)
 
 
@@ -551,8 +602,12 @@ def _finish(ctx: Context, run: RunRecord, from_us: int, to_us: int, unmatched: l
     scored_models = sum(r.models for r in records)
     status = run_status(scored_models, failed_models, failed_tasks)
     files = storage.list(layout.run_predictions_dir(from_us, to_us, run.run_id))
+    summary: dict[str, Any] = {}
     if files or status is not RunStatus.FAILED:
         _commit(ctx, run, files, from_us, to_us)
+        from fleetscore.services import incidents  # the committed window's flags into incidents; never fails the run
+
+        summary = {"incidents": incidents.build_summary(ctx, from_us, to_us, run.run_id)}
     listed = {(u["device"], u["sensor"]): u for u in run.extra.get("unmatched", []) + unmatched}
     earlier = run.extra.get("health", {})  # a resumed run: tasks that succeeded before counted theirs then
     listed_sick = {(u["device"], u["sensor"]): u for u in earlier.get("unhealthy", []) + list(unhealthy)}
@@ -564,7 +619,7 @@ def _finish(ctx: Context, run: RunRecord, from_us: int, to_us: int, unmatched: l
         error="; ".join(errors[:5]) or None,
         extra=run.extra | {"unmatched": [listed[k] for k in sorted(listed)][:MAX_LISTED_UNMATCHED],
                            "health": {"unhealthy": [listed_sick[k] for k in sorted(listed_sick)][:MAX_LISTED_UNHEALTHY],
-                                      "unhealthy_models": earlier.get("unhealthy_models", 0) + sick}},
+                                      "unhealthy_models": earlier.get("unhealthy_models", 0) + sick}} | summary,
     )
 
 

@@ -6,6 +6,12 @@ Every manifest row records its model's learned sampling interval (``interval_s``
 look-back is counted from: `fleetscore.core.history`; a device model's rows its tick). Where device
 models may be fitted (``kind="device"``, or ``auto_device``) shards are cut only between devices,
 so a device's sensors are trained, and scored, together.
+
+Readings an operator confirmed abnormal are not learned as normal: the readings of every sensor of
+an incident marked ``true`` from its first to its last flag, widened by `MARGIN_READINGS` of the
+sensor's own sampling interval, are left out before features are built (`fleetscore.core.spans`;
+one catalog query per version, nothing to do without such marks), and counted in the result
+(``excluded_marked_true``).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from fleetscore.core.fitting import DeviceSeries, FitSettings, ShardFit, fit_sha
 from fleetscore.core.history import series_intervals
 from fleetscore.core.keys import KeyBound
 from fleetscore.core.plan import device_starts, fit_cost, group_bounds, plan_shards, score_cost, target_shards
+from fleetscore.core.spans import SensorSpan, covered, overlapping, sensor_spans
 from fleetscore.core.times import iso, iso_s
 from fleetscore.errors import FleetscoreError, InputError
 from fleetscore.exec.base import Executor, TaskError
@@ -39,6 +46,10 @@ from fleetscore.storage.readings import ReadingStore
 MIN_TRAIN_ROWS = 2
 #: A shard whose task raised (a dead worker, a storage error) is trained again, at most this often in all.
 TRAIN_ATTEMPTS = 3
+#: Readings (of the sensor's sampling interval) left out on each side of a marked-true incident's span.
+MARGIN_READINGS = 2
+#: Marked spans this close to a training window are passed to its tasks (the margins are at most a few intervals).
+SPAN_SLACK_US = 86_400 * 1_000_000
 
 
 @dataclass(frozen=True)
@@ -60,6 +71,7 @@ class TrainTask:
     min_history: int = MIN_TRAIN_ROWS  # rows a key needs for ``kind``; fewer get a robust fallback
     trained_at_us: int = 0  # when the version was started (the driver's clock), stamped on its manifest rows
     auto_device: bool = False  # devices whose sensors move together get a device model (core.fitting)
+    excluded: tuple[SensorSpan, ...] = ()  # spans of incidents marked true: their readings are not trained on
 
 
 @dataclass(frozen=True)
@@ -72,6 +84,15 @@ class ShardData:
     phases: list[np.ndarray]  # time of day of each key's rows
     intervals: np.ndarray  # (keys,) learned sampling interval of each key's readings, seconds (NaN: unknown)
     devices: list[DeviceSeries]  # the keys of each device with their raw readings (device models)
+    excluded: int = 0  # readings left out as inside incidents marked true
+
+
+@dataclass(frozen=True)
+class ShardTrained:
+    """What a training task returns: its shard's manifest rows and how many readings it left out."""
+
+    rows: pa.Table
+    excluded: int
 
 
 @dataclass(frozen=True)
@@ -83,6 +104,7 @@ class TrainResult:
     elapsed_s: float
     released: bool
     failures: list[dict[str, str]]
+    excluded_marked_true: int = 0  # readings not trained on: inside incidents operators marked true
 
     def as_dict(self) -> dict[str, object]:
         return dict(self.__dict__)
@@ -95,13 +117,36 @@ def shard_bounds(keys: pa.Table, starts: np.ndarray) -> list[tuple[KeyBound, Key
             for i, first in enumerate(firsts)]
 
 
-def train_shard(task: TrainTask) -> pa.Table:
-    """Fit all models of one shard and write its shard file; returns the shard's manifest rows."""
+def train_shard(task: TrainTask) -> ShardTrained:
+    """Fit all models of one shard and write its shard file; returns its manifest rows and the readings left out."""
     storage = open_storage(task.storage_url)
     data = load_groups(task)
     fitted = fit_shard(data.groups, task_settings(task), data.phases, data.devices)
     ModelStore(storage).write_bundle(task.version, task.shard, fitted.bundle)
-    return manifest_rows(task, data.meta, data.bounds, fitted, intervals(data, fitted))
+    return ShardTrained(manifest_rows(task, data.meta, data.bounds, fitted, intervals(data, fitted)), data.excluded)
+
+
+def without_spans(table: pa.Table, spans: tuple[SensorSpan, ...]) -> tuple[pa.Table, int]:
+    """``table`` (readings sorted by key and time) without those inside ``spans`` widened by `MARGIN_READINGS`
+    of each sensor's sampling interval, and how many were left out."""
+    if not spans or table.num_rows == 0:
+        return table, 0
+    bounds = group_bounds(table.column("device"), table.column("sensor"))
+    keys = zip(table.column("device").take(pa.array(bounds[:-1])).to_pylist(),
+               table.column("sensor").take(pa.array(bounds[:-1])).to_pylist())
+    ts = pc.cast(table.column("ts"), pa.int64()).to_numpy(zero_copy_only=False)
+    margin = {k: 0 if not np.isfinite(s) else int(MARGIN_READINGS * s * 1e6) for k, s in zip(keys, series_intervals(ts, bounds))}
+    widened = [(d, s, lo - margin[(d, s)], hi + margin[(d, s)]) for d, s, lo, hi in spans if (d, s) in margin]
+    drop = covered(table, widened)
+    return table.filter(pa.array(~drop)), int(drop.sum())
+
+
+def marked_true_spans(ctx: Context, from_us: int, to_us: int) -> tuple[SensorSpan, ...]:
+    """Per sensor, the spans of incidents marked true near [from, to): one catalog query."""
+    from fleetscore.catalog.incidents import IncidentStore
+
+    spans = sensor_spans(IncidentStore(ctx.catalog).marked_spans("true"))
+    return tuple(overlapping(spans, from_us - SPAN_SLACK_US, to_us + SPAN_SLACK_US))
 
 
 def load_groups(task: TrainTask) -> ShardData:
@@ -110,6 +155,7 @@ def load_groups(task: TrainTask) -> ShardData:
     readings = ReadingStore(open_storage(task.storage_url))
     spec = parse_features(task.features)
     table = readings.read_range(task.from_us, task.to_us, task.lo, task.hi)  # sorted by key and time
+    table, excluded = without_spans(table, task.excluded)
     meta, x = build_features(table, spec)
     bounds = group_bounds(meta.column("device"), meta.column("sensor"))
     phase = day_phase(meta.column("ts"))
@@ -133,7 +179,7 @@ def load_groups(task: TrainTask) -> ShardData:
             slices = [where[keys[i]] for i in members]
             devices.append(DeviceSeries(members, [ts[a:b] for a, b in slices], [values[a:b] for a, b in slices]))
     return ShardData(meta, bounds, [x[a:b] for a, b in pairs], [phase[a:b] for a, b in pairs],
-                     np.array([raw_intervals.get(k, np.nan) for k in keys], dtype=np.float64), devices)
+                     np.array([raw_intervals.get(k, np.nan) for k in keys], dtype=np.float64), devices, excluded)
 
 
 def intervals(data: ShardData, fitted: ShardFit) -> np.ndarray:
@@ -226,14 +272,15 @@ def train(
     params = ({"nu": nu, "gamma": gamma} if kind == "ocsvm" else {}) | {
         "alarm_rate": alarm_rate, "min_history": min_history, "min_train_rows": MIN_TRAIN_ROWS, "fallback": "robust"} | (
         {"auto_device": True} if auto_device else {})
+    marked = marked_true_spans(ctx, from_us, to_us)
     version = catalog.new_version(kind, spec.text, params, from_us, to_us)
     with _training(ctx, version, started):
         tasks = [
             TrainTask(ctx.storage_url, version, i, from_us, to_us, lo, hi, spec.text, nu, gamma, kind, alarm_rate,
-                      min_history, trained_at_us=ctx.clock(), auto_device=auto_device)
+                      min_history, trained_at_us=ctx.clock(), auto_device=auto_device, excluded=marked)
             for i, (lo, hi) in enumerate(shard_bounds(keys, starts))
         ]
-        parts: list[pa.Table | None] = [None] * len(tasks)
+        parts: list[ShardTrained | None] = [None] * len(tasks)
         errors: dict[int, str] = {}
         # costliest shards first: one started last would finish last and hold up the whole version
         pending = [int(k) for k in np.argsort(-np.add.reduceat(costs, starts), kind="stable")]
@@ -256,7 +303,8 @@ def train(
             catalog.finish_version(version, "failed", 0, 0, len(tasks), elapsed)
             raise FleetscoreError(f"training {version} failed after {TRAIN_ATTEMPTS} attempts: "
                                   + "; ".join(f"shard {i}: {e}" for i, e in sorted(errors.items())[:5]))
-        manifest = pa.concat_tables([p for p in parts if p is not None])
+        manifest = pa.concat_tables([p.rows for p in parts if p is not None])
+        excluded = sum(p.excluded for p in parts if p is not None)
         shards = _shard_table(tasks, manifest)
         info = VersionInfo(version, kind, spec.text, params, library_versions(), kinds.FORMAT_VERSION)
         ModelStore(storage).write_manifest(info, manifest, shards)
@@ -273,7 +321,8 @@ def train(
             {"device": d, "sensor": s, "reason": r}
             for d, s, r in zip(*(failed.column(c).to_pylist()[:100] for c in ("device", "sensor", "reason")))
         ]
-        return TrainResult(version, n_ok, failed.num_rows, len(tasks), round(elapsed, 3), released, failures)
+        return TrainResult(version, n_ok, failed.num_rows, len(tasks), round(elapsed, 3), released, failures,
+                           excluded_marked_true=excluded)
 
 
 @contextmanager

@@ -5,6 +5,7 @@
     models/<version>/manifest.parquet                   one row per (device, sensor) model
     models/<version>/shards.parquet                     one row per shard: key range it covers
     models/<version>/shard-00000.npz                    arrays of all models of one shard
+    models/<version>/manifest/shard-00000.parquet       that shard's manifest rows (what its scoring task reads)
     predictions/window=<from>_<to>/run=<run>/task-00000.parquet   one file per task of a run
     predictions/window=<from>_<to>/_COMMITTED.json      which run's files are the window's predictions
     quarantine/source=<source>/date=YYYY-MM-DD/<batch>.parquet    rejected rows with reasons
@@ -116,6 +117,10 @@ def model_dir(version: str) -> str:
 
 def manifest_key(version: str) -> str:
     return f"{model_dir(version)}/manifest.parquet"
+
+
+def shard_manifest_key(version: str, shard: int) -> str:
+    return f"{model_dir(version)}/manifest/shard-{int(shard):05d}.parquet"
 
 
 def shards_key(version: str) -> str:

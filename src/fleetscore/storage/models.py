@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +43,8 @@ MANIFEST_SCHEMA = pa.schema(
         ("sensor_index", pa.int32()),
     ]
 )
+#: Threads writing a version's per-shard manifest files.
+WRITERS = 8
 SHARDS_SCHEMA = pa.schema(
     [
         ("shard", pa.int32()),
@@ -129,11 +132,17 @@ class ModelStore:
         }
         self.storage.write_parquet(layout.shards_key(info.version), shards.cast(SHARDS_SCHEMA))
         table = _with_kind(manifest, info.kind).cast(MANIFEST_SCHEMA).replace_schema_metadata(meta)
-        # one row group per shard (rows come in shard order): a task reads exactly its shard's rows
+        # rows come in shard order: one row group per shard in the whole manifest, and one small file per
+        # shard that its scoring task reads alone (the whole manifest's footer grows with the shards, and
+        # every task parsing it made a run cost O(shards²)); written first: the manifest marks them complete
         shard = table.column("shard").to_numpy()
         bounds = np.concatenate([[0], np.flatnonzero(np.diff(shard)) + 1, [len(shard)]])
-        self.storage.write_parquet_groups(layout.manifest_key(info.version), table.schema,
-                                          (table.slice(a, b - a) for a, b in zip(bounds[:-1], bounds[1:])))
+        groups = [table.slice(a, b - a) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+        with ThreadPoolExecutor(WRITERS) as pool:  # each write waits on its own fsync or PUT
+            list(pool.map(lambda group: self.storage.write_parquet(
+                layout.shard_manifest_key(info.version, int(group.column("shard")[0].as_py())),
+                group.replace_schema_metadata(None), compression="lz4"), groups))
+        self.storage.write_parquet_groups(layout.manifest_key(info.version), table.schema, groups)
 
     def read_manifest(self, version: str) -> tuple[VersionInfo, pa.Table]:
         info = self.read_info(version)
@@ -168,7 +177,13 @@ class ModelStore:
         return info
 
     def read_shard_manifest(self, version: str, shard: int) -> pa.Table:
-        """The manifest rows of one shard (with ``kind`` and ``fallback``, also for older versions)."""
+        """The manifest rows of one shard (with ``kind`` and ``fallback``, also for older versions): its own
+        small file, whatever the number of shards; versions written before those files exist are read
+        from the whole manifest's row groups."""
+        try:
+            return self.storage.read_parquet(layout.shard_manifest_key(version, shard))
+        except FileNotFoundError:
+            pass
         key = layout.manifest_key(version)
         try:
             with self.storage.open_parquet(key) as pf:  # row groups whose statistics may hold the shard

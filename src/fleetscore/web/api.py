@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 
-from fleetscore.web import views
+from fleetscore.web import incidents, views
 from fleetscore.web.auth import require_token
 from fleetscore.web.ids import segment_id
 from fleetscore.web.routing import ApiRoute, fleet_of
@@ -75,4 +75,45 @@ def build_router() -> APIRouter:
         """Model versions, the released one, and the models of the release that failed to train."""
         return views.models_view(fleet_of(request))
 
+    add_incident_routes(router)
     return router
+
+
+def add_incident_routes(router: APIRouter) -> None:
+    """``/api/incidents``: the list (the page's filters and ``limit``), one incident, acknowledge, mark; the dead letters."""
+
+    @router.get("/incidents", response_model=incidents.IncidentList)
+    def incident_list(
+        request: Request,
+        status: Annotated[str | None, Query(description=f"One of {', '.join(incidents.FILTER_STATUSES)}.")] = None,
+        device: Annotated[str | None, Query(description="Only this device's incidents.")] = None,
+        sensor: Annotated[str | None, Query(description="Only incidents involving this sensor.")] = None,
+        min_severity: Annotated[str | None, Query(description="Peak severity at least this (0-100).")] = None,
+        since: Annotated[str | None, Query(description="Only incidents with a flag at or after this time (ISO 8601).")] = None,
+        limit: incidents.Limit = incidents.DEFAULT_LIMIT,
+    ) -> incidents.IncidentList:
+        """Incidents: open, then acknowledged, resolved and superseded; newest first within each. Bad filters: 400."""
+        filters = incidents.parse_filters(status, device, sensor, min_severity, since, limit)
+        return incidents.incident_list(fleet_of(request), filters)
+
+    @router.get("/alerts/dead-letters", response_model=incidents.DeadLetters)
+    def dead_letters(request: Request, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> incidents.DeadLetters:
+        """Notifications a receiver kept refusing, newest first with the reason, and the outbox's counts."""
+        return incidents.dead_letters(fleet_of(request), limit)
+
+    @router.get("/incidents/{incident_id}")
+    def incident(request: Request, incident_id: str) -> dict[str, Any]:
+        """One incident with its sensors, acknowledgement and marks (``~2F`` in the id segment stands for ``/``)."""
+        return incidents.incident_detail(fleet_of(request), segment_id(incident_id)).as_dict()
+
+    @router.post("/incidents/{incident_id}/ack")
+    def ack(request: Request, incident_id: str, body: incidents.AckBody | None = None) -> dict[str, Any]:
+        """Acknowledge an incident (``{"by": name}``, default ``api``); answers the incident as it now is."""
+        by = body.by if body else None
+        return incidents.acknowledge(fleet_of(request), segment_id(incident_id), by, incidents.API_AUTHOR).as_dict()
+
+    @router.post("/incidents/{incident_id}/mark")
+    def mark(request: Request, incident_id: str, body: incidents.MarkBody) -> dict[str, Any]:
+        """Mark an incident ``true``, ``false`` or ``ignore`` with a note; kept with its time and name (default ``api``)."""
+        return incidents.mark(fleet_of(request), segment_id(incident_id), body.mark, body.note, body.by,
+                              incidents.API_AUTHOR).as_dict()

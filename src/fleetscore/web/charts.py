@@ -1,7 +1,7 @@
 """Charts as inline SVG rendered in Python: no JavaScript, no CDN, works offline and under a strict CSP.
 
 Four kinds, each a function returning ``Markup`` to place in a template: :func:`bars` (categories or
-hours), :func:`timeline` (a series over time with marked points), :func:`heatmap` (labels × hours)
+hours), :func:`timeline` (a series over time with marked points and an optional expected band), :func:`heatmap` (labels × hours)
 and :func:`stacked` (horizontal bars split into phases). Every text that reaches the SVG — labels,
 tooltips, link targets — is escaped here. Colours are SVG attributes, never ``style``, so the
 CSP can forbid inline styles.
@@ -28,6 +28,9 @@ GRID = "#e2e8f0"
 TEXT = "#475569"
 LINE = "#2563eb"
 MARK = "#dc2626"
+#: The expected band behind a timeline, and the width (px) of its bar at a lone point.
+BAND = "#93c5fd"
+BAND_BAR = 6
 EMPTY = "#f8fafc"
 #: Sequential scale of the heatmap, from no anomalies (pale green) to the highest rate shown.
 HEAT = ((0.0, (220, 252, 231)), (0.25, (254, 240, 138)), (0.6, (249, 115, 22)), (1.0, (153, 27, 27)))
@@ -247,10 +250,12 @@ def timeline(
     unit: str = "",
     reference: float | None = None,
     reference_label: str = "",
+    band: tuple[np.ndarray, np.ndarray] | None = None,
     height: int = 240,
     empty: str = "no readings in this window",
 ) -> Markup:
-    """A line over time (gaps where values are missing) with ``marked`` points drawn as red dots."""
+    """A line over time (gaps where values are missing) with ``marked`` points drawn as red dots; ``band``
+    (lower, upper per point, NaN where none) is shaded behind it."""
     frame = Frame(WIDTH, height)
     finite = np.isfinite(values)
     if not finite.any():
@@ -258,6 +263,11 @@ def timeline(
     t0 = int(ts_us[0])
     t1 = max(int(ts_us[-1]), t0 + _US_PER_MIN)
     lo, hi = float(values[finite].min()), float(values[finite].max())
+    banded = np.zeros(len(values), dtype=bool)
+    if band is not None:
+        banded = np.isfinite(band[0]) & np.isfinite(band[1])
+        if banded.any():
+            lo, hi = min(lo, float(band[0][banded].min())), max(hi, float(band[1][banded].max()))
     if reference is not None:
         lo, hi = min(lo, reference), max(hi, reference)
     pad = (hi - lo) * 0.05 or abs(hi) * 0.05 or 1.0
@@ -273,6 +283,8 @@ def timeline(
             body.append(f'<text x="{frame.x1 - 4}" y="{ry - 4:.1f}" text-anchor="end" fill="{MARK}">'
                         f'{_attr(reference_label)}</text>')
     px, py = x.array(ts_us.astype(np.float64)), y.array(np.where(finite, values, 0.0))
+    if band is not None and banded.any():
+        body.append(_band(px, y.array(np.where(banded, band[0], 0.0)), y.array(np.where(banded, band[1], 0.0)), banded))
     for run in np.split(np.arange(len(values)), np.flatnonzero(~finite)):
         run = run[finite[run]]
         if len(run):
@@ -285,6 +297,23 @@ def timeline(
             f'<title>anomaly at {when}: {values[i]:.4g}</title></circle>'
         )
     return _svg(frame, body, label)
+
+
+def _band(px: np.ndarray, low: np.ndarray, high: np.ndarray, banded: np.ndarray) -> str:
+    """The expected band (pixel rows ``low``..``high`` at ``px`` where ``banded``): an area over each run of
+    consecutive banded points, a short bar at a lone one."""
+    shapes = []
+    for run in np.split(np.arange(len(px)), np.flatnonzero(~banded)):
+        run = run[banded[run]]
+        if len(run) > 1:
+            outline = [*zip(px[run], high[run]), *zip(px[run][::-1], low[run][::-1])]
+            shapes.append(f'<polygon points="{" ".join(f"{a:.1f},{b:.1f}" for a, b in outline)}"/>')
+        elif len(run):
+            i = run[0]
+            shapes.append(f'<rect x="{px[i] - BAND_BAR / 2:.1f}" y="{high[i]:.1f}" width="{BAND_BAR}" '
+                          f'height="{max(low[i] - high[i], 1.0):.1f}"/>')
+    return (f'<g class="band" fill="{BAND}" fill-opacity="0.35" stroke="none">'
+            f'<title>expected band: where the model would not have flagged the reading</title>{"".join(shapes)}</g>')
 
 
 def heat_color(fraction: float) -> str:

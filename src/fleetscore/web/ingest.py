@@ -82,6 +82,18 @@ def install(app: FastAPI, fleet: Fleet, settings: dict[str, Any]) -> None:
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Run ingest (:func:`_ingest_lifespan`) and, when receivers are configured, alert delivery with the server."""
+    delivery = app.state.fleet.alert_delivery_thread() if app.state.settings.get("alerts", True) else None
+    try:
+        async with _ingest_lifespan(app):
+            yield
+    finally:
+        if delivery is not None:
+            await asyncio.get_running_loop().run_in_executor(None, delivery.stop)
+
+
+@asynccontextmanager
+async def _ingest_lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Start the log writer and compaction with the server; stop them (and compact) at shutdown."""
     runtime: IngestRuntime | None = getattr(app.state, "ingest", None)
     if runtime is None or not app.state.settings.get("ingest", True):

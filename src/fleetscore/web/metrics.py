@@ -11,6 +11,11 @@ ingest metrics come from ``app.state.ingest.stats()`` when the app runs ingest.
     fleetscore_anomalies_total                           anomalies found, summed over runs
     fleetscore_failed_models_total                       models that could not be scored
     fleetscore_last_successful_run_timestamp_seconds     when the last succeeded run finished
+    fleetscore_incidents_open                            incidents open or acknowledged
+    fleetscore_notifications_sent_total                  alert notifications delivered
+    fleetscore_notifications_failed_total                failed delivery attempts (each retry counts)
+    fleetscore_notifications_dead_lettered               notifications in the dead-letter list
+    fleetscore_notifications_pending                     notifications waiting for delivery
     fleetscore_ingest_accepted_total / _rejected_total   readings accepted / rejected by ingest
     fleetscore_ingest_late_total                         readings quarantined as late for their own device
                                                          (compaction's checkpoint totals: survives restarts)
@@ -72,6 +77,9 @@ class FleetCollector:
             yield GaugeMetricFamily("fleetscore_last_successful_run_timestamp_seconds",
                                     "Unix time the last succeeded run finished.",
                                     value=stats.last_success_at / 1e6)
+        yield GaugeMetricFamily("fleetscore_incidents_open", "Incidents open or acknowledged.",
+                                value=self.fleet.active_incidents())
+        yield from _notification_families(self.fleet.alert_counts())
         yield from _ingest_families(self.ingest())
         lag = GaugeMetricFamily("fleetscore_ingest_lag", "Messages a stream consumer is behind its broker.",
                                 labels=["source", "partition", "topic"])
@@ -79,6 +87,18 @@ class FleetCollector:
             for (topic, partition), behind in sorted(source.lag.items()):
                 lag.add_metric([source.source, partition, topic], behind)
         yield lag
+
+
+def _notification_families(counts: dict[str, int]) -> Iterator[Any]:
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    yield CounterMetricFamily("fleetscore_notifications_sent", "Alert notifications delivered.", value=counts["sent"])
+    yield CounterMetricFamily("fleetscore_notifications_failed", "Failed alert delivery attempts (each retry counts).",
+                              value=counts["failed"])
+    yield GaugeMetricFamily("fleetscore_notifications_dead_lettered", "Notifications in the dead-letter list.",
+                            value=counts["dead"])
+    yield GaugeMetricFamily("fleetscore_notifications_pending", "Notifications waiting for delivery.",
+                            value=counts["pending"])
 
 
 def _ingest_families(stats: dict[str, Any] | None) -> Iterator[Any]:

@@ -13,13 +13,15 @@ from typing import Annotated, Literal
 from urllib.parse import quote
 
 import numpy as np
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Form, Query, Request, Response
+from fastapi.responses import RedirectResponse
 from markupsafe import Markup
 
+from fleetscore.core.incidents import MARKS
 from fleetscore.core.runs import RunStatus
-from fleetscore.core.times import parse_time
+from fleetscore.core.times import HOUR_US, iso, parse_time
 from fleetscore.errors import NotFoundError
-from fleetscore.web import charts, views
+from fleetscore.web import charts, incidents, views
 from fleetscore.web.api import Hours
 from fleetscore.web.ids import id_segment, segment_id
 from fleetscore.web.login import require_login
@@ -104,8 +106,12 @@ def sensor_charts(view: views.SensorView) -> tuple[Markup, Markup]:
     marked = np.array([bool(a) for a in s.is_anomaly], dtype=bool)
     values = np.array([np.nan if v is None else v for v in s.value], dtype=np.float64)
     scores = np.array([np.nan if v is None else v for v in s.score], dtype=np.float64)
+    band = None
+    if len(s.lower) == len(s.upper) == len(s.ts):  # the flagged readings' explanations: where they were expected
+        band = (np.array([np.nan if v is None else v for v in s.lower], dtype=np.float64),
+                np.array([np.nan if v is None else v for v in s.upper], dtype=np.float64))
     return (
-        charts.timeline(ts, values, marked, label=f"readings of {view.sensor}", unit="value"),
+        charts.timeline(ts, values, marked, label=f"readings of {view.sensor}", unit="value", band=band),
         charts.timeline(ts, scores, marked, label="anomaly score", unit="score", reference=0.0,
                         reference_label="decision boundary (below = anomaly)", height=180, empty="not scored in this window"),
     )
@@ -124,7 +130,8 @@ def build_router() -> APIRouter:
     def overview_page(request: Request, hours: Hours = views.DEFAULT_HOURS, end: str | None = None) -> Response:
         view = views.overview(fleet_of(request), views.ingest_stats(request.app), hours, end)
         return render(request, "overview.html", title="Overview", view=view, colors=STATUS_COLORS, ingest_fields=INGEST_FIELDS,
-                      duration_chart=duration_chart(request, view), anomalies_chart=anomalies_chart(view))
+                      duration_chart=duration_chart(request, view), anomalies_chart=anomalies_chart(view),
+                      incident_path=incidents.incident_path)
 
     @router.get("/runs/{run_id}")
     def run_page(request: Request, run_id: str) -> Response:
@@ -151,8 +158,10 @@ def build_router() -> APIRouter:
                     end: str | None = None) -> Response:
         view = views.sensor_view(fleet_of(request), segment_id(device), segment_id(sensor), hours, end)
         value_chart, score_chart = sensor_charts(view)
-        anomalies = [(t, v, sc) for t, v, sc, a in zip(view.series.ts, view.series.value, view.series.score,
-                                                         view.series.is_anomaly) if a][-100:]
+        s = view.series
+        explained = zip(s.reason, s.expected, s.lower, s.upper) if s.reason else iter(lambda: (None,) * 4, 0)
+        anomalies = [(t, v, sc, *why) for t, v, sc, a, why in zip(s.ts, s.value, s.score, s.is_anomaly, explained)
+                     if a][-100:]
         return render(request, "sensor.html", title=f"{view.device} · {view.sensor}", view=view,
                       value_chart=value_chart, score_chart=score_chart, anomalies=list(reversed(anomalies)),
                       device_segment=id_segment(view.device))
@@ -161,7 +170,46 @@ def build_router() -> APIRouter:
     def models_page(request: Request) -> Response:
         return render(request, "models.html", title="Models", view=views.models_view(fleet_of(request)))
 
+    add_incident_pages(router)
     return router
+
+
+def add_incident_pages(router: APIRouter) -> None:
+    """``/incidents``, ``/incidents/{id}`` and the incident page's acknowledge and mark forms (303 back to the page)."""
+
+    @router.get("/incidents")
+    def incidents_page(request: Request, status: str | None = None, device: str | None = None, sensor: str | None = None,
+                       min_severity: str | None = None, since: str | None = None,
+                       limit: incidents.Limit = incidents.DEFAULT_LIMIT) -> Response:
+        filters = incidents.parse_filters(status, device, sensor, min_severity, since, limit)
+        fleet = fleet_of(request)
+        return render(request, "incidents.html", title="Incidents", view=incidents.incident_list(fleet, filters),
+                      statuses=incidents.FILTER_STATUSES, incident_path=incidents.incident_path,
+                      alerts=incidents.dead_letters(fleet))
+
+    @router.get("/incidents/{incident_id}")
+    def incident_page(request: Request, incident_id: str) -> Response:
+        fleet = fleet_of(request)
+        incident = incidents.incident_detail(fleet, segment_id(incident_id))
+        hours, end = incidents.chart_span(fleet, incident)
+        panels = [(share, None if view is None else sensor_charts(view)[0], note)
+                  for share, view, note in incidents.sensor_views(fleet, incident)]
+        return render(request, "incident.html", title=f"Incident {incident.id}", incident=incident, data=incident.as_dict(),
+                      panels=panels, marks=MARKS, chart_hours=hours, chart_to=end,
+                      chart_from=iso(parse_time(end) - hours * HOUR_US),
+                      path=incidents.incident_path(incident.id), incident_path=incidents.incident_path)
+
+    @router.post("/incidents/{incident_id}/ack", dependencies=[Depends(incidents.check_same_site)])
+    def ack_form(request: Request, incident_id: str, by: Annotated[str, Form(max_length=4096)] = "") -> Response:
+        incident = incidents.acknowledge(fleet_of(request), segment_id(incident_id), by, incidents.WEB_AUTHOR)
+        return RedirectResponse(url(request, incidents.incident_path(incident.id)), status_code=303)
+
+    @router.post("/incidents/{incident_id}/mark", dependencies=[Depends(incidents.check_same_site)])
+    def mark_form(request: Request, incident_id: str, mark: Annotated[str, Form(max_length=64)],
+                  note: Annotated[str, Form(max_length=4 * incidents.MAX_NOTE)] = "",
+                  by: Annotated[str, Form(max_length=4096)] = "") -> Response:
+        incident = incidents.mark(fleet_of(request), segment_id(incident_id), mark, note, by, incidents.WEB_AUTHOR)
+        return RedirectResponse(url(request, incidents.incident_path(incident.id)), status_code=303)
 
 
 def build_static_router() -> APIRouter:

@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from fleetscore.catalog import VersionRecord
+from fleetscore.catalog.incidents import ACTIVE_FILTER
 from fleetscore.core import anomalies as stats
 from fleetscore.core.runs import FINISHED_STATUSES, ModelFailure, RunRecord, TaskRecord
 from fleetscore.core.schema import MAX_ID_LENGTH
@@ -37,6 +38,8 @@ DEFAULT_HOURS = 48
 MAX_HOURS = 24 * 7
 #: Runs the overview lists and draws (newest first).
 RECENT_RUNS = 50
+#: Active incidents the overview lists first (newest first; all of them are on ``/incidents``).
+OVERVIEW_INCIDENTS = 8
 #: Run-log lines shown (the last ones), task attempts shown, characters of stdout/stderr shown (the end).
 MAX_LOG_LINES = 1000
 MAX_ATTEMPTS = 50
@@ -112,6 +115,9 @@ class Overview:
     anomalies_per_hour: list[HourCount]
     ingest: dict[str, Any] | None
     streams: list[dict[str, Any]]  # stream consumers' status (``SourceStatus.as_dict``)
+    #: The newest active incidents (``Incident.as_dict``), at most :data:`OVERVIEW_INCIDENTS`, and how many are active.
+    incidents: list[dict[str, Any]] = field(default_factory=list)
+    incidents_active: int = 0
 
 
 @dataclass(frozen=True)
@@ -171,13 +177,18 @@ class FleetView:
 
 @dataclass(frozen=True)
 class Series:
-    """Columns of one sensor's readings; ``score``/``is_anomaly`` are None where nothing was scored."""
+    """Columns of one sensor's readings; ``score``/``is_anomaly`` are None where nothing was scored, the
+    explanation (``expected``, ``lower``, ``upper``, ``reason``) None where the predictions have none."""
 
     ts: list[str]
     value: list[float | None]
     score: list[float | None]
     is_anomaly: list[bool | None]
     downsampled: bool
+    expected: list[float | None] = field(default_factory=list)
+    lower: list[float | None] = field(default_factory=list)
+    upper: list[float | None] = field(default_factory=list)
+    reason: list[str | None] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -324,6 +335,8 @@ def overview(fleet: Fleet, ingest: dict[str, Any] | None, hours: int = DEFAULT_H
                             zip(_hours(grid.hours_us), grid.rows[0], grid.anomalies[0])],
         ingest=ingest,
         streams=[source.as_dict() for source in fleet.stream_sources()],
+        incidents=[i.as_dict() for i in fleet.incidents(status=ACTIVE_FILTER, limit=OVERVIEW_INCIDENTS)],
+        incidents_active=fleet.active_incidents(),
     )
 
 
@@ -400,6 +413,8 @@ def sensor_view(fleet: Fleet, device: str, sensor: str, hours: int = DEFAULT_HOU
         score=thin.column("score").to_pylist(),
         is_anomaly=thin.column("is_anomaly").to_pylist(),
         downsampled=len(keep) < table.num_rows,
+        expected=thin.column("expected").to_pylist(), lower=thin.column("lower").to_pylist(),
+        upper=thin.column("upper").to_pylist(), reason=thin.column("reason").to_pylist(),
     )
     return SensorView(
         device=device, sensor=sensor, window=span, readings=table.num_rows,

@@ -1,0 +1,163 @@
+"""The pure incident rules: grouping flags by the gap, merging windows' fragments, stable ids, status, event matching."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+from fleetscore.core.incidents import (
+    ACKNOWLEDGED,
+    OPEN,
+    RESOLVED,
+    SUPERSEDED,
+    Event,
+    Incident,
+    Mark,
+    Rules,
+    SensorShare,
+    device_interval_s,
+    group_flags,
+    labelled_events,
+    match_events,
+    merge_fragments,
+    reconcile,
+    refresh_status,
+)
+
+MIN = 60_000_000  # one minute in µs
+GAP = {"pump": 5 * MIN, "fan": 5 * MIN}
+RULES = Rules.counted(60.0, 5, 30, horizon_us=40 * MIN)  # flags after minute 10 are not quiet yet
+
+
+def flags(*rows: tuple[str, int, str, float]) -> list:  # type: ignore[type-arg]
+    """group_flags of (device, minute, sensor, severity) rows."""
+    device, minute, sensor, severity = zip(*rows)
+    return group_flags(np.array(minute) * MIN, device, sensor, np.array(severity, dtype=float), GAP)
+
+
+def new_ids(prefix: str = "n"):  # type: ignore[no-untyped-def]
+    counter = itertools.count(1)
+    return lambda: f"{prefix}{next(counter)}"
+
+
+def test_flags_within_the_gap_merge_and_beyond_it_split() -> None:
+    groups = flags(("pump", 0, "t", 10.0), ("pump", 5, "t", 20.0), ("pump", 10, "t", 30.0), ("pump", 16, "t", 40.0))
+    assert [(g.start_us // MIN, g.last_us // MIN, g.flags) for g in groups] == [(0, 10, 3), (16, 16, 1)]
+
+
+def test_several_sensors_of_a_device_are_one_incident_with_their_shares() -> None:
+    groups = flags(("pump", 3, "flow", 50.0), ("pump", 1, "pressure", 70.0), ("pump", 2, "pressure", 90.0),
+                   ("fan", 2, "rpm", 99.0))
+    pump = next(g for g in groups if g.device == "pump")
+    assert (pump.start_us, pump.last_us, pump.flags, pump.severity) == (MIN, 3 * MIN, 3, 90.0)
+    assert pump.sensors == (SensorShare("pressure", 2), SensorShare("flow", 1))
+    assert [g.device for g in groups] == ["fan", "pump"]  # devices never merge
+
+
+def test_null_severity_gives_a_null_peak_unless_some_flag_has_one() -> None:
+    none = flags(("pump", 0, "t", np.nan), ("pump", 1, "t", np.nan))
+    assert len(none) == 1 and none[0].severity is None
+    some = flags(("pump", 0, "t", np.nan), ("pump", 1, "t", 42.0))
+    assert some[0].severity == 42.0
+
+
+def test_fragments_of_windows_merge_like_the_flags_at_once() -> None:
+    rows = [("pump", m, "t" if m % 2 else "u", float(m)) for m in (50, 53, 57, 59, 61, 64, 80, 119, 121)]
+    whole = flags(*rows)
+    by_window = flags(*[r for r in rows if r[1] < 60]) + flags(*[r for r in rows if 60 <= r[1] < 120]) \
+        + flags(*[r for r in rows if r[1] >= 120])
+    assert merge_fragments(by_window, GAP["pump"]) == whole
+    assert [(g.start_us // MIN, g.last_us // MIN, g.flags) for g in whole] == [(50, 64, 6), (80, 80, 1), (119, 121, 2)]
+
+
+def test_interval_is_the_median_of_sensors_else_of_times_else_a_minute() -> None:
+    assert device_interval_s([10.0, 30.0, None, 20.0]) == 20.0
+    assert device_interval_s([None], [0, 5_000_000, 10_000_000, 10_000_000]) == 5.0
+    assert device_interval_s([], []) == 60.0
+
+
+def incident(id_: str, start: int, last: int, **kw: object) -> Incident:
+    values = dict(id=id_, device="pump", start_us=start * MIN, last_us=last * MIN, status=OPEN, severity=1.0,
+                  flags=last - start + 1, sensors=(SensorShare("t", last - start + 1),), updated_us=0)
+    return Incident(**(values | kw))  # type: ignore[arg-type]
+
+
+def group(start: int, last: int) -> object:
+    return flags(*[("pump", m, "t", 1.0) for m in range(start, last + 1)])[0]
+
+
+def test_an_extended_or_shortened_incident_keeps_id_ack_and_marks() -> None:
+    mark = Mark("true", "seen", "ann", 5)
+    old = incident("a", 10, 20, status=ACKNOWLEDGED, acknowledged_by="ann", acknowledged_us=3, marks=(mark,))
+    for new in (group(10, 40), group(12, 15)):
+        (out,) = reconcile([new], [old], RULES, 99, new_ids())
+        assert out.id == "a" and out.acknowledged_by == "ann" and out.marks == (mark,)
+        assert (out.start_us, out.last_us, out.status, out.updated_us) == (new.start_us, new.last_us, ACKNOWLEDGED, 99)
+
+
+def test_unchanged_groups_change_nothing() -> None:
+    g = group(10, 20)
+    (first,) = reconcile([g], [], RULES, 1, new_ids())
+    assert reconcile([g], [first], RULES, 2, new_ids()) == []
+
+
+def test_a_split_supersedes_with_pointers_and_a_removal_with_none() -> None:
+    old = incident("a", 10, 30)
+    out = reconcile([group(10, 12), group(25, 30)], [old], RULES, 7, new_ids())
+    superseded = next(i for i in out if i.id == "a")
+    assert superseded.status == SUPERSEDED and superseded.superseded_by == ("n1", "n2")
+    assert sorted(i.id for i in out if i.status == OPEN) == ["n1", "n2"]
+    (gone,) = reconcile([], [old], RULES, 8, new_ids())
+    assert gone.id == "a" and gone.status == SUPERSEDED and gone.superseded_by == () and gone.flags == old.flags
+
+
+def test_a_group_joining_two_incidents_keeps_the_earliest() -> None:
+    a, b = incident("a", 10, 12), incident("b", 20, 22)
+    out = {i.id: i for i in reconcile([group(10, 22)], [a, b], RULES, 1, new_ids())}
+    assert out["a"].last_us == 22 * MIN and out["a"].status == OPEN
+    assert out["b"].status == SUPERSEDED and out["b"].superseded_by == ("a",)
+
+
+def test_quiet_period_resolves_against_the_horizon() -> None:
+    rules = Rules.counted(60.0, 5, 30, horizon_us=100 * MIN)
+    (near_end,) = reconcile([group(60, 75)], [], rules, 1, new_ids())
+    assert near_end.status == OPEN and near_end.resolved_us is None  # 75 + 30 > 100
+    (quiet,) = reconcile([group(60, 70)], [], rules, 1, new_ids())
+    assert quiet.status == RESOLVED and quiet.resolved_us == 100 * MIN
+    later = Rules.counted(60.0, 5, 30, horizon_us=200 * MIN)
+    acked = near_end.with_changes(status=ACKNOWLEDGED, acknowledged_by="bo")
+    resolved = refresh_status(acked, later, 5)
+    assert resolved is not None and resolved.status == RESOLVED and resolved.acknowledged_by == "bo"
+    assert refresh_status(acked, rules, 5) is None  # not quiet yet: stays acknowledged
+
+
+def test_match_events_counts_incidents_per_event_and_precision() -> None:
+    events = [Event("pump", 10 * MIN, 20 * MIN), Event("pump", 100 * MIN, 101 * MIN), Event("fan", 0, MIN)]
+    incs = [incident("a", 12, 14), incident("b", 16, 25), incident("c", 50, 51),
+            incident("d", 18, 19, status=SUPERSEDED)]
+    m = match_events(incs, events)
+    assert (m.events, m.events_detected, m.incidents, m.true_incidents) == (3, 1, 3, 2)
+    assert m.incidents_per_event == 2.0 and m.precision == pytest.approx(2 / 3) and m.event_recall == pytest.approx(1 / 3)
+
+
+def test_labelled_events_are_runs_per_series_merged_per_device(small_fleet) -> None:  # type: ignore[no-untyped-def]
+    events = labelled_events(small_fleet)
+    labelled = small_fleet.filter(small_fleet.column("label").cast("bool"))
+    assert events and len(events) <= labelled.num_rows
+    for e in events:
+        assert e.start_us <= e.end_us and e.kinds and e.sensors
+        inside = labelled.filter(pc.and_(pc.equal(labelled.column("device"), e.device),
+                                         pc.is_in(labelled.column("sensor"), pa.array(e.sensors))))
+        times = inside.column("ts").cast("int64").to_numpy()
+        assert ((times >= e.start_us) & (times <= e.end_us)).any()
+    one = labelled_events(pa.table({"ts": pa.array([0, 1, 2, 3, 4, 5], pa.int64()), "device": ["d"] * 6,
+                                    "sensor": ["s"] * 6, "label": pa.array([1, 1, 0, 1, 1, 1], pa.int8())}))
+    assert [(e.start_us, e.end_us) for e in one] == [(0, 1), (3, 5)]  # an unlabelled reading ends a run
+    for d in {e.device for e in events}:
+        mine = sorted((e.start_us, e.end_us) for e in events if e.device == d)
+        assert all(b[0] > a[1] for a, b in zip(mine, mine[1:]))  # a device's events never overlap
+    assert match_events([], events).as_dict()["precision"] is None
