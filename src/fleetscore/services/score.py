@@ -152,7 +152,7 @@ def score_shard(task: ScoreTask) -> ScoreOutcome:
     score_args = (bundle, kind, slot_of[rows_model].astype(np.int64), x if has_model.all() else x[has_model],
                   day_phase(scored.column("ts")) if needs_phase(bundle) else None)
     scores, severity = score_and_severity_bundle(*score_args, task.kernel)
-    flagged = np.flatnonzero((scores < 0) & in_window[has_model])  # explained: the window's flagged readings
+    flagged = np.flatnonzero(ocsvm.predict_is_anomaly(scores) & in_window[has_model])  # explained: the window's flags
     built_row = np.flatnonzero(has_model) if kept is None else kept[has_model]  # each scored row's built row
     scored = _with_explanation(scored, flagged, _explain(score_args, scored, flagged, spec, built, built_row))
     if not in_window.all():
@@ -326,7 +326,7 @@ def _score_devices(readings: pa.Table, row_model: np.ndarray, manifest: pa.Table
                                           kinds.dictionary)
     out = readings.select(["ts", "device", "sensor", "value"]).filter(pa.array(keep))
     out = out.append_column("kind", kind).append_column("fallback", pa.array(np.zeros(out.num_rows, dtype=bool)))
-    flagged = np.flatnonzero(result.decision[keep] < 0)
+    flagged = np.flatnonzero(ocsvm.predict_is_anomaly(result.decision[keep]))
     why = Explanation.unbounded([device_reason(flat[offsets[r]:offsets[r + 1]].tolist()) for r in flagged.tolist()])
     return _with_explanation(out, flagged, why), rows_model, result.decision[keep], result.severity[keep], top_list
 
