@@ -1,12 +1,13 @@
 """Simulate → train → score at fleet scale: time, models/s, rows/s and peak memory for each size.
 
-    python bench/scale.py [--sizes 10000,100000,1000000] [--sensors 4] [--workers CORES] [--keep DIR]
+    python bench/scale.py [--sizes 10000,100000,1000000] [--sensors 4] [--workers CORES] [--keep DIR] [--defaults]
 
 For each size (models = (device, sensor) pairs, 60 minute readings each per hour) a fresh home is
 filled in three phases, each its own process tree, as a user would run them:
 
 * land: simulate two hours of readings and land them chunk by chunk (``ReadingStore.land``);
-* train: ``fleetscore train`` on the first hour (ocsvm, raw, nu 0.05, gamma "scale", all workers);
+* train: ``fleetscore train`` on the first hour (ocsvm, raw, nu 0.05, gamma "scale", all workers; with
+  ``--defaults`` nothing is pinned: the default kind, calibrated to the default alarm rate);
 * score: ``fleetscore score`` of the second hour (all workers); its ``elapsed_s`` is the run's own time,
   incident building included (reported apart: the share it adds to the rest of the run).
 
@@ -128,6 +129,8 @@ def main() -> None:
     parser.add_argument("--sensors", type=int, default=4)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--keep", type=Path, default=None, help="keep each size's home under this folder")
+    parser.add_argument("--defaults", action="store_true",
+                        help="train with the defaults (nothing pinned) instead of ocsvm nu 0.05")
     parser.add_argument("--phase", choices=["land"], help=argparse.SUPPRESS)  # internal: one phase, in its own process
     parser.add_argument("--home", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--models", type=int, help=argparse.SUPPRESS)
@@ -143,6 +146,8 @@ def main() -> None:
     sizes = [int(s) for s in args.sizes.split(",")]
     base = args.keep or Path(tempfile.mkdtemp(prefix="fleetscore-bench-scale-"))
     rate = sklearn_fit_rate(args.sensors)
+    pinned = [] if args.defaults else ["--kind", MODEL["kind"], "--features", MODEL["features"],
+                                       "--nu", str(MODEL["nu"]), "--gamma", MODEL["gamma"]]
     rows_out: list[list[str]] = []
     summary: dict[int, dict[str, Phase]] = {}
     try:
@@ -154,9 +159,7 @@ def main() -> None:
                 "land": run_phase([sys.executable, __file__, "--phase", "land", "--home", str(home),
                                    "--models", str(size), "--sensors", str(args.sensors)]),
                 "train": run_phase(CLI + ["train", "--from", iso(TRAIN[0]), "--to", iso(TRAIN[1]),
-                                          "--workers", str(args.workers), "--kind", MODEL["kind"],
-                                          "--features", MODEL["features"], "--nu", str(MODEL["nu"]),
-                                          "--gamma", MODEL["gamma"], *where]),
+                                          "--workers", str(args.workers), *pinned, *where]),
                 "score": run_phase(CLI + ["score", "--from", iso(SCORE[0]), "--to", iso(SCORE[1]),
                                           "--workers", str(args.workers), *where]),
             }
@@ -174,7 +177,7 @@ def main() -> None:
             shutil.rmtree(base, ignore_errors=True)
 
     print(f"## bench/scale.py: {', '.join(f'{s:,}' for s in sizes)} models × 60 readings per hour, "
-          f"{args.workers} workers\n")
+          f"{args.workers} workers, {'default models' if args.defaults else 'ocsvm nu 0.05'}\n")
     print(machine() + "\n")
     print(markdown(["models", "phase", "time (s)", "with process start (s)", "models/s", "rows/s",
                     "peak RSS, sum (MB)", "peak PSS, sum (MB)"], rows_out))

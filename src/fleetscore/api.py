@@ -24,7 +24,7 @@ from fleetscore.catalog import Catalog, VersionRecord
 from fleetscore.clock import Clock, wall_clock
 from fleetscore.config import Config, load_config
 from fleetscore.core.incidents import Incident
-from fleetscore.core.runs import ModelFailure, RunRecord, TaskRecord
+from fleetscore.core.runs import ListPage, ModelFailure, RunRecord, TaskRecord
 from fleetscore.core.schedule import ScheduleSpec
 from fleetscore.core.times import parse_time, parse_window
 from fleetscore.errors import InputError, NotFoundError
@@ -224,13 +224,16 @@ class Fleet:
 
         return self.catalog.get_version(import_sklearn(self.context, Path(path), device, sensor, features, trust_pickle))
 
-    def health(self, run_id: str | None = None, last: int = 1, min_false_marks: int | None = None) -> dict[str, Any]:
-        """Models that runs marked unhealthy: of one run, or of the ``last`` finished runs; and the released
-        version's models with at least ``min_false_marks`` incidents marked false, with a suggested action."""
+    def health(self, run_id: str | None = None, last: int = 1, min_false_marks: int | None = None,
+               limit: int | None = None, offset: int = 0) -> dict[str, Any]:
+        """Models that runs marked unhealthy: of one run, or of the ``last`` finished runs (``limit`` of them from
+        ``offset``; None: all); and the released version's models with at least ``min_false_marks`` incidents
+        marked false, with a suggested action."""
         from fleetscore.core.health import FALSE_MARKS
         from fleetscore.services.retrain import health_report
 
-        return health_report(self.context, run_id, last, FALSE_MARKS if min_false_marks is None else min_false_marks)
+        return health_report(self.context, run_id, last, FALSE_MARKS if min_false_marks is None else min_false_marks,
+                             limit, offset)
 
     def adjust_model(self, device: str, sensor: str, alarm_rate: float, *, version: str | None = None,
                      release: bool = False) -> Any:
@@ -289,6 +292,14 @@ class Fleet:
     def run(self, run_id: str) -> tuple[RunRecord, list[TaskRecord], list[ModelFailure]]:
         layout.check_run_id(run_id)
         return self.catalog.get_run(run_id), self.catalog.tasks(run_id), self.catalog.failures(run_id)
+
+    def run_list(self, run_id: str, name: str, limit: int | None = None, offset: int = 0) -> ListPage:
+        """Entries ``offset`` .. ``offset + limit`` (None: all) of one of a run's per-model lists (``failures``,
+        ``unhealthy``, ``unmatched``), in key order, with the list's total."""
+        layout.check_run_id(run_id)
+        self.catalog.get_run(run_id)  # an unknown run is an input error
+        items, total = self.catalog.run_list(run_id, name, limit, offset)
+        return ListPage(run_id, name, total, offset, items)
 
     def run_log(self, run_id: str, *, follow: bool = False) -> Iterator[dict[str, Any]]:
         """A run's structured log lines in order; ``follow``: keep yielding new ones until the run ends."""

@@ -25,7 +25,7 @@ from fleetscore.core.simulate import simulate_fleet
 T0, T4, T5 = "2026-01-01T00:00:00Z", "2026-01-01T04:00:00Z", "2026-01-01T05:00:00Z"
 #: Two pool workers, many shards; a 2 s lease; a failed task waits a minute for its retry, so a run
 #: with a broken shard is certainly still going (its pool alive) when its driver is killed.
-SETTINGS = ('[executor]\nworkers = 2\nshard_models = 20\n'
+SETTINGS = ('[executor]\nworkers = 2\nshard_models = 20\nin_process = "never"\n'
             '[schedule]\nlease = 2\nretries = 3\nretry_backoff = 60\n')
 HANG_GUARD_S = 60.0  # polls give up after this: they end hung tests, they time nothing
 
@@ -143,6 +143,8 @@ def start_stuck_score(home: Path, spawn: Callable[..., subprocess.Popen[str]]) -
     try:
         run_id = str(wait_for(lambda: next((r.run_id for r in fleet.runs()), None), "the run to start"))
         wait_for(lambda: any(t.status == "retrying" for t in fleet.run(run_id)[1]), "a task to wait for its retry")
+        # and another task done, its file written: what a killed run leaves behind besides its record
+        wait_for(lambda: any(t.status == "succeeded" for t in fleet.run(run_id)[1]), "a task to succeed")
     finally:
         fleet.close()
     shard.write_bytes(good)  # repaired now: a retry of the run can succeed
@@ -173,7 +175,7 @@ def test_gc_after_a_killed_score_removes_the_abandoned_run_and_claims_no_schedul
     time.sleep(1.1)  # the run is now older than --keep 1s
     plan = cli("gc", "--keep", "1s", "--dry-run", "--json").json
     assert not any("schedule" in why for why in plan["kept"].values()), plan["kept"]  # there is no schedule
-    assert run_id in plan["runs"] and f"{T4}..{T5}" in plan["predictions"]
+    assert run_id in plan["runs"] and f"{T4}..{T5}" in plan["predictions"], plan
     run_dir = next((home / "data" / "predictions").glob("window=*T04*")) / f"run={run_id}"
     assert run_dir.exists()  # the tasks that succeeded before the kill left their files
     done = cli("gc", "--keep", "1s", "--json")

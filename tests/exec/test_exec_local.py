@@ -86,7 +86,7 @@ T0, T2, T3 = "2026-01-01T00:00:00Z", "2026-01-01T02:00:00Z", "2026-01-01T03:00:0
 
 def small_fleet(home: Path) -> Fleet:
     """12 devices × 2 sensors × 3 h of minute readings, imported into a home with 2 workers, 1 model a shard."""
-    fleet = Fleet.open(home, workers=2, shard_models=1)
+    fleet = Fleet.open(home, workers=2, shard_models=1, in_process="never")  # on the pool, however small
     fleet.import_table(simulate_fleet(12, 2, datetime(2026, 1, 1, tzinfo=UTC), 3, 60.0, 0.02, 4)
                        .select(["ts", "device", "sensor", "value"]))
     return fleet

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 
 import numpy as np
 import pyarrow as pa
@@ -15,28 +16,35 @@ from fleetscore.core.incidents import (
     RESOLVED,
     SUPERSEDED,
     Event,
+    Fragment,
     Incident,
     Mark,
     Rules,
     SensorShare,
     device_interval_s,
+    fragment_table,
+    fragments,
     group_flags,
     labelled_events,
+    learned_intervals,
+    lookup,
     match_events,
     merge_fragments,
+    new_incidents,
     reconcile,
     refresh_status,
+    settled,
 )
 
 MIN = 60_000_000  # one minute in µs
-GAP = {"pump": 5 * MIN, "fan": 5 * MIN}
+GAP = {"pump": 5 * MIN, "fan": 5 * MIN, "valve": 5 * MIN}
 RULES = Rules.counted(60.0, 5, 30, horizon_us=40 * MIN)  # flags after minute 10 are not quiet yet
 
 
 def flags(*rows: tuple[str, int, str, float]) -> list:  # type: ignore[type-arg]
     """group_flags of (device, minute, sensor, severity) rows."""
     device, minute, sensor, severity = zip(*rows)
-    return group_flags(np.array(minute) * MIN, device, sensor, np.array(severity, dtype=float), GAP)
+    return fragments(group_flags(np.array(minute) * MIN, device, sensor, np.array(severity, dtype=float), GAP))
 
 
 def new_ids(prefix: str = "n"):  # type: ignore[no-untyped-def]
@@ -70,7 +78,7 @@ def test_fragments_of_windows_merge_like_the_flags_at_once() -> None:
     whole = flags(*rows)
     by_window = flags(*[r for r in rows if r[1] < 60]) + flags(*[r for r in rows if 60 <= r[1] < 120]) \
         + flags(*[r for r in rows if r[1] >= 120])
-    assert merge_fragments(by_window, GAP["pump"]) == whole
+    assert fragments(merge_fragments(fragment_table(by_window), GAP)) == whole
     assert [(g.start_us // MIN, g.last_us // MIN, g.flags) for g in whole] == [(50, 64, 6), (80, 80, 1), (119, 121, 2)]
 
 
@@ -161,3 +169,81 @@ def test_labelled_events_are_runs_per_series_merged_per_device(small_fleet) -> N
         mine = sorted((e.start_us, e.end_us) for e in events if e.device == d)
         assert all(b[0] > a[1] for a, b in zip(mine, mine[1:]))  # a device's events never overlap
     assert match_events([], events).as_dict()["precision"] is None
+
+
+def test_nested_fragments_merge_by_the_furthest_reach() -> None:
+    parts = [fragment(0, 100), fragment(10, 20), fragment(50, 60), fragment(105, 105), fragment(112, 112)]
+    merged = fragments(merge_fragments(fragment_table(parts), GAP))
+    assert [(g.start_us // MIN, g.last_us // MIN, g.flags) for g in merged] == [(0, 105, 4), (112, 112, 1)]
+
+
+def fragment(start: int, last: int, device: str = "pump", sensors: tuple[tuple[str, int], ...] = (("t", 1),),
+             severity: float | None = 1.0) -> Fragment:
+    return Fragment(device, start * MIN, last * MIN, sum(n for _, n in sensors), severity,
+                    tuple(SensorShare(s, n) for s, n in sensors))
+
+
+def as_columns(incidents: list[Incident]) -> pa.Table:
+    """Stored incidents as the columns `settled` reads (sensors as the catalog's JSON text)."""
+    return pa.table({"device": [i.device for i in incidents], "start_us": [i.start_us for i in incidents],
+                     "last_us": [i.last_us for i in incidents], "flags": [i.flags for i in incidents],
+                     "severity": pa.array([i.severity for i in incidents], pa.float64()),
+                     "sensors": [json.dumps([[s.sensor, s.flags] for s in i.sensors]) for i in incidents],
+                     "status": [i.status for i in incidents],
+                     "resolved_us": pa.array([i.resolved_us for i in incidents], pa.int64()),
+                     "interval_s": [i.interval_s for i in incidents],
+                     "acknowledged_by": pa.array([i.acknowledged_by for i in incidents], pa.string())})
+
+
+def test_settled_devices_are_those_reconcile_leaves_alone() -> None:
+    base = [fragment(10, 20, "pump", (("flow", 3), ("t", 2))), fragment(40, 41, "pump"), fragment(5, 5, "fan", severity=None),
+            fragment(30, 31, "valve")]
+    stored = [i for d in ("pump", "fan", "valve") for i in
+              reconcile([f for f in base if f.device == d], [], RULES, 1, new_ids(d))]
+    stored = [i.with_changes(status=ACKNOWLEDGED, acknowledged_by="ann") if i.device == "valve" else i for i in stored]
+    variants = {
+        "same": base,
+        "extended": [fragment(10, 22, "pump", (("flow", 3), ("t", 3)))] + base[1:],
+        "shares moved": [fragment(10, 20, "pump", (("flow", 2), ("t", 3)))] + base[1:],
+        "severity": base[:2] + [fragment(5, 5, "fan", severity=3.0)] + base[3:],
+        "removed": base[:1] + base[2:],
+    }
+    later = Rules.counted(60.0, 5, 30, horizon_us=400 * MIN)  # every incident quiet by now: open ones resolve
+    seen = set()
+    for rules in (RULES, later):
+        for name, groups in variants.items():
+            fast = settled(merge_fragments(fragment_table(groups), GAP), as_columns(stored),
+                           dict.fromkeys(("pump", "fan", "valve", "idle"), rules))
+            for d in ("pump", "fan", "valve", "idle"):
+                slow = reconcile([g for g in groups if g.device == d], [i for i in stored if i.device == d], rules, 2,
+                                 new_ids())
+                assert (d in fast) == (slow == []), (name, d, rules.horizon_us)
+                seen.add(d in fast)
+    assert seen == {True, False}
+
+
+def test_new_incidents_are_what_reconcile_makes_of_groups_without_incidents() -> None:
+    groups = [fragment(10, 20, "pump", (("flow", 3), ("t\u00e9 \"x\"", 2))), fragment(60, 75, "pump"),
+              fragment(5, 5, "fan", severity=None)]
+    made = new_incidents(merge_fragments(fragment_table(groups), GAP), {"pump": RULES, "fan": RULES},
+                         lambda n: [f"c{k}" for k in range(1, n + 1)], 7)
+    expected = sorted((i for d in ("fan", "pump") for i in reconcile([g for g in groups if g.device == d], [], RULES, 7,
+                                                                        new_ids("x"))), key=lambda i: (i.device, i.start_us))
+    assert made.column("id").to_pylist() == ["c1", "c2", "c3"]
+    for row, inc in zip(made.to_pylist(), expected):
+        assert (row["device"], row["start_us"], row["last_us"], row["status"], row["severity"], row["flags"],
+                row["resolved_us"], row["interval_s"], row["updated_us"]) == \
+            (inc.device, inc.start_us, inc.last_us, inc.status, inc.severity, inc.flags, inc.resolved_us,
+             inc.interval_s, inc.updated_us)
+        assert json.loads(row["sensors"]) == [[s.sensor, s.flags] for s in inc.sensors]
+        assert row["sensors"] == json.dumps([[s.sensor, s.flags] for s in inc.sensors])  # the catalog's text exactly
+    assert new_incidents(fragment_table([]), {}, lambda n: ["x"] * n, 0).num_rows == 0
+
+
+def test_learned_intervals_are_each_devices_median_and_lookup_finds_names() -> None:
+    device = pa.array(["a", "b", "a", "a", "c", "b", "a"])
+    interval = pa.array([10.0, 5.0, 30.0, None, -1.0, 7.0, 20.0])
+    assert learned_intervals(device, interval, ["a", "b", "c", "d"]) == {"a": 20.0, "b": 6.0}
+    assert device_interval_s([10.0, 30.0, None, 20.0]) == 20.0 and device_interval_s([5.0, 7.0]) == 6.0
+    assert lookup(pa.chunked_array([["b", "x"], ["a"]]), ["a", "b"]).tolist() == [1, -1, 0]
+    assert lookup(pa.array([], pa.string()), ["a"]).tolist() == []

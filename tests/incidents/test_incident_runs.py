@@ -13,7 +13,7 @@ import sqlalchemy as sa
 
 from fleetscore.api import Fleet
 from fleetscore.catalog.incidents import IncidentStore
-from fleetscore.core.incidents import RESOLVED, SUPERSEDED, group_flags
+from fleetscore.core.incidents import RESOLVED, SUPERSEDED, fragments, group_flags
 from fleetscore.core.times import parse_time
 
 T0, T6, T7, T8 = "2026-01-01T00:00:00Z", "2026-01-01T06:00:00Z", "2026-01-01T07:00:00Z", "2026-01-01T08:00:00Z"
@@ -54,9 +54,9 @@ def expected(fleet: Fleet, start: str, end: str) -> list[tuple]:  # type: ignore
     """The committed flags of [start, end) grouped at once with the default gap (5 minute readings)."""
     p = fleet.predictions(start=start, end=end)
     p = p.filter(p.column("is_anomaly"))
-    groups = group_flags(pc.cast(p.column("ts"), pa.int64()).to_numpy(), p.column("device").to_pylist(),
+    groups = fragments(group_flags(pc.cast(p.column("ts"), pa.int64()).to_numpy(), p.column("device").to_pylist(),
                          p.column("sensor").to_pylist(), pc.fill_null(p.column("severity"), np.nan).to_numpy(),
-                         {d: 5 * MIN for d in p.column("device").to_pylist()})
+                         {d: 5 * MIN for d in p.column("device").to_pylist()}))
     return sorted((g.device, g.start_us, g.last_us, g.flags, g.sensors) for g in groups)
 
 
@@ -162,8 +162,8 @@ def test_a_hostile_device_id_is_kept_verbatim(fleet: Fleet, cli, monkeypatch: py
 
 def test_a_failing_build_does_not_fail_the_committed_run(fleet: Fleet) -> None:
     with fleet.catalog.engine.begin() as conn:
-        conn.execute(sa.text("DROP TABLE incident_fragments"))
+        conn.execute(sa.text("DROP TABLE incident_parts"))
     run = fleet.score(*W1)
     assert run.status.value == "succeeded" and run.anomalies > 0
-    assert "incident_fragments" in run.extra["incidents"]["error"]
+    assert "incident_parts" in run.extra["incidents"]["error"]
     assert fleet.catalog.get_run(run.run_id).extra["incidents"] == run.extra["incidents"]

@@ -1,4 +1,5 @@
-"""The incident store on its own: filters (sensor names that look like wildcards or JSON), order, marks, spans."""
+"""The incident store on its own: filters (sensor names that look like wildcards or JSON), order, marks, spans,
+window fragments (their migration and both databases: tests/cluster/test_incident_catalog.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 
 from fleetscore.catalog.incidents import IncidentStore
 from fleetscore.catalog.sql import Catalog
-from fleetscore.core.incidents import OPEN, RESOLVED, SUPERSEDED, Incident, SensorShare
+from fleetscore.core.incidents import OPEN, RESOLVED, SUPERSEDED, Fragment, Incident, SensorShare, fragment_table, fragments
 from fleetscore.errors import InputError, NotFoundError
 
 TRICKY = ["te%p", "te_p", "Temp", "temp", 'a", 1], ["b', "\u00e9t\u00e9", "x\\y"]
@@ -67,3 +68,19 @@ def test_ack_mark_and_spans(store: IncidentStore) -> None:
     assert store.get("i1").mark == "false" and [m.by for m in store.get("i1").marks] == ["ann", "bo"]
     assert store.marked_spans("true") == [("dev <2>", 2000, 2010, ("Temp",))]
     assert store.marked_spans("false") == [("dev <1>", 1000, 1010, ("te_p",))]
+
+
+def test_window_fragments_round_trip_and_are_replaced(store: IncidentStore) -> None:
+    parts = fragment_table([Fragment("pump", 10, 20, 3, 7.5, (SensorShare("flow", 2), SensorShare("t", 1))),
+                            Fragment("fan \"1\"", 5, 5, 1, None, (SensorShare("rpm", 1),))])
+    with store.window_update() as tx:
+        assert tx.take_fragments(0, 100) == set()
+        tx.put_fragments(0, 100, parts)
+        tx.put_fragments(100, 200, fragment_table([Fragment("pump", 150, 150, 1, 1.0, (SensorShare("t", 1),))]))
+    with store.window_update() as tx:
+        assert tx.fragments(["pump", "fan \"1\""], 0, 99).to_pylist() == parts.to_pylist()
+        assert tx.fragments(["pump"], 15, 150).column("start_us").to_pylist() == [10, 10, 150]  # both windows meet it
+        assert tx.fragments(["valve"], 0, 200).num_rows == 0
+        assert tx.take_fragments(0, 100) == {"pump", "fan \"1\""}
+        assert fragments(tx.fragments(["pump"], 0, 200)) == [Fragment("pump", 150, 150, 1, 1.0, (SensorShare("t", 1),))]
+

@@ -35,6 +35,11 @@ def upsert(conn: sa.Connection, table: sa.Table, rows: list[dict[str, Any]]) -> 
     conn.execute(stmt.on_conflict_do_update(index_elements=keys, set_=update), rows)
 
 
+def code_point_order(dialect: str, *columns: sa.ColumnElement[Any]) -> list[sa.ColumnElement[Any]]:
+    """``columns`` to order text by code point, as Python sorts it (SQLite's default; PostgreSQL's collation "C")."""
+    return [sa.collate(c, "C") for c in columns] if dialect == "postgresql" else list(columns)
+
+
 def transaction_lock(conn: sa.Connection, key: int) -> None:
     """Hold lock ``key`` until ``conn``'s transaction ends (PostgreSQL; SQLite serialises writers itself)."""
     if conn.dialect.name == "postgresql":

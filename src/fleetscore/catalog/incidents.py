@@ -1,8 +1,10 @@
 """Incidents in the catalog: the incidents with their sensors, their marks, and the per-window fragments they are built from.
 
-``incident_fragments`` holds one row per scored window: each device's groups of flags in it; re-scoring
-a window replaces its fragments in the same transaction that updates the incidents built from
-them (:meth:`IncidentStore.window_update`), so a window counts once however often it is scored.
+``incident_parts`` holds one row per scored window: each device's groups of flags in it, as one Arrow
+IPC stream (a `fleetscore.core.incidents.FRAGMENTS` table; schemas before 4 kept them as JSON text in
+``incident_fragments``); re-scoring a window replaces its fragments in the same transaction that
+updates the incidents built from them (:meth:`IncidentStore.window_update`), so a window counts once
+however often it is scored.
 ``incident_windows`` records the windows that were built, whose newest end is the horizon quiet
 periods are measured against. Incidents are never deleted: a re-score that splits or removes one
 marks it ``superseded``. Times are µs since the epoch (BigInteger), so spans are range queries.
@@ -17,13 +19,17 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import sqlalchemy as sa
 
 from fleetscore.catalog.dialect import transaction_lock, upsert
+from fleetscore.catalog.migrate import STEPS
 from fleetscore.catalog.sql import Catalog, metadata
 from fleetscore.core.incidents import (
     ACKNOWLEDGED,
     ACTIVE,
+    FRAGMENTS,
     MARKS,
     OPEN,
     STATUSES,
@@ -32,6 +38,8 @@ from fleetscore.core.incidents import (
     Incident,
     Mark,
     SensorShare,
+    fragment_table,
+    lookup,
 )
 from fleetscore.errors import InputError, NotFoundError
 
@@ -42,6 +50,7 @@ MAX_BY, MAX_NOTE = 200, 4000
 #: PostgreSQL advisory lock held while a window's incidents are rebuilt (SQLite serialises writers itself).
 INCIDENTS_LOCK = 0x666C7449
 _CHUNK = 500  # devices per IN (...) query
+_NEAR_CHUNK = 10_000  # devices per query of a rebuild's incidents (within SQLite's and PostgreSQL's bound parameters)
 
 incidents_table = sa.Table(
     "incidents",
@@ -71,14 +80,14 @@ marks_table = sa.Table(
     sa.Column("by", sa.String(MAX_BY), nullable=False),
     sa.Column("at_us", sa.BigInteger, nullable=False),
 )
-fragments_table = sa.Table(
-    "incident_fragments",
+parts_table = sa.Table(
+    "incident_parts",
     metadata,
     sa.Column("window_from", sa.BigInteger, primary_key=True),
     sa.Column("window_to", sa.BigInteger, primary_key=True),
-    # JSON [[device, start_us, last_us, flags, severity, [[sensor, flags], ...]], ...]: one row per window, so
-    # replacing a window's fragments is one write however many devices flagged
-    sa.Column("fragments", sa.Text, nullable=False),
+    # the window's FRAGMENTS table as a compressed Arrow IPC stream: one row per window, so replacing a window's
+    # fragments is one write however many devices flagged, and reading them back decodes columns, not objects
+    sa.Column("fragments", sa.LargeBinary, nullable=False),
 )
 built_table = sa.Table(
     "incident_windows",
@@ -201,40 +210,40 @@ class WindowUpdate:
 
     def take_fragments(self, from_us: int, to_us: int) -> set[str]:
         """Delete the window's fragments (its first write: SQLite then holds the write lock); their devices."""
-        f = fragments_table
-        key = (f.c.window_from == from_us) & (f.c.window_to == to_us)
-        return {g[0] for r in self.conn.execute(sa.delete(f).where(key).returning(f.c.fragments)) for g in json.loads(r[0])}
+        p = parts_table
+        key = (p.c.window_from == from_us) & (p.c.window_to == to_us)
+        return {d for r in self.conn.execute(sa.delete(p).where(key).returning(p.c.fragments))
+                for d in pc.unique(decode_fragments(r[0]).column("device")).to_pylist()}
 
-    def put_fragments(self, from_us: int, to_us: int, fragments: Sequence[Fragment]) -> None:
-        if fragments:
-            rows = [[g.device, g.start_us, g.last_us, g.flags, g.severity, [[s.sensor, s.flags] for s in g.sensors]]
-                    for g in fragments]
-            self.conn.execute(sa.insert(fragments_table).values(window_from=from_us, window_to=to_us,
-                                                                fragments=json.dumps(rows)))
+    def put_fragments(self, from_us: int, to_us: int, fragments: pa.Table) -> None:
+        """Store the window's :data:`FRAGMENTS` table (nothing when it has none)."""
+        if fragments.num_rows:
+            self.conn.execute(sa.insert(parts_table).values(window_from=from_us, window_to=to_us,
+                                                            fragments=encode_fragments(fragments)))
 
-    def fragments(self, devices: Iterable[str], lo_us: int, hi_us: int) -> dict[str, list[Fragment]]:
-        """Fragments of ``devices`` (of every window) that meet [lo, hi], per device."""
-        f = fragments_table
-        wanted = set(devices)
-        out: dict[str, list[Fragment]] = {}
-        query = sa.select(f.c.fragments).where((f.c.window_to > lo_us) & (f.c.window_from <= hi_us))
-        for (text,) in self.conn.execute(query):
-            for d, start, last, flags, severity, shares in json.loads(text):
-                if d in wanted and last >= lo_us and start <= hi_us:
-                    out.setdefault(d, []).append(Fragment(d, start, last, flags, severity,
-                                                          _share_values(tuple(map(tuple, shares)))))
-        return out
+    def fragments(self, devices: Iterable[str], lo_us: int, hi_us: int) -> pa.Table:
+        """Fragments of ``devices`` (of every window) that meet [lo, hi], as one :data:`FRAGMENTS` table."""
+        p = parts_table
+        query = sa.select(p.c.fragments).where((p.c.window_to > lo_us) & (p.c.window_from <= hi_us))
+        tables = [decode_fragments(blob) for (blob,) in self.conn.execute(query)]
+        if not tables:
+            return FRAGMENTS.empty_table()
+        found = pa.concat_tables(tables)
+        wanted = lookup(found.column("device"), sorted(set(devices))) >= 0
+        meets = pc.and_(pc.greater_equal(found.column("last_us"), lo_us), pc.less_equal(found.column("start_us"), hi_us))
+        return found.filter(pc.and_(pa.array(wanted), meets))
 
-    def incidents(self, devices: Iterable[str], lo_us: int, hi_us: int) -> dict[str, list[Incident]]:
-        """Incidents (not superseded) of ``devices`` that meet [lo, hi], per device."""
+    def incidents(self, devices: Iterable[str], lo_us: int, hi_us: int) -> pa.Table:
+        """Incidents (not superseded) of ``devices`` that meet [lo, hi], as columns (:func:`incident_values` makes
+        values of those that change); ``sensors`` stays JSON text, compared as it is."""
         t = incidents_table
-        out: dict[str, list[Incident]] = {}
-        for chunk in _chunks(devices):
+        rows: list[Any] = []
+        for chunk in _chunks(devices, _NEAR_CHUNK):
             query = sa.select(t).where(t.c.device.in_(chunk) & (t.c.status != SUPERSEDED) & (t.c.last_us >= lo_us)
                                        & (t.c.start_us <= hi_us))
-            for inc in _load(self.conn, self.conn.execute(query).mappings().all(), marks=False):
-                out.setdefault(inc.device, []).append(inc)
-        return out
+            rows += self.conn.execute(query).all()
+        columns = list(zip(*rows)) if rows else [()] * len(INCIDENT_COLUMNS)
+        return pa.table([pa.array(c, f.type) for c, f in zip(columns, INCIDENT_COLUMNS)], schema=INCIDENT_COLUMNS)
 
     def with_marks(self, incidents: Sequence[Incident]) -> list[Incident]:
         """The incidents with their stored marks (the rebuild reads incidents without them)."""
@@ -256,6 +265,58 @@ class WindowUpdate:
     def save(self, incidents: Sequence[Incident]) -> None:
         """Insert or replace the incidents (their marks are kept apart, never rewritten)."""
         upsert(self.conn, incidents_table, [_row(i) for i in incidents])
+
+    def insert(self, incidents: pa.Table) -> None:
+        """Insert new incidents given as columns (`fleetscore.core.incidents.new_incidents`)."""
+        if not incidents.num_rows:
+            return
+        table = _complete(incidents.sort_by("id"))  # in key order: the primary key's B-tree fills at its end
+        statement = sa.insert(incidents_table).compile(dialect=self.conn.dialect)
+        if statement.positional:  # the rows straight to the driver, as tuples: no bound parameters built per row
+            rows: list[Any] = list(zip(*[table.column(name).to_pylist() for name in statement.positiontup or ()]))
+        else:
+            rows = table.to_pylist()
+        self.conn.exec_driver_sql(str(statement), rows)
+
+
+#: The incidents table's columns as Arrow types (:meth:`WindowUpdate.incidents`).
+INCIDENT_COLUMNS = pa.schema([(c.name, pa.string() if isinstance(c.type, (sa.String, sa.Text)) else
+                               pa.float64() if isinstance(c.type, sa.Float) else pa.int64())
+                              for c in incidents_table.columns])
+_IPC = pa.ipc.IpcWriteOptions(compression="zstd")
+
+
+def encode_fragments(fragments: pa.Table) -> bytes:
+    """A :data:`FRAGMENTS` table as a compressed Arrow IPC stream (what ``incident_parts`` keeps)."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, FRAGMENTS, options=_IPC) as writer:
+        writer.write_table(fragments.cast(FRAGMENTS))
+    return sink.getvalue().to_pybytes()
+
+
+def decode_fragments(blob: bytes) -> pa.Table:
+    return pa.ipc.open_stream(pa.py_buffer(blob)).read_all()
+
+
+def legacy_fragments(text: str) -> pa.Table:
+    """The JSON fragments of a window before schema 4 (``[[device, start, last, flags, severity, [[sensor, flags], ...]], ...]``)
+    as a :data:`FRAGMENTS` table (the v4 migration)."""
+    return fragment_table([Fragment(d, start, last, flags, severity, _share_values(tuple(map(tuple, shares))))
+                           for d, start, last, flags, severity, shares in json.loads(text)])
+
+
+def incident_values(table: pa.Table) -> list[Incident]:
+    """Incidents as columns (:meth:`WindowUpdate.incidents`, or new ones) as values (without their marks)."""
+    return _load(None, _complete(table).to_pylist())
+
+
+def _complete(table: pa.Table) -> pa.Table:
+    """Incident columns with those left out added: nulls, ``superseded_by`` none."""
+    n = table.num_rows
+    columns = [table.column(f.name) if f.name in table.column_names else
+               pa.array(["[]"] * n, f.type) if f.name == "superseded_by" else pa.nulls(n, f.type)
+               for f in INCIDENT_COLUMNS]
+    return pa.table(columns, schema=INCIDENT_COLUMNS)
 
 
 def _row(i: Incident) -> dict[str, Any]:
@@ -289,9 +350,9 @@ def _marks(conn: sa.Connection, ids: Sequence[str]) -> dict[str, list[Mark]]:
     return marks
 
 
-def _load(conn: sa.Connection, rows: Sequence[Any], marks: bool = True) -> list[Incident]:
-    """Incident rows with their marks (one more query for all of them), or without (``marks=False``)."""
-    found = _marks(conn, [r["id"] for r in rows]) if marks else {}
+def _load(conn: sa.Connection | None, rows: Sequence[Any]) -> list[Incident]:
+    """Incident rows with their marks (one more query on ``conn`` for all of them), or without (``conn`` None)."""
+    found = _marks(conn, [r["id"] for r in rows]) if conn is not None else {}
     return [Incident(id=r["id"], device=r["device"], start_us=r["start_us"], last_us=r["last_us"], status=r["status"],
                      severity=r["severity"], flags=r["flags"], sensors=_shares(r["sensors"]), updated_us=r["updated_us"],
                      acknowledged_by=r["acknowledged_by"], acknowledged_us=r["acknowledged_us"],
@@ -301,10 +362,10 @@ def _load(conn: sa.Connection, rows: Sequence[Any], marks: bool = True) -> list[
             for r in rows]
 
 
-def _chunks(items: Iterable[str]) -> Iterator[list[str]]:
+def _chunks(items: Iterable[str], size: int = _CHUNK) -> Iterator[list[str]]:
     items = sorted(set(items))
-    for a in range(0, len(items), _CHUNK):
-        yield items[a:a + _CHUNK]
+    for a in range(0, len(items), size):
+        yield items[a:a + size]
 
 
 def _name(by: str) -> str:
@@ -313,3 +374,20 @@ def _name(by: str) -> str:
     if not name or len(name) > MAX_BY or any(ord(c) < 32 for c in name):
         raise InputError(f"--by must be a name of 1 to {MAX_BY} printable characters, got {by[:40]!r}")
     return name
+
+
+def _fragments_as_arrow(conn: sa.Connection) -> None:
+    """Catalog v4: each window's incident fragments as one Arrow IPC blob (``incident_parts``) instead of JSON
+    text (``incident_fragments``): the JSON rows are converted, then their table dropped."""
+    parts_table.create(conn, checkfirst=True)
+    if not sa.inspect(conn).has_table("incident_fragments"):
+        return
+    rows = conn.execute(sa.text("SELECT window_from, window_to, fragments FROM incident_fragments")).all()
+    parts = [{"window_from": a, "window_to": b, "fragments": encode_fragments(legacy_fragments(text))}
+             for a, b, text in rows]
+    if parts:
+        conn.execute(sa.insert(parts_table), parts)
+    conn.execute(sa.text("DROP TABLE incident_fragments"))
+
+
+STEPS[4] = _fragments_as_arrow

@@ -15,12 +15,15 @@ SQLite ``BEGIN IMMEDIATE``), so processes that open the catalog at the same time
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import sqlalchemy as sa
 
 from fleetscore.catalog.dialect import check_dialect, transaction_lock, upsert
+from fleetscore.catalog.runlists import list_row, run_lists_table
+from fleetscore.core.runs import MAX_LISTED
 from fleetscore.errors import StorageError
 
 SCHEMA_KEY = "schema"
@@ -34,8 +37,29 @@ def _add_task_node(conn: sa.Connection) -> None:
         conn.execute(sa.text("ALTER TABLE tasks ADD COLUMN node VARCHAR(128) NOT NULL DEFAULT ''"))
 
 
-#: version -> the step that upgrades a catalog from version - 1 to it.
-STEPS: dict[int, Callable[[sa.Connection], None]] = {2: _add_task_node}
+def _move_run_lists(conn: sa.Connection) -> None:
+    """v3: the unhealthy models and keys without a model that run records listed (up to 1,000 and 50) move to
+    ``run_lists``; each record keeps the first `MAX_LISTED` of each list beside its total (``unhealthy_models``,
+    ``unmatched_keys``: for an older run, the keys its record listed)."""
+    run_lists_table.create(conn, checkfirst=True)
+    runs = sa.table("runs", sa.column("run_id"), sa.column("extra"))
+    listing = runs.c.extra.like('%"unhealthy": [{%') | runs.c.extra.like('%"unmatched": [{%')
+    for run_id in conn.execute(sa.select(runs.c.run_id).where(listing)).scalars().all():
+        extra = json.loads(conn.execute(sa.select(runs.c.extra).where(runs.c.run_id == run_id)).scalar_one())
+        health = extra.get("health", {})
+        lists = {"unhealthy": health.get("unhealthy", []), "unmatched": extra.get("unmatched", [])}
+        rows = [list_row(run_id, name, None, entries) for name, entries in lists.items() if entries]
+        conn.execute(sa.insert(run_lists_table), rows)
+        extra["unmatched"], extra["unmatched_keys"] = lists["unmatched"][:MAX_LISTED], len(lists["unmatched"])
+        if health:
+            extra["health"] = health | {"unhealthy": lists["unhealthy"][:MAX_LISTED],
+                                        "unhealthy_models": health.get("unhealthy_models", len(lists["unhealthy"]))}
+        conn.execute(sa.update(runs).where(runs.c.run_id == run_id).values(extra=json.dumps(extra)))
+
+
+#: version -> the step that upgrades a catalog from version - 1 to it; the module owning the tables a step
+#: changes may add it (v4: `fleetscore.catalog.incidents`, which the catalog package imports with its tables).
+STEPS: dict[int, Callable[[sa.Connection], None]] = {2: _add_task_node, 3: _move_run_lists}
 
 
 def schema_version(conn: sa.Connection, meta: sa.Table) -> int | None:

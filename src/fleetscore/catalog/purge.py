@@ -1,4 +1,4 @@
-"""Deleting catalog rows for retention (``fleetscore gc``): runs with their tasks and failures, window
+"""Deleting catalog rows for retention (``fleetscore gc``): runs with their tasks and per-model lists, window
 commits, and model versions (kept as rows marked ``deleted``, so a version id is never reused)."""
 
 from __future__ import annotations
@@ -7,7 +7,15 @@ from collections.abc import Iterable
 
 import sqlalchemy as sa
 
-from fleetscore.catalog.sql import Catalog, commits_table, failures_table, runs_table, tasks_table, versions_table
+from fleetscore.catalog.sql import (
+    Catalog,
+    commits_table,
+    failures_table,
+    run_lists_table,
+    runs_table,
+    tasks_table,
+    versions_table,
+)
 
 #: Status of a model version whose files retention removed.
 DELETED = "deleted"
@@ -20,10 +28,11 @@ def _chunks(items: list[str]) -> Iterable[list[str]]:
 
 
 def delete_runs(catalog: Catalog, run_ids: Iterable[str]) -> None:
-    """Remove runs and their task records and model failures."""
+    """Remove runs and their task records, model failures and other per-model lists."""
     with catalog.engine.begin() as conn:
         for chunk in _chunks(list(run_ids)):
             conn.execute(sa.delete(failures_table).where(failures_table.c.run_id.in_(chunk)))
+            conn.execute(sa.delete(run_lists_table).where(run_lists_table.c.run_id.in_(chunk)))
             conn.execute(sa.delete(tasks_table).where(tasks_table.c.run_id.in_(chunk)))
             conn.execute(sa.delete(runs_table).where(runs_table.c.run_id.in_(chunk)))
 

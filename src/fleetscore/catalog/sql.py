@@ -4,6 +4,11 @@ The schema is created on first use and upgraded by :mod:`fleetscore.catalog.migr
 one transaction, and rows that several processes may write (runs, tasks, window commits, the released
 version) are upserts, so concurrent runs and workers update their own rows safely.
 
+A run's per-model lists (`fleetscore.core.runs.RUN_LISTS`) are saved with each task's record: failed
+models in ``model_failures`` (a row each), unhealthy models and keys without a model in ``run_lists``
+(a row per task and list, :mod:`fleetscore.catalog.runlists`); the run record holds only the first of
+each and the totals, so it stays small.
+
 Reading runs (or versions) first marks those whose process died ``abandoned``: a queued or running
 run that no live lease holds (:mod:`fleetscore.catalog.leases`), and a version still ``training``
 whose trainer's lease expired. One conditional UPDATE each, so a run that finishes meanwhile keeps
@@ -13,23 +18,25 @@ its own status.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 
-from fleetscore.catalog.dialect import transaction_lock, upsert
+from fleetscore.catalog.dialect import code_point_order, transaction_lock, upsert
 from fleetscore.catalog.migrate import upgrade
+from fleetscore.catalog.runlists import list_row
+from fleetscore.catalog.runlists import run_lists_table as _run_lists
 from fleetscore.clock import Clock, wall_clock
-from fleetscore.core.runs import ACTIVE_STATUSES, ModelFailure, RunRecord, RunStatus, TaskRecord
+from fleetscore.core.runs import ACTIVE_STATUSES, MAX_LISTED, RUN_LISTS, ModelFailure, RunRecord, RunStatus, TaskRecord
 from fleetscore.core.times import iso, iso_us, parse_time
-from fleetscore.errors import ConfigError, NotFoundError, StorageError
+from fleetscore.errors import ConfigError, InputError, NotFoundError, StorageError
 from fleetscore.redact import redact
 
 #: Version of the tables' shape; :mod:`fleetscore.catalog.migrate` upgrades older catalogs to it.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 4
 metadata = sa.MetaData()
 
 meta_table = sa.Table(
@@ -111,6 +118,7 @@ failures_table = sa.Table(
     sa.Column("sensor", sa.String(300), nullable=False),
     sa.Column("reason", sa.Text, nullable=False),
 )
+run_lists_table = _run_lists.to_metadata(metadata)
 commits_table = sa.Table(
     "window_commits",
     metadata,
@@ -343,6 +351,45 @@ class Catalog:
                 sa.select(failures_table).where(failures_table.c.run_id == run_id).order_by(failures_table.c.id).limit(limit)
             ).mappings().all()
         return [ModelFailure(r["device"], r["sensor"], r["reason"], r["task"]) for r in rows]
+
+    def save_task_result(self, record: TaskRecord, failures: Iterable[ModelFailure],
+                         listed: Mapping[str, Iterable[dict[str, Any]]]) -> None:
+        """Save a task's final record with its failed models and its entries of the run's other lists (``listed``:
+        ``unhealthy``, ``unmatched``), replacing all that earlier attempts of the task wrote; one transaction."""
+        run_id, task = record.run_id, record.task
+        f, k = failures_table, run_lists_table
+        with self.engine.begin() as conn:
+            conn.execute(sa.delete(f).where((f.c.run_id == run_id) & (f.c.task == task)))
+            conn.execute(sa.delete(k).where((k.c.run_id == run_id) & (k.c.task == task)))
+            rows = [dict(run_id=run_id, task=task, device=x.device, sensor=x.sensor, reason=x.reason) for x in failures]
+            if rows:
+                conn.execute(sa.insert(f), rows)
+            lists = [list_row(run_id, name, task, entries) for name, entries in listed.items()]
+            if lists := [r for r in lists if r["total"]]:
+                conn.execute(sa.insert(k), lists)
+            upsert(conn, tasks_table, [record.as_dict()])
+
+    def run_list(self, run_id: str, name: str, limit: int | None = None, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
+        """Entries ``offset`` .. ``offset + limit`` (None: to the end) of one of a run's `RUN_LISTS`, in key order
+        (device, sensor by code point), and how many the list holds. Within the first `MAX_LISTED`, only each
+        task's first entries are read."""
+        if name not in RUN_LISTS:
+            raise InputError(f"a run's lists are {', '.join(RUN_LISTS)}; got {name[:40]!r}")
+        end = None if limit is None else offset + limit
+        if name == "failures":
+            f = failures_table
+            order = [*code_point_order(self.engine.dialect.name, f.c.device, f.c.sensor), f.c.id]
+            with self.engine.connect() as conn:
+                total = conn.execute(sa.select(sa.func.count()).select_from(f).where(f.c.run_id == run_id)).scalar_one()
+                rows = conn.execute(sa.select(f).where(f.c.run_id == run_id).order_by(*order).offset(offset)
+                                    .limit(limit)).mappings().all()
+            return [ModelFailure(r["device"], r["sensor"], r["reason"], r["task"]).__dict__ for r in rows], total
+        k = run_lists_table
+        part = k.c.head if end is not None and end <= MAX_LISTED else k.c.entries
+        with self.engine.connect() as conn:
+            parts = conn.execute(sa.select(k.c.total, part).where((k.c.run_id == run_id) & (k.c.list_name == name))).all()
+        merged = sorted((e for _, text in parts for e in json.loads(text)), key=lambda e: (e["device"], e["sensor"]))
+        return merged[offset:end], sum(n for n, _ in parts)
 
     def commit_window(self, window_from: int, window_to: int, run_id: str) -> None:
         """Record ``run_id`` as the run whose predictions the window [window_from, window_to) (µs) holds."""

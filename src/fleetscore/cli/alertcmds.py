@@ -1,11 +1,10 @@
 """Alerting commands: the ``alerts`` group (rules, test, deliver, silence add|list|remove, dead-letters list|retry)."""
 
-from __future__ import annotations
-
 from typing import Annotated, Any
 
 import typer
 
+from fleetscore.cli.groups import Group
 from fleetscore.cli.output import EXIT_FAILURE, HomeOpt, JsonOpt, emit, handle_errors, open_fleet, table
 
 alerts = typer.Typer(help="Alert rules and receivers (fleetscore.toml), silences, delivery and dead letters.",
@@ -13,8 +12,8 @@ alerts = typer.Typer(help="Alert rules and receivers (fleetscore.toml), silences
 silence = typer.Typer(help="Silences and maintenance windows: matching incidents notify nobody.", no_args_is_help=True)
 dead_letters = typer.Typer(help="Notifications whose receiver kept failing: list them, send them again.",
                            no_args_is_help=True)
-alerts.add_typer(silence, name="silence")
-alerts.add_typer(dead_letters, name="dead-letters")
+alerts.add_typer(silence, name="silence", cls=Group)
+alerts.add_typer(dead_letters, name="dead-letters", cls=Group)
 
 RULE_COLUMNS = ["name", "device", "sensor", "min_severity", "min_duration_s", "min_flags", "trigger_window_s",
                 "recovery_window_s", "receivers"]

@@ -4,8 +4,6 @@ Every command upgrades an older catalog when it opens it; ``catalog upgrade`` do
 cluster can upgrade its shared catalog in one step (a Job) before rolling out the new version.
 """
 
-from __future__ import annotations
-
 from typing import Any
 
 import typer

@@ -1,7 +1,5 @@
 """Data commands: simulate, import, readings, and the ``quarantine`` group."""
 
-from __future__ import annotations
-
 from datetime import UTC
 from pathlib import Path
 from typing import Annotated, Any

@@ -4,8 +4,6 @@ The demo simulates a fleet, imports it, trains, scores each hour as the schedule
 evaluates the predictions against the simulator's labels, all through the public `Fleet` API.
 """
 
-from __future__ import annotations
-
 import shutil
 import time
 from collections.abc import Callable
@@ -17,7 +15,6 @@ import typer
 
 from fleetscore.cli.evalcmds import KIND_COLUMNS, fmt_ratio, quality_rows
 from fleetscore.cli.output import HomeOpt, JsonOpt, WorkersOpt, console, emit, handle_errors, table
-from fleetscore.config import CONFIG_FILE
 from fleetscore.errors import InputError
 
 commands = typer.Typer()
@@ -34,6 +31,8 @@ def _peak(incident: Any) -> float:
 
 def prepare_home(home: Path) -> None:
     """Use an empty (or earlier demo's) home; refuse to touch a home that holds other data."""
+    from fleetscore.config import CONFIG_FILE
+
     if home.exists() and any(home.iterdir()):
         if not (home / DEMO_MARKER).exists():
             raise InputError(f"home {home} already holds data; run the demo with --home pointing to a new folder")

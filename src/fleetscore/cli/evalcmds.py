@@ -1,7 +1,5 @@
 """Detection quality: ``evaluate`` a run against labels or operators' marks (and the per-kind rows the demo prints too)."""
 
-from __future__ import annotations
-
 from pathlib import Path
 from typing import Annotated, Any
 

@@ -1,7 +1,5 @@
 """Incident commands: the ``incidents`` group (list, show, ack, mark)."""
 
-from __future__ import annotations
-
 from typing import Annotated, Any
 
 import typer

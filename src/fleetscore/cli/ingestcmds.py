@@ -1,8 +1,6 @@
 """Streaming commands: ``serve`` (HTTP ingest + dashboard), ``compact``, ``windows`` and the ``ingest`` group
 (mqtt, kafka, nats, status)."""
 
-from __future__ import annotations
-
 from pathlib import Path
 from typing import Annotated, Any
 

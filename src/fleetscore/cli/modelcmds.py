@@ -1,7 +1,5 @@
 """Model commands: train, and the ``models`` group (versions, list, show, release, import-sklearn, health, adjust)."""
 
-from __future__ import annotations
-
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -142,18 +140,24 @@ def health(
     min_false_marks: Annotated[int, typer.Option(
         "--min-false-marks", help="List the released version's models with at least this many incidents marked false.",
         min=1, max=1_000_000)] = 2,
+    limit: Annotated[int | None, typer.Option(help="List at most this many unhealthy models (default: all).",
+                                              min=1)] = None,
+    offset: Annotated[int, typer.Option(help="Skip this many unhealthy models first (key order).", min=0)] = 0,
     home: HomeOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Models that runs marked unhealthy (flagging far more than calibrated; retrain with train --only-unhealthy),
-    and models whose incidents operators marked false, each with a suggested command."""
-    report = open_fleet(home).health(run, last, min_false_marks)
+    """Models that runs marked unhealthy (flagging far more than calibrated; retrain with train --only-unhealthy):
+    all of them, in key order, or a page with --limit/--offset; and models whose incidents operators marked false,
+    each with a suggested command."""
+    report = open_fleet(home).health(run, last, min_false_marks, limit, offset)
 
     def cell(u: dict[str, Any], k: str) -> Any:
         return ", ".join(u["sensors"]) if k == "sensor" and u.get("sensors") else u.get(k)  # a device model: once
 
     def human(c: Any) -> None:
-        c.print(table(f"{len(report['unhealthy'])} unhealthy model(s) in {len(report['runs'])} run(s)", HEALTH_COLUMNS,
+        shown, total = len(report["unhealthy"]), report["unhealthy_models"]
+        page = "" if shown == total else f", {shown} listed from number {offset + 1}"
+        c.print(table(f"{total} unhealthy model(s) in {len(report['runs'])} run(s){page}", HEALTH_COLUMNS,
                       [[cell(u, k) for k in HEALTH_COLUMNS] for u in report["unhealthy"]]))
         c.print(table(f"{len(report['false_alarms'])} model(s) with at least {min_false_marks} incidents marked false",
                       FALSE_ALARM_COLUMNS, [[u[k] for k in FALSE_ALARM_COLUMNS] for u in report["false_alarms"]]))

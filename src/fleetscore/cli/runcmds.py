@@ -1,7 +1,5 @@
 """Scoring commands: ``score``, ``backfill``, ``predictions`` and the ``runs`` group (list, show, retry, cancel, logs)."""
 
-from __future__ import annotations
-
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -34,6 +32,10 @@ TASK_COLUMNS = [("task", "task"), ("shard", "shard"), ("status", "status"), ("mo
                 ("load", "load_models_s"), ("score", "score_s"), ("write", "write_s"), ("worker", "worker"),
                 ("tries", "attempts")]
 _HIDDEN_FIELDS = ("ts", "level", "event", "run_id", "traceback")
+#: A run's per-model lists in the human output: (title, columns).
+LISTS = {"failures": ("failed models", ["device", "sensor", "reason"]),
+         "unhealthy": ("unhealthy models", ["device", "sensor", "rows", "anomalies", "rate", "reason"]),
+         "unmatched": ("keys without a model", ["device", "sensor", "rows", "reason"])}
 
 
 def _task_cell(record: dict[str, object], field: str) -> object:
@@ -58,17 +60,36 @@ def score(
     fleet = open_fleet(home, executor=executor, ray_address=ray_address)
     with progress_bar(json_out, "scoring shards") as progress:
         run = fleet.score(start, end, version=version, workers=workers, on_progress=progress)
-    payload = run.as_dict()
+    payload, lists = run_payload(fleet, run)
 
     def human(c: Any) -> None:
         fields = RUN_COLUMNS + ["unmatched_rows", "error"]
         c.print(table(f"run {run.run_id}", ["field", "value"], [[k, payload[k]] for k in fields]))
-        if run.unmatched_rows:
-            c.print(f"{run.unmatched_rows:,} readings had no model (see `fleetscore runs show {run.run_id}`)")
+        for name, (_, total) in lists.items():
+            if total:
+                c.print(f"{total:,} {LISTS[name][0]}, all listed by: {payload['full_lists'][name]}")
 
     emit(json_out, payload, human)
     deliver_before_exit(fleet)
     exit_for(run.status.value)
+
+
+def run_payload(fleet: Any, run: Any, everything: bool = False) -> tuple[dict[str, Any], dict[str, tuple[list[Any], int]]]:
+    """``run``'s record for output, with its failed models (``failures``) and, for each per-model list, its first
+    ``MAX_LISTED`` entries beside its total (``everything``: all entries) and where the full list is (``full_lists``).
+
+    Also returns {list name: (entries, total)}. The entries are read from the catalog, so a running run shows its
+    lists so far."""
+    from fleetscore.core.runs import MAX_LISTED, RUN_LISTS, full_lists
+
+    pages = {name: fleet.run_list(run.run_id, name, None if everything else MAX_LISTED) for name in RUN_LISTS}
+    lists = {name: (page.items, page.total) for name, page in pages.items()}
+    payload = run.as_dict()
+    payload["extra"] = payload["extra"] | {
+        "unmatched": pages["unmatched"].items, "unmatched_keys": pages["unmatched"].total,
+        "health": payload["extra"].get("health", {}) | {"unhealthy": pages["unhealthy"].items,
+                                                        "unhealthy_models": pages["unhealthy"].total}}
+    return payload | {"failures": pages["failures"].items, "full_lists": full_lists(run.run_id)}, lists
 
 
 def deliver_before_exit(fleet: Any) -> None:
@@ -158,30 +179,37 @@ def list_runs(
 @handle_errors
 def show(
     run_id: Annotated[str, typer.Argument(help="Run id.")],
+    everything: Annotated[bool, typer.Option(
+        "--all", help="List every failed model, unhealthy model and key without a model (default: the first 20 of "
+                      "each, beside its total).")] = False,
     home: HomeOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Show one run: its record, per-task timings and the models that failed, with reasons.
+    """Show one run: its record, per-task timings, and its failed models (with reasons), unhealthy models and keys
+    without a model: the first 20 of each beside its total, or all with --all.
 
     Exits like ``score`` for the run's status: 1 when it failed or was abandoned (its process died), 3 when partial.
     """
-    run, tasks, failures = open_fleet(home).run(run_id)
-    payload = run.as_dict() | {"tasks": [t.as_dict() for t in tasks], "failures": [f.__dict__ for f in failures]}
+    fleet = open_fleet(home)
+    run, tasks, _ = fleet.run(run_id)
+    listed, lists = run_payload(fleet, run, everything)
+    payload = listed | {"tasks": [t.as_dict() for t in tasks]}
 
     def human(c: Any) -> None:
         c.print(table(f"run {run.run_id}", ["field", "value"],
-                      [[k, v] for k, v in payload.items() if k not in ("tasks", "failures", "extra")]))
+                      [[k, v] for k, v in payload.items() if k not in ("tasks", "failures", "extra", "full_lists")]))
         records = [t.as_dict() for t in tasks]
         c.print(table("tasks (times in ms: wall, load data, load models, score, write)", [h for h, _ in TASK_COLUMNS],
                       [[_task_cell(r, f) for _, f in TASK_COLUMNS] for r in records]))
         if any(t.error for t in tasks):  # tracebacks: `runs logs RUN --task T`
             c.print(table("task errors", ["task", "error"], [[t.task, t.error] for t in tasks if t.error]))
-        if failures:
-            c.print(table("failed models", ["device", "sensor", "reason"],
-                          [[f.device, f.sensor, f.reason] for f in failures[:50]]))
-        if run.extra.get("unmatched"):
-            c.print(table("readings without a model", ["device", "sensor", "rows", "reason"],
-                          [[u["device"], u["sensor"], u["rows"], u["reason"]] for u in run.extra["unmatched"]]))
+        for name, (items, total) in lists.items():
+            if not total:
+                continue
+            title, columns = LISTS[name]
+            c.print(table(f"{title}: {len(items):,} of {total:,}", columns, [[e.get(k) for k in columns] for e in items]))
+            if len(items) < total:
+                c.print(f"all {total:,} {title}: {payload['full_lists'][name]}")
 
     emit(json_out, payload, human)
     exit_for(run.status.value)

@@ -1,7 +1,5 @@
 """Scheduling commands: the ``schedule`` group (add, list, windows, pause, resume, remove), ``scheduler`` and ``gc``."""
 
-from __future__ import annotations
-
 from typing import Annotated, Any
 
 import typer

@@ -54,6 +54,7 @@ ENV_KEYS: dict[str, tuple[str, str, Parser]] = {
     "RAY_ADDRESS": ("executor", "ray_env_address", text),
     "FLEETSCORE_SHARD_MODELS": ("executor", "shard_models", whole),
     "FLEETSCORE_KERNEL": ("executor", "kernel", kernel_choice),
+    "FLEETSCORE_IN_PROCESS": ("executor", "in_process", text),
     "FLEETSCORE_TOKEN": ("web", "token", text),
     "FLEETSCORE_KAFKA_CONNECTION_STRING": ("kafka", "connection_string", text),
     "FLEETSCORE_KAFKA_USERNAME": ("kafka", "username", text),
@@ -68,7 +69,7 @@ ENV_KEYS: dict[str, tuple[str, str, Parser]] = {
 FLAGS: dict[str, tuple[str, str]] = {
     "storage_url": ("storage", "url"), "catalog_url": ("catalog", "url"),
     "executor": ("executor", "kind"), "workers": ("executor", "workers"), "ray_address": ("executor", "ray_address"),
-    "shard_models": ("executor", "shard_models"),
+    "shard_models": ("executor", "shard_models"), "in_process": ("executor", "in_process"),
     "kind": ("train", "kind"), "features": ("train", "features"), "nu": ("train", "nu"), "gamma": ("train", "gamma"),
     "alarm_rate": ("train", "alarm_rate"),
 }

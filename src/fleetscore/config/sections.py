@@ -19,6 +19,8 @@ EXECUTORS = ("local", "ray")
 #: Scoring kernel of ocsvm models: numba when installed (``auto``), or forced.
 DEFAULT_KERNEL = "auto"
 KERNELS = ("auto", "numba", "numpy")
+#: Whether a local run's tasks may run in the driver process: by the planned cost (``auto``), or always, or never.
+IN_PROCESS = ("auto", "always", "never")
 #: Scoring cost (rows × support vectors) a shard aims for when training plans its shards.
 DEFAULT_SHARD_MODELS = 2000
 #: nu / gamma unset (None): chosen per model unless pinned; see fleetscore.services.tuning for "auto".
@@ -72,10 +74,11 @@ class ExecutorSettings:
     ray_env_address: str | None = None
     shard_models: int = DEFAULT_SHARD_MODELS
     kernel: str = DEFAULT_KERNEL
+    in_process: str = "auto"
 
     KEYS: ClassVar[dict[str, tuple[str, Parser]]] = {
         "kind": ("kind", text), "workers": ("workers", whole), "ray_address": ("ray_address", text),
-        "shard_models": ("shard_models", whole), "kernel": ("kernel", kernel_choice)}
+        "shard_models": ("shard_models", whole), "kernel": ("kernel", kernel_choice), "in_process": ("in_process", text)}
 
     def checked(self, where: str) -> ExecutorSettings:
         if self.kind not in EXECUTORS:
@@ -84,6 +87,8 @@ class ExecutorSettings:
         check_range(where, "shard_models", self.shard_models, 1, 1_000_000)
         if self.kernel not in KERNELS:
             raise ConfigError(f"{where}: kernel must be one of {', '.join(KERNELS)}, got {self.kernel!r}")
+        if self.in_process not in IN_PROCESS:
+            raise ConfigError(f"{where}: in_process must be one of {', '.join(IN_PROCESS)}, got {self.in_process!r}")
         return self
 
 

@@ -4,7 +4,8 @@ A calibrated model alarms on about ``expected`` (its alarm rate, e.g. 1e-4) of n
 anomaly lasts a few readings, so within one run a healthy model flags a handful of rows at most; a
 model that flags a large share of them (``UNHEALTHY_RATE``) has gone bad: its sensor moved to a new
 normal (drift, recalibration, replaced hardware) or the model was trained on the wrong data. Such a
-model is listed in the run record and can be retrained on its own (``train --only-unhealthy``).
+model is counted and listed with the run (`fleetscore.core.runs.RUN_LISTS`) and can be retrained on its
+own (``train --only-unhealthy``).
 
 Operators' feedback is the other sign: a model whose incidents operators marked ``false`` at least
 `FALSE_MARKS` times while its version scored (`false_alarms`) is listed with a suggested action:
@@ -29,8 +30,6 @@ from fleetscore.core.calibrate import DEFAULT_ALARM_RATE
 UNHEALTHY_RATE = 0.25
 #: ... when it scored at least this many rows in the run (fewer says too little).
 MIN_ROWS = 20
-#: At most this many unhealthy models are listed per run (all are counted).
-MAX_LISTED = 1000
 #: A model whose incidents were marked false this often (while its version scored) is listed with an action.
 FALSE_MARKS = 2
 #: Raising a threshold suggests an alarm rate this many times below the model's current one (or the default rate).

@@ -3,14 +3,19 @@
 An incident belongs to one device and spans its flags on any of its sensors that lie within the
 merge gap of each other. This module holds the value types every face and service shares and the
 rules, as pure functions over arrays and these values: flags grouped into fragments
-(:func:`group_flags`), fragments of several windows merged (:func:`merge_fragments`), the groups
-reconciled with the stored incidents so ids, acknowledgements and marks stay (:func:`reconcile`),
-the quiet-period status (:func:`status_of`), and incidents matched to labelled events
-(:func:`labelled_events`, :func:`match_events`). Ids come from the caller: no randomness, no clock.
+(:func:`group_flags`, a :data:`FRAGMENTS` table), fragments of several windows merged
+(:func:`merge_fragments`), the groups reconciled with the stored incidents so ids,
+acknowledgements and marks stay (:func:`reconcile` on values; on columns its two common cases:
+devices it would leave alone, :func:`settled`, and groups that continue nothing,
+:func:`new_incidents`), the quiet-period status (:func:`status_of`), and incidents matched to
+labelled events (:func:`labelled_events`, :func:`match_events`). Ids come from the caller: no
+randomness, no clock.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import math
 import statistics
 from collections.abc import Callable, Mapping, Sequence
@@ -118,6 +123,11 @@ class Incident:
 # ---- grouping flags ---------------------------------------------------------------------------
 #: Sampling interval assumed for a device whose interval is unknown and cannot be estimated (s).
 FALLBACK_INTERVAL_S = 60.0
+#: A fragments table: one row per (fragment, sensor), a fragment's rows consecutive, its sensors most flags first
+#: (then by name), fragments by device, then start. ``start_us`` / ``last_us`` are the fragment's; ``flags`` and
+#: ``severity`` (peak, null when none) the sensor's in it. Columns keep one window's part of the incidents small.
+FRAGMENTS = pa.schema([("device", pa.string()), ("start_us", pa.int64()), ("last_us", pa.int64()),
+                       ("sensor", pa.string()), ("flags", pa.int64()), ("severity", pa.float64())])
 
 
 @dataclass(frozen=True)
@@ -143,86 +153,175 @@ def device_interval_s(intervals: Sequence[float | None], ts_us: Sequence[int] = 
     return float(np.median(gaps)) / 1e6 if gaps.size else FALLBACK_INTERVAL_S
 
 
-def group_flags(ts_us: np.ndarray, device: pa.Array | Sequence[str], sensor: pa.Array | Sequence[str],
-                severity: np.ndarray, gap_us: Mapping[str, int]) -> list[Fragment]:
-    """Flagged readings (any order) grouped per device: consecutive flags merge while the gap between
-    them is at most the device's ``gap_us``. ``severity`` is NaN where a reading has none. Sorted by
-    device, then start."""
-    n = len(ts_us)
-    if n == 0:
-        return []
-    dev_names, dev_code = _codes(device)
-    sen_names, sen_code = _codes(sensor)
+def learned_intervals(device: pa.Array | pa.ChunkedArray, interval_s: pa.Array | pa.ChunkedArray,
+                      devices: Sequence[str]) -> dict[str, float]:
+    """:func:`device_interval_s` from learned intervals for many devices at once (a manifest's ``device`` and
+    ``interval_s`` columns, one row per model): the median per device of ``devices``, those without one left out."""
+    code = lookup(device, devices)
+    values = pc.fill_null(pc.cast(interval_s, pa.float64()), np.nan).to_numpy(zero_copy_only=False)
+    known = (code >= 0) & np.isfinite(values) & (values > 0)
+    code, values = code[known], values[known]
+    order = np.lexsort((values, code))
+    code, values = code[order], values[order]
+    counts = np.bincount(code, minlength=len(devices))
+    firsts = np.cumsum(counts) - counts
+    has = np.flatnonzero(counts)
+    lo, hi = firsts[has] + (counts[has] - 1) // 2, firsts[has] + counts[has] // 2
+    medians = (values[lo] + values[hi]) / 2
+    return {devices[d]: float(m) for d, m in zip(has.tolist(), medians.tolist())}
+
+
+def group_flags(ts_us: np.ndarray, device: pa.Array | pa.ChunkedArray | Sequence[str],
+                sensor: pa.Array | pa.ChunkedArray | Sequence[str], severity: np.ndarray,
+                gap_us: Mapping[str, int]) -> pa.Table:
+    """Flagged readings (any order) grouped per device into a :data:`FRAGMENTS` table: consecutive flags merge
+    while the gap between them is at most the device's ``gap_us``. ``severity`` is NaN where a reading has none."""
     ts = np.asarray(ts_us, dtype=np.int64)
-    order = np.lexsort((ts, dev_code))
-    ts, dev_code, sen_code = ts[order], dev_code[order], sen_code[order]
-    sev = np.asarray(severity, dtype=np.float64)[order]
-    gaps = np.array([gap_us[d] for d in dev_names], dtype=np.int64)[dev_code]
+    return _merge(_codes(device), ts, ts, _codes(sensor), np.ones(len(ts), dtype=np.int64),
+                  np.asarray(severity, dtype=np.float64), gap_us)
+
+
+def merge_fragments(parts: pa.Table, gap_us: Mapping[str, int]) -> pa.Table:
+    """Fragments (:data:`FRAGMENTS` rows, of several windows and devices, any order) merged per device where they
+    lie within the device's ``gap_us`` of each other."""
+    sev = pc.fill_null(pc.cast(parts.column("severity"), pa.float64()), np.nan)
+    return _merge(_codes(parts.column("device")), as_ints(parts.column("start_us")), as_ints(parts.column("last_us")),
+                  _codes(parts.column("sensor")), as_ints(parts.column("flags")),
+                  sev.to_numpy(zero_copy_only=False).astype(np.float64), gap_us)
+
+
+def fragments(table: pa.Table) -> list[Fragment]:
+    """A :data:`FRAGMENTS` table as values, in its order (for the devices whose incidents change)."""
+    if table.num_rows == 0:
+        return []
+    start, last = as_ints(table.column("start_us")), as_ints(table.column("last_us"))
+    device = table.column("device").to_pylist()
+    firsts = np.flatnonzero(_changes(_codes(table.column("device"))[1], start, last))
+    sensor, flags = table.column("sensor").to_pylist(), table.column("flags").to_pylist()
+    sev = pc.fill_null(table.column("severity"), np.nan).to_numpy(zero_copy_only=False)
+    ends = np.append(firsts[1:], table.num_rows)
+    peaks = np.fmax.reduceat(sev, firsts) if firsts.size else sev
+    totals = np.add.reduceat(as_ints(table.column("flags")), firsts)
+    return [Fragment(device[a], int(start[a]), int(last[a]), int(n), None if math.isnan(p) else float(p),
+                     _share_tuple(tuple(zip(sensor[a:b], flags[a:b]))))
+            for a, b, n, p in zip(firsts.tolist(), ends.tolist(), totals.tolist(), peaks.tolist())]
+
+
+def fragment_table(parts: Sequence[Fragment]) -> pa.Table:
+    """Fragment values as a :data:`FRAGMENTS` table (the inverse of :func:`fragments`); severity is each fragment's peak."""
+    rows = [(f, s) for f in parts for s in f.sensors]
+    return pa.table({"device": [f.device for f, _ in rows], "start_us": [f.start_us for f, _ in rows],
+                     "last_us": [f.last_us for f, _ in rows], "sensor": [s.sensor for _, s in rows],
+                     "flags": [s.flags for _, s in rows], "severity": [f.severity for f, _ in rows]}, schema=FRAGMENTS)
+
+
+def _merge(dev_codes: tuple[list[str], np.ndarray], start: np.ndarray, last: np.ndarray,
+           sen_codes: tuple[list[str], np.ndarray], flags: np.ndarray, sev: np.ndarray,
+           gap_us: Mapping[str, int]) -> pa.Table:
+    """The rows (device code, span, sensor code, flags, severity) grouped per device by the gap: a FRAGMENTS table."""
+    (dev_names, dev), (sen_names, sen) = dev_codes, sen_codes
+    n = len(start)
+    if n == 0:
+        return FRAGMENTS.empty_table()
+    order = _order(dev, start)  # codes follow the names' order: by device name, then start
+    dev, sen, start, last, flags, sev = dev[order], sen[order], start[order], last[order], flags[order], sev[order]
+    used = np.flatnonzero(np.bincount(dev, minlength=len(dev_names)))
+    gap_of = np.zeros(len(dev_names), dtype=np.int64)
+    gap_of[used] = [gap_us[dev_names[d]] for d in used.tolist()]
+    reach = _running_max(last, dev)
     new = np.ones(n, dtype=bool)
-    new[1:] = (dev_code[1:] != dev_code[:-1]) | (np.diff(ts) > gaps[1:])
-    starts = np.flatnonzero(new)
-    counts = np.diff(np.append(starts, n))
-    lasts = ts[np.append(starts[1:], n) - 1]
-    with np.errstate(invalid="ignore"):
-        peaks = np.fmax.reduceat(sev, starts)  # NaN only where a whole group has no severity
+    new[1:] = (dev[1:] != dev[:-1]) | (start[1:] - reach[:-1] > gap_of[dev[1:]])
+    firsts = np.flatnonzero(new)
+    group = np.cumsum(new) - 1
+    g_start, g_last, g_dev = start[firsts], np.maximum.reduceat(last, firsts), dev[firsts]
     width = len(sen_names)
-    uniq, per = np.unique((np.cumsum(new) - 1) * width + sen_code, return_counts=True)  # flags per (group, sensor)
-    shares: list[dict[str, int]] = [{} for _ in range(len(starts))]
-    for k, c in zip(uniq.tolist(), per.tolist()):
-        shares[k // width][sen_names[k % width]] = c
-    out = [Fragment(dev_names[d], a, last, c, None if math.isnan(p) else p, _shares(sh))
-           for d, a, last, c, p, sh in zip(dev_code[starts].tolist(), ts[starts].tolist(), lasts.tolist(),
-                                           counts.tolist(), peaks.tolist(), shares)]
-    return sorted(out, key=lambda f: (f.device, f.start_us))
+    key = group * width + sen  # one row per (fragment, sensor)
+    slots = len(firsts) * width
+    if slots <= max(4 * n, 1 << 22):  # few (fragment, sensor) slots: count into them, no sort
+        r_flags_all = np.bincount(key, weights=flags, minlength=slots).astype(np.int64)
+        keys = np.flatnonzero(np.bincount(key, minlength=slots))
+        peaks = np.full(slots, np.nan)
+        np.fmax.at(peaks, key, sev)
+        r_flags, r_sev = r_flags_all[keys], peaks[keys]
+    else:
+        by = np.argsort(key, kind="stable")
+        key = key[by]
+        edges = np.flatnonzero(np.append(True, key[1:] != key[:-1]))
+        keys, r_flags = key[edges], np.add.reduceat(flags[by], edges)
+        with np.errstate(invalid="ignore"):
+            r_sev = np.fmax.reduceat(sev[by], edges)  # NaN only where none of the sensor's flags has a severity
+    r_group, r_sen = keys // width, keys % width
+    out = np.lexsort((r_sen, -r_flags, r_group))  # a fragment's sensors: most flags first, then by name
+    r_group, r_sen, r_flags, r_sev = r_group[out], r_sen[out], r_flags[out], r_sev[out]
+    return pa.table({"device": pa.array(dev_names, pa.string()).take(pa.array(g_dev[r_group])),
+                     "start_us": pa.array(g_start[r_group]), "last_us": pa.array(g_last[r_group]),
+                     "sensor": pa.array(sen_names, pa.string()).take(pa.array(r_sen)),
+                     "flags": pa.array(r_flags), "severity": pa.array(r_sev, pa.float64(), mask=np.isnan(r_sev))},
+                    schema=FRAGMENTS)
+
+
+def _order(dev: np.ndarray, start: np.ndarray) -> np.ndarray:
+    """The order by device code, then start: one sort of a combined key where it fits in 63 bits."""
+    if not len(start):
+        return np.arange(0)
+    low, span = int(start.min()), int(start.max()) - int(start.min()) + 1
+    if (int(dev.max()) + 1) * span < 1 << 62:
+        return np.argsort(dev * span + (start - low), kind="stable")
+    return np.lexsort((start, dev))
+
+
+def _running_max(values: np.ndarray, segment: np.ndarray) -> np.ndarray:
+    """The running maximum of ``values`` within each run of equal ``segment`` codes (sorted by segment)."""
+    if not np.any((segment[1:] == segment[:-1]) & (values[1:] < values[:-1])):
+        return values  # already non-decreasing within each segment (flags, one window's fragments)
+    ranks, inverse = np.unique(values, return_inverse=True)
+    base = segment.astype(np.int64) * len(ranks)  # segments ascending: a later one's keys exceed every earlier one's
+    return ranks[np.maximum.accumulate(base + inverse) - base]
+
+
+def _changes(dev: np.ndarray, start: np.ndarray, last: np.ndarray) -> np.ndarray:
+    """Where a new fragment begins in a FRAGMENTS table's rows."""
+    new = np.ones(len(dev), dtype=bool)
+    new[1:] = (dev[1:] != dev[:-1]) | (start[1:] != start[:-1]) | (last[1:] != last[:-1])
+    return new
+
+
+def as_ints(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """An integer (or timestamp) column as int64 numbers."""
+    return np.asarray(pc.cast(values, pa.int64()).to_numpy(zero_copy_only=False), dtype=np.int64)
+
+
+def lookup(values: pa.Array | pa.ChunkedArray, names: Sequence[str]) -> np.ndarray:
+    """Each value's index in ``names`` (-1: not among them), one Python lookup per distinct value (Arrow's
+    ``is_in`` / ``index_in`` import pandas on first use: a third of a second of a short run)."""
+    distinct, codes = _codes(values)
+    index = {n: i for i, n in enumerate(names)}
+    found: np.ndarray = np.array([index.get(d, -1) for d in distinct], dtype=np.int64)[codes]
+    return found
 
 
 def _codes(values: pa.Array | pa.ChunkedArray | Sequence[str]) -> tuple[list[str], np.ndarray]:
-    """Distinct strings and each value's index among them (Arrow's dictionary encoding: no Python strings per row)."""
+    """Distinct strings, sorted, and each value's index among them (Arrow's dictionary encoding: no Python
+    strings per row; a dictionary-encoded column is used as it is)."""
     array = values if isinstance(values, (pa.Array, pa.ChunkedArray)) else pa.array(values, pa.string())
     if isinstance(array, pa.ChunkedArray):
-        array = array.combine_chunks()
-    if pa.types.is_dictionary(array.type):
-        array = array.cast(array.type.value_type)
-    encoded = pc.dictionary_encode(array)
-    return encoded.dictionary.to_pylist(), encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+        array = array.unify_dictionaries().combine_chunks() if pa.types.is_dictionary(array.type) \
+            else array.combine_chunks()
+    if not pa.types.is_dictionary(array.type):
+        array = pc.dictionary_encode(array)
+    names = array.dictionary.to_pylist()
+    indices = array.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    if len(set(names)) < len(names):  # a dictionary with repeats: encode its values afresh
+        return _codes(array.cast(array.type.value_type))
+    perm = sorted(range(len(names)), key=names.__getitem__)
+    rank = np.empty(len(names), dtype=np.int64)
+    rank[perm] = np.arange(len(names))
+    return [names[p] for p in perm], rank[indices]
 
 
-def merge_fragments(fragments: Sequence[Fragment], gap_us: int) -> list[Fragment]:
-    """One device's fragments (of several windows) merged where they lie within ``gap_us`` of each other."""
-    groups: list[list[Fragment]] = []
-    last = 0
-    for f in sorted(fragments, key=lambda f: (f.start_us, f.last_us)):
-        if groups and f.start_us - last <= gap_us:
-            groups[-1].append(f)
-            last = max(last, f.last_us)
-        else:
-            groups.append([f])
-            last = f.last_us
-    return [_combine(g) for g in groups]
-
-
-def _combine(parts: Sequence[Fragment]) -> Fragment:
-    if len(parts) == 1:
-        return parts[0]
-    counts: dict[str, int] = {}
-    for p in parts:
-        for s in p.sensors:
-            counts[s.sensor] = counts.get(s.sensor, 0) + s.flags
-    peaks = [p.severity for p in parts if p.severity is not None]
-    return Fragment(parts[0].device, min(p.start_us for p in parts), max(p.last_us for p in parts),
-                    sum(p.flags for p in parts), max(peaks) if peaks else None, _shares(counts))
-
-
-def _peak(severity: np.ndarray) -> float | None:
-    finite = severity[np.isfinite(severity)]
-    return float(finite.max()) if finite.size else None
-
-
-def _shares(counts: Mapping[str, int]) -> tuple[SensorShare, ...]:
-    """Sensors by their flags, most first (then by name)."""
-    if len(counts) == 1:
-        return tuple([SensorShare(s, int(n)) for s, n in counts.items()])
-    return tuple([SensorShare(s, int(n)) for s, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))])
+@functools.lru_cache(maxsize=65536)
+def _share_tuple(pairs: tuple[tuple[str, int], ...]) -> tuple[SensorShare, ...]:
+    return tuple([SensorShare(s, int(n)) for s, n in pairs])
 
 
 # ---- incidents from groups --------------------------------------------------------------------
@@ -284,6 +383,96 @@ def reconcile(groups: Sequence[Fragment], existing: Sequence[Incident], rules: R
             changed.append(e.with_changes(status=SUPERSEDED, superseded_by=tuple(ids[i] for i in links_e[j]),
                                           resolved_us=None, updated_us=now_us))
     return changed
+
+
+def settled(groups: pa.Table, existing: pa.Table, rules: Mapping[str, Rules]) -> set[str]:
+    """Devices of ``rules`` whose incidents :func:`reconcile` would leave as they are: its fast path, on columns.
+
+    ``groups``: a :data:`FRAGMENTS` table of the devices' regrouped flags; ``existing``: their stored incidents
+    (``device, start_us, last_us, flags, severity, sensors`` (:func:`sensors_text`), ``status, resolved_us,
+    interval_s, acknowledged_by``). A device is settled when its groups and incidents pair up one to one,
+    each pair equal in everything reconcile sets; the others need :func:`reconcile` on values."""
+    names = sorted(rules)
+    if not names:
+        return set()
+    g_start, g_last = as_ints(groups.column("start_us")), as_ints(groups.column("last_us"))
+    g_dev = lookup(groups.column("device"), names)
+    firsts = np.flatnonzero(_changes(g_dev, g_start, g_last))
+    g_dev = g_dev[firsts]
+    g_flags = np.add.reduceat(as_ints(groups.column("flags")), firsts) if firsts.size else firsts
+    sev = pc.fill_null(groups.column("severity"), np.nan).to_numpy(zero_copy_only=False)
+    with np.errstate(invalid="ignore"):
+        g_sev = np.fmax.reduceat(sev, firsts) if firsts.size else sev[:0]
+    g_text = sensors_text(groups).to_numpy(zero_copy_only=False)
+    g_start, g_last = g_start[firsts], g_last[firsts]
+    e_dev = lookup(existing.column("device"), names)
+    order = np.lexsort((as_ints(existing.column("start_us")), e_dev))
+    existing, e_dev = existing.take(pa.array(order, pa.int64())), e_dev[order]
+    count_g = np.bincount(g_dev, minlength=len(names))
+    count_e = np.bincount(e_dev, minlength=len(names))
+    pairs = (count_g == count_e)[g_dev]  # groups sort by device then start, and so do the incidents: pair them in order
+    keep_e = (count_g == count_e)[e_dev]
+    e = existing.filter(pa.array(keep_e))
+    g = np.flatnonzero(pairs)
+    acked = pc.is_valid(e.column("acknowledged_by")).to_numpy(zero_copy_only=False)
+    status, resolved, interval = _statuses(g_last[g], acked, [rules[names[d]] for d in g_dev[g].tolist()])
+    e_sev = pc.fill_null(pc.cast(e.column("severity"), pa.float64()), np.nan).to_numpy(zero_copy_only=False)
+    same = ((as_ints(e.column("start_us")) == g_start[g]) & (as_ints(e.column("last_us")) == g_last[g])
+            & (as_ints(e.column("flags")) == g_flags[g])
+            & ((e_sev == g_sev[g]) | (np.isnan(e_sev) & np.isnan(g_sev[g])))
+            & (e.column("sensors").to_numpy(zero_copy_only=False) == g_text[g])
+            & (e.column("status").to_numpy(zero_copy_only=False) == status)
+            & (as_ints(pc.fill_null(e.column("resolved_us"), -1)) == resolved)
+            & (e.column("interval_s").to_numpy(zero_copy_only=False) == interval))
+    differs = np.bincount(g_dev[g][~same], minlength=len(names)) > 0
+    return {names[d] for d in np.flatnonzero((count_g == count_e) & ~differs).tolist()}
+
+
+def new_incidents(groups: pa.Table, rules: Mapping[str, Rules], new_ids: Callable[[int], Sequence[str]],
+                  now_us: int) -> pa.Table:
+    """Groups (a :data:`FRAGMENTS` table) that continue no incident, as new incidents named by ``new_ids(count)``,
+    in columns: what :func:`reconcile` makes of them, without a value per incident. ``sensors`` is
+    :func:`sensors_text`; acknowledgement and supersession are left out (none)."""
+    start, last = as_ints(groups.column("start_us")), as_ints(groups.column("last_us"))
+    firsts = np.flatnonzero(_changes(_codes(groups.column("device"))[1], start, last))
+    device = groups.column("device").take(pa.array(firsts, pa.int64()))
+    sev = pc.fill_null(groups.column("severity"), np.nan).to_numpy(zero_copy_only=False)
+    with np.errstate(invalid="ignore"):
+        peaks = np.fmax.reduceat(sev, firsts) if firsts.size else sev
+    flags = np.add.reduceat(as_ints(groups.column("flags")), firsts) if firsts.size else firsts
+    names, code = _codes(device)
+    status, resolved, interval = _statuses(last[firsts], np.zeros(len(firsts), dtype=bool),
+                                           [rules[names[d]] for d in code.tolist()])
+    return pa.table({"id": pa.array(new_ids(len(firsts)), pa.string()), "device": device, "start_us": start[firsts],
+                     "last_us": last[firsts], "status": pa.array(status, pa.string()),
+                     "severity": pa.array(peaks, pa.float64(), mask=np.isnan(peaks)), "flags": flags,
+                     "sensors": sensors_text(groups), "interval_s": interval,
+                     "updated_us": np.full(len(firsts), now_us, dtype=np.int64),
+                     "resolved_us": pa.array(resolved, pa.int64(), mask=resolved < 0)})
+
+
+def _statuses(last_us: np.ndarray, acknowledged: np.ndarray, rules: Sequence[Rules]) -> tuple[np.ndarray, ...]:
+    """:func:`status_of` on arrays (``rules``: each incident's): status, resolved time (-1: none) and interval."""
+    quiet_us = np.array([r.quiet_us for r in rules], dtype=np.int64)
+    horizon = np.array([r.horizon_us for r in rules], dtype=np.int64)
+    quiet = last_us + quiet_us <= horizon
+    status = np.where(quiet, RESOLVED, np.where(acknowledged, ACKNOWLEDGED, OPEN))
+    return status, np.where(quiet, last_us + quiet_us, -1), np.array([r.interval_s for r in rules], dtype=np.float64)
+
+
+def sensors_text(fragments: pa.Table) -> pa.Array:
+    """Each fragment's sensors as JSON ``[[sensor, flags], ...]`` (most flags first), what the catalog keeps of an
+    incident's: equal texts are equal shares, compared without decoding them."""
+    if fragments.num_rows == 0:
+        return pa.array([], pa.string())
+    names, code = _codes(fragments.column("sensor"))
+    quoted = pa.array([json.dumps(n) for n in names], pa.string()).take(pa.array(code))
+    counts = pc.cast(fragments.column("flags").combine_chunks(), pa.string())
+    rows = pc.binary_join_element_wise("[", quoted, ", ", counts, "]", "")
+    firsts = np.flatnonzero(_changes(_codes(fragments.column("device"))[1], as_ints(fragments.column("start_us")),
+                                     as_ints(fragments.column("last_us"))))
+    lists = pa.ListArray.from_arrays(pa.array(np.append(firsts, fragments.num_rows), pa.int32()), rows)
+    return pc.binary_join_element_wise("[", pc.binary_join(lists, ", "), "]", "")
 
 
 def refresh_status(incident: Incident, rules: Rules, now_us: int) -> Incident | None:

@@ -407,6 +407,14 @@ def _numba_kernel() -> Callable[..., None] | None:
     return numba.njit(cache=True, nogil=True, fastmath=False, error_model="numpy")(_decision_loop)
 
 
+def numba_kernel_loaded() -> bool:
+    """The numba kernel is compiled or loaded from its cache in this process already: calling it costs no start-up."""
+    if _numba_kernel.cache_info().currsize == 0:
+        return False
+    kernel = _numba_kernel()
+    return kernel is not None and bool(getattr(kernel, "signatures", ()))
+
+
 #: Kernel used when the caller does not choose: numba where it is installed, else numpy.
 DEFAULT_KERNEL = "auto"
 

@@ -39,6 +39,12 @@ ACTIVE_STATUSES = frozenset({RunStatus.QUEUED, RunStatus.RUNNING})
 #: Finished statuses a command reporting the run exits 1 for: nothing, or not everything, was scored.
 FAILED_STATUSES = frozenset({RunStatus.FAILED, RunStatus.ABANDONED})
 
+#: A run's per-model lists: models that failed, models flagging far more than calibrated (`fleetscore.core.health`),
+#: and keys whose readings had no model. The catalog keeps every entry; a run record and a command's output list
+#: at most `MAX_LISTED` of each, in key order, beside the list's total.
+RUN_LISTS = ("failures", "unhealthy", "unmatched")
+MAX_LISTED = 20
+
 
 @dataclass(frozen=True)
 class ModelFailure:
@@ -113,6 +119,27 @@ class RunRecord:
         for name in ("created_at", "started_at", "finished_at"):
             out[name] = None if out[name] is None else iso_us(out[name])
         return out
+
+
+@dataclass(frozen=True)
+class ListPage:
+    """Entries ``offset`` .. ``offset + len(items)`` of one of a run's `RUN_LISTS` (in key order), and its ``total``."""
+
+    run_id: str
+    name: str
+    total: int
+    offset: int
+    items: list[dict[str, Any]]
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def full_lists(run_id: str) -> dict[str, str]:
+    """Where each of run ``run_id``'s per-model lists is in full: a command, and the API route that pages it."""
+    where = {"failures": f"fleetscore runs show {run_id} --all", "unhealthy": f"fleetscore models health --run {run_id}",
+             "unmatched": f"fleetscore runs show {run_id} --all"}
+    return {name: f"{command} (API: /api/runs/{run_id}/{name}?limit=&offset=)" for name, command in where.items()}
 
 
 def run_status(scored_models: int, failed_models: int, failed_tasks: int) -> RunStatus:

@@ -30,11 +30,46 @@ class TaskError:
 
 
 class Executor(Protocol):
-    """Runs ``fn(spec)`` for every spec; yields ``(index, result or TaskError)`` in completion order."""
+    """Runs ``fn(spec)`` for every spec; yields ``(index, result or TaskError)`` in completion order.
+
+    ``can_inline``: a run may instead execute its tasks in the driver (`run_inline`) when that is cheaper
+    (local executors; a Ray cluster keeps every task); ``warm``: workers are running now, no start-up to pay.
+    """
 
     name: str
     workers: int
+    can_inline: bool
+
+    @property
+    def warm(self) -> bool: ...
 
     def map(self, fn: Callable[[Any], Any], specs: Sequence[Any]) -> Iterator[tuple[int, Any]]: ...
 
     def close(self) -> None: ...
+
+
+def run_inline(fn: Callable[[Any], Any], specs: Sequence[Any]) -> Iterator[tuple[int, Any]]:
+    """Run the tasks one after another in this process, as an executor would report them."""
+    for i, spec in enumerate(specs):
+        try:
+            yield i, fn(spec)
+        except Exception as exc:  # noqa: BLE001 - a task's failure is data for the run record
+            yield i, TaskError.from_exception(exc)
+
+
+class Inline:
+    """Runs every task in this process: what a run uses instead of its executor when a pool would cost
+    more than the work (`fleetscore.core.execution`); reports the executor's ``name``."""
+
+    workers = 1
+    can_inline = True
+    warm = True
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def map(self, fn: Callable[[Any], Any], specs: Sequence[Any]) -> Iterator[tuple[int, Any]]:
+        return run_inline(fn, specs)
+
+    def close(self) -> None:
+        """Nothing to stop."""

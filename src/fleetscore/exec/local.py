@@ -19,7 +19,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from fleetscore.credentials import call_with_credentials, credential_env
-from fleetscore.exec.base import TaskError
+from fleetscore.exec.base import TaskError, run_inline
 
 #: Exit status of a worker that ended because its driver was gone.
 DRIVER_GONE_EXIT = 70
@@ -47,6 +47,7 @@ class LocalExecutor:
     """A process pool of ``workers`` processes, started on first use and reused until closed."""
 
     name = "local"
+    can_inline = True
 
     def __init__(self, workers: int, preload: tuple[str, ...] = ()) -> None:
         self.workers = max(1, int(workers))
@@ -55,13 +56,14 @@ class LocalExecutor:
         self._pool: ProcessPoolExecutor | None = None
         self._lifeline: tuple[Connection, Connection] | None = None  # (read end for workers, write end)
 
+    @property
+    def warm(self) -> bool:
+        """The pool is running (started by an earlier map and not broken): a run pays no start-up."""
+        return self._pool is not None and not self._pool._broken  # noqa: SLF001
+
     def map(self, fn: Callable[[Any], Any], specs: Sequence[Any]) -> Iterator[tuple[int, Any]]:
         if self.workers == 1 or len(specs) <= 1:
-            for i, spec in enumerate(specs):
-                try:
-                    yield i, fn(spec)
-                except Exception as exc:  # noqa: BLE001 - a task's failure is data for the run record
-                    yield i, TaskError.from_exception(exc)
+            yield from run_inline(fn, specs)
             return
         env = credential_env()  # the fork server keeps the environment it started with
         pending: dict[Future[Any], int] = {}

@@ -43,6 +43,7 @@ class RayExecutor:
     """Runs tasks on a Ray cluster (``address``), or on the local Ray instance when there is none."""
 
     name = "ray"
+    can_inline = False  # a run on a cluster keeps its tasks there (storage may not even be reachable here)
 
     def __init__(self, workers: int, address: str | None = None, max_retries: int = DEFAULT_MAX_RETRIES, *,
                  env_address: str | None = None) -> None:
@@ -53,6 +54,11 @@ class RayExecutor:
         self.max_retries = max(0, int(max_retries))
         self._task: Any = None
         self._env: Any = None
+
+    @property
+    def warm(self) -> bool:
+        """Connected to the cluster (its workers start warm on their own)."""
+        return self._task is not None
 
     def map(self, fn: Callable[[Any], Any], specs: Sequence[Any]) -> Iterator[tuple[int, Any]]:
         if not specs:

@@ -14,6 +14,8 @@ run again, into the same run, so the window completes once.
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import signal
 import threading
 import uuid
@@ -233,6 +235,14 @@ class Scheduler:
         return self._executor
 
 
+def warm_kernel_in_background() -> None:
+    """Load the ocsvm kernel (numba) in a daemon thread, once per long-lived process: its runs that execute
+    in-process (`fleetscore.core.execution`) then find it loaded instead of falling back to numpy."""
+    if importlib.util.find_spec("numba") is not None:
+        threading.Thread(target=importlib.import_module, args=("fleetscore.exec.warm",), name="kernel warm-up",
+                         daemon=True).start()
+
+
 def run_until_signalled(scheduler: Scheduler, total: TickReport) -> TickReport:
     """Tick until SIGTERM or SIGINT (``fleetscore scheduler``), adding every tick's report to ``total``; alert
     notifications are delivered meanwhile in a thread (when receivers are configured)."""
@@ -240,6 +250,7 @@ def run_until_signalled(scheduler: Scheduler, total: TickReport) -> TickReport:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     s = scheduler.settings
+    warm_kernel_in_background()
     scheduler.say(f"scheduler started (poll {s.poll_s:g}s, lease {s.lease_s:g}s, max catch-up {s.max_catch_up})")
     delivery = scheduler.fleet.alert_delivery_thread(scheduler.say)  # alerts go out while windows run
     try:
@@ -260,6 +271,7 @@ class SchedulerThread:
         self._thread = threading.Thread(target=self._main, name="fleetscore-scheduler", daemon=True)
 
     def start(self) -> SchedulerThread:
+        warm_kernel_in_background()
         self._thread.start()
         return self
 

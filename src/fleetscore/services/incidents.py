@@ -5,14 +5,15 @@ sampling intervals of their devices from the version's manifest. In one catalog 
 window's old fragments are replaced by the new ones and the incidents of every touched device are
 rebuilt from all their fragments near the window (`fleetscore.core.incidents.reconcile`), so
 re-scoring a window changes its part exactly once; active incidents of other devices are resolved
-once their quiet period has passed. The alert rules then see what changed.
+once their quiet period has passed. The alert rules then see what changed. All of it runs on
+columns; incidents become values only where an existing one changes (or for the alert rules).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
-import uuid
 from collections.abc import Iterable
 from typing import Any
 
@@ -21,17 +22,23 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import sqlalchemy as sa
 
-from fleetscore.catalog.incidents import IncidentStore, WindowUpdate
+from fleetscore.catalog.incidents import IncidentStore, WindowUpdate, incident_values
 from fleetscore.core.incidents import (
     Fragment,
     Incident,
     Rules,
+    as_ints,
     device_interval_s,
     group_flags,
+    learned_intervals,
+    lookup,
     merge_fragments,
+    new_incidents,
     reconcile,
     refresh_status,
+    settled,
 )
+from fleetscore.core.incidents import fragments as fragments_of
 from fleetscore.errors import FleetscoreError
 from fleetscore.services import alerts
 from fleetscore.services.context import Context
@@ -40,30 +47,34 @@ from fleetscore.storage.fs import Storage
 
 #: The prediction columns incident building reads.
 FLAG_COLUMNS = ["ts", "device", "sensor", "severity", "is_anomaly"]
+_NAMES = pa.dictionary(pa.int32(), pa.string())
+#: The flagged rows it keeps of them.
+FLAGS = pa.schema([("ts", pa.int64()), ("device", _NAMES), ("sensor", _NAMES), ("severity", pa.float64())])
 
 
-def after_commit(ctx: Context, from_us: int, to_us: int, run_id: str) -> list[Incident]:
-    """Rebuild the incidents the committed window [from, to) of ``run_id`` touches; returns those created or changed
-    (newly resolved and superseded ones too) and hands them to the alert rules. Nothing when the window's
-    predictions are another run's by now."""
+def after_commit(ctx: Context, from_us: int, to_us: int, run_id: str) -> int:
+    """Rebuild the incidents the committed window [from, to) of ``run_id`` touches; returns how many were created
+    or changed (newly resolved and superseded ones too), handed to the alert rules as values when there are rules.
+    Nothing when the window's predictions are another run's by now."""
     try:
         pointer = json.loads(ctx.storage.read_bytes(layout.commit_key(from_us, to_us)))
     except FileNotFoundError:
-        return []
+        return 0
     if pointer.get("run_id") != run_id:
-        return []
+        return 0
     flagged = _flagged(ctx.storage, pointer["files"])
     settings, now = ctx.config.incidents, ctx.clock()
     with IncidentStore(ctx.catalog).window_update() as tx:
-        touched = tx.take_fragments(from_us, to_us) | set(pc.unique(flagged.column("device")).to_pylist())
+        touched = tx.take_fragments(from_us, to_us) | set(flagged.column("device").unique().to_pylist())
         intervals = _intervals(ctx.storage, pointer, touched)
         horizon = tx.built(from_us, to_us, run_id, now)
-        rules = {d: Rules.counted(intervals[d], settings.merge_gap, settings.quiet_period, horizon) for d in touched}
-        ts = pc.cast(flagged.column("ts"), pa.int64()).to_numpy(zero_copy_only=False)
+        by_interval = {v: Rules.counted(v, settings.merge_gap, settings.quiet_period, horizon)
+                       for v in set(intervals.values())}  # most devices share a sampling interval: one value each
+        rules = {d: by_interval[intervals[d]] for d in touched}
         severity = pc.fill_null(flagged.column("severity"), np.nan).to_numpy(zero_copy_only=False)
-        fragments = group_flags(ts, flagged.column("device"), flagged.column("sensor"), severity,
-                                {d: r.gap_us for d, r in rules.items()})
-        changed = _rebuild(tx, from_us, to_us, fragments, rules, now)
+        fragments = group_flags(as_ints(flagged.column("ts")), flagged.column("device"), flagged.column("sensor"),
+                                severity, {d: r.gap_us for d, r in rules.items()})
+        changed, new = _rebuild(tx, from_us, to_us, fragments, rules, now)
         tx.put_fragments(from_us, to_us, fragments)
         done = {i.id for i in changed}
         for inc in tx.quiet(settings.quiet_period, horizon):  # quiet periods passed, on any device
@@ -73,9 +84,12 @@ def after_commit(ctx: Context, from_us: int, to_us: int, run_id: str) -> list[In
                 if refreshed is not None:
                     changed.append(refreshed)
         tx.save(changed)
-        changed = tx.with_marks(changed)
-    alerts.on_incidents(ctx, changed)
-    return changed
+        tx.insert(new)
+        if ctx.config.alerts.rules:
+            changed = tx.with_marks(changed) + incident_values(new)
+    if ctx.config.alerts.rules:
+        alerts.on_incidents(ctx, changed)
+    return len(changed) + int(new.num_rows)
 
 
 def build_summary(ctx: Context, from_us: int, to_us: int, run_id: str) -> dict[str, Any]:
@@ -83,61 +97,82 @@ def build_summary(ctx: Context, from_us: int, to_us: int, run_id: str) -> dict[s
     when it failed (the window is committed either way; the next commit or a re-score builds its incidents)."""
     started = time.perf_counter()
     try:
-        changed = len(after_commit(ctx, from_us, to_us, run_id))
+        changed = after_commit(ctx, from_us, to_us, run_id)
     except (FleetscoreError, OSError, sa.exc.SQLAlchemyError, pa.ArrowException, KeyError, ValueError) as exc:
         return {"error": f"{type(exc).__name__}: {exc}"[:500]}
     return {"changed": changed, "elapsed_s": round(time.perf_counter() - started, 4)}
 
 
-def _rebuild(tx: WindowUpdate, from_us: int, to_us: int, fragments: list[Fragment], rules: dict[str, Rules],
-             now_us: int) -> list[Incident]:
+def _rebuild(tx: WindowUpdate, from_us: int, to_us: int, fragments: pa.Table, rules: dict[str, Rules],
+             now_us: int) -> tuple[list[Incident], pa.Table]:
     """The touched devices' incidents rebuilt from their fragments near the window (the new ones, and of other
-    windows those within reach of the window or of the incidents that meet it)."""
+    windows those within reach of the window or of the incidents that meet it): those that change, as values, and
+    those of devices without an incident nearby, as columns. Values are made only where incidents change."""
     if not rules:
-        return []
-    reach = max(r.gap_us for r in rules.values())
-    near = tx.incidents(rules, from_us - reach, to_us + reach)
-    spans: dict[str, tuple[int, int]] = {}
-    for device, r in rules.items():
-        mine = [i for i in near.get(device, ()) if i.last_us >= from_us - r.gap_us and i.start_us <= to_us + r.gap_us]
-        near[device] = mine
-        spans[device] = (min([from_us, *(i.start_us for i in mine)]), max([to_us, *(i.last_us for i in mine)]))
-    lo, hi = min(s[0] for s in spans.values()) - reach, max(s[1] for s in spans.values()) + reach
-    stored = tx.fragments(rules, lo, hi)
-    new: dict[str, list[Fragment]] = {}
-    for f in fragments:
-        new.setdefault(f.device, []).append(f)
+        return [], pa.table({})
+    devices = sorted(rules)
+    gap = np.array([rules[d].gap_us for d in devices], dtype=np.int64)
+    reach = int(gap.max())
+    near = tx.incidents(devices, from_us - reach, to_us + reach)
+    code = lookup(near.column("device"), devices)
+    start, last = as_ints(near.column("start_us")), as_ints(near.column("last_us"))
+    mine = (last >= from_us - gap[code]) & (start <= to_us + gap[code])
+    near, code_near, start, last = near.filter(pa.array(mine)), code[mine], start[mine], last[mine]
+    lo, hi = np.full(len(devices), from_us, dtype=np.int64), np.full(len(devices), to_us, dtype=np.int64)
+    np.minimum.at(lo, code_near, start)
+    np.maximum.at(hi, code_near, last)
+    lo, hi = lo - gap, hi + gap
+    stored = tx.fragments(devices, int(lo.min()), int(hi.max()))
+    code = lookup(stored.column("device"), devices)
+    keep = (as_ints(stored.column("last_us")) >= lo[code]) & (as_ints(stored.column("start_us")) <= hi[code])
+    groups = merge_fragments(pa.concat_tables([stored.filter(pa.array(keep)), fragments]),
+                             {d: r.gap_us for d, r in rules.items()})
+    g_code = lookup(groups.column("device"), devices)
+    nearby = np.zeros(len(devices), dtype=bool)
+    nearby[code_near] = True
+    new = new_incidents(groups.filter(pa.array(~nearby[g_code])), rules, _new_ids, now_us)
+    if not near.num_rows:
+        return [], new
+    groups, g_code = groups.filter(pa.array(nearby[g_code])), g_code[nearby[g_code]]
+    index = {d: k for k, d in enumerate(devices)}
+    todo = nearby.copy()  # devices whose incidents change: reconciled on values
+    todo[np.array([index[d] for d in settled(groups, near, rules)], dtype=np.int64)] = False
+    parts: dict[str, list[Fragment]] = {}
+    for f in fragments_of(groups.filter(pa.array(todo[g_code]))):
+        parts.setdefault(f.device, []).append(f)
+    old: dict[str, list[Incident]] = {}
+    for inc in incident_values(near.filter(pa.array(todo[code_near]))):
+        old.setdefault(inc.device, []).append(inc)
     changed: list[Incident] = []
-    for device in sorted(rules):
-        r, (a, b) = rules[device], spans[device]
-        parts = [f for f in stored.get(device, ()) if f.last_us >= a - r.gap_us and f.start_us <= b + r.gap_us]
-        groups = merge_fragments(parts + new.get(device, []), r.gap_us)
-        changed += reconcile(groups, near[device], r, now_us, _new_id)
-    return changed
+    for device in sorted(old):
+        changed += reconcile(parts.get(device, []), old[device], rules[device], now_us, _new_id)
+    return changed, new
+
+
+def _new_ids(n: int) -> list[str]:
+    """``n`` new incident ids (64 random bits each, as :func:`_new_id`), drawn at once."""
+    text = os.urandom(8 * n).hex()
+    return [text[k:k + 16] for k in range(0, 16 * n, 16)]
 
 
 def _new_id() -> str:
-    return uuid.uuid4().hex[:16]
+    return _new_ids(1)[0]
 
 
 def _flagged(storage: Storage, files: list[str]) -> pa.Table:
-    """The flagged rows of the window's prediction files: ts, device, sensor, severity (null without a calibrated tail)."""
+    """The flagged rows of the window's prediction files: ts, device and sensor (dictionary-encoded: no string per
+    row), severity (null without a calibrated tail)."""
     parts = []
     for key in files:
-        with storage.open_parquet(key, read_dictionary=["device", "sensor"]) as pf:  # ids decoded for flagged rows only
+        with storage.open_parquet(key, read_dictionary=["device", "sensor"]) as pf:
             names = set(pf.schema_arrow.names)
             table = pf.read(columns=[c for c in FLAG_COLUMNS if c in names])
-        table = table.filter(pc.fill_null(table.column("is_anomaly"), False))
-        if "severity" not in names:  # written before severity existed
-            table = table.append_column("severity", pa.nulls(table.num_rows, pa.float64()))
-        parts.append(pa.table({"ts": pc.cast(table.column("ts"), pa.int64()),
-                               "device": pc.cast(table.column("device"), pa.string()),
-                               "sensor": pc.cast(table.column("sensor"), pa.string()),
-                               "severity": pc.cast(table.column("severity"), pa.float64())}))
-    if not parts:
-        return pa.table({"ts": pa.array([], pa.int64()), "device": pa.array([], pa.string()),
-                         "sensor": pa.array([], pa.string()), "severity": pa.array([], pa.float64())})
-    return pa.concat_tables(parts)
+        table = table.filter(table.column("is_anomaly"))  # a null is no flag
+        severity = table.column("severity") if "severity" in names else pa.nulls(table.num_rows, pa.float64())
+        parts.append(pa.table({"ts": pc.cast(table.column("ts"), pa.int64()), "device": table.column("device"),
+                               "sensor": table.column("sensor"), "severity": pc.cast(severity, pa.float64())},
+                              schema=FLAGS))
+    return pa.concat_tables(parts) if parts else FLAGS.empty_table()
 
 
 def _intervals(storage: Storage, pointer: dict[str, Any], devices: Iterable[str]) -> dict[str, float]:
@@ -147,15 +182,10 @@ def _intervals(storage: Storage, pointer: dict[str, Any], devices: Iterable[str]
     if not devices:
         return {}
     key = layout.manifest_key(pointer["version"])
-    with storage.open_parquet(key) as pf:
-        has_intervals = "interval_s" in pf.schema_arrow.names  # not before model format 4
-    learned: dict[str, list[float | None]] = {}
-    if has_intervals:
-        manifest = storage.read_parquet(key, columns=["device", "interval_s"], filters=[("device", "in", devices)])
-        for d, v in zip(manifest.column("device").to_pylist(), manifest.column("interval_s").to_pylist()):
-            learned.setdefault(d, []).append(v)
-    out = {d: device_interval_s(learned.get(d, [])) for d in devices}
-    unknown = [d for d in devices if not any(v is not None and v > 0 for v in learned.get(d, []))]
+    with storage.open_parquet(key) as pf:  # the whole manifest's two columns: one read, no filter per device
+        manifest = pf.read(columns=["device", "interval_s"]) if "interval_s" in pf.schema_arrow.names else None
+    out = {} if manifest is None else learned_intervals(manifest.column("device"), manifest.column("interval_s"), devices)
+    unknown = [d for d in devices if d not in out]  # no learned interval (models before format 4)
     if unknown:
         times: dict[str, list[int]] = {}
         for key in pointer["files"]:

@@ -1,13 +1,13 @@
 """Model health across runs and operators' marks, and retraining only the unhealthy models (``train --only-unhealthy``).
 
 Each scoring run lists the models that flagged far more than they were calibrated for
-(`fleetscore.core.health`) in its record (``extra.health``). `health_report` gathers them from
-runs; `retrain_unhealthy` takes those of the latest finished run of the released version and makes
-a new version: same kind, features and settings as the released one, the unhealthy keys refitted
-on the given window, every other model copied unchanged (shard files without an unhealthy key are
-copied byte for byte; the others are rewritten with the refitted models appended). A key without
-readings in the window keeps its old model and is reported as not retrained. A device model is one
-model: an unhealthy sensor of it refits the whole device (every sensor the device has in the shard).
+(`fleetscore.core.health`) in the catalog (its record: the first few and the total, ``extra.health``).
+`health_report` gathers them from runs; `retrain_unhealthy` takes those of the latest finished run
+of the released version and makes a new version: same kind, features and settings as the released
+one, the unhealthy keys refitted on the given window, every other model copied unchanged (shard files
+without an unhealthy key are copied byte for byte; the others are rewritten with the refitted models
+appended). A key without readings in the window keeps its old model and is reported as not retrained.
+A device model is one model: an unhealthy sensor of it refits the whole device (every sensor the device has in the shard).
 `copy_shards` and `commit_derived` are the one road of versions derived from another (also
 ``models adjust``, `fleetscore.services.adjust`). `health_report` also lists the released version's
 models whose incidents operators repeatedly marked false (`fleetscore.core.health.false_alarms`).
@@ -63,21 +63,36 @@ def _finished_runs(catalog: Catalog, limit: int, version: str | None = None) -> 
     return [r for r in runs if version is None or r.version == version][:limit]
 
 
-def health_report(ctx: Context, run_id: str | None = None, last: int = 1,
-                  min_false_marks: int = FALSE_MARKS) -> dict[str, Any]:
-    """Unhealthy models of one run, or of the ``last`` finished runs (the newest entry per model wins), and the
+def health_report(ctx: Context, run_id: str | None = None, last: int = 1, min_false_marks: int = FALSE_MARKS,
+                  limit: int | None = None, offset: int = 0) -> dict[str, Any]:
+    """Unhealthy models of one run, or of the ``last`` finished runs (the newest entry per model wins): entries
+    ``offset`` .. ``offset + limit`` (None: all) in key order and how many there are (``unhealthy_models``); and the
     released version's models with at least ``min_false_marks`` incidents marked false (``false_alarms``)."""
     if run_id is not None:
         layout.check_run_id(run_id)
     if not isinstance(min_false_marks, int) or min_false_marks < 1:
         raise InputError(f"--min-false-marks must be a whole number >= 1, got {min_false_marks!r}")
+    if (limit is not None and limit < 1) or offset < 0:
+        raise InputError(f"--limit must be >= 1 and --offset >= 0, got {limit} and {offset}")
     runs = [ctx.catalog.get_run(run_id)] if run_id else _finished_runs(ctx.catalog, last)
-    found: dict[Key, dict[str, Any]] = {}
-    for run in reversed(runs):  # oldest first, so newer runs overwrite
-        for entry in run.extra.get("health", {}).get("unhealthy", []):
-            found[(entry["device"], entry["sensor"])] = entry | {"run_id": run.run_id, "version": run.version}
-    return {"runs": [r.run_id for r in runs], "unhealthy": [found[k] for k in sorted(found)],
+    tag = [{"run_id": r.run_id, "version": r.version} for r in runs]
+    if len(runs) == 1:  # one run: the catalog pages its list
+        entries, total = ctx.catalog.run_list(runs[0].run_id, "unhealthy", limit, offset)
+        unhealthy = [e | tag[0] for e in entries]
+    else:
+        found: dict[Key, dict[str, Any]] = {}
+        for run, own in zip(reversed(runs), reversed(tag)):  # oldest first, so newer runs overwrite
+            for entry in unhealthy_models(ctx.catalog, run.run_id):
+                found[(entry["device"], entry["sensor"])] = entry | own
+        total, keys = len(found), sorted(found)
+        unhealthy = [found[k] for k in keys[offset:None if limit is None else offset + limit]]
+    return {"runs": [r.run_id for r in runs], "unhealthy": unhealthy, "unhealthy_models": total, "offset": offset,
             "false_alarms": false_alarm_report(ctx, min_false_marks)}
+
+
+def unhealthy_models(catalog: Catalog, run_id: str) -> list[dict[str, Any]]:
+    """Every model run ``run_id`` found unhealthy, in key order."""
+    return catalog.run_list(run_id, "unhealthy")[0]
 
 
 def false_alarm_report(ctx: Context, min_marks: int = FALSE_MARKS) -> list[dict[str, Any]]:
@@ -98,7 +113,7 @@ def false_alarm_report(ctx: Context, min_marks: int = FALSE_MARKS) -> list[dict[
     rate = expected_rate(record.params)
     adjusted = {(a["device"], a["sensor"]): float(a["alarm_rate"]) for a in record.params.get("adjusted", [])}
     expected = {k: adjusted.get(k, rate) for k in marks}
-    sick = runs[0].extra.get("health", {}).get("unhealthy", [])
+    sick = unhealthy_models(ctx.catalog, runs[0].run_id)
     unhealthy = {(u["device"], s) for u in sick for s in u.get("sensors") or [u["sensor"]]}
     span = (record.train_to - record.train_from) if record.train_from is not None and record.train_to else _DAY_US
     command = f"fleetscore train --only-unhealthy --from {iso(hi - span)} --to {iso(hi)}"
@@ -231,7 +246,7 @@ def retrain_unhealthy(ctx: Context, executor: Executor, base: VersionRecord, fro
     runs = _finished_runs(ctx.catalog, 1, base.version)
     if not runs:
         raise InputError(f"no finished run of the released version {base.version}: score first, then retrain")
-    sick = runs[0].extra.get("health", {}).get("unhealthy", [])
+    sick = unhealthy_models(ctx.catalog, runs[0].run_id)
     if not sick:
         raise InputError(f"the latest run {runs[0].run_id} of {base.version} marked no model unhealthy; nothing to retrain")
     keys = {(u["device"], s) for u in sick for s in u.get("sensors") or [u["sensor"]]}

@@ -15,7 +15,7 @@ that did not succeed. Every run and task writes its log to storage (:mod:`fleets
 
 from __future__ import annotations
 
-import heapq
+import importlib.util
 import json
 import time
 from collections.abc import Callable
@@ -30,19 +30,28 @@ import pyarrow.compute as pc
 from fleetscore.catalog import Catalog
 from fleetscore.core import ocsvm
 from fleetscore.core.devicegrid import score_readings
+from fleetscore.core.execution import Execution, choose_execution
 from fleetscore.core.explain import HISTORY, Explanation, device_reason, explain_bundle
 from fleetscore.core.features import FeatureSpec, build_features, day_phase, parse_features
-from fleetscore.core.health import MAX_LISTED as MAX_LISTED_UNHEALTHY
 from fleetscore.core.health import describe, expected_rate, unhealthy_counts
 from fleetscore.core.history import first_lookback_s, history_needs, max_lookback_s, short_units, widened
 from fleetscore.core.keys import KeyBound, device_bucket
 from fleetscore.core.kinds import KINDS, Bundle, history_rows, needs_phase, rows_before, score_and_severity_bundle
 from fleetscore.core.matching import match_runs
 from fleetscore.core.plan import group_bounds
-from fleetscore.core.runs import ModelFailure, RunRecord, RunStatus, TaskRecord, backoff_delay, needs_rerun, run_status
+from fleetscore.core.runs import (
+    MAX_LISTED,
+    ModelFailure,
+    RunRecord,
+    RunStatus,
+    TaskRecord,
+    backoff_delay,
+    needs_rerun,
+    run_status,
+)
 from fleetscore.core.times import iso, iso_us
 from fleetscore.errors import FleetscoreError, ModelFormatError
-from fleetscore.exec.base import Executor, TaskError
+from fleetscore.exec.base import Executor, Inline, TaskError
 from fleetscore.exec.capture import run_captured
 from fleetscore.exec.control import CANCELLED, RunControl, RunStopped
 from fleetscore.exec.place import current_place
@@ -52,9 +61,6 @@ from fleetscore.storage.fs import HOT_WRITE, Storage, open_storage
 from fleetscore.storage.logs import RunLog, worker_name
 from fleetscore.storage.models import ModelStore
 from fleetscore.storage.readings import ReadingStore
-
-#: At most this many unmatched (device, sensor) keys are listed per task (all are counted).
-MAX_LISTED_UNMATCHED = 50
 
 
 @dataclass(frozen=True)
@@ -72,12 +78,14 @@ class ScoreTask:
     lo: KeyBound
     hi: KeyBound
     attempt: int = 1
-    kernel: str = "auto"  # ocsvm scoring kernel (``[executor] kernel``)
+    kernel: str = "auto"  # ocsvm scoring kernel (``[executor] kernel``, or the run's choice: `core.execution`)
+    models: int = 0  # planned: the shard's models and training cost (`fleetscore.core.plan.score_cost`)
+    cost: float = 0.0
 
 
 @dataclass(frozen=True)
 class ScoreOutcome:
-    """What a task reports back: its record, failed models and a sample of keys without a model."""
+    """What a task reports back: its record, failed models, keys without a model and unhealthy models."""
 
     record: TaskRecord
     failures: list[ModelFailure] = field(default_factory=list)
@@ -386,7 +394,7 @@ def _with_sensors(models: list[dict[str, Any]], manifest: pa.Table) -> list[dict
 
 def _unmatched(meta: pa.Table, bounds: np.ndarray, run_model: np.ndarray, unscored: np.ndarray,
                manifest: pa.Table) -> list[dict[str, Any]]:
-    """The first keys (in key order) whose rows were not scored, with their row counts and why."""
+    """The keys (in key order) whose rows were not scored, with their row counts and why."""
     if not unscored.any():
         return []
     runs = np.flatnonzero(unscored)
@@ -401,7 +409,7 @@ def _unmatched(meta: pa.Table, bounds: np.ndarray, run_model: np.ndarray, unscor
         "rows": pa.array(np.diff(bounds)[runs]),
     })
     grouped = tbl.group_by(["device", "sensor", "reason"]).aggregate([("rows", "sum")])
-    grouped = grouped.sort_by([("device", "ascending"), ("sensor", "ascending")]).slice(0, MAX_LISTED_UNMATCHED)
+    grouped = grouped.sort_by([("device", "ascending"), ("sensor", "ascending")])
     return [
         {"device": d, "sensor": s, "reason": r, "rows": n}
         for d, s, r, n in zip(*(grouped.column(c).to_pylist() for c in ("device", "sensor", "reason", "rows_sum")))
@@ -447,11 +455,26 @@ def plan_tasks(storage: Storage, storage_url: str, run_id: str, version: str, fe
             storage_url, run_id, i, int(s["shard"]), version, features, from_us, to_us,
             None if s["lo_device"] is None else (s["lo_device"], s["lo_sensor"]),
             None if s["hi_device"] is None else (s["hi_device"], s["hi_sensor"]), kernel=kernel,
+            models=int(s["models"] or 0), cost=float(s["cost"] or 0.0),
         )
         for i, s in enumerate(shards)
     ]
     order = sorted(range(len(shards)), key=lambda i: -(shards[i]["cost"] or 0.0))
     return [tasks[i] for i in order]
+
+
+def _choose_execution(ctx: Context, executor: Executor, run: RunRecord, todo: list[ScoreTask]) -> Execution:
+    """In-process or on the executor's workers, by the planned work of ``todo`` (`fleetscore.core.execution`):
+    models, and kernel evaluations scaled from the training window's to the run's."""
+    version = ctx.catalog.get_version(run.version)
+    span = (version.train_to or 0) - (version.train_from or 0)
+    per_window = (run.window_to - run.window_from) / span if span > 0 else 1.0
+    return choose_execution(sum(t.models for t in todo), sum(t.cost for t in todo) * per_window, executor.workers,
+                            features=version.features, kernel=ctx.config.executor.kernel,
+                            in_process=ctx.config.executor.in_process, can_inline=executor.can_inline,
+                            pool_warm=executor.warm,
+                            numba_available=importlib.util.find_spec("numba") is not None,
+                            numba_loaded=ocsvm.numba_kernel_loaded())
 
 
 def score(ctx: Context, executor: Executor, from_us: int, to_us: int, version: str, *, run_id: str,
@@ -488,17 +511,21 @@ def _execute(ctx: Context, executor: Executor, run: RunRecord, control: RunContr
         records = {r.task: r for r in catalog.tasks(run.run_id)}
         todo = [replace(t, attempt=records[t.task].attempts + 1 if t.task in records else 1)
                 for t in tasks if t.task not in records or needs_rerun(records[t.task])]  # attempts count on
+        execution = _choose_execution(ctx, executor, run, todo)
+        todo = [replace(t, kernel=execution.kernel) for t in todo]
         catalog.save_tasks([TaskRecord(run_id=run.run_id, task=t.task, shard=t.shard, attempts=t.attempt - 1)
                             for t in todo])
-        run = run.with_status(RunStatus.RUNNING, started_at=run.started_at or ctx.clock(), finished_at=None,
-                              tasks=len(tasks), error=None)
+        run = replace(run.with_status(RunStatus.RUNNING, started_at=run.started_at or ctx.clock(), finished_at=None,
+                                      tasks=len(tasks), error=None), extra=run.extra | {"execution": execution.as_dict()})
         catalog.save_run(run)
         log.event("run.start", window_from=iso(from_us), window_to=iso(to_us), version=run.version,
                   schedule=run.schedule, executor=executor.name, worker=worker_name(), tasks=len(tasks),
-                  to_run=len(todo), retries=control.retries, storage=storage_url, catalog=catalog.url)
-        unmatched, unhealthy, sick = _run_tasks(catalog, storage, executor, todo, on_progress, control, log)
-        run = _finish(ctx, run, from_us, to_us, unmatched,
-                      [describe(m, expected_rate(info.params)) for m in unhealthy], sick)
+                  to_run=len(todo), retries=control.retries, storage=storage_url, catalog=catalog.url,
+                  execution=execution.as_dict())
+        if execution.mode == "in-process":
+            executor = Inline(executor.name)
+        _run_tasks(catalog, storage, executor, todo, on_progress, control, log, expected_rate(info.params))
+        run = _finish(ctx, run, from_us, to_us)
     except RunStopped as exc:
         log.event("run.stopped", "warning", reason=exc.reason)
         if exc.reason == CANCELLED:  # a lost lease leaves the record to the process that took the run over
@@ -524,17 +551,14 @@ def _execute(ctx: Context, executor: Executor, run: RunRecord, control: RunContr
 
 
 def _run_tasks(catalog: Catalog, storage: Storage, executor: Executor, tasks: list[ScoreTask],
-               on_progress: Callable[[int, int], None] | None, control: RunControl,
-               log: RunLog) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int]:
+               on_progress: Callable[[int, int], None] | None, control: RunControl, log: RunLog,
+               expected: float | None) -> None:
     """Run ``tasks``; those that raise run again after a backoff, up to ``control.retries`` more times.
 
-    Each task's final outcome is recorded as it arrives (so a crashed run can be resumed); returns
-    the sample of readings without a model, the first unhealthy models (in key order: memory stays
-    flat however many a big fleet has) and how many there were.
+    Each task's final outcome is recorded as it arrives, with its failed models, unhealthy models (described
+    against the ``expected`` alarm rate) and keys without a model, so a crashed run can be resumed and the
+    driver holds none of the run's per-model lists however big the fleet.
     """
-    unmatched: list[dict[str, Any]] = []
-    unhealthy: list[dict[str, Any]] = []
-    sick = 0
     done, queue = 0, tasks
     retried: dict[int, int] = {}  # task -> retries so far in this execution
     while queue:
@@ -548,12 +572,7 @@ def _run_tasks(catalog: Catalog, storage: Storage, executor: Executor, tasks: li
                 catalog.save_tasks([TaskRecord(run_id=t.run_id, task=t.task, shard=t.shard, status="retrying",
                                                attempts=t.attempt, error=result.error)])
             else:
-                unmatched += _record(catalog, storage, t, result, log)
-                if isinstance(result, ScoreOutcome):
-                    sick += len(result.unhealthy)
-                    unhealthy += result.unhealthy
-                    if len(unhealthy) > 2 * MAX_LISTED_UNHEALTHY:  # trimmed now and then, not sorted per task
-                        unhealthy = _first_keys(unhealthy)
+                _record(catalog, storage, t, result, log, expected)
                 done += 1
                 if on_progress:
                     on_progress(done, len(tasks))
@@ -564,17 +583,11 @@ def _run_tasks(catalog: Catalog, storage: Storage, executor: Executor, tasks: li
             log.event("task.retry", tasks=[t.task for t in again], retry=retry, delay_s=delay)
             control.stop.sleep(again[0].run_id, delay)
         queue = again
-    return unmatched, _first_keys(unhealthy), sick
-
-
-def _first_keys(models: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The first ``MAX_LISTED_UNHEALTHY`` models in key order."""
-    return heapq.nsmallest(MAX_LISTED_UNHEALTHY, models, key=lambda u: (u["device"], u["sensor"]))
 
 
 def _record(catalog: Catalog, storage: Storage, task: ScoreTask, result: ScoreOutcome | TaskError,
-            log: RunLog) -> list[dict[str, Any]]:
-    """Save a task's final outcome (its record and failed models) and log it; returns its unmatched sample."""
+            log: RunLog, expected: float | None) -> None:
+    """Save a task's final outcome (its record and per-model lists, replacing an earlier attempt's) and log it."""
     if isinstance(result, TaskError):
         failures = _shard_failures(storage, task, result.error)
         record = TaskRecord(run_id=task.run_id, task=task.task, shard=task.shard, status="failed",
@@ -583,20 +596,22 @@ def _record(catalog: Catalog, storage: Storage, task: ScoreTask, result: ScoreOu
         # a file left by an earlier attempt is not this run's output for the shard any more
         storage.delete(layout.task_predictions_key(task.from_us, task.to_us, task.run_id, task.task))
         log.event("task.end", "error", **record.as_dict(), traceback=result.traceback)
-        catalog.save_tasks([record])
-        catalog.replace_failures(task.run_id, [task.task], failures)
-        return []
+        catalog.save_task_result(record, failures, {})
+        return
     log.event("task.end", "info" if result.record.status == "succeeded" else "error", **result.record.as_dict())
-    catalog.save_tasks([result.record])
-    catalog.replace_failures(task.run_id, [task.task], result.failures)
-    return result.unmatched
+    catalog.save_task_result(result.record, result.failures,
+                             {"unhealthy": [describe(m, expected) for m in result.unhealthy],
+                              "unmatched": result.unmatched})
 
 
-def _finish(ctx: Context, run: RunRecord, from_us: int, to_us: int, unmatched: list[dict[str, Any]],
-            unhealthy: list[dict[str, Any]], sick: int) -> RunRecord:
-    """Sum the run up from all its task records (those of earlier attempts too), then commit the window."""
-    storage = ctx.storage
-    records = ctx.catalog.tasks(run.run_id)
+def _finish(ctx: Context, run: RunRecord, from_us: int, to_us: int) -> RunRecord:
+    """Sum the run up from all its task records and lists (those of earlier attempts too), then commit the window.
+
+    The record lists the first `MAX_LISTED` unhealthy models and keys without a model beside their totals;
+    the catalog keeps every entry (`fleetscore.catalog.Catalog.run_list`).
+    """
+    storage, catalog = ctx.storage, ctx.catalog
+    records = catalog.tasks(run.run_id)
     failed_models = sum(r.failed_models for r in records)
     failed_tasks = sum(1 for r in records if r.status == "failed")
     scored_models = sum(r.models for r in records)
@@ -608,18 +623,16 @@ def _finish(ctx: Context, run: RunRecord, from_us: int, to_us: int, unmatched: l
         from fleetscore.services import incidents  # the committed window's flags into incidents; never fails the run
 
         summary = {"incidents": incidents.build_summary(ctx, from_us, to_us, run.run_id)}
-    listed = {(u["device"], u["sensor"]): u for u in run.extra.get("unmatched", []) + unmatched}
-    earlier = run.extra.get("health", {})  # a resumed run: tasks that succeeded before counted theirs then
-    listed_sick = {(u["device"], u["sensor"]): u for u in earlier.get("unhealthy", []) + list(unhealthy)}
+    unmatched, unmatched_keys = catalog.run_list(run.run_id, "unmatched", MAX_LISTED)
+    unhealthy, unhealthy_models = catalog.run_list(run.run_id, "unhealthy", MAX_LISTED)
     errors = [f"task {r.task}: {r.error}" for r in records if r.error]
     return run.with_status(
         status, finished_at=ctx.clock(), models=scored_models,
         rows=sum(r.rows for r in records), anomalies=sum(r.anomalies for r in records),
         unmatched_rows=sum(r.unmatched_rows for r in records), failed_models=failed_models,
         error="; ".join(errors[:5]) or None,
-        extra=run.extra | {"unmatched": [listed[k] for k in sorted(listed)][:MAX_LISTED_UNMATCHED],
-                           "health": {"unhealthy": [listed_sick[k] for k in sorted(listed_sick)][:MAX_LISTED_UNHEALTHY],
-                                      "unhealthy_models": earlier.get("unhealthy_models", 0) + sick}} | summary,
+        extra=run.extra | {"unmatched": unmatched, "unmatched_keys": unmatched_keys,
+                           "health": {"unhealthy": unhealthy, "unhealthy_models": unhealthy_models}} | summary,
     )
 
 

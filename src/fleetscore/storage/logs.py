@@ -74,7 +74,7 @@ class RunLog:
             if not lines:
                 return
             stamp = compact_stamp(self.clock()) + "-" + uuid.uuid4().hex[:8]
-            self.storage.write_bytes(layout.run_log_key(self.run_id, stamp), encode_lines(lines))
+            self.storage.write_bytes(layout.run_log_key(self.run_id, stamp), encode_lines(lines), durable=False)
 
     def close(self) -> None:
         self.flush()
@@ -83,11 +83,12 @@ class RunLog:
 def write_task_log(storage: Storage, run_id: str, task: int, attempt: int, lines: list[dict[str, Any]],
                    stdout: str = "", stderr: str = "") -> None:
     """Write one task attempt's log lines and (when not empty) its captured stdout and stderr."""
-    storage.write_bytes(layout.task_log_key(run_id, task, attempt), encode_lines(lines))
+    storage.write_bytes(layout.task_log_key(run_id, task, attempt), encode_lines(lines), durable=False)
     secrets = secret_values()
     for stream, text in (("stdout", stdout), ("stderr", stderr)):
         if text:
-            storage.write_bytes(layout.task_log_key(run_id, task, attempt, stream), redact(text, secrets).encode())
+            storage.write_bytes(layout.task_log_key(run_id, task, attempt, stream), redact(text, secrets).encode(),
+                                durable=False)
 
 
 @dataclass(frozen=True)

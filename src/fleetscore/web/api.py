@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 
+from fleetscore.core.runs import ListPage
 from fleetscore.web import incidents, views
 from fleetscore.web.auth import require_token
 from fleetscore.web.ids import segment_id
@@ -19,6 +20,12 @@ from fleetscore.web.routing import ApiRoute, fleet_of
 
 Hours = Annotated[int, Query(ge=1, le=views.MAX_HOURS, description="Length of the window in hours.")]
 End = Annotated[str | None, Query(description="End of the window (ISO 8601); default: end of the latest scored window.")]
+ListLimit = Annotated[int, Query(ge=1, le=10_000, description="At most this many entries.")]
+Offset = Annotated[int, Query(ge=0, description="Skip this many entries first (in key order: device, sensor).")]
+#: A run's per-model lists, paged under ``/api/runs/{run_id}/<name>``: what each holds.
+RUN_LISTS = {"failures": "models that could not be scored, with the reason",
+             "unhealthy": "models flagging far more rows than they were calibrated for",
+             "unmatched": "(device, sensor) keys whose readings had no model, with their readings and why"}
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "Unknown or malformed id"},
                                               401: {"description": "Token missing or wrong"}}
 
@@ -47,6 +54,9 @@ def build_router() -> APIRouter:
     def run(request: Request, run_id: str) -> views.RunDetail:
         """One run: its record, tasks with timings, failed models with reasons, and the tails of its logs."""
         return views.run_detail(fleet_of(request), run_id)
+
+    for name, holds in RUN_LISTS.items():
+        add_run_list_route(router, name, holds)
 
     @router.get("/fleet", response_model=views.FleetView)
     def fleet(
@@ -77,6 +87,15 @@ def build_router() -> APIRouter:
 
     add_incident_routes(router)
     return router
+
+
+def add_run_list_route(router: APIRouter, name: str, holds: str) -> None:
+    """``/api/runs/{run_id}/<name>``: one page of the run's ``name`` list, with the list's total."""
+
+    @router.get(f"/runs/{{run_id}}/{name}", response_model=ListPage, summary=f"A run's {name}",
+                description=f"One page of the run's {holds}, in key order, and how many there are (``total``).")
+    def run_list(request: Request, run_id: str, limit: ListLimit = 100, offset: Offset = 0) -> ListPage:
+        return fleet_of(request).run_list(views.check_run(run_id), name, limit, offset)
 
 
 def add_incident_routes(router: APIRouter) -> None:
