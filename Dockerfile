@@ -1,4 +1,4 @@
-# fleetscore for a cluster: one image for the scoring driver (CronJob / RayJob), the scheduler, and
+# fleetscore for a cluster: one image for the scheduler (its scoring and training drivers), the backfill RayJob, and
 # the Ray head and worker pods, so every process runs the same fleetscore and Ray versions.
 #
 #   docker build -t fleetscore:0.1.0 .

@@ -30,6 +30,7 @@ from fleetscore.core.times import parse_time, parse_window
 from fleetscore.errors import InputError, NotFoundError
 from fleetscore.exec.base import Executor
 from fleetscore.exec.factory import make_executor
+from fleetscore.exec.place import check_storage_reach
 from fleetscore.services import runs
 from fleetscore.services.context import Context
 from fleetscore.services.importing import ImportResult, import_file, import_table
@@ -85,9 +86,17 @@ class Fleet:
             self.catalog.close()
 
     def executor(self, kind: str | None = None, workers: int | None = None) -> Executor:
+        """The executor of the settings (or ``kind``), refused when its workers could not see local storage."""
         settings = self.config.executor
-        return make_executor(kind or settings.kind, workers or settings.workers, settings.ray_address,
-                             env_address=settings.ray_env_address, preload=WORKER_PRELOAD)
+        executor = make_executor(kind or settings.kind, workers or settings.workers, settings.ray_address,
+                                 env_address=settings.ray_env_address, preload=WORKER_PRELOAD,
+                                 task_timeout_s=settings.task_timeout_s)
+        try:
+            check_storage_reach(self.storage, self.config.storage.shared, executor)
+        except BaseException:
+            executor.close()
+            raise
+        return executor
 
     # --- data ----------------------------------------------------------------------------------
     def import_file(self, path: str | Path, columns: str | None = None) -> ImportResult:

@@ -242,6 +242,15 @@ def azurite() -> Iterator[ObjectStore]:
         stop_process(proc)
 
 
+@pytest.fixture(params=["moto", "azurite"])
+def store(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    """S3 or Azure, with its credentials in this process's environment (and nowhere else)."""
+    backend = request.getfixturevalue(request.param)
+    for name, value in backend.env.items():
+        monkeypatch.setenv(name, value)
+    return backend
+
+
 # --- catalogs -------------------------------------------------------------------------------------
 def postgres_url() -> str | None:
     """``postgresql+psycopg://USER@localhost:5432/test`` for the first user that can connect, else None."""

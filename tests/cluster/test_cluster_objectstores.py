@@ -24,15 +24,6 @@ T0, T2, T3 = "2026-01-01T00:00:00Z", "2026-01-01T02:00:00Z", "2026-01-01T03:00:0
 SECRET_VARS = ("AWS_SECRET_ACCESS_KEY", "AZURE_STORAGE_CONNECTION_STRING")
 
 
-@pytest.fixture(params=["moto", "azurite"])
-def store(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
-    """S3 or Azure, with its credentials in this process's environment (and nowhere else)."""
-    backend = request.getfixturevalue(request.param)
-    for name, value in backend.env.items():
-        monkeypatch.setenv(name, value)
-    return backend
-
-
 @pytest.fixture
 def small_csv(tmp_path: Path) -> Path:
     """4 devices × 2 sensors × 3 h of minute readings (every object store request counts: keep it small)."""

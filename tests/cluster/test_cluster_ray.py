@@ -95,6 +95,19 @@ def test_executor_yields_results_errors_and_refuses_another_fleetscore(ray_clust
     executor.close()
 
 
+def test_a_hung_task_ends_its_ray_worker_at_the_time_limit_and_fails_after_its_retries(ray_cluster) -> None:  # type: ignore[no-untyped-def]
+    from fleetscore.exec.base import TaskError
+    from fleetscore.exec.ray import RayExecutor
+
+    executor = RayExecutor(2, address=ray_cluster.address, max_retries=1, task_timeout_s=1)
+    results = dict(executor.map(time.sleep, [0, 3600, 0.1]))
+    assert results[0] is None and results[2] is None  # the others finish
+    hung = results[1]
+    assert isinstance(hung, TaskError) and hung.attempts == 2, hung
+    assert "task_timeout (1 s)" in hung.error, hung.error
+    executor.close()
+
+
 def kill_a_busy_worker(cluster, run: threading.Thread) -> int | None:  # type: ignore[no-untyped-def]
     """SIGKILL a worker process while it runs a task; None when the run ended before one was caught.
 

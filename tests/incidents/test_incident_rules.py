@@ -12,6 +12,7 @@ import pytest
 
 from fleetscore.core.incidents import (
     ACKNOWLEDGED,
+    FLAGS,
     OPEN,
     RESOLVED,
     SUPERSEDED,
@@ -22,6 +23,7 @@ from fleetscore.core.incidents import (
     Rules,
     SensorShare,
     device_interval_s,
+    flags_of,
     fragment_table,
     fragments,
     group_flags,
@@ -80,6 +82,16 @@ def test_fragments_of_windows_merge_like_the_flags_at_once() -> None:
         + flags(*[r for r in rows if r[1] >= 120])
     assert fragments(merge_fragments(fragment_table(by_window), GAP)) == whole
     assert [(g.start_us // MIN, g.last_us // MIN, g.flags) for g in whole] == [(50, 64, 6), (80, 80, 1), (119, 121, 2)]
+
+
+def test_flags_of_keeps_the_flagged_rows_as_codes_and_a_null_is_no_flag() -> None:
+    ts = pa.array([MIN, 2 * MIN, 3 * MIN], pa.timestamp("us", tz="UTC"))
+    predictions = pa.table({"ts": ts, "device": ["a", "b", "a"], "sensor": ["t", "u", "t"],
+                            "is_anomaly": [True, None, True], "severity": [50.0, 60.0, None]})
+    got = flags_of(predictions)
+    assert got.schema == FLAGS
+    assert got.to_pydict() == {"ts": [MIN, 3 * MIN], "device": ["a", "a"], "sensor": ["t", "t"], "severity": [50.0, None]}
+    assert flags_of(predictions.drop_columns(["severity"])).column("severity").null_count == 2  # kinds without a tail
 
 
 def test_interval_is_the_median_of_sensors_else_of_times_else_a_minute() -> None:

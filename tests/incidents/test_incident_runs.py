@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -13,8 +14,10 @@ import sqlalchemy as sa
 
 from fleetscore.api import Fleet
 from fleetscore.catalog.incidents import IncidentStore
-from fleetscore.core.incidents import RESOLVED, SUPERSEDED, fragments, group_flags
+from fleetscore.core.incidents import RESOLVED, SUPERSEDED, flags_of, fragments, group_flags
 from fleetscore.core.times import parse_time
+from fleetscore.services import incidents as building
+from fleetscore.storage import layout
 
 T0, T6, T7, T8 = "2026-01-01T00:00:00Z", "2026-01-01T06:00:00Z", "2026-01-01T07:00:00Z", "2026-01-01T08:00:00Z"
 W1, W2 = (T6, T7), (T7, T8)
@@ -167,3 +170,20 @@ def test_a_failing_build_does_not_fail_the_committed_run(fleet: Fleet) -> None:
     assert run.status.value == "succeeded" and run.anomalies > 0
     assert "incident_parts" in run.extra["incidents"]["error"]
     assert fleet.catalog.get_run(run.run_id).extra["incidents"] == run.extra["incidents"]
+
+
+def test_a_run_builds_from_the_flags_its_tasks_hand_back(fleet: Fleet, monkeypatch: pytest.MonkeyPatch) -> None:
+    def unread(table: pa.Table) -> pa.Table:
+        raise AssertionError("a prediction file was read back")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(building, "flags_of", unread)  # what reads the flags of a file no task handed back
+        run = fleet.score(*W1)
+    assert run.extra["incidents"]["changed"] == len(fleet.incidents(limit=1000)) > 0
+    assert spans(fleet.incidents(limit=1000)) == expected(fleet, T6, T7)
+    ctx = fleet.context
+    files = json.loads(ctx.storage.read_bytes(layout.commit_key(run.window_from, run.window_to)))["files"]
+    # a resumed run's older tasks: their files read back give the same incidents, so nothing changes
+    assert building.after_commit(ctx, run.window_from, run.window_to, run.run_id) == 0
+    handed = {key: flags_of(ctx.storage.read_parquet(key)) for key in files[1:]}
+    assert building.after_commit(ctx, run.window_from, run.window_to, run.run_id, handed) == 0

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
+import pytest
 from fastapi.testclient import TestClient
 from ingest_support import arrow_body, landed, readings, recent_us
 
@@ -46,3 +50,56 @@ def test_ingest_can_be_left_off(tmp_path: Path) -> None:
         assert r.status_code == 503 and "not running" in r.json()["detail"]
     assert not (tmp_path / "home" / "ingest").exists()
     fleet.close()
+
+
+@pytest.mark.parametrize(("inline_parse_bytes", "in_pool"), [(1 << 20, False), (1000, True)])
+def test_only_bodies_over_inline_parse_bytes_go_to_the_parse_pool(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, inline_parse_bytes: int, in_pool: bool) -> None:
+    from fleetscore.web import ingest as ingest_http
+
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "fleetscore.toml").write_text(f"[server]\ninline_parse_bytes = {inline_parse_bytes}\n")
+    threads, real_parse = [], ingest_http.parse_body
+
+    def parse_here(*args: object, **kwargs: object) -> object:
+        threads.append(threading.current_thread().name)
+        return real_parse(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ingest_http, "parse_body", parse_here)
+    fleet = Fleet.open(home)
+    body = arrow_body(readings(recent_us(), 40))  # a few kB: over 1000 bytes, under 1 MiB
+    with TestClient(create_app(fleet, compact_interval_s=0)) as client:
+        r = client.post("/v1/readings", content=body, headers={**ARROW, "Idempotency-Key": "k"})
+        assert r.status_code == 202 and r.json()["accepted"] == 40
+    fleet.close()
+    assert [name.startswith("fleetscore-parse") for name in threads] == [in_pool]
+
+
+def test_a_small_compressed_arrow_stream_that_inflates_past_the_limit_goes_to_the_pool(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its body is small, but parsing it inflates its buffers: that work must not block the event loop."""
+    from fleetscore.web import ingest as ingest_http
+
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "fleetscore.toml").write_text("[server]\ninline_parse_bytes = 200000\n")
+    threads, real_parse = [], ingest_http.parse_body
+
+    def parse_here(*args: object, **kwargs: object) -> object:
+        threads.append(threading.current_thread().name)
+        return real_parse(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ingest_http, "parse_body", parse_here)
+    table = readings(recent_us(), 20_000).set_column(3, "value", pa.array(np.full(20_000, 21.5)))
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema, options=pa.ipc.IpcWriteOptions(compression="zstd")) as writer:
+        writer.write_table(table)
+    body = sink.getvalue().to_pybytes()
+    assert len(body) < 200_000 < table.nbytes  # small on the wire, large once inflated
+    fleet = Fleet.open(home)
+    with TestClient(create_app(fleet, compact_interval_s=0)) as client:
+        r = client.post("/v1/readings", content=body, headers=ARROW)
+        assert r.status_code == 202 and r.json()["accepted"] == 20_000
+    fleet.close()
+    assert [name.startswith("fleetscore-parse") for name in threads] == [True]

@@ -222,6 +222,8 @@ def test_health_answers_while_a_body_parses(home: Path, monkeypatch: pytest.Monk
         return real_parse(*args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(ingest_http, "parse_body", heavy_parse)
+    home.mkdir()
+    (home / "fleetscore.toml").write_text("[server]\ninline_parse_bytes = 0\n")  # every body is heavy here
     fleet = Fleet.open(home)
     port = free_port()
     srv = uvicorn.Server(uvicorn.Config(create_app(fleet), host="127.0.0.1", port=port, log_level="warning"))

@@ -66,6 +66,7 @@ def all_log_text(root: Path) -> str:
 
 
 def test_task_output_is_captured_and_redacted(secret_env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    open_storage(str(tmp_path))  # as a run's driver does first: tasks then find its root (and marker)
     spec = Spec(str(tmp_path))
     assert run_captured(noisy, spec) == "done"
     with pytest.raises(RuntimeError, match="cannot reach"):

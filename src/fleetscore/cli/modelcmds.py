@@ -5,7 +5,18 @@ from typing import Annotated, Any
 
 import typer
 
-from fleetscore.cli.output import HomeOpt, JsonOpt, WorkersOpt, emit, handle_errors, open_fleet, progress_bar, table
+from fleetscore.cli.output import (
+    ExecutorOpt,
+    HomeOpt,
+    JsonOpt,
+    RayAddressOpt,
+    WorkersOpt,
+    emit,
+    handle_errors,
+    open_fleet,
+    progress_bar,
+    table,
+)
 
 commands = typer.Typer()
 models = typer.Typer(help="Model versions, the released version, and single models.", no_args_is_help=True)
@@ -35,12 +46,14 @@ def train(
     only_unhealthy: Annotated[bool, typer.Option(
         "--only-unhealthy", help="Retrain only the models the latest run marked unhealthy; reuse all others.")] = False,
     no_release: Annotated[bool, typer.Option("--no-release", help="Do not release the new version.")] = False,
+    executor: ExecutorOpt = None,
     workers: WorkersOpt = None,
+    ray_address: RayAddressOpt = None,
     home: HomeOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Train one model per (device, sensor) on the readings of a window; creates a new version."""
-    fleet = open_fleet(home)
+    fleet = open_fleet(home, executor=executor, ray_address=ray_address)
     with progress_bar(json_out, "training shards") as progress:
         result = fleet.train(start, end, kind=kind, nu=nu, gamma=gamma, features=features,
                              release=not no_release, workers=workers, on_progress=progress,
@@ -48,6 +61,9 @@ def train(
     payload = result.as_dict()
 
     def human(c: Any) -> None:
+        if getattr(result, "nothing_to_do", None):
+            c.print(f"nothing to do: {result.nothing_to_do}")
+            return
         c.print(f"version {result.version}: {result.models:,} models, {result.failed:,} failed, "
                 f"{result.shards} shards in {result.elapsed_s:.2f}s" + (" (released)" if result.released else ""))
         if result.excluded_marked_true:

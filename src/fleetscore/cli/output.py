@@ -141,6 +141,8 @@ def progress_bar(json_mode: bool, description: str) -> Any:
 NowOpt = Annotated[str | None, typer.Option(
     "--now", help="Act as if the time were T (ISO 8601), e.g. to replay a day; the clock then stands still.")]
 WorkersOpt = Annotated[int | None, typer.Option(help="Worker processes (default: cores).", min=1, max=1024)]
+ExecutorOpt = Annotated[str | None, typer.Option(help="local or ray.")]
+RayAddressOpt = Annotated[str | None, typer.Option("--ray-address", help="Ray cluster address (with --executor ray).")]
 #: Longest window a flag takes (a training span) and longest retention period.
 MAX_WINDOW_S = 366 * 86_400
 MAX_KEEP_S = 100 * 366 * 86_400

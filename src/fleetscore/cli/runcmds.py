@@ -6,8 +6,10 @@ from typing import Annotated, Any
 import typer
 
 from fleetscore.cli.output import (
+    ExecutorOpt,
     HomeOpt,
     JsonOpt,
+    RayAddressOpt,
     WorkersOpt,
     console,
     duration,
@@ -50,9 +52,9 @@ def score(
     start: Annotated[str, typer.Option("--from", help="Window start (ISO 8601, inclusive).")],
     end: Annotated[str, typer.Option("--to", help="Window end (ISO 8601, exclusive).")],
     version: Annotated[str | None, typer.Option(help="Model version (default: the released one).")] = None,
-    executor: Annotated[str | None, typer.Option(help="local or ray.")] = None,
+    executor: ExecutorOpt = None,
     workers: WorkersOpt = None,
-    ray_address: Annotated[str | None, typer.Option("--ray-address", help="Ray cluster address (with --executor ray).")] = None,
+    ray_address: RayAddressOpt = None,
     home: HomeOpt = None,
     json_out: JsonOpt = False,
 ) -> None:

@@ -28,7 +28,7 @@ from fleetscore.config.sections import (
 )
 from fleetscore.config.server import ServerSettings
 from fleetscore.config.streams import KafkaSettings, MqttSettings, NatsSettings
-from fleetscore.config.values import Parser, parse_section, text, whole
+from fleetscore.config.values import Parser, boolean, parse_section, text, whole, whole_seconds
 from fleetscore.errors import ConfigError
 
 DEFAULT_HOME = "./fleetscore-home"
@@ -47,6 +47,7 @@ SECTIONS: dict[str, type[Section]] = {
 #: environment variable -> (section, field, parser)
 ENV_KEYS: dict[str, tuple[str, str, Parser]] = {
     "FLEETSCORE_STORAGE_URL": ("storage", "url", text),
+    "FLEETSCORE_STORAGE_SHARED": ("storage", "shared", boolean),
     "FLEETSCORE_CATALOG_URL": ("catalog", "url", text),
     "FLEETSCORE_EXECUTOR": ("executor", "kind", text),
     "FLEETSCORE_WORKERS": ("executor", "workers", whole),
@@ -55,6 +56,7 @@ ENV_KEYS: dict[str, tuple[str, str, Parser]] = {
     "FLEETSCORE_SHARD_MODELS": ("executor", "shard_models", whole),
     "FLEETSCORE_KERNEL": ("executor", "kernel", kernel_choice),
     "FLEETSCORE_IN_PROCESS": ("executor", "in_process", text),
+    "FLEETSCORE_TASK_TIMEOUT": ("executor", "task_timeout_s", whole_seconds(allow_zero=True)),
     "FLEETSCORE_TOKEN": ("web", "token", text),
     "FLEETSCORE_KAFKA_CONNECTION_STRING": ("kafka", "connection_string", text),
     "FLEETSCORE_KAFKA_USERNAME": ("kafka", "username", text),

@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from fleetscore.config.values import Parser, check_range, number, text, whole
+from fleetscore.config.values import Parser, boolean, check_range, number, text, whole, whole_seconds
 from fleetscore.errors import ConfigError
 
 DEFAULT_EXECUTOR = "local"
@@ -21,6 +21,8 @@ DEFAULT_KERNEL = "auto"
 KERNELS = ("auto", "numba", "numpy")
 #: Whether a local run's tasks may run in the driver process: by the planned cost (``auto``), or always, or never.
 IN_PROCESS = ("auto", "always", "never")
+#: A task of one shard takes seconds: one still running after an hour is hung (a stuck read, a wedged library).
+DEFAULT_TASK_TIMEOUT_S = 3600
 #: Scoring cost (rows × support vectors) a shard aims for when training plans its shards.
 DEFAULT_SHARD_MODELS = 2000
 #: nu / gamma unset (None): chosen per model unless pinned; see fleetscore.services.tuning for "auto".
@@ -43,8 +45,17 @@ class _UrlSection:
         return self
 
 
+@dataclass(frozen=True, kw_only=True)
 class StorageSettings(_UrlSection):
-    """``[storage]``: where data, models, predictions and logs live (local path, s3://, az://)."""
+    """``[storage]``: where data, models, predictions and logs live (local path, s3://, az://).
+
+    ``shared``: a local path that every node of a Ray cluster mounts too (e.g. NFS); without it a run on
+    Ray workers of other hosts is refused, since they would read and write their own disks.
+    """
+
+    shared: bool = False
+
+    KEYS: ClassVar[dict[str, tuple[str, Parser]]] = {"url": ("url", text), "shared": ("shared", boolean)}
 
 
 class CatalogSettings(_UrlSection):
@@ -75,10 +86,13 @@ class ExecutorSettings:
     shard_models: int = DEFAULT_SHARD_MODELS
     kernel: str = DEFAULT_KERNEL
     in_process: str = "auto"
+    #: Seconds a task may run in a worker before the worker is ended and the task fails for retry (0: never).
+    task_timeout_s: int = DEFAULT_TASK_TIMEOUT_S
 
     KEYS: ClassVar[dict[str, tuple[str, Parser]]] = {
         "kind": ("kind", text), "workers": ("workers", whole), "ray_address": ("ray_address", text),
-        "shard_models": ("shard_models", whole), "kernel": ("kernel", kernel_choice), "in_process": ("in_process", text)}
+        "shard_models": ("shard_models", whole), "kernel": ("kernel", kernel_choice), "in_process": ("in_process", text),
+        "task_timeout": ("task_timeout_s", whole_seconds(allow_zero=True))}
 
     def checked(self, where: str) -> ExecutorSettings:
         if self.kind not in EXECUTORS:

@@ -21,6 +21,19 @@ def text(value: Any, where: str) -> str:
     return value
 
 
+#: Environment text read as a yes/no setting.
+_TRUTH = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
+
+
+def boolean(value: Any, where: str) -> bool:
+    """A toml boolean, or its text in the environment (true/false, 1/0, yes/no, on/off)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _TRUTH:
+        return _TRUTH[value.strip().lower()]
+    raise ConfigError(f"{where}: expected true or false, got {value!r}")
+
+
 def whole(value: Any, where: str) -> int:
     """A whole number: a toml integer, or its text (as in the environment); booleans are refused."""
     try:

@@ -8,8 +8,9 @@ move: the exceedances over the median are fitted with a Weibull-type tail
 ``P(u - median > x | u > median) = exp(-(x / lam) ** k)`` through the ``BODY`` quantiles, and the
 threshold is read off at the target rate. ``k = 2`` is a Gaussian-like tail, ``k = 1`` an
 exponential one; fitting ``k`` lets each model's (and each feature's) own tail speak. With few rows
-(or a degenerate body) a Gaussian tail on the robust spread is used instead, widened for the
-small sample. Rates large enough to be read straight from the data use the empirical quantile.
+(or a degenerate body) a Gaussian (or exponential) tail through the body is used instead, at an
+upper confidence bound of its spread, which so few values may well understate (`spread_bound`).
+Rates large enough to be read straight from the data use the empirical quantile.
 
 `tail_exponent` summarises a tail for severities: the exponent ``k`` of ``p(r) = rate ** (r ** k)``,
 the tail probability of a deviation ``r`` thresholds out, through the threshold (``r = 1``) and the
@@ -36,6 +37,14 @@ MIN_TAIL_ROWS = 100
 #: An empirical quantile is used when at least this many training values lie beyond it.
 MIN_EMPIRICAL_EXCEEDANCES = 50
 _MAD_TO_SIGMA = 1.4826
+#: Confidence with which a threshold fitted on few values allows for the error of their spread (`spread_bound`).
+SPREAD_CONFIDENCE = 0.95
+#: Degrees of freedom per value of a spread estimate (``1 / (2 n var(estimate / spread))``, a normal sample's
+#: standard deviation has 1): the MAD of normal values, the ``BODY[0]`` quantile of their absolute deviations,
+#: that of exponential (Laplace) deviations.
+MAD_EFFICIENCY = 0.37
+BODY_EFFICIENCY = 0.63
+HEAVY_BODY_EFFICIENCY = 0.32
 #: Quantile of the training deviations that a severity's tail passes through (with the threshold).
 SEVERITY_BODY = 0.95
 #: Tail exponent of severities where the body says nothing (a Gaussian-like tail), and its bounds.
@@ -92,20 +101,43 @@ def tail_exponent(r_body: float, rate: float, body: float = SEVERITY_BODY) -> fl
 def deviation_threshold(dev: np.ndarray, rate: float, heavy: bool = False) -> float:
     """Threshold t on absolute deviations in robust-sigma units (``|x - center| / spread``), P(dev > t) ≈ ``rate``.
 
-    With enough rows this is `tail_threshold`; with few, the two-sided normal (``heavy``: Laplace)
-    quantile widened for the small sample: the spread of so few deviations says little about their tail.
+    With enough rows this is `tail_threshold`. With few, the two-sided normal (``heavy``: Laplace)
+    quantile on the scale read from the outer body, the ``BODY[0]`` quantile of the deviations (the
+    body nearest the tail, as `tail_threshold` reads it; a centre compressed towards 0 shrinks the
+    MAD, not it), times the scale's `spread_bound`: a threshold on the understated spread of a few
+    values would alarm far above ``rate``.
     """
     dev = np.asarray(dev, dtype=np.float64)
-    n = int(np.count_nonzero(np.isfinite(dev)))
+    dev = dev[np.isfinite(dev)]
+    n = dev.size
     if n >= MIN_TAIL_ROWS or n == 0:
         return tail_threshold(dev, rate, heavy)
-    return small_sample_z(rate / 2.0, n, heavy)
+    body = float(np.quantile(dev, BODY[0]))
+    if body <= 0:
+        return small_sample_z(rate / 2.0, n, heavy)
+    if heavy:  # P(dev > t) = exp(-t / b), and the body quantile is b * -log(1 - BODY[0])
+        return math.log(rate) / math.log(1.0 - BODY[0]) * body * spread_bound(n, HEAVY_BODY_EFFICIENCY)
+    z, z_body = (NormalDist().inv_cdf(1.0 - q / 2.0) for q in (rate, 1.0 - BODY[0]))
+    return z / z_body * body * spread_bound(n, BODY_EFFICIENCY)
 
 
 def small_sample_z(rate: float, n: int, heavy: bool = False) -> float:
-    """Normal (``heavy``: Laplace) one-sided quantile for ``rate``, widened by (1 + 2/sqrt(n))."""
+    """Normal (``heavy``: Laplace) one-sided quantile for ``rate`` on the robust spread of ``n`` values, times its
+    `spread_bound`."""
     z = -math.log(2.0 * rate) / math.sqrt(2.0) if heavy else NormalDist().inv_cdf(1.0 - rate)
-    return z * (1.0 + 2.0 / math.sqrt(max(n, 1)))
+    return z * spread_bound(n, MAD_EFFICIENCY)
+
+
+def spread_bound(n: int, efficiency: float) -> float:
+    """Upper `SPREAD_CONFIDENCE` bound of (true spread / estimate) for a spread estimated from ``n`` values.
+
+    The estimate is taken as a chi distribution with ``efficiency * n`` degrees of freedom (at least 1),
+    its quantile by the Wilson-Hilferty approximation: a one-sided tolerance factor, 1 for many values.
+    """
+    nu = max(efficiency * n, 1.0)
+    z = NormalDist().inv_cdf(SPREAD_CONFIDENCE)
+    low = 1.0 - 2.0 / (9.0 * nu) - z * math.sqrt(2.0 / (9.0 * nu))  # cube root of chi2(nu) at 1 - confidence, / nu
+    return 1.0 / math.sqrt(low**3)
 
 
 def robust_spread(u: np.ndarray, center: float) -> float:

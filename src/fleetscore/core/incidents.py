@@ -143,6 +143,27 @@ class Fragment:
     sensors: tuple[SensorShare, ...]
 
 
+_NAMES = pa.dictionary(pa.int32(), pa.string())
+#: Flagged readings as incident building takes them: ts (µs), device and sensor dictionary-encoded (no string per
+#: row), severity (null without a calibrated tail).
+FLAGS = pa.schema([("ts", pa.int64()), ("device", _NAMES), ("sensor", _NAMES), ("severity", pa.float64())])
+
+
+def flags_of(predictions: pa.Table) -> pa.Table:
+    """The flagged rows of a predictions table (``ts, device, sensor, is_anomaly``, ``severity`` when it has one) as a
+    :data:`FLAGS` table: what a scoring task hands back with its outcome, and what is read of an older task's file."""
+    table = predictions.filter(predictions.column("is_anomaly"))  # a null is no flag
+    names = table.column_names
+    severity = table.column("severity") if "severity" in names else pa.nulls(table.num_rows, pa.float64())
+    columns = [pc.cast(table.column("ts"), pa.int64()), _dictionary(table.column("device")),
+               _dictionary(table.column("sensor")), pc.cast(severity, pa.float64())]
+    return pa.table(columns, schema=FLAGS)
+
+
+def _dictionary(values: pa.ChunkedArray) -> pa.ChunkedArray:
+    return (values if pa.types.is_dictionary(values.type) else pc.dictionary_encode(values)).cast(_NAMES)
+
+
 def device_interval_s(intervals: Sequence[float | None], ts_us: Sequence[int] = ()) -> float:
     """A device's sampling interval: the median of its sensors' learned intervals; else the median
     positive gap of its readings' times ``ts_us``; else :data:`FALLBACK_INTERVAL_S`."""

@@ -85,24 +85,17 @@ def validate_readings(table: pa.Table, row_offset: int = 0) -> Validated:
             f"missing column(s) {', '.join(missing)}; found {', '.join(table.column_names) or 'none'}"
         )
     check_column_types(table.schema)
-    n = table.num_rows
-    ts_us, ts_reason = _parse_ts(table.column("ts"))
-    value, value_reason = _parse_value(table.column("value"))
-    device, device_reason = _check_ids(table.column("device"), "device")
-    sensor, sensor_reason = _check_ids(table.column("sensor"), "sensor")
-
-    checks = (ts_reason, device_reason, sensor_reason, value_reason)
-    failed = [reason != None for reason in checks]  # noqa: E711 (element-wise on object arrays)
-    bad = np.logical_or.reduce(failed)
+    reasons = _Reasons(table.num_rows)
+    # in this order: a row failing several checks gets the reason of the first
+    ts_us = _parse_ts(table.column("ts"), reasons)
+    device = _check_ids(table.column("device"), "device", reasons)
+    sensor = _check_ids(table.column("sensor"), "sensor", reasons)
+    value = _parse_value(table.column("value"), reasons)
+    bad = reasons.bad
     if not bad.any():  # the common case: no filtering, no reasons to collect
         return Validated(pa.table({"ts": pa.array(ts_us, type=pa.int64()).cast(TS_TYPE), "device": device,
                                    "sensor": sensor, "value": pa.array(value, type=pa.float64())},
                                   schema=READING_SCHEMA), empty_rejects())
-    reasons = np.full(n, None, dtype=object)
-    # the first failing check names the reason; later ones only fill rows still valid
-    for reason, fails in zip(checks, failed):
-        fill = (reasons == None) & fails  # noqa: E711
-        reasons[fill] = reason[fill]
     good_mask = ~bad
     good = pa.table(
         {
@@ -118,12 +111,32 @@ def validate_readings(table: pa.Table, row_offset: int = 0) -> Validated:
     rejected = pa.table(
         {
             "row": pa.array(idx + row_offset, type=pa.int64()),
-            **{name: _as_text(_plain(table.column(name))[0].take(at)) for name in REQUIRED_COLUMNS},
-            "reason": pa.array(list(reasons[idx]), type=pa.string()),
+            **{name: _as_text(_plain(table.column(name)).take(at)) for name in REQUIRED_COLUMNS},
+            "reason": pa.array(list(reasons.text[idx]), type=pa.string()),
         },
         schema=REJECT_SCHEMA,
     )
     return Validated(good, rejected)
+
+
+class _Reasons:
+    """Why each row of a batch is rejected: the first reason a row is given stays; ``bad`` marks the
+    rows that have one (a boolean mask, so checks never compare object arrays row by row)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.bad = np.zeros(n, dtype=bool)
+        self.text = np.full(n, None, dtype=object)
+
+    def add(self, rows: np.ndarray, reason: str | np.ndarray) -> None:
+        """Give ``reason`` (one text, or one per row) to the rows in the mask ``rows`` that have none yet."""
+        new = rows & ~self.bad
+        if new.any():
+            self.text[new] = reason if isinstance(reason, str) else reason[new]
+            self.bad |= new
+
+    def add_all(self, reason: str) -> None:
+        self.add(np.ones(self.n, dtype=bool), reason)
 
 
 def check_column_types(schema: pa.Schema) -> None:
@@ -149,7 +162,7 @@ def _is_compound(t: pa.DataType) -> bool:
 
 def _as_text(col: pa.ChunkedArray) -> pa.Array:
     """Raw values as text for the quarantine (ids truncated so a hostile 10 MB id stays small)."""
-    arr = _plain(col)[0]
+    arr = _plain(col)
     if pa.types.is_null(arr.type):
         return pa.nulls(len(arr), pa.string())
     try:
@@ -166,18 +179,18 @@ def _render(arr: pa.Array) -> pa.Array:
         except pa.ArrowException:  # beyond what strftime handles, or an unknown zone: the raw number
             return pc.cast(arr.cast(pa.int64()), pa.string())
     if _is_text(arr.type):
-        return _as_string(arr, np.full(len(arr), None, dtype=object), "")
+        return _as_string(arr, _Reasons(len(arr)), "")
     return pc.cast(arr, pa.string())
 
 
-def _plain(col: pa.ChunkedArray | pa.Array) -> tuple[pa.Array, int, np.ndarray]:
-    """One contiguous, dictionary-decoded array, its length, and an empty reason per row."""
+def _plain(col: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """One contiguous, dictionary-decoded array."""
     chunks = [_decoded(c) for c in (col.chunks if isinstance(col, pa.ChunkedArray) else [col])]
     if not chunks:
         arr = _unviewed(pa.array([], _value_type(col.type)))
     else:
         arr = chunks[0] if len(chunks) == 1 else pa.concat_arrays(chunks)
-    return arr, len(arr), np.full(len(arr), None, dtype=object)
+    return arr
 
 
 def _decoded(arr: pa.Array) -> pa.Array:
@@ -209,7 +222,7 @@ def _is_text(t: pa.DataType) -> bool:
                 or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t))
 
 
-def _as_string(arr: pa.Array, reason: np.ndarray, what: str) -> pa.Array:
+def _as_string(arr: pa.Array, reasons: _Reasons, what: str) -> pa.Array:
     """A text-like array as ``string``; values that are not valid UTF-8 are decoded with replacement
     characters and get the reason ``<what> is not valid UTF-8`` (only then is each distinct value
     looked at in Python)."""
@@ -224,7 +237,7 @@ def _as_string(arr: pa.Array, reason: np.ndarray, what: str) -> pa.Array:
     valid = np.array([_is_utf8(b) for b in raw], dtype=bool)
     at = encoded.indices.fill_null(0).to_numpy(zero_copy_only=False)
     invalid = ~valid[at] & ~arr.is_null().to_numpy(zero_copy_only=False)
-    reason[invalid & (reason == None)] = f"{what} is not valid UTF-8"  # noqa: E711
+    reasons.add(invalid, f"{what} is not valid UTF-8")
     texts = pa.array([b.decode("utf-8", "replace") for b in raw], pa.string())
     return texts.take(encoded.indices)
 
@@ -237,23 +250,21 @@ def _is_utf8(raw: bytes) -> bool:
     return True
 
 
-def _parse_ts(col: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
-    arr, n, reason = _plain(col)
+def _parse_ts(col: pa.ChunkedArray, reasons: _Reasons) -> np.ndarray:
+    arr = _plain(col)
     t = arr.type
-    nulls = arr.is_null().to_numpy(zero_copy_only=False)
     if pa.types.is_timestamp(t) or pa.types.is_date(t):
         us = _timestamp_us(arr)
     elif pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t):
-        us = _seconds_us(_floats(arr), reason)
+        us = _seconds_us(_floats(arr), reasons)
     elif _is_text(t):
-        us = _parse_ts_text(_as_string(arr, reason, "timestamp"), reason)
-    elif pa.types.is_null(t):
-        reason[:] = "timestamp is missing"
-        return np.zeros(n, dtype="int64"), reason
+        us = _parse_ts_text(_as_string(arr, reasons, "timestamp"), reasons)
     else:
-        reason[:] = f"timestamp has unsupported type {t}"
-        return np.zeros(n, dtype="int64"), reason
-    return _range_check(us, reason, nulls)
+        reasons.add_all("timestamp is missing" if pa.types.is_null(t) else f"timestamp has unsupported type {t}")
+        return np.zeros(len(arr), dtype="int64")
+    _add_missing(arr, reasons, "timestamp is missing")
+    reasons.add((us < MIN_TS_US) | (us >= MAX_TS_US), "timestamp is outside 1970..2200")
+    return us
 
 
 #: µs per unit of a timestamp or date; None: nanoseconds, divided (truncated) instead.
@@ -280,24 +291,22 @@ def _floats(arr: pa.Array) -> np.ndarray:
     return values
 
 
-def _seconds_us(secs: np.ndarray, reason: np.ndarray) -> np.ndarray:
+def _seconds_us(secs: np.ndarray, reasons: _Reasons) -> np.ndarray:
     """Epoch seconds → µs, rounded; non-finite ones get a reason, huge ones are clipped (then rejected by range)."""
     finite = np.isfinite(secs)
-    reason[~finite & (reason == None)] = "timestamp is not finite (NaN or inf)"  # noqa: E711
+    reasons.add(~finite, "timestamp is not finite (NaN or inf)")
     clipped = np.clip(np.where(finite, secs, 0.0), -1.0, MAX_TS_US / 1_000_000 + 1)
     us: np.ndarray = np.round(clipped * 1_000_000).astype(np.int64)
     return us
 
 
-def _range_check(us: np.ndarray, reason: np.ndarray, nulls: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    fill = (reason == None) & nulls  # noqa: E711
-    reason[fill] = "timestamp is missing"
-    out_of_range = (reason == None) & ((us < MIN_TS_US) | (us >= MAX_TS_US))  # noqa: E711
-    reason[out_of_range] = "timestamp is outside 1970..2200"
-    return us, reason
+def _add_missing(arr: pa.Array, reasons: _Reasons, reason: str) -> None:
+    """Give ``reason`` to the null rows of ``arr``, if any."""
+    if arr.null_count:
+        reasons.add(arr.is_null().to_numpy(zero_copy_only=False), reason)
 
 
-def _parse_ts_text(arr: pa.Array, reason: np.ndarray) -> np.ndarray:
+def _parse_ts_text(arr: pa.Array, reasons: _Reasons) -> np.ndarray:
     """Vectorised ISO 8601, then epoch-seconds parse of a whole column; one by one only when the
     column mixes forms or holds bad values."""
     for target in (pa.timestamp("us", tz="UTC"), pa.timestamp("us")):
@@ -310,19 +319,20 @@ def _parse_ts_text(arr: pa.Array, reason: np.ndarray) -> np.ndarray:
     try:
         secs = pc.cast(pc.utf8_trim_whitespace(arr), pa.float64())
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        return _parse_ts_rows(arr.to_pylist(), reason)
-    return _seconds_us(secs.fill_null(0.0).to_numpy(zero_copy_only=False), reason)
+        return _parse_ts_rows(arr.to_pylist(), reasons)
+    return _seconds_us(secs.fill_null(0.0).to_numpy(zero_copy_only=False), reasons)
 
 
 _NUMBER = re.compile(r"\s*[+-]?(?:\d+\.?\d*(?:[eE][+-]?\d+)?|\.\d+(?:[eE][+-]?\d+)?|nan|inf(?:inity)?)\s*",
                      re.IGNORECASE)
 
 
-def _parse_ts_rows(values: list[str | None], reason: np.ndarray) -> np.ndarray:
+def _parse_ts_rows(values: list[str | None], reasons: _Reasons) -> np.ndarray:
     """One by one: plain decimal numbers are epoch seconds, anything else must be ISO 8601."""
     us = np.zeros(len(values), dtype=np.int64)
-    secs = np.zeros(len(values))
+    secs = np.zeros(len(values))  # 0 (finite) where not numeric
     numeric = np.zeros(len(values), dtype=bool)
+    invalid = np.zeros(len(values), dtype=bool)
     for i, text in enumerate(values):
         if text is None:
             continue
@@ -331,41 +341,30 @@ def _parse_ts_rows(values: list[str | None], reason: np.ndarray) -> np.ndarray:
             continue
         parsed = parse_time_us(text)
         if parsed is None:
-            reason[i] = "timestamp is not a valid ISO 8601 time"
+            invalid[i] = True
         else:
             us[i] = parsed
-    if numeric.any():
-        sub = reason[numeric]
-        us[numeric] = _seconds_us(secs[numeric], sub)
-        reason[numeric] = sub
-    return us
+    reasons.add(invalid, "timestamp is not a valid ISO 8601 time")
+    return np.where(numeric, _seconds_us(secs, reasons), us) if numeric.any() else us
 
 
-def _parse_value(col: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
-    arr, n, reason = _plain(col)
+def _parse_value(col: pa.ChunkedArray, reasons: _Reasons) -> np.ndarray:
+    arr = _plain(col)
     t = arr.type
-    nulls = arr.is_null().to_numpy(zero_copy_only=False)
     if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t):
         values = _floats(arr)
     elif _is_text(t):
-        values = _parse_numbers(pc.utf8_trim_whitespace(_as_string(arr, reason, "value")), reason)
-    elif pa.types.is_boolean(t):
-        reason[:] = "value is a boolean, not a number"
-        return np.zeros(n), reason
-    elif pa.types.is_null(t):
-        reason[:] = "value is missing"
-        return np.zeros(n), reason
+        values = _parse_numbers(pc.utf8_trim_whitespace(_as_string(arr, reasons, "value")), reasons)
     else:
-        reason[:] = f"value has unsupported type {t}"
-        return np.zeros(n), reason
-    fill = (reason == None) & nulls  # noqa: E711
-    reason[fill] = "value is missing"
-    nonfinite = (reason == None) & ~np.isfinite(values)  # noqa: E711
-    reason[nonfinite] = "value is not finite (NaN or inf)"
-    return values, reason
+        reasons.add_all("value is a boolean, not a number" if pa.types.is_boolean(t) else
+                        "value is missing" if pa.types.is_null(t) else f"value has unsupported type {t}")
+        return np.zeros(len(arr))
+    _add_missing(arr, reasons, "value is missing")
+    reasons.add(~np.isfinite(values), "value is not finite (NaN or inf)")
+    return values
 
 
-def _parse_numbers(text: pa.Array, reason: np.ndarray) -> np.ndarray:
+def _parse_numbers(text: pa.Array, reasons: _Reasons) -> np.ndarray:
     """Numeric text as float64 (nulls 0), vectorised; one by one only when some value is not a number."""
     try:
         return _floats(text)
@@ -373,7 +372,7 @@ def _parse_numbers(text: pa.Array, reason: np.ndarray) -> np.ndarray:
         pass
     values = np.array([_float_or_text(v) for v in text.to_pylist()], dtype=object)
     words = np.array([isinstance(v, str) for v in values], dtype=bool)
-    reason[words & (reason == None)] = "value is not a number"  # noqa: E711
+    reasons.add(words, "value is not a number")
     return np.where(words, 0.0, values).astype("float64")
 
 
@@ -394,32 +393,41 @@ _CONTROL = r"\p{Cc}"
 _INVISIBLE = r"[\p{Cf}\p{Zl}\p{Zp}\x{115F}\x{1160}\x{3164}\x{FFA0}]"
 
 
-def _check_ids(col: pa.ChunkedArray, what: str) -> tuple[pa.Array, np.ndarray]:
-    arr, n, reason = _plain(col)
+def _check_ids(col: pa.ChunkedArray, what: str, reasons: _Reasons) -> pa.Array:
+    """The ids as ``string`` (nulls as ""), each bad one given its reason."""
+    arr = _plain(col)
     if pa.types.is_null(arr.type):
-        reason[:] = f"{what} id is missing"
-        return pa.nulls(n, pa.string()), reason
+        reasons.add_all(f"{what} id is missing")
+        return pa.nulls(len(arr), pa.string())
     if _is_text(arr.type):
-        arr = _as_string(arr, reason, f"{what} id")
+        arr = _as_string(arr, reasons, f"{what} id")
     else:
         try:
             arr = pc.cast(arr, pa.string())
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            reason[:] = f"{what} id has unsupported type {arr.type}"
-            return pa.nulls(n, pa.string()), reason
-    nulls = arr.is_null().to_numpy(zero_copy_only=False)
-    filled = arr.fill_null("")
+            reasons.add_all(f"{what} id has unsupported type {arr.type}")
+            return pa.nulls(len(arr), pa.string())
+    _add_missing(arr, reasons, f"{what} id is missing")
+    filled = arr.fill_null("") if arr.null_count else arr
     # ids repeat a lot within a batch: check each distinct id once, then spread the answers by index
     encoded = pc.dictionary_encode(filled)
-    uniq, at = encoded.dictionary, encoded.indices.to_numpy(zero_copy_only=False)
-    empty = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(uniq)), 0).to_numpy(zero_copy_only=False)[at]
-    too_long = pc.greater(pc.utf8_length(uniq), MAX_ID_LENGTH).to_numpy(zero_copy_only=False)[at]
-    control = pc.match_substring_regex(uniq, _CONTROL).to_numpy(zero_copy_only=False)[at]
-    invisible = pc.match_substring_regex(uniq, _INVISIBLE).to_numpy(zero_copy_only=False)[at]
-    reason[nulls & (reason == None)] = f"{what} id is missing"  # noqa: E711
-    reason[(reason == None) & empty] = f"{what} id is empty"  # noqa: E711
-    reason[(reason == None) & too_long] = f"{what} id is longer than {MAX_ID_LENGTH} characters"  # noqa: E711
-    reason[(reason == None) & control] = f"{what} id contains control characters"  # noqa: E711
-    reason[(reason == None) & invisible] = (f"{what} id contains invisible or direction-changing characters "  # noqa: E711
-                                            "(Unicode Cf, Zl or Zp, e.g. U+200B, U+202E, U+2028, U+FEFF)")
-    return filled, reason
+    distinct = _id_reasons(encoded.dictionary, what)
+    if distinct.bad.any():
+        at = encoded.indices.to_numpy(zero_copy_only=False)
+        reasons.add(distinct.bad[at], distinct.text[at])
+    return filled
+
+
+def _id_reasons(ids: pa.Array, what: str) -> _Reasons:
+    """The reason each of the (distinct, non-null) ``ids`` is refused, if any."""
+    out = _Reasons(len(ids))
+    checks = [(pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(ids)), 0), f"{what} id is empty"),
+              (pc.greater(pc.utf8_length(ids), MAX_ID_LENGTH), f"{what} id is longer than {MAX_ID_LENGTH} characters"),
+              (pc.match_substring_regex(ids, _CONTROL), f"{what} id contains control characters")]
+    if not pc.all(pc.string_is_ascii(ids)).as_py():  # every invisible character lies beyond ASCII
+        checks.append((pc.match_substring_regex(ids, _INVISIBLE),
+                       f"{what} id contains invisible or direction-changing characters "
+                       "(Unicode Cf, Zl or Zp, e.g. U+200B, U+202E, U+2028, U+FEFF)"))
+    for found, reason in checks:
+        out.add(found.to_numpy(zero_copy_only=False), reason)
+    return out

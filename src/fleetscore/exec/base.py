@@ -33,7 +33,8 @@ class Executor(Protocol):
     """Runs ``fn(spec)`` for every spec; yields ``(index, result or TaskError)`` in completion order.
 
     ``can_inline``: a run may instead execute its tasks in the driver (`run_inline`) when that is cheaper
-    (local executors; a Ray cluster keeps every task); ``warm``: workers are running now, no start-up to pay.
+    (local executors; a Ray cluster keeps every task); ``warm``: workers are running now, no start-up to pay;
+    ``other_hosts``: the machines other than this one its tasks may run on (what local storage cannot reach).
     """
 
     name: str
@@ -44,6 +45,8 @@ class Executor(Protocol):
     def warm(self) -> bool: ...
 
     def map(self, fn: Callable[[Any], Any], specs: Sequence[Any]) -> Iterator[tuple[int, Any]]: ...
+
+    def other_hosts(self) -> list[str]: ...
 
     def close(self) -> None: ...
 
@@ -70,6 +73,10 @@ class Inline:
 
     def map(self, fn: Callable[[Any], Any], specs: Sequence[Any]) -> Iterator[tuple[int, Any]]:
         return run_inline(fn, specs)
+
+    def other_hosts(self) -> list[str]:
+        """None: every task runs here."""
+        return []
 
     def close(self) -> None:
         """Nothing to stop."""

@@ -88,7 +88,7 @@ def run_captured(fn: Callable[[Any], T], spec: LoggedTask) -> T:
         lines.append(log_line("task.error", "error", task=spec.task, attempt=spec.attempt, wall_s=wall_s,
                               error=f"{type(error).__name__}: {error}", traceback=tb))
     try:
-        write_task_log(open_storage(spec.storage_url), spec.run_id, spec.task, spec.attempt, lines,
+        write_task_log(open_storage(spec.storage_url, in_task=True), spec.run_id, spec.task, spec.attempt, lines,
                        out.getvalue(), err.getvalue())
     except (FleetscoreError, OSError):
         pass  # the run log still records the task's outcome; a log that cannot be written must not fail the task

@@ -20,6 +20,7 @@ from typing import Any
 
 from fleetscore.credentials import call_with_credentials, credential_env
 from fleetscore.exec.base import TaskError, run_inline
+from fleetscore.exec.deadline import TASK_TIMEOUT_EXIT, run_with_deadline, timed_out_message
 
 #: Exit status of a worker that ended because its driver was gone.
 DRIVER_GONE_EXIT = 70
@@ -49,8 +50,10 @@ class LocalExecutor:
     name = "local"
     can_inline = True
 
-    def __init__(self, workers: int, preload: tuple[str, ...] = ()) -> None:
+    def __init__(self, workers: int, preload: tuple[str, ...] = (), *, task_timeout_s: float = 0) -> None:
         self.workers = max(1, int(workers))
+        #: Seconds a task may run in a pool worker before the worker is ended (0: no limit; `exec.deadline`).
+        self.task_timeout_s = task_timeout_s
         #: Modules the fork server imports before forking workers (plus the kernel warm-up), given by the caller.
         self.preload = preload
         self._pool: ProcessPoolExecutor | None = None
@@ -73,15 +76,21 @@ class LocalExecutor:
         while queue or pending:
             while queue and len(pending) < 2 * self.workers:
                 i, spec = queue.pop()
-                pending[self._submit(call_with_credentials, env, fn, spec)] = i
+                pending[self._submit(run_with_deadline, self.task_timeout_s, call_with_credentials, env, fn, spec)] = i
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
             for fut in done:
                 i = pending.pop(fut)
                 failure = fut.exception()
                 if isinstance(failure, BrokenProcessPool):  # every task in flight fails with it, not only the killed one
-                    failure = WorkerDied("a worker process died while this task was in flight (killed, or out of "
-                                         "memory); the pool was restarted")
+                    failure = WorkerDied(self._death_reason())
                 yield i, (TaskError.from_exception(failure) if failure is not None else fut.result())
+
+    def _death_reason(self) -> str:
+        """Why the pool broke: a worker ended for running past the time limit, or one that was killed."""
+        processes = list(((self._pool._processes if self._pool else None) or {}).values())  # noqa: SLF001
+        if any(p.exitcode == TASK_TIMEOUT_EXIT for p in processes):
+            return timed_out_message(self.task_timeout_s) + " (tasks in flight beside it fail with it); the pool was restarted"
+        return "a worker process died while this task was in flight (killed, or out of memory); the pool was restarted"
 
     def _submit(self, *args: Any) -> Future[Any]:
         """Submit to the pool; a pool broken by a dead worker is replaced first, so retries can run."""
@@ -99,6 +108,10 @@ class LocalExecutor:
             self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx, initializer=watch_driver,
                                              initargs=(self._lifeline[0],))
         return self._pool
+
+    def other_hosts(self) -> list[str]:
+        """None: the pool's workers are processes of this host."""
+        return []
 
     def close(self) -> None:
         if self._pool is not None:

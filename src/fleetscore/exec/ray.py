@@ -18,16 +18,22 @@ import logging
 import socket
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from typing import Any
 
 from fleetscore.credentials import call_with_credentials, credential_env
 from fleetscore.errors import ConfigError, FleetscoreError
 from fleetscore.exec.base import TaskError
-from fleetscore.exec.place import placed, this_process
+from fleetscore.exec.deadline import run_with_deadline, timed_out_message
+from fleetscore.exec.place import other_hosts, placed, this_process
 from fleetscore.redact import redact
 
 #: Times Ray runs a task again after its worker process or node died (application errors are not retried).
 DEFAULT_MAX_RETRIES = 3
+#: Tasks a run keeps submitted at once: this many per CPU of the cluster (at least MIN_IN_FLIGHT), so every
+#: CPU has its next task queued while the driver's waits stay small.
+IN_FLIGHT_PER_CPU = 4
+MIN_IN_FLIGHT = 64
 #: CPUs one task asks Ray for; a task scores its shard on one core.
 TASK_CPUS = 1
 #: Seconds to wait for the cluster's address to answer before giving up.
@@ -46,8 +52,10 @@ class RayExecutor:
     can_inline = False  # a run on a cluster keeps its tasks there (storage may not even be reachable here)
 
     def __init__(self, workers: int, address: str | None = None, max_retries: int = DEFAULT_MAX_RETRIES, *,
-                 env_address: str | None = None) -> None:
+                 env_address: str | None = None, task_timeout_s: float = 0) -> None:
         self.workers = max(1, int(workers))
+        #: Seconds a task may run in a Ray worker before the worker is ended and Ray retries it (0: no limit).
+        self.task_timeout_s = task_timeout_s
         self.address = address
         #: ``RAY_ADDRESS`` as the settings read it: what ``ray.init()`` joins when no address is given.
         self.env_address = env_address
@@ -69,16 +77,26 @@ class RayExecutor:
         from fleetscore.version import __version__
 
         task = self._task.options(name=_task_name(fn))
-        index = {task.remote(fn, spec, self._env, __version__): i for i, spec in enumerate(specs)}
-        pending = list(index)
+        # A window of tasks in flight, refilled as results come: every ray.wait looks at the window, not at
+        # all of a run's thousands of tasks, so the driver's cost per task stays flat however many there are.
+        window = max(MIN_IN_FLIGHT, IN_FLIGHT_PER_CPU * int(ray.cluster_resources().get("CPU", self.workers)))
+        queue = list(enumerate(specs))
+        queue.reverse()
+        index: dict[Any, int] = {}
+        pending: list[Any] = []
         try:
-            while pending:
+            while queue or pending:
+                while queue and len(pending) < window:
+                    i, spec = queue.pop()
+                    ref = task.remote(fn, spec, self._env, __version__, self.task_timeout_s)
+                    index[ref] = i
+                    pending.append(ref)
                 done, pending = ray.wait(pending, num_returns=1)
                 if pending:
                     more, pending = ray.wait(pending, num_returns=len(pending), timeout=0)
                     done += more
                 for ref in done:
-                    yield index[ref], self._result(ref)
+                    yield index.pop(ref), self._result(ref)
         finally:
             for ref in pending:
                 ray.cancel(ref, force=True)
@@ -90,7 +108,11 @@ class RayExecutor:
             return ray.get(ref)
         except ray.exceptions.RayError as exc:
             # the worker or its node died on every attempt, or the task was cancelled
-            return TaskError.from_exception(exc, attempts=self.max_retries + 1)
+            failed = TaskError.from_exception(exc, attempts=self.max_retries + 1)
+            if isinstance(exc, ray.exceptions.WorkerCrashedError) and self.task_timeout_s:
+                # Ray does not say why a worker ended: a hung task's ends by its time limit (`exec.deadline`)
+                return replace(failed, error=f"{failed.error} (or {timed_out_message(self.task_timeout_s)})")
+            return failed
 
     def _connect(self) -> None:
         import ray
@@ -101,6 +123,19 @@ class RayExecutor:
                 run_task
             )
             self._env = ray.put(credential_env())
+
+    def other_hosts(self) -> list[str]:
+        """The hosts other than this one that may run its tasks: the address's host when that is another
+        machine (found without connecting), else the cluster's live nodes on other machines."""
+        address = self.address or self.env_address
+        if address and ":" in address:
+            elsewhere = other_hosts([_split_address(address)[0]])
+            if elsewhere:
+                return elsewhere
+        import ray
+
+        self._connect()
+        return other_hosts(str(node.get("NodeManagerAddress", "")) for node in ray.nodes() if node.get("Alive"))
 
     def close(self) -> None:
         """Forget this executor's tasks; the process stays connected to Ray (see :func:`connect`)."""
@@ -155,13 +190,19 @@ def _task_name(fn: Callable[[Any], Any]) -> str:
     return f"fleetscore.{getattr(fn, '__name__', 'task')}"
 
 
+def _split_address(address: str) -> tuple[str, int]:
+    """Host and port of ``[ray://]host:port``, refused clearly when the address has another shape."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise ConfigError(f"Ray address must look like host:port or ray://host:port, got {address[:100]!r}")
+    return host.strip("[]"), int(port)
+
+
 def _check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
     """Fail fast with a clear message when nothing listens at ``[ray://]host:port`` (Ray itself retries for minutes)."""
-    host, sep, port = address.removeprefix("ray://").rpartition(":")
-    if not sep or not port.isdigit():
-        raise ConfigError(f"Ray address must look like host:port or ray://host:port, got {address[:100]!r}")
+    host, port = _split_address(address)
     try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+        socket.create_connection((host, port), timeout=timeout_s).close()
     except OSError as exc:
         raise FleetscoreError(f"cannot connect to Ray at {address}: nothing answers there ({exc})") from exc
 
@@ -177,8 +218,10 @@ def _starts_local_instance(env_address: str | None) -> bool:
     return canonicalize_bootstrap_address(None) is None  # type: ignore[arg-type]  # None: no address given
 
 
-def run_task(fn: Callable[[Any], Any], spec: Any, env: dict[str, str], driver_version: str) -> Any:
-    """Inside a Ray worker: take the driver's credentials, record node and attempt, run ``fn(spec)``.
+def run_task(fn: Callable[[Any], Any], spec: Any, env: dict[str, str], driver_version: str,
+             task_timeout_s: float = 0) -> Any:
+    """Inside a Ray worker: take the driver's credentials, record node and attempt, run ``fn(spec)`` (the
+    worker ends, and Ray runs the task again, should it run past ``task_timeout_s``).
 
     Exceptions of ``fn`` come back as :class:`TaskError` values (so Ray does not retry them); only a
     dead worker or node makes Ray run the task again.
@@ -194,7 +237,7 @@ def run_task(fn: Callable[[Any], Any], spec: Any, env: dict[str, str], driver_ve
                          "install the same version everywhere (one image for driver and workers)", "", place.attempt)
     with placed(place):
         try:
-            return call_with_credentials(env, fn, spec)
+            return run_with_deadline(task_timeout_s, call_with_credentials, env, fn, spec)
         except Exception as exc:  # noqa: BLE001 - a task's failure is data for the run record
             return TaskError.from_exception(exc, attempts=place.attempt)
 

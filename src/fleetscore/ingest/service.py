@@ -155,9 +155,10 @@ class IngestService:
 
     async def submit_async(self, parsed: ParsedBody | Callable[[], ParsedBody], key: str | None = None,
                            digest: str | None = None, executor: Executor | None = None) -> tuple[dict[str, Any], bool]:
-        """Admit and append in ``executor`` (default: the loop's), then await the fsync, so the event loop
-        never blocks; returns (answer, replayed). ``parsed`` may be a function that parses the body, called
-        in the same hop to the executor. ``digest`` binds ``key`` to the body (see module doc)."""
+        """Admit and append in ``executor`` (None: right here, on the event loop: cheaper for small
+        batches), then await the fsync; returns (answer, replayed). ``parsed`` may be a function that
+        parses the body, called in the same hop to the executor. ``digest`` binds ``key`` to the body
+        (see module doc)."""
         if key is None:
             return (await self._write(parsed, None, None, executor)).reply(), False
         reply, waiting, owner = self.keys.claim(key, digest)
@@ -178,7 +179,10 @@ class IngestService:
             batch = self.admit(parsed if isinstance(parsed, ParsedBody) else parsed(), key, digest=digest)
             return batch, self.append(batch)
 
-        batch, durable = await asyncio.get_running_loop().run_in_executor(executor, start)
+        if executor is None:
+            batch, durable = start()
+        else:
+            batch, durable = await asyncio.get_running_loop().run_in_executor(executor, start)
         await asyncio.wrap_future(durable)
         return batch
 

@@ -1,20 +1,23 @@
 """Incident building: after a window commits, its flags become fragments and the incidents they belong to are rebuilt.
 
-Only the committed window's flagged rows are read (``ts, device, sensor, severity``), with the
-sampling intervals of their devices from the version's manifest. In one catalog transaction the
-window's old fragments are replaced by the new ones and the incidents of every touched device are
-rebuilt from all their fragments near the window (`fleetscore.core.incidents.reconcile`), so
-re-scoring a window changes its part exactly once; active incidents of other devices are resolved
-once their quiet period has passed. The alert rules then see what changed. All of it runs on
-columns; incidents become values only where an existing one changes (or for the alert rules).
+The committed window's flagged rows (``ts, device, sensor, severity``) come from the scoring tasks'
+outcomes (`fleetscore.core.incidents.flags_of`); only files of tasks that ran in an earlier execution
+of the run (a resumed run) are read back. The sampling intervals of their devices come from the
+version's manifest. In one catalog transaction the window's old fragments are replaced by the new
+ones and the incidents of every touched device are rebuilt from all their fragments near the window
+(`fleetscore.core.incidents.reconcile`), so re-scoring a window changes its part exactly once;
+active incidents of other devices are resolved once their quiet period has passed. The alert rules
+then see what changed. All of it runs on columns; incidents become values only where an existing one
+changes (or for the alert rules).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -24,11 +27,13 @@ import sqlalchemy as sa
 
 from fleetscore.catalog.incidents import IncidentStore, WindowUpdate, incident_values
 from fleetscore.core.incidents import (
+    FLAGS,
     Fragment,
     Incident,
     Rules,
     as_ints,
     device_interval_s,
+    flags_of,
     group_flags,
     learned_intervals,
     lookup,
@@ -45,24 +50,23 @@ from fleetscore.services.context import Context
 from fleetscore.storage import layout
 from fleetscore.storage.fs import Storage
 
-#: The prediction columns incident building reads.
+#: The prediction columns incident building reads of a file whose flags no task handed back.
 FLAG_COLUMNS = ["ts", "device", "sensor", "severity", "is_anomaly"]
-_NAMES = pa.dictionary(pa.int32(), pa.string())
-#: The flagged rows it keeps of them.
-FLAGS = pa.schema([("ts", pa.int64()), ("device", _NAMES), ("sensor", _NAMES), ("severity", pa.float64())])
 
 
-def after_commit(ctx: Context, from_us: int, to_us: int, run_id: str) -> int:
+def after_commit(ctx: Context, from_us: int, to_us: int, run_id: str,
+                 flags: Mapping[str, pa.Table] | None = None) -> int:
     """Rebuild the incidents the committed window [from, to) of ``run_id`` touches; returns how many were created
     or changed (newly resolved and superseded ones too), handed to the alert rules as values when there are rules.
-    Nothing when the window's predictions are another run's by now."""
+    Nothing when the window's predictions are another run's by now. ``flags``: the :data:`FLAGS` tables the tasks
+    handed back, by predictions file; the committed files not among them are read."""
     try:
         pointer = json.loads(ctx.storage.read_bytes(layout.commit_key(from_us, to_us)))
     except FileNotFoundError:
         return 0
     if pointer.get("run_id") != run_id:
         return 0
-    flagged = _flagged(ctx.storage, pointer["files"])
+    flagged = _flagged(ctx.storage, pointer["files"], flags or {})
     settings, now = ctx.config.incidents, ctx.clock()
     with IncidentStore(ctx.catalog).window_update() as tx:
         touched = tx.take_fragments(from_us, to_us) | set(flagged.column("device").unique().to_pylist())
@@ -92,12 +96,21 @@ def after_commit(ctx: Context, from_us: int, to_us: int, run_id: str) -> int:
     return len(changed) + int(new.num_rows)
 
 
-def build_summary(ctx: Context, from_us: int, to_us: int, run_id: str) -> dict[str, Any]:
+def preload() -> threading.Thread:
+    """Load in a background thread what building incidents pays for first: pyarrow imports pandas on its first
+    array (about half a second). A run starts it while its tasks score, so its end does not wait for that import."""
+    thread = threading.Thread(target=pa.array, args=([0],), name="incidents-preload", daemon=True)
+    thread.start()
+    return thread
+
+
+def build_summary(ctx: Context, from_us: int, to_us: int, run_id: str,
+                  flags: Mapping[str, pa.Table] | None = None) -> dict[str, Any]:
     """:func:`after_commit` for the scoring run's record: ``{"changed": N, "elapsed_s": s}``, or ``{"error": ...}``
     when it failed (the window is committed either way; the next commit or a re-score builds its incidents)."""
     started = time.perf_counter()
     try:
-        changed = after_commit(ctx, from_us, to_us, run_id)
+        changed = after_commit(ctx, from_us, to_us, run_id, flags)
     except (FleetscoreError, OSError, sa.exc.SQLAlchemyError, pa.ArrowException, KeyError, ValueError) as exc:
         return {"error": f"{type(exc).__name__}: {exc}"[:500]}
     return {"changed": changed, "elapsed_s": round(time.perf_counter() - started, 4)}
@@ -125,8 +138,11 @@ def _rebuild(tx: WindowUpdate, from_us: int, to_us: int, fragments: pa.Table, ru
     stored = tx.fragments(devices, int(lo.min()), int(hi.max()))
     code = lookup(stored.column("device"), devices)
     keep = (as_ints(stored.column("last_us")) >= lo[code]) & (as_ints(stored.column("start_us")) <= hi[code])
-    groups = merge_fragments(pa.concat_tables([stored.filter(pa.array(keep)), fragments]),
-                             {d: r.gap_us for d, r in rules.items()})
+    if keep.any():
+        groups = merge_fragments(pa.concat_tables([stored.filter(pa.array(keep)), fragments]),
+                                 {d: r.gap_us for d, r in rules.items()})
+    else:  # nothing of other windows nearby: the window's fragments are the groups (merging them again changes nothing)
+        groups = fragments
     g_code = lookup(groups.column("device"), devices)
     nearby = np.zeros(len(devices), dtype=bool)
     nearby[code_near] = True
@@ -159,19 +175,17 @@ def _new_id() -> str:
     return _new_ids(1)[0]
 
 
-def _flagged(storage: Storage, files: list[str]) -> pa.Table:
-    """The flagged rows of the window's prediction files: ts, device and sensor (dictionary-encoded: no string per
-    row), severity (null without a calibrated tail)."""
+def _flagged(storage: Storage, files: list[str], known: Mapping[str, pa.Table]) -> pa.Table:
+    """The flagged rows of the window's prediction files (:data:`FLAGS`): those ``known`` as they are, the others read
+    (ts, device and sensor dictionary-encoded: no string per row)."""
     parts = []
     for key in files:
+        if key in known:
+            parts.append(known[key])
+            continue
         with storage.open_parquet(key, read_dictionary=["device", "sensor"]) as pf:
             names = set(pf.schema_arrow.names)
-            table = pf.read(columns=[c for c in FLAG_COLUMNS if c in names])
-        table = table.filter(table.column("is_anomaly"))  # a null is no flag
-        severity = table.column("severity") if "severity" in names else pa.nulls(table.num_rows, pa.float64())
-        parts.append(pa.table({"ts": pc.cast(table.column("ts"), pa.int64()), "device": table.column("device"),
-                               "sensor": table.column("sensor"), "severity": pc.cast(severity, pa.float64())},
-                              schema=FLAGS))
+            parts.append(flags_of(pf.read(columns=[c for c in FLAG_COLUMNS if c in names])))
     return pa.concat_tables(parts) if parts else FLAGS.empty_table()
 
 

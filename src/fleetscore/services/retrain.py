@@ -134,12 +134,14 @@ class RetrainResult(TrainResult):
     base_version: str = ""
     retrained: list[dict[str, str]] = field(default_factory=list)
     not_retrained: list[dict[str, str]] = field(default_factory=list)
+    #: Why no version was made (no model to retrain); ``version`` is then the base version, unchanged.
+    nothing_to_do: str | None = None
 
 
 def retrain_shard(task: RetrainTask) -> ShardTrained:
     """Write the new version's shard: the base shard's models, with ``keys`` refitted; its manifest rows."""
     t = task.train
-    storage = open_storage(t.storage_url)
+    storage = open_storage(t.storage_url, in_task=True)
     store = ModelStore(storage)
     data = load_groups(t)
     meta, bounds, groups, phases = data.meta, data.bounds, data.groups, data.phases
@@ -248,7 +250,9 @@ def retrain_unhealthy(ctx: Context, executor: Executor, base: VersionRecord, fro
         raise InputError(f"no finished run of the released version {base.version}: score first, then retrain")
     sick = unhealthy_models(ctx.catalog, runs[0].run_id)
     if not sick:
-        raise InputError(f"the latest run {runs[0].run_id} of {base.version} marked no model unhealthy; nothing to retrain")
+        reason = f"the latest run {runs[0].run_id} of {base.version} marked no model unhealthy; nothing to retrain"
+        return RetrainResult(base.version, 0, 0, 0, round(time.perf_counter() - started, 3), False, [],
+                             base_version=base.version, nothing_to_do=reason)
     keys = {(u["device"], s) for u in sick for s in u.get("sensors") or [u["sensor"]]}
     storage, catalog = ctx.storage, ctx.catalog
     store = ModelStore(storage)

@@ -35,6 +35,7 @@ from fleetscore.core.explain import HISTORY, Explanation, device_reason, explain
 from fleetscore.core.features import FeatureSpec, build_features, day_phase, parse_features
 from fleetscore.core.health import describe, expected_rate, unhealthy_counts
 from fleetscore.core.history import first_lookback_s, history_needs, max_lookback_s, short_units, widened
+from fleetscore.core.incidents import flags_of
 from fleetscore.core.keys import KeyBound, device_bucket
 from fleetscore.core.kinds import KINDS, Bundle, history_rows, needs_phase, rows_before, score_and_severity_bundle
 from fleetscore.core.matching import match_runs
@@ -85,19 +86,20 @@ class ScoreTask:
 
 @dataclass(frozen=True)
 class ScoreOutcome:
-    """What a task reports back: its record, failed models, keys without a model and unhealthy models."""
+    """What a task reports back: its record, failed models, keys without a model, unhealthy models and its flags."""
 
     record: TaskRecord
     failures: list[ModelFailure] = field(default_factory=list)
     unmatched: list[dict[str, Any]] = field(default_factory=list)
     output: str | None = None
     unhealthy: list[dict[str, Any]] = field(default_factory=list)  # models flagging most of their rows
+    flags: pa.Table | None = None  # the output's flagged rows (`core.incidents.FLAGS`): incidents never re-read them
 
 
 def score_shard(task: ScoreTask) -> ScoreOutcome:
     """Score all models of one shard over the window; write the task's predictions file."""
     t0, c0 = time.perf_counter(), time.process_time()
-    storage = open_storage(task.storage_url)
+    storage = open_storage(task.storage_url, in_task=True)
     spec = parse_features(task.features)
 
     models = ModelStore(storage)
@@ -196,7 +198,7 @@ def score_shard(task: ScoreTask) -> ScoreOutcome:
         score_s=t3 - t2, write_s=t4 - t3, worker=place.worker, node=place.node,
         attempts=task.attempt + place.attempt - 1,  # the executor's own retries (a dead Ray worker) count too
     )
-    return ScoreOutcome(record, failures, unmatched, key, unhealthy)
+    return ScoreOutcome(record, failures, unmatched, key, unhealthy, flags_of(out))
 
 
 #: The ``top_sensors`` column: up to 3 sensor names of a device model's flagged device-time, most contributing first.
@@ -524,8 +526,11 @@ def _execute(ctx: Context, executor: Executor, run: RunRecord, control: RunContr
                   execution=execution.as_dict())
         if execution.mode == "in-process":
             executor = Inline(executor.name)
-        _run_tasks(catalog, storage, executor, todo, on_progress, control, log, expected_rate(info.params))
-        run = _finish(ctx, run, from_us, to_us)
+        from fleetscore.services import incidents  # built after the commit, from the flags the tasks hand back
+
+        incidents.preload()
+        flags = _run_tasks(catalog, storage, executor, todo, on_progress, control, log, expected_rate(info.params))
+        run = _finish(ctx, run, from_us, to_us, flags)
     except RunStopped as exc:
         log.event("run.stopped", "warning", reason=exc.reason)
         if exc.reason == CANCELLED:  # a lost lease leaves the record to the process that took the run over
@@ -552,14 +557,16 @@ def _execute(ctx: Context, executor: Executor, run: RunRecord, control: RunContr
 
 def _run_tasks(catalog: Catalog, storage: Storage, executor: Executor, tasks: list[ScoreTask],
                on_progress: Callable[[int, int], None] | None, control: RunControl, log: RunLog,
-               expected: float | None) -> None:
+               expected: float | None) -> dict[str, pa.Table]:
     """Run ``tasks``; those that raise run again after a backoff, up to ``control.retries`` more times.
 
     Each task's final outcome is recorded as it arrives, with its failed models, unhealthy models (described
     against the ``expected`` alarm rate) and keys without a model, so a crashed run can be resumed and the
-    driver holds none of the run's per-model lists however big the fleet.
+    driver holds none of the run's per-model lists however big the fleet. Returns the flags the tasks that
+    succeeded handed back, by predictions file (for incident building).
     """
     done, queue = 0, tasks
+    flags: dict[str, pa.Table] = {}
     retried: dict[int, int] = {}  # task -> retries so far in this execution
     while queue:
         again: list[ScoreTask] = []
@@ -573,6 +580,8 @@ def _run_tasks(catalog: Catalog, storage: Storage, executor: Executor, tasks: li
                                                attempts=t.attempt, error=result.error)])
             else:
                 _record(catalog, storage, t, result, log, expected)
+                if isinstance(result, ScoreOutcome) and result.output and result.flags is not None:
+                    flags[result.output] = result.flags
                 done += 1
                 if on_progress:
                     on_progress(done, len(tasks))
@@ -583,6 +592,7 @@ def _run_tasks(catalog: Catalog, storage: Storage, executor: Executor, tasks: li
             log.event("task.retry", tasks=[t.task for t in again], retry=retry, delay_s=delay)
             control.stop.sleep(again[0].run_id, delay)
         queue = again
+    return flags
 
 
 def _record(catalog: Catalog, storage: Storage, task: ScoreTask, result: ScoreOutcome | TaskError,
@@ -604,8 +614,9 @@ def _record(catalog: Catalog, storage: Storage, task: ScoreTask, result: ScoreOu
                               "unmatched": result.unmatched})
 
 
-def _finish(ctx: Context, run: RunRecord, from_us: int, to_us: int) -> RunRecord:
-    """Sum the run up from all its task records and lists (those of earlier attempts too), then commit the window.
+def _finish(ctx: Context, run: RunRecord, from_us: int, to_us: int, flags: dict[str, pa.Table]) -> RunRecord:
+    """Sum the run up from all its task records and lists (those of earlier attempts too), then commit the window
+    and build its incidents from the ``flags`` the tasks handed back (by predictions file).
 
     The record lists the first `MAX_LISTED` unhealthy models and keys without a model beside their totals;
     the catalog keeps every entry (`fleetscore.catalog.Catalog.run_list`).
@@ -622,7 +633,7 @@ def _finish(ctx: Context, run: RunRecord, from_us: int, to_us: int) -> RunRecord
         _commit(ctx, run, files, from_us, to_us)
         from fleetscore.services import incidents  # the committed window's flags into incidents; never fails the run
 
-        summary = {"incidents": incidents.build_summary(ctx, from_us, to_us, run.run_id)}
+        summary = {"incidents": incidents.build_summary(ctx, from_us, to_us, run.run_id, flags)}
     unmatched, unmatched_keys = catalog.run_list(run.run_id, "unmatched", MAX_LISTED)
     unhealthy, unhealthy_models = catalog.run_list(run.run_id, "unhealthy", MAX_LISTED)
     errors = [f"task {r.task}: {r.error}" for r in records if r.error]

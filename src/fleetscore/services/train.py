@@ -119,7 +119,7 @@ def shard_bounds(keys: pa.Table, starts: np.ndarray) -> list[tuple[KeyBound, Key
 
 def train_shard(task: TrainTask) -> ShardTrained:
     """Fit all models of one shard and write its shard file; returns its manifest rows and the readings left out."""
-    storage = open_storage(task.storage_url)
+    storage = open_storage(task.storage_url, in_task=True)
     data = load_groups(task)
     fitted = fit_shard(data.groups, task_settings(task), data.phases, data.devices)
     ModelStore(storage).write_bundle(task.version, task.shard, fitted.bundle)
@@ -152,7 +152,7 @@ def marked_true_spans(ctx: Context, from_us: int, to_us: int) -> tuple[SensorSpa
 def load_groups(task: TrainTask) -> ShardData:
     """The shard's training rows: per (device, sensor) its features, times of day and sampling interval,
     and (where device models may be fitted) each device's raw readings."""
-    readings = ReadingStore(open_storage(task.storage_url))
+    readings = ReadingStore(open_storage(task.storage_url, in_task=True))
     spec = parse_features(task.features)
     table = readings.read_range(task.from_us, task.to_us, task.lo, task.hi)  # sorted by key and time
     table, excluded = without_spans(table, task.excluded)
@@ -313,6 +313,8 @@ def train(
         n_ok = manifest.num_rows - failed.num_rows
         elapsed = time.perf_counter() - started
         catalog.finish_version(version, "ready" if n_ok else "failed", n_ok, failed.num_rows, len(tasks), elapsed)
+        if not n_ok:
+            raise FleetscoreError(_none_trained(version, manifest.num_rows, failed))
         released = False
         if release and n_ok:
             catalog.release(version)
@@ -323,6 +325,15 @@ def train(
         ]
         return TrainResult(version, n_ok, failed.num_rows, len(tasks), round(elapsed, 3), released, failures,
                            excluded_marked_true=excluded)
+
+
+def _none_trained(version: str, planned: int, failed: pa.Table) -> str:
+    """Why a version ended with no model: none planned, or every one failed (the first reasons)."""
+    if not planned:
+        return f"training {version} trained no model: its shards held no (device, sensor) with readings"
+    reasons = "; ".join(f"{d}/{s}: {r}" for d, s, r in zip(
+        *(failed.column(c).to_pylist()[:3] for c in ("device", "sensor", "reason"))))
+    return f"training {version} trained no model: all {planned:,} failed ({reasons})"
 
 
 @contextmanager

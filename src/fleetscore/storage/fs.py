@@ -11,6 +11,7 @@ import builtins
 import functools
 import io
 import os
+import socket
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -24,6 +25,10 @@ from fleetscore.credentials import storage_options
 from fleetscore.errors import StorageError
 from fleetscore.redact import redact
 
+#: The file a local root holds from its first open by a driver: a worker that does not find it is looking at
+#: another disk than the run's (a Ray node of another host), and fails its task instead of writing there.
+STORAGE_MARKER = ".fleetscore-storage"
+MARKER_TEXT = b"fleetscore storage root: tasks check for this file before they read or write here\n"
 #: Row group size of landed files: small enough that statistics prune by device range.
 ROW_GROUP_ROWS = 65_536
 #: ``write_parquet`` options for files written on every run's hot path (predictions): lz4 writes
@@ -35,7 +40,9 @@ HOT_WRITE: dict[str, Any] = {"compression": "lz4", "statistics": ("ts", "device"
 class Storage:
     """A root (``/path``, ``file://``, ``s3://bucket/prefix``, ``az://container/prefix``) and its fs."""
 
-    def __init__(self, url: str, **storage_options: Any) -> None:
+    def __init__(self, url: str, *, in_task: bool = False, **storage_options: Any) -> None:
+        """Open the root at ``url``; a local root is created (with its marker) unless ``in_task``: a task on a
+        worker must find the driver's root, marker included, or fail saying it cannot see the storage."""
         import fsspec
 
         self.url = url
@@ -49,7 +56,12 @@ class Storage:
         self.root = root.rstrip("/")
         self.local = self.fs.protocol in ("file", ("file", "local")) or "file" in tuple(self.fs.protocol)
         if self.local:
-            Path(self.root).mkdir(parents=True, exist_ok=True)
+            marker = Path(self.root) / STORAGE_MARKER
+            if in_task:
+                _check_visible(url, marker)
+            elif not marker.exists():
+                Path(self.root).mkdir(parents=True, exist_ok=True)
+                atomic_local_write(marker, MARKER_TEXT)
 
     def __repr__(self) -> str:
         return f"Storage({self.url!r})"
@@ -179,9 +191,19 @@ class Storage:
 
     @contextmanager
     def lock(self, name: str) -> Iterator[None]:
-        """Exclusive lock between processes sharing a local root (no-op on object stores)."""
+        """Exclusive lock between processes sharing the root: ``flock`` on local disk, conditional writes of a
+        lock object on object stores (`fleetscore.storage.locks`)."""
         if not self.local:
-            yield
+            from fleetscore.storage.locks import ObjectStoreLock
+
+            held = ObjectStoreLock(self.fs, self.path(f"_locks/{name}"))
+            with self._failing("lock", f"_locks/{name}", missing_ok=False):
+                held.acquire()
+            try:
+                yield
+            finally:
+                with self._failing("unlock", f"_locks/{name}"):
+                    held.release()
             return
         import fcntl
 
@@ -249,9 +271,23 @@ def backend_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
-def open_storage(url: str) -> Storage:
-    """Open the storage at ``url``; credentials come from the environment only (`fleetscore.credentials`)."""
-    return Storage(url, **storage_options(url))
+def open_storage(url: str, *, in_task: bool = False) -> Storage:
+    """Open the storage at ``url``; credentials come from the environment only (`fleetscore.credentials`).
+
+    ``in_task``: a task opens its run's storage on a worker, which must see the root the driver opened.
+    """
+    return Storage(url, in_task=in_task, **storage_options(url))
+
+
+def _check_visible(url: str, marker: Path) -> None:
+    """StorageError unless this host sees the local root the driver opened (its marker file is there)."""
+    if marker.is_file():
+        return
+    missing = "does not exist" if not marker.parent.is_dir() else f"has no {STORAGE_MARKER}"
+    raise StorageError(redact(
+        f"this worker ({socket.gethostname()}) cannot see the run's storage {url}: the path {missing} on this host; "
+        "tasks on other hosts need object storage (s3://, az://) or a path every node mounts "
+        "([storage] shared = true)"))
 
 
 #: Filter operators `Storage.read_parquet` evaluates itself on local files (others go through pyarrow.dataset).
