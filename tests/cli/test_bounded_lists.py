@@ -84,11 +84,17 @@ def test_lists_are_bounded_with_totals_and_given_in_full_elsewhere(cli, broken) 
     shown = cli("runs", "show", run_id, "--json").json
     assert keys(shown["failures"]) == failed[:MAX_LISTED] and shown["extra"]["health"] == health
     full = cli("runs", "show", run_id, "--all", "--json").json
-    assert keys(full["failures"]) == failed and keys(full["extra"]["health"]["unhealthy"]) == sick
+    # a failed shard is one task record with its model count and a sample of its models, not a row per model
+    assert keys(full["failures"]) == failed[:MAX_LISTED] and keys(full["extra"]["health"]["unhealthy"]) == sick
+    assert [t["failed_models"] for t in full["tasks"] if t["status"] == "failed"] == [len(failed)]
+    listed = cli("models", "list", "--version", run["version"], "--shard", "1", "--json").json
+    assert sorted(keys(listed["models"])) == failed and listed["total"] == len(failed)
+    assert "has shards 0 to 2; got --shard 3" in cli("models", "list", "--shard", "3", "--json").json["error"]
     assert len(full["extra"]["unmatched"]) == full["extra"]["unmatched_keys"] == extra["unmatched_keys"]
     human = cli("runs", "show", run_id).stdout
-    assert f"unhealthy models: {MAX_LISTED} of {len(sick)}" in human and f"failed models: {MAX_LISTED} of {len(failed)}" in human
-    assert f"fleetscore models health --run {run_id}" in human and f"fleetscore runs show {run_id} --all" in human
+    assert f"unhealthy models: {MAX_LISTED} of {len(sick)}" in human and f"failed models: {MAX_LISTED} of {MAX_LISTED}" in human
+    assert f"fleetscore models health --run {run_id}" in human
+    assert f"all {len(failed)} models of shard 1 failed" in human and "--shard 1" in human
 
     report = cli("models", "health", "--run", run_id, "--json").json
     assert keys(report["unhealthy"]) == sick and report["unhealthy_models"] == len(sick)
@@ -98,7 +104,8 @@ def test_lists_are_bounded_with_totals_and_given_in_full_elsewhere(cli, broken) 
                                                                          "--limit", "7").stdout
 
     with TestClient(create_app(fleet)) as client:
-        for name, expected in (("unhealthy", sick), ("failures", failed), ("unmatched", keys(full["extra"]["unmatched"]))):
+        lists = (("unhealthy", sick), ("failures", failed[:MAX_LISTED]), ("unmatched", keys(full["extra"]["unmatched"])))
+        for name, expected in lists:
             pages, offset = [], 0
             while True:
                 body = client.get(f"/api/runs/{run_id}/{name}", params={"limit": 13, "offset": offset}).json()

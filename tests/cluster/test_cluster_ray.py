@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -242,3 +243,72 @@ def test_connect_retries_ray_client_start_up_races_only(monkeypatch: pytest.Monk
         with pytest.raises(FleetscoreError, match="cannot connect to Ray at ray://127.0.0.2:10001"):
             ray_executor.connect("ray://127.0.0.2:10001", 1)
     assert len(seen) == calls
+
+
+def test_a_killed_ray_driver_s_window_is_taken_over_and_completes_once(trained_home: Path, ray_cluster,  # type: ignore[no-untyped-def]
+                                                                       tmp_path: Path) -> None:
+    """The scheduler driving Ray is killed mid-run (kill -9 of its process group); once its lease expires, the
+    next scheduler resumes the same run on Ray and runs only the task that had not succeeded."""
+    home = tmp_path / "home"
+    shutil.copytree(trained_home, home)
+    env = os.environ | {"FLEETSCORE_HOME": str(home)}
+
+    def settings(backoff: str) -> None:  # a 2 s lease; shard 1's retry waits `backoff`
+        (home / "fleetscore.toml").write_text(
+            f'[executor]\nkind = "ray"\nray_address = "{ray_cluster.address}"\nworkers = 2\nin_process = "never"\n'
+            f'[schedule]\nlease = "2s"\nretries = 3\nretry_backoff = {backoff}\n')
+
+    settings('"60s"')
+    shard = home / "data" / "models" / "v1" / "shard-00001.npz"
+    good = shard.read_bytes()
+    shard.write_bytes(b"not a model")
+    added = fleetscore_cli("schedule", "add", "hourly", "--cron", "5 * * * *", "--start", T3, env=env)
+    assert added.returncode == 0, added.stderr[-2000:]
+    now = "2026-01-01T03:06:00Z"  # the one window due: [02:00, 03:00), fired at 03:05
+    code = "from fleetscore.cli.main import main; main()"
+    proc = subprocess.Popen([sys.executable, "-c", code, "scheduler", "--now", now], env=env, text=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    fleet = Fleet.open(home)
+    try:
+        deadline = time.monotonic() + 240  # ends a hung test; times nothing
+        run_id = None
+        while time.monotonic() < deadline and proc.poll() is None:
+            runs = fleet.runs()
+            if runs and {t.task: t.status for t in fleet.run(runs[0].run_id)[1]} == {
+                    t: "retrying" if t == 1 else "succeeded" for t in range(6)}:
+                run_id = runs[0].run_id
+                break
+            time.sleep(0.2)
+        assert run_id, f"the run never reached shard 1's retry: {proc.poll()} {fleet.runs()}"
+        before = {t.task: t for t in fleet.run(run_id)[1]}
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        assert fleet.run(run_id)[0].status.value in ("running", "abandoned")  # nobody finished it
+        shard.write_bytes(good)  # the operator repairs the shard
+        settings("0.05")
+
+        taken = None
+        while time.monotonic() < deadline:  # left alone until the dead scheduler's lease expires (2 s)
+            done = fleetscore_cli("scheduler", "--once", "--now", now, "--json", env=env)
+            assert done.returncode in (0, 3), done.stderr[-3000:]
+            if json.loads(done.stdout)["ran"]:
+                taken = json.loads(done.stdout)["ran"]
+                break
+            time.sleep(0.5)
+        assert taken and [w["run_id"] for w in taken] == [run_id], taken  # the same run, resumed
+        run, tasks, failures = fleet.run(run_id)
+        assert run.status.value == "succeeded" and run.executor == "ray" and not failures, run
+        assert [r.run_id for r in fleet.runs()] == [run_id]  # one run of the window, never a second
+        for t in tasks:
+            if t.task == 1:
+                assert t.attempts >= 2 and t.status == "succeeded"
+            else:  # tasks that had succeeded did not run again
+                assert (t.worker, t.wall_s, t.attempts) == (before[t.task].worker, before[t.task].wall_s, 1)
+        table = fleet.predictions(run_id=run_id)
+        assert table.num_rows == run.rows == 12 * 60
+        assert table.group_by(KEY).aggregate([([], "count_all")]).column("count_all").to_pylist() == [1] * run.rows
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        fleet.close()

@@ -103,3 +103,16 @@ def test_a_small_compressed_arrow_stream_that_inflates_past_the_limit_goes_to_th
         assert r.status_code == 202 and r.json()["accepted"] == 20_000
     fleet.close()
     assert [name.startswith("fleetscore-parse") for name in threads] == [True]
+
+
+@pytest.mark.parametrize("body", [b"\x00\x00\x00\x80", b"\xff\xff\xff\xff\x10\x00\x00\x00junk", b"\xff\xff\xff\xff"])
+def test_a_broken_arrow_stream_is_a_400_that_says_so(tmp_path: Path, body: bytes) -> None:
+    """Bodies small enough to be judged on the loop: Arrow's reader raises OSError for some ("negative
+    continuation token"), which must be a clear 400, not a 500."""
+    fleet = Fleet.open(tmp_path / "home")
+    with TestClient(create_app(fleet, compact_interval_s=0), raise_server_exceptions=False) as client:
+        r = client.post("/v1/readings", content=body, headers=ARROW)
+        assert r.status_code == 400, r.text
+        assert "not a valid Arrow IPC stream" in r.json()["detail"]
+        assert client.get("/healthz").status_code == 200
+    fleet.close()

@@ -61,7 +61,8 @@ def test_chunked_landing_adds_parts_and_checks_only_overlapping_ones(store: Read
             assert part is not None and part.t_hi >= i * 60_000_000
     by_bucket: dict[int, list[Part]] = {}
     for key in store.storage.list(layout.hour_key(H0)):
-        by_bucket.setdefault(layout.bucket_of_key(key), []).append(Part.parse(key.rsplit("/", 1)[-1]))
+        if (part := Part.parse(key.rsplit("/", 1)[-1])) is not None:  # beside each part: its key counts
+            by_bucket.setdefault(layout.bucket_of_key(key), []).append(part)
     live = [visible(parts)[0] for parts in by_bucket.values()]
     assert all(len(parts) < 2 * MERGE_PARTS for parts in live)  # merged as they came: not one part per chunk
     assert all(sum(p.rows for p in parts) == 2 * 60 * len(set(bucket_devices)) for parts, bucket_devices in
@@ -108,6 +109,53 @@ def test_key_counts_come_in_key_order_and_match_the_rows(store: ReadingStore) ->
     keys = list(zip(buckets.tolist(), counts.column("device").to_pylist(), counts.column("sensor").to_pylist()))
     assert keys == sorted(keys) and len(keys) == 25 * 3
     assert counts.column("rows").to_pylist() == [2 * 60] * (25 * 3)  # two hours of minute readings
+
+
+def brute_counts(store: ReadingStore, from_us: int, to_us: int) -> dict[tuple[str, str], int]:
+    """Rows per key counted from the readings themselves."""
+    table = store.read_window(from_us, to_us, columns=["device", "sensor"])
+    out: dict[tuple[str, str], int] = {}
+    for key in zip(table.column("device").to_pylist(), table.column("sensor").to_pylist()):
+        out[key] = out.get(key, 0) + 1
+    return out
+
+
+def counted(table: pa.Table) -> dict[tuple[str, str], int]:
+    return dict(zip(zip(table.column("device").to_pylist(), table.column("sensor").to_pylist()),
+                    table.column("rows").to_pylist()))
+
+
+def test_training_plans_from_the_key_counts_landed_beside_each_part(store: ReadingStore) -> None:
+    fleet = readings(30, sensors=2, hours=3, seed=4)
+    minutes = fleet.column("ts").cast(pa.int64()).to_numpy() // (7 * 60_000_000)
+    for m in np.unique(minutes):  # landed in 7-minute chunks: new parts and merges, each with its counts
+        store.land(fleet.filter(pa.array(minutes == m)))
+    files = [k.rsplit("/", 1)[1] for k in store.storage.list("readings")]
+    parts = {f for f in files if f.startswith("part-")}
+    counts = {f.removeprefix("keys-").removesuffix(".arrow") for f in files if f.startswith("keys-")}
+    assert counts == {p.removesuffix(".parquet") for p in parts}  # one each, no orphans
+    store.storage.forget()
+    whole = store.key_counts(H0, H0 + 3 * HOUR_US)
+    assert not [k for k in store.storage.opened if "/part-" in k]  # whole hours: not one reading read
+    assert counted(whole) == brute_counts(store, H0, H0 + 3 * HOUR_US)
+    store.storage.forget()
+    lo, hi = H0 + 20 * 60_000_000, H0 + 2 * HOUR_US + 10 * 60_000_000  # the window cuts the first and last hours
+    cut = store.key_counts(lo, hi)
+    read = {layout.hour_of_key(k.rsplit("/", 2)[0]) for k in store.storage.opened if "/part-" in k}
+    assert read == {H0, H0 + 2 * HOUR_US}  # only parts the window cuts were read: none of the middle hour
+    assert counted(cut) == brute_counts(store, lo, hi)
+
+
+def test_parts_landed_before_key_counts_existed_are_read_instead(store: ReadingStore) -> None:
+    store.land(readings(20, sensors=3, seed=5))
+    for key in store.storage.list("readings"):
+        if key.rsplit("/", 1)[1].startswith("keys-"):
+            store.storage.delete(key)  # as an older fleetscore left them
+    store.storage.forget()
+    counts = store.key_counts(H0, H0 + 2 * HOUR_US)
+    assert counted(counts) == brute_counts(store, H0, H0 + 2 * HOUR_US)
+    assert set(counts.column("rows").to_pylist()) == {2 * 60} and counts.num_rows == 20 * 3
+    assert store.storage.opened  # the parts themselves were read
 
 
 def test_read_hour_of_one_device_opens_only_that_device_bucket(store: ReadingStore) -> None:

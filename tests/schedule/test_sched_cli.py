@@ -9,6 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 from sched_support import ROWS_PER_HOUR, set_schedule_settings, shard_path, shard_sizes, wait_for
 
+from fleetscore.core.runs import MAX_LISTED
+
 T5, T6, T7, T8 = "2026-01-01T05:00:00Z", "2026-01-01T06:00:00Z", "2026-01-01T07:00:00Z", "2026-01-01T08:00:00Z"
 
 
@@ -81,7 +83,8 @@ def test_a_failing_shard_is_retried_and_only_it_reruns(cli, home7, fleet7) -> No
     failed = [t for t in shown["tasks"] if t["status"] == "failed"]
     assert [(t["task"], t["attempts"]) for t in failed] == [(1, 3)]  # first try + 2 retries
     assert "shard-00001.npz" in failed[0]["error"]
-    assert {f["reason"] for f in shown["failures"]} == {failed[0]["error"]} and len(shown["failures"]) == sizes[1]
+    assert {f["reason"] for f in shown["failures"]} == {failed[0]["error"]} and failed[0]["failed_models"] == sizes[1]
+    assert len(shown["failures"]) == min(sizes[1], MAX_LISTED)  # a failed shard lists a sample of its models
     before = {t["task"]: t for t in shown["tasks"]}
     files = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in run_dir(home7, run["run_id"]).iterdir()}
     assert sorted(files) == [f"task-{t:05d}.parquet" for t in sizes if t != 1]

@@ -414,6 +414,7 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.execute("PRAGMA busy_timeout=60000")  # first: switching to WAL waits for another opener's upgrade
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA cache_size=-32768")  # 32 MiB as needed (default 2): bulk index inserts stay in memory
     cur.close()
 
 

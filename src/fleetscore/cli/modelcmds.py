@@ -89,13 +89,15 @@ def versions(home: HomeOpt = None, json_out: JsonOpt = False) -> None:
 def list_models(
     version: Annotated[str | None, typer.Option(help="Version (default: the released one).")] = None,
     limit: Annotated[int, typer.Option(help="At most this many models.")] = 1000,
+    shard: Annotated[int | None, typer.Option(
+        help="Only this shard's models (e.g. those of a failed task: `runs show` names its shard).", min=0)] = None,
     home: HomeOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """List the models of a version: one per (device, sensor)."""
     fleet = open_fleet(home)
     record = fleet.version(version)
-    manifest = fleet.models(record.version)
+    manifest = fleet.models(record.version, shard)
     rows = manifest.slice(0, limit).to_pylist()
     cols = ["device", "sensor", "status", "n_train", "n_sv", "shard", "reason"]
     emit(json_out, {"version": record.version, "total": manifest.num_rows, "models": rows},

@@ -143,6 +143,9 @@ NowOpt = Annotated[str | None, typer.Option(
 WorkersOpt = Annotated[int | None, typer.Option(help="Worker processes (default: cores).", min=1, max=1024)]
 ExecutorOpt = Annotated[str | None, typer.Option(help="local or ray.")]
 RayAddressOpt = Annotated[str | None, typer.Option("--ray-address", help="Ray cluster address (with --executor ray).")]
+MaxFailedOpt = Annotated[str | None, typer.Option(
+    "--max-failed-models", help="Abort a run past this many failed models: a count (1000) or a share of its models "
+                                "(5%) (default: [schedule] max_failed_models, else never).")]
 #: Longest window a flag takes (a training span) and longest retention period.
 MAX_WINDOW_S = 366 * 86_400
 MAX_KEEP_S = 100 * 366 * 86_400
@@ -151,6 +154,11 @@ MAX_KEEP_S = 100 * 366 * 86_400
 def open_fleet(home: Path | None, now: str | None = None, **overrides: Any) -> Any:
     """The Fleet of ``home`` with flag overrides; ``now`` (``--now``): a clock standing still at that time."""
     from fleetscore.api import Fleet
+
+    if overrides.get("max_failed_models") is not None:
+        from fleetscore.config.schedule import failure_limit
+
+        overrides["max_failed_models"] = failure_limit(overrides["max_failed_models"], "--max-failed-models")
 
     if now is None:
         return Fleet.open(home, **overrides)

@@ -9,6 +9,7 @@ from fleetscore.cli.output import (
     ExecutorOpt,
     HomeOpt,
     JsonOpt,
+    MaxFailedOpt,
     RayAddressOpt,
     WorkersOpt,
     console,
@@ -55,11 +56,12 @@ def score(
     executor: ExecutorOpt = None,
     workers: WorkersOpt = None,
     ray_address: RayAddressOpt = None,
+    max_failed_models: MaxFailedOpt = None,
     home: HomeOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Score a time window with one model version; re-scoring a window replaces its predictions."""
-    fleet = open_fleet(home, executor=executor, ray_address=ray_address)
+    fleet = open_fleet(home, executor=executor, ray_address=ray_address, max_failed_models=max_failed_models)
     with progress_bar(json_out, "scoring shards") as progress:
         run = fleet.score(start, end, version=version, workers=workers, on_progress=progress)
     payload, lists = run_payload(fleet, run)
@@ -113,11 +115,12 @@ def backfill(
     every: Annotated[str, typer.Option(help="Window length: one run per window.")] = "1h",
     version: Annotated[str | None, typer.Option(help="Model version (default: the released one).")] = None,
     workers: WorkersOpt = None,
+    max_failed_models: MaxFailedOpt = None,
     home: HomeOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Score every window of [--from, --to): one run each; re-running replaces each window's predictions."""
-    fleet = open_fleet(home)
+    fleet = open_fleet(home, max_failed_models=max_failed_models)
     every_s = duration(every, "--every")
     with progress_bar(json_out, "backfilling windows") as progress:
         done: list[Any] = []
@@ -212,6 +215,13 @@ def show(
             c.print(table(f"{title}: {len(items):,} of {total:,}", columns, [[e.get(k) for k in columns] for e in items]))
             if len(items) < total:
                 c.print(f"all {total:,} {title}: {payload['full_lists'][name]}")
+        from fleetscore.core.runs import MAX_LISTED
+
+        for t in tasks:  # a failed task's record holds its model count; the list holds a sample of them
+            if t.status == "failed" and t.failed_models > MAX_LISTED:
+                c.print(f"task {t.task} failed: all {t.failed_models:,} models of shard {t.shard} failed with its "
+                        f"error, {MAX_LISTED} of them listed; all: fleetscore models list --version {run.version} "
+                        f"--shard {t.shard}")
 
     emit(json_out, payload, human)
     exit_for(run.status.value)
@@ -222,12 +232,14 @@ def show(
 def retry(
     run_id: Annotated[str, typer.Argument(help="Run id.")],
     workers: WorkersOpt = None,
+    max_failed_models: MaxFailedOpt = None,
     home: HomeOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Re-run only the failed, unfinished or abandoned tasks of a run into the same run, then commit its window again."""
     with progress_bar(json_out, "retrying tasks") as progress:
-        result = open_fleet(home).retry(run_id, workers=workers, on_progress=progress)
+        result = open_fleet(home, max_failed_models=max_failed_models).retry(run_id, workers=workers,
+                                                                           on_progress=progress)
     run = result.run
     emit(json_out, result.as_dict(), lambda c: c.print(
         f"run {run.run_id}: re-ran {len(result.retried)} task(s) {result.retried}; now {run.status.value}, "

@@ -8,6 +8,7 @@ from fleetscore.cli.output import (
     MAX_KEEP_S,
     HomeOpt,
     JsonOpt,
+    MaxFailedOpt,
     NowOpt,
     WorkersOpt,
     duration,
@@ -123,6 +124,7 @@ def scheduler(
     lease: Annotated[str | None, typer.Option(
         help="Lease on a running window; a crashed scheduler's windows are taken over after it (default 60s).")] = None,
     workers: WorkersOpt = None,
+    max_failed_models: MaxFailedOpt = None,
     now: NowOpt = None,
     home: HomeOpt = None,
     json_out: JsonOpt = False,
@@ -132,7 +134,7 @@ def scheduler(
     from fleetscore.core.times import iso
     from fleetscore.schedule.scheduler import Scheduler, TickReport, run_until_signalled
 
-    fleet = open_fleet(home)
+    fleet = open_fleet(home, max_failed_models=max_failed_models)
     settings = fleet.config.schedule.with_overrides(
         max_catch_up=max_catch_up, poll_s=None if poll is None else duration(poll, "--poll"),
         lease_s=None if lease is None else duration(lease, "--lease"))

@@ -17,7 +17,7 @@ from typing import Any
 from fleetscore.config.alerts import AlertSettings
 from fleetscore.config.incidents import IncidentSettings
 from fleetscore.config.ingest import IngestSettings
-from fleetscore.config.schedule import ScheduleSettings
+from fleetscore.config.schedule import ScheduleSettings, failure_limit
 from fleetscore.config.sections import (
     CatalogSettings,
     ExecutorSettings,
@@ -57,6 +57,7 @@ ENV_KEYS: dict[str, tuple[str, str, Parser]] = {
     "FLEETSCORE_KERNEL": ("executor", "kernel", kernel_choice),
     "FLEETSCORE_IN_PROCESS": ("executor", "in_process", text),
     "FLEETSCORE_TASK_TIMEOUT": ("executor", "task_timeout_s", whole_seconds(allow_zero=True)),
+    "FLEETSCORE_MAX_FAILED_MODELS": ("schedule", "max_failed_models", failure_limit),
     "FLEETSCORE_TOKEN": ("web", "token", text),
     "FLEETSCORE_KAFKA_CONNECTION_STRING": ("kafka", "connection_string", text),
     "FLEETSCORE_KAFKA_USERNAME": ("kafka", "username", text),
@@ -73,7 +74,7 @@ FLAGS: dict[str, tuple[str, str]] = {
     "executor": ("executor", "kind"), "workers": ("executor", "workers"), "ray_address": ("executor", "ray_address"),
     "shard_models": ("executor", "shard_models"), "in_process": ("executor", "in_process"),
     "kind": ("train", "kind"), "features": ("train", "features"), "nu": ("train", "nu"), "gamma": ("train", "gamma"),
-    "alarm_rate": ("train", "alarm_rate"),
+    "alarm_rate": ("train", "alarm_rate"), "max_failed_models": ("schedule", "max_failed_models"),
 }
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from fleetscore.core.times import iso, iso_us
+from fleetscore.errors import InputError
 
 
 class RunStatus(str, enum.Enum):
@@ -149,6 +150,49 @@ def run_status(scored_models: int, failed_models: int, failed_tasks: int) -> Run
     if scored_models > 0:
         return RunStatus.PARTIAL
     return RunStatus.FAILED
+
+
+@dataclass(frozen=True)
+class FailureLimit:
+    """How many failed models a run may have before it is aborted (``--max-failed-models N|P%``): a count,
+    or a share of the models the run plans to score. A run past it stops starting tasks and ends ``failed``."""
+
+    count: int | None = None
+    share: float | None = None  # 0..1
+
+    @classmethod
+    def parse(cls, value: Any) -> FailureLimit:
+        """``N`` (a whole number of models, 0 or more) or ``P%`` (0 to 100); InputError on anything else."""
+        if isinstance(value, FailureLimit):
+            return value
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return cls(count=value)
+        text = value.strip() if isinstance(value, str) else ""
+        try:
+            if text.endswith("%"):
+                share = float(text[:-1])
+                if 0 <= share <= 100:
+                    return cls(share=share / 100)
+            elif text.isdigit():
+                return cls(count=int(text))
+        except ValueError:
+            pass
+        raise InputError(f"expected a number of models (e.g. 1000) or a share of the run's models (e.g. 5%), "
+                         f"got {str(value)[:40]!r}")
+
+    def allowed(self, models: int) -> int:
+        """Failed models a run of ``models`` may have without being aborted."""
+        return self.count if self.count is not None else int((self.share or 0.0) * models + 1e-9)
+
+    def abort_reason(self, failed: int, models: int) -> str | None:
+        """Why a run with ``failed`` of ``models`` failed models stops, or None while it is within the limit."""
+        if failed <= self.allowed(models):
+            return None
+        return (f"aborted: {failed:,} failed models of {models:,} exceed --max-failed-models {self} "
+                f"(at most {self.allowed(models):,}); the tasks not yet run were not started")
+
+    def __str__(self) -> str:
+        return str(self.count) if self.count is not None else f"{(self.share or 0.0) * 100:g}%"
 
 
 def needs_rerun(task: TaskRecord) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
+from fleetscore.core.runs import FailureLimit
 from fleetscore.errors import FleetscoreError
 
 #: Stop reason of a run cancelled by ``fleetscore runs cancel``.
@@ -55,8 +56,10 @@ class StopFlag:
 
 @dataclass(frozen=True)
 class RunControl:
-    """Retries (how many more attempts a failed task gets, first wait ``backoff_s``, doubling) and the stop flag."""
+    """Retries (how many more attempts a failed task gets, first wait ``backoff_s``, doubling), the failed
+    models past which the run is aborted (None: never) and the stop flag."""
 
     retries: int = DEFAULT_RETRIES
     backoff_s: float = DEFAULT_BACKOFF_S
     stop: StopFlag = field(default_factory=StopFlag)
+    max_failed: FailureLimit | None = None

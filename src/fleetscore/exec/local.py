@@ -73,20 +73,33 @@ class LocalExecutor:
         queue = list(enumerate(specs))
         queue.reverse()
         # keep at most 2 tasks per worker in flight so results stream and memory stays bounded
-        while queue or pending:
-            while queue and len(pending) < 2 * self.workers:
-                i, spec = queue.pop()
-                pending[self._submit(run_with_deadline, self.task_timeout_s, call_with_credentials, env, fn, spec)] = i
-            done, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for fut in done:
-                i = pending.pop(fut)
-                failure = fut.exception()
-                if isinstance(failure, BrokenProcessPool):  # every task in flight fails with it, not only the killed one
-                    failure = WorkerDied(self._death_reason())
-                yield i, (TaskError.from_exception(failure) if failure is not None else fut.result())
+        try:
+            while queue or pending:
+                while queue and len(pending) < 2 * self.workers:
+                    i, spec = queue.pop()
+                    pending[self._submit(run_with_deadline, self.task_timeout_s, call_with_credentials, env, fn,
+                                         spec)] = i
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    i = pending.pop(fut)
+                    failure = fut.exception()
+                    if isinstance(failure, BrokenProcessPool):  # every task in flight fails with it, not only one
+                        failure = WorkerDied(self._death_reason())
+                    yield i, (TaskError.from_exception(failure) if failure is not None else fut.result())
+        finally:  # the caller stopped early (a run aborted or stopped): tasks not yet started never start
+            for fut in pending:
+                fut.cancel()
 
     def _death_reason(self) -> str:
-        """Why the pool broke: a worker ended for running past the time limit, or one that was killed."""
+        """Why the pool broke: a worker ended for running past the time limit, or one that was killed.
+
+        The pool's manager thread reaps the dead workers as it shuts the broken pool down; reading an exit
+        status while it does races it for the fork server's status pipe (the loser sees 255), so it is
+        waited for first, for a bounded time.
+        """
+        manager = getattr(self._pool, "_executor_manager_thread", None)
+        if manager is not None:
+            manager.join(timeout=10)
         processes = list(((self._pool._processes if self._pool else None) or {}).values())  # noqa: SLF001
         if any(p.exitcode == TASK_TIMEOUT_EXIT for p in processes):
             return timed_out_message(self.task_timeout_s) + " (tasks in flight beside it fail with it); the pool was restarted"

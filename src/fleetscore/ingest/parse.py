@@ -278,16 +278,18 @@ def check_decompressed_size(stream: pa.Buffer, limit: int) -> None:
     buffer, so a small stream that would inflate to gigabytes is refused without inflating it.
     """
     total = 0
-    for message in pa.ipc.MessageReader.open_stream(stream):
-        if message.type not in ("record batch", "dictionary") or message.body is None:
-            continue
-        try:
+    try:
+        for message in pa.ipc.MessageReader.open_stream(stream):
+            if message.type not in ("record batch", "dictionary") or message.body is None:
+                continue
             total += _message_size(memoryview(message.metadata), memoryview(message.body))
-        except (struct.error, IndexError):
-            raise BodyError("the body is not a valid Arrow IPC stream: a message header is malformed") from None
-        if total > limit:
-            raise BodyTooLarge(f"the Arrow stream decompresses to more than {limit:,} bytes "
-                               "(the limit is server.max_decompressed_bytes)")
+            if total > limit:
+                raise BodyTooLarge(f"the Arrow stream decompresses to more than {limit:,} bytes "
+                                   "(the limit is server.max_decompressed_bytes)")
+    except (struct.error, IndexError):
+        raise BodyError("the body is not a valid Arrow IPC stream: a message header is malformed") from None
+    except (pa.ArrowException, OSError) as exc:  # e.g. "negative continuation token": Arrow's OSError
+        raise BodyError(f"the body is not a valid Arrow IPC stream: {str(exc)[:200]}") from None
 
 
 _RECORD_BATCH, _DICTIONARY_BATCH = 3, 2  # MessageHeader union tags (Arrow's Message.fbs)

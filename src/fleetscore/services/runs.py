@@ -117,7 +117,8 @@ def _keep(lease: HeldLease, ttl_s: float, done: threading.Event) -> None:
 
 
 def run_control(settings: ScheduleSettings, lease: HeldLease) -> RunControl:
-    return RunControl(retries=settings.retries, backoff_s=settings.backoff_s, stop=lease.stop)
+    return RunControl(retries=settings.retries, backoff_s=settings.backoff_s, stop=lease.stop,
+                      max_failed=settings.max_failed_models)
 
 
 @contextmanager

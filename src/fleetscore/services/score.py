@@ -42,6 +42,7 @@ from fleetscore.core.matching import match_runs
 from fleetscore.core.plan import group_bounds
 from fleetscore.core.runs import (
     MAX_LISTED,
+    FailureLimit,
     ModelFailure,
     RunRecord,
     RunStatus,
@@ -529,8 +530,12 @@ def _execute(ctx: Context, executor: Executor, run: RunRecord, control: RunContr
         from fleetscore.services import incidents  # built after the commit, from the flags the tasks hand back
 
         incidents.preload()
-        flags = _run_tasks(catalog, storage, executor, todo, on_progress, control, log, expected_rate(info.params))
-        run = _finish(ctx, run, from_us, to_us, flags)
+        rerun = {t.task for t in todo}
+        budget = FailureBudget(control.max_failed, sum(t.models for t in tasks),
+                               sum(r.failed_models for task, r in records.items() if task not in rerun))
+        flags = _run_tasks(catalog, storage, executor, todo, on_progress, control, log, expected_rate(info.params),
+                           budget)
+        run = _finish(ctx, run, from_us, to_us, flags, budget.aborted)
     except RunStopped as exc:
         log.event("run.stopped", "warning", reason=exc.reason)
         if exc.reason == CANCELLED:  # a lost lease leaves the record to the process that took the run over
@@ -555,15 +560,34 @@ def _execute(ctx: Context, executor: Executor, run: RunRecord, control: RunContr
     return run
 
 
+@dataclass
+class FailureBudget:
+    """The failed models a run may still have (``--max-failed-models``): ``failed`` so far of the ``planned``
+    models; ``aborted`` says why the run stopped once the limit was passed."""
+
+    limit: FailureLimit | None
+    planned: int
+    failed: int = 0
+    aborted: str | None = None
+
+    def spend(self, failed: int) -> bool:
+        """Count a task's ``failed`` models; True when the run must stop."""
+        self.failed += failed
+        if self.limit is not None and self.aborted is None:
+            self.aborted = self.limit.abort_reason(self.failed, self.planned)
+        return self.aborted is not None
+
+
 def _run_tasks(catalog: Catalog, storage: Storage, executor: Executor, tasks: list[ScoreTask],
                on_progress: Callable[[int, int], None] | None, control: RunControl, log: RunLog,
-               expected: float | None) -> dict[str, pa.Table]:
+               expected: float | None, budget: FailureBudget) -> dict[str, pa.Table]:
     """Run ``tasks``; those that raise run again after a backoff, up to ``control.retries`` more times.
 
     Each task's final outcome is recorded as it arrives, with its failed models, unhealthy models (described
     against the ``expected`` alarm rate) and keys without a model, so a crashed run can be resumed and the
-    driver holds none of the run's per-model lists however big the fleet. Returns the flags the tasks that
-    succeeded handed back, by predictions file (for incident building).
+    driver holds none of the run's per-model lists however big the fleet. Once the failed models pass the
+    ``budget``, no more tasks start (those queued in the executor are cancelled). Returns the flags the tasks
+    that succeeded handed back, by predictions file (for incident building).
     """
     done, queue = 0, tasks
     flags: dict[str, pa.Table] = {}
@@ -579,12 +603,15 @@ def _run_tasks(catalog: Catalog, storage: Storage, executor: Executor, tasks: li
                 catalog.save_tasks([TaskRecord(run_id=t.run_id, task=t.task, shard=t.shard, status="retrying",
                                                attempts=t.attempt, error=result.error)])
             else:
-                _record(catalog, storage, t, result, log, expected)
+                stop = budget.spend(_record(catalog, storage, t, result, log, expected))
                 if isinstance(result, ScoreOutcome) and result.output and result.flags is not None:
                     flags[result.output] = result.flags
                 done += 1
                 if on_progress:
                     on_progress(done, len(tasks))
+                if stop:
+                    log.event("run.aborted", "error", reason=budget.aborted, failed_models=budget.failed)
+                    return flags
             control.stop.check(t.run_id)
         if again:
             retry = max(retried[t.task] for t in again)
@@ -596,27 +623,30 @@ def _run_tasks(catalog: Catalog, storage: Storage, executor: Executor, tasks: li
 
 
 def _record(catalog: Catalog, storage: Storage, task: ScoreTask, result: ScoreOutcome | TaskError,
-            log: RunLog, expected: float | None) -> None:
-    """Save a task's final outcome (its record and per-model lists, replacing an earlier attempt's) and log it."""
+            log: RunLog, expected: float | None) -> int:
+    """Save a task's final outcome (its record and per-model lists, replacing an earlier attempt's) and log it;
+    returns its failed models."""
     if isinstance(result, TaskError):
-        failures = _shard_failures(storage, task, result.error)
+        failed, sample = _shard_failures(storage, task, result.error)
         record = TaskRecord(run_id=task.run_id, task=task.task, shard=task.shard, status="failed",
-                            failed_models=len(failures), attempts=task.attempt + result.attempts - 1,
-                            error=result.error)
+                            failed_models=failed, attempts=task.attempt + result.attempts - 1, error=result.error)
         # a file left by an earlier attempt is not this run's output for the shard any more
         storage.delete(layout.task_predictions_key(task.from_us, task.to_us, task.run_id, task.task))
         log.event("task.end", "error", **record.as_dict(), traceback=result.traceback)
-        catalog.save_task_result(record, failures, {})
-        return
+        catalog.save_task_result(record, sample, {})
+        return failed
     log.event("task.end", "info" if result.record.status == "succeeded" else "error", **result.record.as_dict())
     catalog.save_task_result(result.record, result.failures,
                              {"unhealthy": [describe(m, expected) for m in result.unhealthy],
                               "unmatched": result.unmatched})
+    return result.record.failed_models
 
 
-def _finish(ctx: Context, run: RunRecord, from_us: int, to_us: int, flags: dict[str, pa.Table]) -> RunRecord:
+def _finish(ctx: Context, run: RunRecord, from_us: int, to_us: int, flags: dict[str, pa.Table],
+            aborted: str | None = None) -> RunRecord:
     """Sum the run up from all its task records and lists (those of earlier attempts too), then commit the window
-    and build its incidents from the ``flags`` the tasks handed back (by predictions file).
+    and build its incidents from the ``flags`` the tasks handed back (by predictions file). A run ``aborted``
+    for too many failed models ends ``failed`` with that reason and commits nothing.
 
     The record lists the first `MAX_LISTED` unhealthy models and keys without a model beside their totals;
     the catalog keeps every entry (`fleetscore.catalog.Catalog.run_list`).
@@ -626,8 +656,8 @@ def _finish(ctx: Context, run: RunRecord, from_us: int, to_us: int, flags: dict[
     failed_models = sum(r.failed_models for r in records)
     failed_tasks = sum(1 for r in records if r.status == "failed")
     scored_models = sum(r.models for r in records)
-    status = run_status(scored_models, failed_models, failed_tasks)
-    files = storage.list(layout.run_predictions_dir(from_us, to_us, run.run_id))
+    status = RunStatus.FAILED if aborted else run_status(scored_models, failed_models, failed_tasks)
+    files = [] if aborted else storage.list(layout.run_predictions_dir(from_us, to_us, run.run_id))
     summary: dict[str, Any] = {}
     if files or status is not RunStatus.FAILED:
         _commit(ctx, run, files, from_us, to_us)
@@ -636,7 +666,7 @@ def _finish(ctx: Context, run: RunRecord, from_us: int, to_us: int, flags: dict[
         summary = {"incidents": incidents.build_summary(ctx, from_us, to_us, run.run_id, flags)}
     unmatched, unmatched_keys = catalog.run_list(run.run_id, "unmatched", MAX_LISTED)
     unhealthy, unhealthy_models = catalog.run_list(run.run_id, "unhealthy", MAX_LISTED)
-    errors = [f"task {r.task}: {r.error}" for r in records if r.error]
+    errors = ([aborted] if aborted else []) + [f"task {r.task}: {r.error}" for r in records if r.error]
     return run.with_status(
         status, finished_at=ctx.clock(), models=scored_models,
         rows=sum(r.rows for r in records), anomalies=sum(r.anomalies for r in records),
@@ -647,17 +677,18 @@ def _finish(ctx: Context, run: RunRecord, from_us: int, to_us: int, flags: dict[
     )
 
 
-def _shard_failures(storage: Storage, task: ScoreTask, error: str) -> list[ModelFailure]:
-    """Every model of a failed shard is a failed model, with the task's error as the reason."""
+def _shard_failures(storage: Storage, task: ScoreTask, error: str) -> tuple[int, list[ModelFailure]]:
+    """Every model of a failed shard is a failed model, with the task's error as the reason: their count, and the
+    first `MAX_LISTED` of them by key as a sample (the task record holds the count and the error, so a systemic
+    failure writes a bounded number of rows however big the fleet; the shard's manifest lists them all)."""
     try:
-        manifest = storage.read_parquet(
-            layout.manifest_key(task.version), columns=["device", "sensor", "slot"], filters=[("shard", "=", task.shard)]
-        )
+        manifest = ModelStore(storage).read_shard_manifest(task.version, task.shard).select(["device", "sensor", "slot"])
     except (FleetscoreError, OSError):
-        return [ModelFailure("*", "*", error, task.task)]
+        return max(task.models, 1), [ModelFailure("*", "*", error, task.task)]
     manifest = manifest.filter(pc.greater_equal(manifest.column("slot"), 0))
-    return [ModelFailure(d, s, error, task.task) for d, s in
-            zip(manifest.column("device").to_pylist(), manifest.column("sensor").to_pylist())]
+    sample = manifest.sort_by([("device", "ascending"), ("sensor", "ascending")]).slice(0, MAX_LISTED)
+    return len(manifest), [ModelFailure(d, s, error, task.task) for d, s in
+                           zip(sample.column("device").to_pylist(), sample.column("sensor").to_pylist())]
 
 
 def _commit(ctx: Context, run: RunRecord, files: list[str], from_us: int, to_us: int) -> None:

@@ -6,11 +6,16 @@ of its devices. Adding rows deduplicates them against the keys already stored in
 read the same pruned way (only overlapping parts, only the rows groups of the batch's devices),
 writes them as a new part and merges small parts (policy in :mod:`fleetscore.storage.parts`).
 Works on any fsspec store: parts are written with one atomic PUT/rename and never modified.
+
+Beside each part, written just before it, is a small file of its rows per (device, sensor)
+(``keys-part-….arrow``): training plans its shards from those counts (:meth:`BucketParts.key_counts`)
+instead of reading every reading's ids, a rows-per-key smaller read. Parts written before those
+files existed are read instead.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,7 +25,7 @@ import pyarrow.parquet as pq
 
 from fleetscore.core.schema import READING_SCHEMA
 from fleetscore.core.times import HOUR_US
-from fleetscore.errors import StorageError
+from fleetscore.errors import FleetscoreError, StorageError
 from fleetscore.storage import layout
 from fleetscore.storage.fs import Storage
 from fleetscore.storage.parts import Part, next_seq, to_merge, visible
@@ -34,6 +39,7 @@ _LIST_HOUR_OVER = 16
 #: A merge may delete a part between a reader's listing and its read: the reader lists again.
 _READ_ATTEMPTS = 3
 _IDS = ["device", "sensor"]
+_KEYS_IPC = pa.ipc.IpcWriteOptions(compression="lz4")
 
 
 @dataclass(frozen=True)
@@ -78,17 +84,39 @@ class BucketParts:
         """The scan's rows of each visible part of a bucket-hour (each piece sorted by key; ids
         dictionary-encoded, see :func:`ids_as_text`); lists the bucket's parts when ``parts`` is None
         or a part vanished (merged) since it was listed."""
+        return self._each_live(hour_us, bucket, parts, lambda p: self._read_part(hour_us, bucket, p, scan, columns))
+
+    def key_counts(self, hour_us: int, bucket: int, scan: Scan, parts: list[Part] | None = None) -> list[pa.Table]:
+        """Rows per (device, sensor) in the scan's time range, a ``device, sensor, rows`` table (ids as text) per
+        visible part of a bucket-hour. A part wholly inside the range answers from the counts written beside it;
+        a part the range cuts, or one written before those counts existed, is read (its ids, and ``ts`` if cut)."""
+        return self._each_live(hour_us, bucket, parts, lambda p: self._part_counts(hour_us, bucket, p, scan))
+
+    def _each_live(self, hour_us: int, bucket: int, parts: list[Part] | None,
+                   read: Callable[[Part], pa.Table | None]) -> list[pa.Table]:
+        """``read`` of each visible part (the non-empty results), listed again when a part vanished (merged)."""
         for _ in range(_READ_ATTEMPTS):
             if parts is None:
                 parts = self.listing(hour_us, [bucket]).get(bucket, [])
-            live = visible(parts)[0]
             try:
-                pieces = [self._read_part(hour_us, bucket, p, scan, columns) for p in live]
+                pieces = [read(p) for p in visible(parts)[0]]
             except FileNotFoundError:
                 parts = None
                 continue
             return [t for t in pieces if t is not None and t.num_rows]
         raise StorageError(f"readings of {layout.bucket_dir(hour_us, bucket)} kept changing while being read")
+
+    def _part_counts(self, hour_us: int, bucket: int, part: Part, scan: Scan) -> pa.Table | None:
+        first, last = scan.from_us - hour_us, scan.to_us - 1 - hour_us
+        if not part.overlaps(first, last):
+            return None
+        if first <= part.t_lo and part.t_hi <= last:  # every reading of the part is in the range
+            try:
+                return pa.ipc.open_stream(self.storage.read_bytes(layout.part_keys_key(hour_us, bucket, part.name))).read_all()
+            except (FleetscoreError, pa.ArrowException, OSError):
+                pass  # none (a part written before key counts were kept, or merged away: its read says so), or unsynced
+        table = self._read_part(hour_us, bucket, part, scan, _IDS)
+        return None if table is None else key_counts_of(ids_as_text(table))
 
     def _read_part(self, hour_us: int, bucket: int, part: Part, scan: Scan, columns: list[str]) -> pa.Table | None:
         first, last = scan.from_us - hour_us, scan.to_us - 1 - hour_us
@@ -157,7 +185,7 @@ class BucketParts:
             stale += group
             live = sorted([*(p for p in live if p not in group), merged])
         for part in stale:
-            self.storage.delete(layout.part_key(hour_us, bucket, part.name))
+            self._delete(hour_us, bucket, part)
         return rows.num_rows
 
     def _merge(self, hour_us: int, bucket: int, group: list[Part]) -> Part:
@@ -169,7 +197,33 @@ class BucketParts:
         return merged
 
     def _write(self, hour_us: int, bucket: int, part: Part, rows: pa.Table) -> None:
+        """The part's key counts, then the part: a visible part has its counts (unless written before them). The
+        counts are not fsynced: one a crash cut short fails to read, and the part is read instead."""
+        counts, sink = key_counts_of(rows), pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, counts.schema, options=_KEYS_IPC) as writer:
+            writer.write_table(counts)
+        self.storage.write_bytes(layout.part_keys_key(hour_us, bucket, part.name), sink.getvalue().to_pybytes(),
+                                 durable=False)
         self.storage.write_parquet(layout.part_key(hour_us, bucket, part.name), rows, row_group_size=PART_ROW_GROUP)
+
+    def _delete(self, hour_us: int, bucket: int, part: Part) -> None:
+        """A superseded part, then its key counts (a left-over counts file, with no part, is never read)."""
+        self.storage.delete(layout.part_key(hour_us, bucket, part.name))
+        self.storage.delete(layout.part_keys_key(hour_us, bucket, part.name))
+
+
+def key_counts_of(rows: pa.Table) -> pa.Table:
+    """Rows per (device, sensor) of readings sorted by key, in key order: ``device, sensor, rows``."""
+    n = rows.num_rows
+    device, sensor = rows.column("device"), rows.column("sensor")
+    if n == 0:
+        return pa.table({"device": device.slice(0, 0), "sensor": sensor.slice(0, 0), "rows": pa.array([], pa.int64())})
+    change = pc.or_(pc.not_equal(device.slice(1), device.slice(0, n - 1)),
+                    pc.not_equal(sensor.slice(1), sensor.slice(0, n - 1)))
+    starts = np.concatenate([[0], np.flatnonzero(change.to_numpy(zero_copy_only=False)) + 1]).astype(np.int64)
+    firsts = pa.array(starts)
+    return pa.table({"device": device.take(firsts), "sensor": sensor.take(firsts),
+                     "rows": pa.array(np.diff(np.append(starts, n)), pa.int64())})
 
 
 def _row_groups(pf: pq.ParquetFile, scan: Scan) -> list[int]:

@@ -66,6 +66,13 @@ def part_key(hour_us: int, bucket: int, name: str) -> str:
     return f"{bucket_dir(hour_us, bucket)}/{name}"
 
 
+def part_keys_key(hour_us: int, bucket: int, name: str) -> str:
+    """The key counts written beside part ``name`` (rows per device and sensor, an Arrow IPC stream): what
+    training plans from."""
+    stem = part_key(hour_us, bucket, name).rsplit("/", 1)[1].removesuffix(".parquet")
+    return f"{bucket_dir(hour_us, bucket)}/keys-{stem}.arrow"
+
+
 def bucket_of_key(key: str) -> int | None:
     """The bucket of a part key built by :func:`part_key`; None for any other key."""
     m = re.fullmatch(r"readings/date=[0-9-]{10}/hour=\d{2}/bucket=(\d{3})/[^/]+", key)

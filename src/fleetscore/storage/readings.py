@@ -1,6 +1,6 @@
 """Landed readings: hourly partitions of device-hash buckets, deduplicated by (device, sensor, ts).
 
-    readings/date=YYYY-MM-DD/hour=HH/bucket=NNN/part-….parquet
+    readings/date=YYYY-MM-DD/hour=HH/bucket=NNN/part-….parquet   (and keys-part-….arrow: its rows per key)
 
 Each bucket-hour holds a few immutable parts, each sorted by (device, sensor, ts) with small row
 groups. Landing a batch writes one new part per bucket-hour it touches, deduplicated against only
@@ -168,20 +168,21 @@ class ReadingStore:
         return pa.concat_tables(out) if out else _empty(columns)
 
     def key_counts(self, from_us: int, to_us: int) -> pa.Table:
-        """Rows per (device, sensor) in the window, in key order; one bucket-hour in memory at a time."""
+        """Rows per (device, sensor) in the window, in key order; one bucket-hour in memory at a time.
+
+        From the key counts written beside each part when it landed (`BucketParts.key_counts`): a part's
+        readings are read only where the window cuts it (or for parts landed before those counts existed).
+        """
         hours = [layout.hour_of_key(k) for k in self.hour_keys(from_us, to_us)]
         listings = {h: self._parts.listing(h) for h in hours if h is not None}
         scan = Scan(from_us, to_us)
         out = []
         for bucket in range(BUCKETS):
-            counts = [
-                ids_as_text(piece).group_by(["device", "sensor"]).aggregate([([], "count_all")])
-                for hour, found in listings.items() if bucket in found
-                for piece in self._parts.read(hour, bucket, scan, ["device", "sensor"], found[bucket])
-            ]
+            counts = [piece for hour, found in listings.items() if bucket in found
+                      for piece in self._parts.key_counts(hour, bucket, scan, found[bucket])]
             if counts:
-                summed = pa.concat_tables(counts).group_by(["device", "sensor"]).aggregate([("count_all", "sum")])
-                summed = summed.select(["device", "sensor", "count_all_sum"]).rename_columns(["device", "sensor", "rows"])
+                summed = pa.concat_tables(counts).group_by(["device", "sensor"]).aggregate([("rows", "sum")])
+                summed = summed.select(["device", "sensor", "rows_sum"]).rename_columns(["device", "sensor", "rows"])
                 out.append(summed.sort_by(SORT_KEYS[:2]))
         if not out:
             return pa.table({"device": pa.array([], pa.string()), "sensor": pa.array([], pa.string()),
