@@ -259,6 +259,9 @@ def test_a_killed_ray_driver_s_window_is_taken_over_and_completes_once(trained_h
             f'[schedule]\nlease = "2s"\nretries = 3\nretry_backoff = {backoff}\n')
 
     settings('"60s"')
+    by_hand = Fleet.open(home, executor="local")
+    earlier = by_hand.score(T2, T3).run_id  # the window was scored by hand before: the scheduled run replaces it
+    by_hand.close()
     shard = home / "data" / "models" / "v1" / "shard-00001.npz"
     good = shard.read_bytes()
     shard.write_bytes(b"not a model")
@@ -298,7 +301,9 @@ def test_a_killed_ray_driver_s_window_is_taken_over_and_completes_once(trained_h
         assert taken and [w["run_id"] for w in taken] == [run_id], taken  # the same run, resumed
         run, tasks, failures = fleet.run(run_id)
         assert run.status.value == "succeeded" and run.executor == "ray" and not failures, run
-        assert [r.run_id for r in fleet.runs()] == [run_id]  # one run of the window, never a second
+        assert [r.run_id for r in fleet.runs() if r.schedule == "hourly"] == [run_id]  # one scheduled run, resumed
+        assert fleet.run(earlier)[0].status.value == "succeeded"  # the hand-scored run it replaced is left as it was
+        assert fleet.catalog.committed_runs()[(run.window_from, run.window_to)] == run_id
         for t in tasks:
             if t.task == 1:
                 assert t.attempts >= 2 and t.status == "succeeded"
