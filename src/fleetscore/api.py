@@ -197,14 +197,14 @@ class Fleet:
 
     def models(self, version: str | None = None, shard: int | None = None) -> pa.Table:
         """The manifest of a version (default: the released one): a row per model, or one shard's rows."""
-        record = self.version(version)
+        record, store = self.version(version), ModelStore(self.storage)
         if shard is not None:
-            shards = ModelStore(self.storage).read_shards(record.version).column("shard").to_pylist()
+            shards = store.read_shards(record.version).column("shard").to_pylist()
             if shard not in shards:
                 raise InputError(f"model version {record.version} has shards 0 to {max(shards, default=-1)}; "
                                  f"got --shard {shard}")
-            return ModelStore(self.storage).read_shard_manifest(record.version, shard)
-        _, manifest = ModelStore(self.storage).read_manifest(record.version)
+            return store.read_shard_manifest(record.version, shard)
+        _, manifest = store.read_manifest(record.version)
         return manifest
 
     def model(self, device: str, sensor: str, version: str | None = None) -> dict[str, Any]:

@@ -163,8 +163,6 @@ class FailureLimit:
     @classmethod
     def parse(cls, value: Any) -> FailureLimit:
         """``N`` (a whole number of models, 0 or more) or ``P%`` (0 to 100); InputError on anything else."""
-        if isinstance(value, FailureLimit):
-            return value
         if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
             return cls(count=value)
         text = value.strip() if isinstance(value, str) else ""

@@ -166,15 +166,15 @@ class Scheduler:
             self.store.update_window(row.schedule, row.window_from, status=prior.status.value)
             return
         current = committed_run(ctx, lo, hi)
-        now_held = self._run_record(current) if prior is not None and current not in (None, prior.run_id) else None
-        # scored again by hand after this run began (a commit older than the run is what it was to replace)
-        if prior is not None and current not in (None, prior.run_id) and (
-                now_held is None or now_held.created_at > prior.created_at):
-            ctx.catalog.save_run(prior.with_status(
-                RunStatus.FAILED, finished_at=ctx.clock(), error=f"abandoned: window scored again by run {current}"))
-            self.store.update_window(row.schedule, row.window_from, run_id=current,
-                                     status=now_held.status.value if now_held else RunStatus.SUCCEEDED.value)
-            return
+        if prior is not None and current not in (None, prior.run_id):
+            now_held = self._run_record(current)
+            # scored again by hand after this run began (a commit older than the run is what it was to replace)
+            if now_held is None or now_held.created_at > prior.created_at:
+                ctx.catalog.save_run(prior.with_status(
+                    RunStatus.FAILED, finished_at=ctx.clock(), error=f"abandoned: window scored again by run {current}"))
+                self.store.update_window(row.schedule, row.window_from, run_id=current,
+                                         status=now_held.status.value if now_held else RunStatus.SUCCEEDED.value)
+                return
         version = prior.version if prior else (spec.version or ctx.catalog.released())
         if version is None:
             self._failed(row, "no released model version: train one, or give the schedule --version")

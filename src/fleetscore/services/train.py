@@ -315,15 +315,13 @@ def train(
         catalog.finish_version(version, "ready" if n_ok else "failed", n_ok, failed.num_rows, len(tasks), elapsed)
         if not n_ok:
             raise FleetscoreError(_none_trained(version, manifest.num_rows, failed))
-        released = False
-        if release and n_ok:
+        if release:
             catalog.release(version)
-            released = True
         failures = [
             {"device": d, "sensor": s, "reason": r}
             for d, s, r in zip(*(failed.column(c).to_pylist()[:100] for c in ("device", "sensor", "reason")))
         ]
-        return TrainResult(version, n_ok, failed.num_rows, len(tasks), round(elapsed, 3), released, failures,
+        return TrainResult(version, n_ok, failed.num_rows, len(tasks), round(elapsed, 3), release, failures,
                            excluded_marked_true=excluded)
 
 

@@ -199,7 +199,7 @@ def _inline(body: bytes, kind: str, limit: int) -> bool:
 
     try:
         check_decompressed_size(pa.py_buffer(body), limit)
-    except (BodyError, pa.ArrowInvalid):
+    except BodyError:
         return False
     return True
 
